@@ -1,0 +1,53 @@
+"""Shared fixtures: the default model's tokenizer (no weights) and tiny random models built from a config."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from tuneforge.models.default import load_default_tokenizer
+
+    return load_default_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    from tuneforge.models.tiny import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", tokenizer)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def qa_records(n: int = 24) -> list[dict]:
+    """Small prompt/completion records of varied length."""
+    return [{"prompt": f"Repeat the number {i}" + " please" * (i % 5), "completion": f"{i} " * (1 + i % 4)}
+            for i in range(n)]
+
+
+def tiny_config(tmp_path: Path, model_dir: Path, **sections) -> dict:
+    """A config dict for a fast run on the tiny model; sections override/extend the defaults."""
+    train = write_jsonl(tmp_path / "train.jsonl", qa_records(24))
+    test = write_jsonl(tmp_path / "test.jsonl", qa_records(6))
+    config = {
+        "model": str(model_dir),
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+        "data": {"train": str(train), "test": str(test), "max_seq_len": 64},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 7, "precision": "fp32"},
+        "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 4, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return config

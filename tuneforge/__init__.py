@@ -1,0 +1,26 @@
+"""tuneforge: fine-tune language models from one config file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from tuneforge.api import train
+    from tuneforge.engine.run import RunResult
+
+__all__ = ["RunResult", "__version__", "train"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import tuneforge` and `tuneforge --help` stay fast (no torch import).
+    if name == "train":
+        from tuneforge.api import train
+
+        return train
+    if name == "RunResult":
+        from tuneforge.engine.run import RunResult
+
+        return RunResult
+    raise AttributeError(name)

@@ -1,0 +1,169 @@
+"""The command line: `tuneforge train | eval | chat | data check`. The composition root of the package."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tuneforge.errors import TuneforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models from one config file.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before training.")
+app.add_typer(data_app, name="data")
+
+ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML)")]
+OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides such as train.lr=1e-4 method.r=16")]
+
+
+def user_errors(command):
+    """Print a TuneforgeError's message (what, where, fix) and exit 2 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except TuneforgeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(config: ConfigArg, overrides: OverridesArg = None,
+          resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint")] = False,
+          quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
+    """Fine-tune as the config says; writes a run directory."""
+    from tuneforge.api import train as run_training
+
+    result = run_training(config, overrides or [], resume=resume, quiet=quiet)
+    print(f"run directory: {result.run_dir}")
+    _print_before_after(result.eval_before, result.eval_after)
+
+
+@app.command("eval")
+@user_errors
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+             data: Annotated[str, typer.Option(help="dataset file in any supported format")],
+             metrics: Annotated[str, typer.Option(help="comma list of loss, exact_match, rouge, bleu")] =
+             "loss,exact_match,rouge,bleu",
+             batch_size: int = 16, max_new_tokens: int = 64,
+             max_examples: Annotated[int | None, typer.Option(help="evaluate only the first N")] = None,
+             output: Annotated[Path | None, typer.Option(help="also write scores and samples as JSON")] = None,
+             ) -> None:
+    """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU."""
+    from tuneforge.config import EvalConfig
+    from tuneforge.engine.trained import evaluate_run, load_trained
+
+    wanted = EvalConfig(metrics=metrics).metrics
+    trained = load_trained(run_dir)
+    scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                   max_examples=max_examples)
+    for name, value in scores.items():
+        print(f"{name:>12}  {value:.4f}")
+    if output:
+        output.write_text(json.dumps({"scores": scores, "samples": samples}, indent=2))
+
+
+@app.command()
+@user_errors
+def chat(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+         message: Annotated[list[str] | None, typer.Option(help="send these messages and exit (no prompt)")] = None,
+         max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+         system: Annotated[str | None, typer.Option(help="system prompt")] = None) -> None:
+    """Talk to a tuned model. Empty line or Ctrl-D quits; /reset clears the conversation."""
+    from tuneforge.data.render import end_of_turn_ids, render_chat
+    from tuneforge.engine.trained import load_trained
+    from tuneforge.evaluation.generate import generate_batch
+
+    trained = load_trained(run_dir)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    scripted = list(message or [])
+    stops = end_of_turn_ids(trained.tokenizer)
+    while True:
+        text = scripted.pop(0) if scripted else (None if message else _ask())
+        if not text:
+            return
+        if text.strip() == "/reset":
+            history = history[:1] if system else []
+            continue
+        history.append({"role": "user", "content": text})
+        prompt = trained.tokenizer(render_chat(trained.tokenizer, history, add_generation_prompt=True),
+                                   add_special_tokens=False)["input_ids"]
+        with trained.autocast():
+            reply = generate_batch(trained.model, trained.tokenizer, [prompt], max_new_tokens=max_new_tokens,
+                                   stop_ids=stops, temperature=temperature, top_p=top_p)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"assistant: {reply}", flush=True)
+
+
+def _ask() -> str | None:
+    try:
+        return input("you: ")
+    except EOFError:
+        return None
+
+
+@data_app.command("check")
+@user_errors
+def data_check(config: ConfigArg, overrides: OverridesArg = None,
+               samples: Annotated[int, typer.Option(help="rendered examples to show per split")] = 2) -> None:
+    """Validate the data and show what will be trained, before any model weights load."""
+    from tuneforge.config import load_config
+    from tuneforge.data.check import check_split, marked_text
+    from tuneforge.data.dataset import load_examples
+    from tuneforge.models.load import load_tokenizer
+
+    loaded = load_config(config, overrides or [])
+    cfg = loaded.run
+    splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)}
+    if cfg.data.test:
+        splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path)
+    tokenizer = load_tokenizer(cfg.model)
+    failed = False
+    for split, examples in splits.items():
+        report = check_split(split, examples, tokenizer, cfg.data, samples)
+        stats = report.stats.summary()
+        print(f"[{split}] {stats['examples']} examples: {stats['kept']} kept, {stats['truncated']} truncated, "
+              f"{stats['dropped']} dropped (data.overlong={cfg.data.overlong}, max_seq_len={cfg.data.max_seq_len})")
+        print(f"  tokens {stats['tokens']}, trained {stats['label_tokens']} "
+              f"({100 * stats['label_tokens'] / max(stats['tokens'], 1):.1f}%); length min {stats['length_min']} "
+              f"mean {stats['length_mean']} p50 {stats['length_p50']} p95 {stats['length_p95']} "
+              f"max {stats['length_max']}")
+        if report.stats.missing_end_of_turn:
+            print(f"  warning: {len(report.stats.missing_end_of_turn)} examples do not train an end-of-turn token, "
+                  f"e.g. {report.stats.missing_end_of_turn[0]}; the model may not learn to stop")
+        if report.drop_error:
+            failed = True
+            print(f"  error: {report.drop_error}")
+        for item in report.samples:
+            print(f"  --- {item.example.location} (trained tokens inside ⟦ ⟧)")
+            print("  " + marked_text(item, tokenizer).replace("\n", "\n  "))
+    if failed:
+        raise typer.Exit(2)
+
+
+def _print_before_after(before: dict, after: dict) -> None:
+    if not after:
+        return
+    print(f"{'metric':>12}  {'before':>9}  {'after':>9}  {'change':>9}")
+    for name, value in after.items():
+        if name in before:
+            print(f"{name:>12}  {before[name]:9.3f}  {value:9.3f}  {value - before[name]:+9.3f}")
+        else:
+            print(f"{name:>12}  {'':>9}  {value:9.3f}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

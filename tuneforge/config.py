@@ -1,0 +1,331 @@
+"""The schema of a run: one YAML file plus `key=value` overrides, validated before anything is loaded.
+
+Every section forbids unknown keys; an error names the config file and line, the key path and the
+closest valid name. Method and objective parameters are validated by their own registries (each method
+module owns its parameter schema), so `method` and `objective` keep only their `name` here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneforge.errors import ConfigError
+
+# whole key names such as hub_token, api_key, password — not counts such as max_new_tokens
+SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|secret|password|api_?key|credentials?)$", re.IGNORECASE)
+REDACTED = "***redacted***"
+IGNORE_INDEX = -100  # label value of a token that is not trained (torch cross_entropy's ignore_index)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    path: str = Field("default", description="'default', a local Hugging Face model directory, or a hub id")
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class NamedParams(BaseModel):
+    """A registry name plus that entry's parameters, validated later by the registry's own schema."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text"]
+
+
+class DatasetSpec(Strict):
+    path: str = Field(description="file (.jsonl .json .csv .parquet), a `save_to_disk` directory, or quickstart:NAME")
+    weight: float = Field(1.0, gt=0, description="size multiplier in a mixture: 2 repeats, 0.5 samples half")
+    format: RecordFormat = "auto"
+    split: str | None = Field(None, description="split of a saved DatasetDict")
+
+
+def _as_dataset_list(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str | dict):
+        value = [value]
+    if isinstance(value, list):
+        return [{"path": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class DataConfig(Strict):
+    train: list[DatasetSpec]
+    test: list[DatasetSpec] | None = None
+    template: Literal["auto", "chat", "plain"] = "auto"
+    max_seq_len: int = Field(1024, ge=8)
+    overlong: Literal["truncate", "drop", "error"] = "truncate"
+    max_drop_fraction: float = Field(0.01, ge=0, le=1)
+    train_on_prompt: bool = False
+
+    _lists = field_validator("train", "test", mode="before")(_as_dataset_list)
+
+
+class TrainConfig(Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    group_by_length: bool = True
+    log_every: int = Field(1, ge=1)
+    eval_every: int = Field(0, ge=0, description="steps between held-out loss evaluations; 0 = only at the end")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
+    save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = no intermediate checkpoints")
+    keep_last: int = Field(2, ge=1)
+
+
+GenerationMetric = Literal["exact_match", "rouge", "bleu"]
+Metric = Literal["loss", "exact_match", "rouge", "bleu"]
+
+
+class EvalConfig(Strict):
+    metrics: list[Metric] = Field(default_factory=lambda: ["loss", "exact_match"])
+    compare_base: bool = False
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _split_string(cls, value: Any) -> Any:
+        return [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+
+
+class OutputConfig(Strict):
+    dir: str | None = Field(None, description="run directory; default runs/<config file name>")
+    tensorboard: bool = True
+    overwrite: bool = False
+
+
+class RunConfig(Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: NamedParams = Field(default_factory=lambda: NamedParams(name="lora"))
+    objective: NamedParams = Field(default_factory=lambda: NamedParams(name="sft"))
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        if isinstance(raw.get("model"), str):
+            raw["model"] = {"path": raw["model"]}
+        for key in ("method", "objective"):
+            if isinstance(raw.get(key), str):
+                raw[key] = {"name": raw[key]}
+        return raw
+
+
+class LoadedConfig(BaseModel):
+    """A validated run config plus where it came from (for error messages and relative paths)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    run: RunConfig
+    source: Path | None
+    base_dir: Path
+    lines: dict[tuple[str, ...], int] = Field(default_factory=dict)
+
+    def where(self, *key: str) -> str:
+        """'file:line' (or the key path alone) for a config key, for error messages."""
+        line = self.lines.get(tuple(key))
+        dotted = ".".join(key)
+        if self.source is None:
+            return f"config key '{dotted}'"
+        return f"{self.source}:{line} ('{dotted}')" if line else f"{self.source} ('{dotted}')"
+
+    def resolve_path(self, value: str) -> str:
+        """Resolve a dataset or model path relative to the config file's directory."""
+        if ":" in value.split("/")[0] or Path(value).is_absolute():
+            return value
+        candidate = self.base_dir / value
+        return str(candidate)
+
+
+def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> LoadedConfig:
+    """Read a YAML file (or a dict), apply `a.b=value` overrides, validate. Raises ConfigError."""
+    if isinstance(source, dict):
+        raw, lines, path, base = dict(source), {}, None, Path.cwd()
+    else:
+        path = Path(source)
+        raw, lines = _read_yaml(path)
+        base = path.resolve().parent
+    for override in overrides:
+        _apply_override(raw, override)
+    try:
+        run = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, path, lines)) from None
+    return LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found\n  fix: pass the path of a YAML run config, e.g. "
+                          "examples/quickstart.yaml")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}\n  fix: correct the YAML "
+                          "syntax at that line") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: a run config must be a mapping of sections (model, method, data, ...)\n"
+                          "  fix: see examples/quickstart.yaml for the layout")
+    lines: dict[tuple[str, ...], int] = {}
+    _collect_lines(node, (), lines)
+    return raw, lines
+
+
+def _collect_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = (*prefix, str(index))
+            out[key] = item.start_mark.line + 1
+            _collect_lines(item, key, out)
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' is not of the form key.path=value\n"
+                          "  fix: write e.g. train.lr=1e-4 or method.r=16")
+    dotted, _, text = override.partition("=")
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{override}' has an empty key\n  fix: write e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if isinstance(child, str) and depth == 0 and key in ("method", "objective"):
+            child = {"name": child}
+        elif isinstance(child, str) and depth == 0 and key == "model":
+            child = {"path": child}
+        elif child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"override '{override}': '{'.'.join(keys[: depth + 1])}' is not a section\n"
+                              "  fix: override the whole value instead, e.g. "
+                              f"{'.'.join(keys[: depth + 1])}=...")
+        node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _describe_validation_error(exc: ValidationError, path: Path | None, lines: dict) -> str:
+    messages = []
+    for err in exc.errors():
+        loc = tuple(str(part) for part in err["loc"] if not str(part).startswith("function-"))
+        loc = tuple(p for p in loc if p not in ("list[DatasetSpec]", "str", "dict[any,any]"))
+        dotted = ".".join(loc) or "(top level)"
+        line = _nearest_line(loc, lines)
+        where = f"{path}:{line}" if path and line else (str(path) if path else "config")
+        if err["type"] == "extra_forbidden":
+            hint = _closest_field(loc)
+            fix = f"did you mean '{hint}'?" if hint else "remove it; see the documented keys in README.md"
+            messages.append(f"{where}: unknown key '{dotted}'\n  fix: {fix}")
+        elif err["type"] == "missing":
+            messages.append(f"{where}: missing required key '{dotted}'\n  fix: add it to the config")
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+            messages.append(f"{where}: '{dotted}' = {shown}: {err['msg']}\n  fix: give a valid value for "
+                            f"'{dotted}'")
+    return "\n".join(messages)
+
+
+def _nearest_line(loc: tuple[str, ...], lines: dict) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _closest_field(loc: tuple[str, ...]) -> str | None:
+    """The valid key closest to the unknown last element of `loc`, within the section it appeared in."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field else None
+    if model is None:
+        return None
+    match = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join((*loc[:-1], match[0])) if match else None
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found:
+            return found
+    return None
+
+
+def closest_name(name: str, choices: Sequence[str]) -> str | None:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
+    return match[0] if match else None
+
+
+def redacted(value: Any) -> Any:
+    """A copy of a config dump with any secret-looking key's value replaced."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if SECRET_KEY_PATTERN.search(str(k)) and v else redacted(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def dump_yaml(run: RunConfig) -> str:
+    """The resolved config as YAML, with secrets redacted, as written to the run directory."""
+    data = run.model_dump(mode="json")
+    for key in ("method", "objective"):
+        data[key] = {"name": data[key]["name"], **getattr(run, key).params()}
+    return yaml.safe_dump(redacted(data), sort_keys=False)

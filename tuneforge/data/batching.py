@@ -1,0 +1,85 @@
+"""Batches: padding examples into tensors, and the deterministic order of micro-batches in each epoch.
+
+The order of an epoch is a pure function of (seed, epoch), so a resumed run only needs the step number
+to continue with exactly the samples the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from tuneforge.data.dataset import TrainExample
+from tuneforge.data.render import IGNORE_INDEX
+
+LENGTH_GROUP_FACTOR = 32  # micro-batches per length-sorted chunk; larger = less padding, less randomness
+
+
+def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Padding has attention 0 and label IGNORE_INDEX."""
+    width = max(len(e.encoded) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, item in enumerate(examples):
+        n = len(item.encoded)
+        input_ids[row, :n] = torch.tensor(item.encoded.input_ids)
+        labels[row, :n] = torch.tensor(item.encoded.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
+            "sample_ids": torch.tensor([e.sample_id for e in examples])}
+
+
+def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens whose next-token prediction is trained (labels shifted by one, as the loss uses them)."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                        group_by_length: bool) -> list[list[int]]:
+    """Indices of every micro-batch of one epoch, shuffled by (seed, epoch).
+
+    With length grouping, a shuffled epoch is cut into chunks of LENGTH_GROUP_FACTOR batches; each chunk is
+    sorted by length before batching (less padding), and the batches are shuffled again.
+    """
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    chunk = batch_size * LENGTH_GROUP_FACTOR
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start: start + chunk], key=lambda i: lengths[i], reverse=True)
+        batches.extend(part[i: i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+class StepPlan:
+    """Which micro-batches make up each optimizer step, across epochs; indexable by global step."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int,
+                 group_by_length: bool):
+        self.lengths, self.batch_size, self.grad_accum = list(lengths), batch_size, grad_accum
+        self.seed, self.group_by_length = seed, group_by_length
+        micro = -(-len(self.lengths) // batch_size)
+        self.steps_per_epoch = max(1, -(-micro // grad_accum))
+        self._cache: dict[int, list[list[int]]] = {}
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        return max_steps if max_steps else max(1, round(epochs * self.steps_per_epoch))
+
+    def window(self, step: int) -> list[list[int]]:
+        """The micro-batches (lists of example indices) of optimizer step `step` (0-based)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if epoch not in self._cache:
+            self._cache = {epoch: epoch_micro_batches(self.lengths, self.batch_size, self.seed, epoch,
+                                                      self.group_by_length)}
+        micro = self._cache[epoch]
+        return micro[index * self.grad_accum: (index + 1) * self.grad_accum]
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch

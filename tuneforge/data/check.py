@@ -1,0 +1,51 @@
+"""`tuneforge data check`: what will be trained, shown before any model weights are loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config import DataConfig
+from tuneforge.data.dataset import EncodeStats, TrainExample, check_drop_fraction, encode_examples
+from tuneforge.data.formats import Example
+from tuneforge.data.render import IGNORE_INDEX
+from tuneforge.errors import DataError
+
+TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained text ⟧ in plain output
+
+
+@dataclass
+class DataReport:
+    split: str
+    stats: EncodeStats
+    samples: list[TrainExample]
+    drop_error: str | None = None
+
+
+def check_split(split: str, examples: list[Example], tokenizer, cfg: DataConfig, samples: int = 2) -> DataReport:
+    kept, stats = encode_examples(examples, tokenizer, cfg, apply_drop_guard=False)
+    drop_error = None
+    try:
+        check_drop_fraction(stats, cfg, examples)
+    except DataError as exc:
+        drop_error = str(exc)
+    return DataReport(split, stats, kept[:samples], drop_error)
+
+
+def trained_segments(item: TrainExample, tokenizer) -> list[tuple[str, bool]]:
+    """The example's text cut into (text, trained?) runs, decoded token by token."""
+    segments: list[tuple[str, bool]] = []
+    ids, labels = item.encoded.input_ids, item.encoded.labels
+    for token_id, label in zip(ids, labels, strict=True):
+        piece = tokenizer.decode([token_id], skip_special_tokens=False)
+        trained = label != IGNORE_INDEX
+        if segments and segments[-1][1] == trained:
+            segments[-1] = (segments[-1][0] + piece, trained)
+        else:
+            segments.append((piece, trained))
+    return segments
+
+
+def marked_text(item: TrainExample, tokenizer) -> str:
+    """Plain-text rendering with trained runs wrapped in ⟦ ⟧."""
+    return "".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
+                   for text, trained in trained_segments(item, tokenizer))

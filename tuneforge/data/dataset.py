@@ -1,0 +1,145 @@
+"""From dataset specs to encoded training examples: read, validate, mix, tokenize, apply the length policy.
+
+`load_examples` needs no tokenizer and validates every record, so a run stops on bad data before any
+model is loaded. `encode_examples` then tokenizes with the over-long policy and the drop-fraction guard.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tuneforge.config import DataConfig, DatasetSpec
+from tuneforge.data.formats import Example, detect_format, normalise
+from tuneforge.data.render import Encoded, encode_example, end_of_turn_ids, use_chat_template
+from tuneforge.data.sources import read_records
+from tuneforge.errors import DataError
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    """A tokenized example with a stable id (its position in the mixed dataset) and its origin."""
+
+    sample_id: int
+    example: Example
+    encoded: Encoded
+    truncated: bool = False
+
+    @property
+    def num_label_tokens(self) -> int:
+        return sum(1 for label in self.encoded.labels[1:] if label != -100)
+
+
+@dataclass
+class EncodeStats:
+    examples: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    lengths: list[int] = field(default_factory=list)
+    label_tokens: int = 0
+    missing_end_of_turn: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        lengths = sorted(self.lengths) or [0]
+        return {
+            "examples": self.examples, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped,
+            "tokens": sum(self.lengths), "label_tokens": self.label_tokens,
+            "length_min": lengths[0], "length_mean": round(statistics.fmean(lengths), 1),
+            "length_p50": lengths[len(lengths) // 2], "length_p95": lengths[min(len(lengths) - 1,
+                                                                                  int(len(lengths) * 0.95))],
+            "length_max": lengths[-1], "missing_end_of_turn": len(self.missing_end_of_turn),
+        }
+
+
+def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str) -> list[Example]:
+    """Read and validate every record of every dataset, then form the weighted mixture."""
+    parts = [_load_one(spec, resolve(spec.path)) for spec in specs]
+    if len(parts) == 1 and specs[0].weight == 1.0:
+        return parts[0]
+    rng = random.Random(seed)
+    mixed: list[Example] = []
+    for spec, examples in zip(specs, parts, strict=True):
+        mixed.extend(_scale(examples, spec.weight, rng))
+    return mixed
+
+
+def _load_one(spec: DatasetSpec, path: str) -> list[Example]:
+    examples = []
+    fmt = None if spec.format == "auto" else spec.format
+    for record in read_records(path, spec.split):
+        fmt = fmt or detect_format(record)
+        examples.append(normalise(record, fmt))
+    if not examples:
+        raise DataError(path, None, None, "contains no records", "add records, or remove this dataset entry")
+    return examples
+
+
+def _scale(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:
+    """A mixture weight multiplies a dataset's size: whole repeats, then a seeded sample of the remainder."""
+    whole, fraction = divmod(weight, 1.0)
+    scaled = examples * int(whole)
+    scaled += rng.sample(examples, round(fraction * len(examples)))
+    return scaled
+
+
+def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
+                    apply_drop_guard: bool = True) -> tuple[list[TrainExample], EncodeStats]:
+    """Tokenize with labels; apply `cfg.overlong`; fail if more than `cfg.max_drop_fraction` is dropped."""
+    chat = use_chat_template(tokenizer, cfg.template)
+    stops = end_of_turn_ids(tokenizer)
+    stats = EncodeStats(examples=len(examples))
+    kept: list[TrainExample] = []
+    for sample_id, example in enumerate(examples):
+        encoded = encode_example(example, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+        _note_missing_end(example, encoded, stops, stats)
+        item = _apply_length_policy(sample_id, example, encoded, cfg, stats)
+        if item is not None:
+            kept.append(item)
+            stats.lengths.append(len(item.encoded))
+            stats.label_tokens += item.num_label_tokens
+    stats.kept = len(kept)
+    if apply_drop_guard:
+        check_drop_fraction(stats, cfg, examples)
+    return kept, stats
+
+
+def _note_missing_end(example: Example, encoded: Encoded, stops: set[int], stats: EncodeStats) -> None:
+    if any(encoded.input_ids[i] not in stops for i in encoded.turn_ends) or not encoded.turn_ends:
+        stats.missing_end_of_turn.append(example.location)
+
+
+def _apply_length_policy(sample_id: int, example: Example, encoded: Encoded, cfg: DataConfig,
+                         stats: EncodeStats) -> TrainExample | None:
+    if len(encoded) <= cfg.max_seq_len:
+        return TrainExample(sample_id, example, encoded)
+    if cfg.overlong == "error":
+        raise DataError(example.source, example.where, None,
+                        f"example has {len(encoded)} tokens, more than data.max_seq_len={cfg.max_seq_len}",
+                        "raise data.max_seq_len, or set data.overlong to truncate or drop")
+    if cfg.overlong == "drop":
+        stats.dropped += 1
+        return None
+    cut = Encoded(encoded.input_ids[: cfg.max_seq_len], encoded.labels[: cfg.max_seq_len],
+                  tuple(i for i in encoded.turn_ends if i < cfg.max_seq_len))
+    if all(label == -100 for label in cut.labels[1:]):
+        stats.dropped += 1  # nothing left to learn from: every trained token was past the cut
+        return None
+    stats.truncated += 1
+    return TrainExample(sample_id, example, cut, truncated=True)
+
+
+def check_drop_fraction(stats: EncodeStats, cfg: DataConfig, examples: Sequence[Example]) -> None:
+    if not stats.kept:
+        where = examples[0].source if examples else "data"
+        raise DataError(where, None, None, "no example is left to train on after the length policy",
+                        f"raise data.max_seq_len (now {cfg.max_seq_len})")
+    fraction = stats.dropped / max(stats.examples, 1)
+    if fraction > cfg.max_drop_fraction:
+        raise DataError(examples[0].source, None, None,
+                        f"{stats.dropped} of {stats.examples} examples ({fraction:.1%}) would be dropped as longer "
+                        f"than data.max_seq_len={cfg.max_seq_len}, more than data.max_drop_fraction="
+                        f"{cfg.max_drop_fraction:.1%}",
+                        "raise data.max_seq_len, set data.overlong: truncate, or raise data.max_drop_fraction")

@@ -1,0 +1,142 @@
+"""Turn an `Example` into token ids and labels: the one place that decides which tokens are trained.
+
+Chat examples are rendered with the tokenizer's own chat template. Which characters belong to an
+assistant turn is found by rendering incrementally — the conversation up to a turn with the generation
+prompt, then including the turn — which works for any template that renders earlier turns the same way
+whatever follows (we check that, and refuse templates that do not). The trained span of a turn is its
+rendered text without trailing whitespace, so the end-of-turn token (`<|im_end|>`, `<|eot_id|>`, EOS...)
+is trained and the newline the template puts after it is not. Character spans map to tokens through
+the fast tokenizer's offsets; labels never depend on token ids, so pad == eos cannot mask the EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuneforge.config import IGNORE_INDEX
+from tuneforge.data.formats import Example
+from tuneforge.errors import TemplateError
+
+__all__ = ["IGNORE_INDEX", "Encoded", "encode_example", "end_of_turn_ids", "use_chat_template"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    turn_ends: tuple[int, ...]  # index of the last trained token of each assistant turn
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def use_chat_template(tokenizer, template: str) -> bool:
+    """Whether examples are rendered with the chat template ('auto': when the tokenizer has one)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if template == "chat" and not has_template:
+        raise TemplateError("data.template is 'chat' but the tokenizer has no chat template\n"
+                            "  fix: set data.template: plain, or use a model whose tokenizer has a chat template")
+    return has_template if template == "auto" else template == "chat"
+
+
+def encode_example(example: Example, tokenizer, *, chat: bool, train_on_prompt: bool = False) -> Encoded:
+    if not example.is_chat:
+        encoded = _encode_text(example.text or "", tokenizer)
+    elif chat:
+        encoded = _encode_chat(example, tokenizer)
+    else:
+        encoded = _encode_plain_pair(example, tokenizer)
+    if train_on_prompt:
+        return Encoded(encoded.input_ids, list(encoded.input_ids), encoded.turn_ends)
+    return encoded
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Token ids that legitimately end an assistant turn: EOS plus template end markers the vocab knows."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for marker in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>"):
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return ids
+
+
+def render_chat(tokenizer, messages, *, add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(example: Example, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character span of every assistant turn in it."""
+    messages = list(example.messages)
+    full = render_chat(tokenizer, messages)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
+        through = render_chat(tokenizer, messages[: index + 1])
+        if not through.startswith(before) or not full.startswith(through):
+            raise TemplateError(
+                f"{example.location}: the chat template renders turn {index} differently depending on what "
+                "follows it, so the assistant tokens cannot be located reliably\n"
+                "  fix: use a chat template that renders earlier turns unchanged (set the tokenizer's "
+                "chat_template), or set data.template: plain")
+        end = len(through.rstrip())
+        if end <= len(before):
+            raise TemplateError(f"{example.location}: the chat template dropped assistant turn {index}\n"
+                                "  fix: check the template handles the 'assistant' role")
+        spans.append((len(before), end))
+    return full, spans
+
+
+def _encode_chat(example: Example, tokenizer) -> Encoded:
+    text, spans = assistant_spans(example, tokenizer)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    turn_ends = []
+    span_index = 0
+    for position, (start, end) in enumerate(offsets):
+        while span_index < len(spans) and start >= spans[span_index][1]:
+            span_index += 1
+        if span_index == len(spans):
+            break
+        span_start, span_end = spans[span_index]
+        if end > span_start and start < span_end and end > start:
+            labels[position] = ids[position]
+            if position + 1 == len(ids) or offsets[position + 1][0] >= span_end:
+                turn_ends.append(position)
+    return Encoded(ids, labels, tuple(turn_ends))
+
+
+def _encode_plain_pair(example: Example, tokenizer) -> Encoded:
+    """No chat template: prompt text then completion text then EOS; only the completion and EOS are trained."""
+    roles = [m["role"] for m in example.messages]
+    if roles != ["user", "assistant"]:
+        raise TemplateError(f"{example.location}: a conversation with roles {roles} needs a chat template, but "
+                            "the data is rendered as plain text\n  fix: use a tokenizer with a chat template "
+                            "(data.template: chat), or prompt/completion records")
+    prompt_ids = tokenizer(example.messages[0]["content"], add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(example.messages[1]["content"], add_special_tokens=False)["input_ids"]
+    completion_ids = [*completion_ids, tokenizer.eos_token_id]
+    ids = prompt_ids + completion_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+    return Encoded(ids, labels, (len(ids) - 1,))
+
+
+def _encode_text(text: str, tokenizer) -> Encoded:
+    ids = [*tokenizer(text, add_special_tokens=True)["input_ids"], tokenizer.eos_token_id]
+    return Encoded(ids, list(ids), (len(ids) - 1,))
+
+
+def prompt_ids_for_generation(example: Example, tokenizer, *, chat: bool) -> tuple[list[int], str] | None:
+    """Token ids of the prompt up to the last assistant turn (with the generation prompt), and the reference."""
+    pair = example.prompt_and_reference()
+    if pair is None:
+        return None
+    prompt_messages, reference = pair
+    if chat:
+        text = render_chat(tokenizer, prompt_messages, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"], reference
+    return tokenizer(prompt_messages[-1]["content"], add_special_tokens=True)["input_ids"], reference

@@ -1,0 +1,2 @@
+"""The one training loop every objective uses, and everything around it (precision, optimizer,
+schedules, checkpoints, logging)."""

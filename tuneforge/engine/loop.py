@@ -1,0 +1,148 @@
+"""The one training loop: token-normalised gradient accumulation, precision, clipping, the optimizer and
+schedule, logging, periodic evaluation with early stopping, and checkpoints. Objectives are plain loss
+functions handed in; nothing here knows which objective or method is being trained."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import TrainConfig
+from tuneforge.data.batching import StepPlan, collate, count_label_tokens
+from tuneforge.data.dataset import TrainExample
+from tuneforge.engine import checkpoint
+from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
+from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.objectives import LossContext, Objective
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    best_eval_loss: float | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    skipped_steps: int = 0
+    fingerprint: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        return {"best_eval_loss": self.best_eval_loss, "evals_without_improvement": self.evals_without_improvement,
+                "skipped_steps": self.skipped_steps, "fingerprint": self.fingerprint}
+
+
+@dataclass
+class LoopInputs:
+    model: torch.nn.Module
+    objective: Objective
+    examples: Sequence[TrainExample]
+    cfg: TrainConfig
+    pad_id: int
+    device: torch.device
+    autocast: Callable
+    metrics: MetricsLog
+    console: RunConsole
+    checkpoint_dir: Path
+    evaluate: Callable[[], dict[str, float]] | None = None  # held-out loss, for eval_every/early stopping
+
+
+def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
+    cfg, model = inputs.cfg, inputs.model
+    plan = StepPlan([len(e.encoded) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
+                    cfg.group_by_length)
+    total = plan.total_steps(cfg.epochs, cfg.max_steps)
+    optimizer = build_optimizer(model, cfg)
+    if resume_from is not None:
+        saved = checkpoint.load_checkpoint(resume_from, model, optimizer)
+        state = _restored_state(saved, state.fingerprint)
+        inputs.console.info(f"resumed from {resume_from.name} at step {state.step}/{total}")
+    model.train()
+    inputs.console.start_training(total, state.step)
+    started, tokens_seen, first_step = time.perf_counter(), 0, state.step
+    try:
+        for step in range(state.step, total):
+            values = train_step(inputs, optimizer, plan.window(step), lr_at(step, total, cfg))
+            state.step = step + 1
+            tokens_seen += values["tokens"]
+            if values.pop("skipped"):
+                state.skipped_steps += 1
+            values["epoch"] = plan.epoch_of(step)
+            _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
+            if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
+                _evaluate(inputs, state)
+            if _periodic(state.step, cfg.save_every, total) or state.stopped_early:
+                checkpoint.save_checkpoint(inputs.checkpoint_dir, state.step, model, optimizer, state.as_json(),
+                                           cfg.keep_last)
+            if state.stopped_early:
+                inputs.console.info(f"early stopping at step {state.step}: eval loss did not improve for "
+                                    f"{cfg.early_stopping_patience} evaluations")
+                break
+    finally:
+        inputs.console.stop_training()
+    return state
+
+
+def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]],
+               lr: float) -> dict[str, float]:
+    """One optimizer step over an accumulation window; the loss is normalised by the window's label tokens."""
+    batches = [_to_device(collate([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
+               for micro in window]
+    ctx = LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches))
+    loss_total = torch.zeros((), device=inputs.device)
+    for batch in batches:
+        with inputs.autocast():
+            out = inputs.objective.loss(inputs.model, batch, ctx)
+        out.loss.backward()
+        loss_total += out.loss.detach()
+    params = [p for p in inputs.model.parameters() if p.requires_grad]
+    max_norm = inputs.cfg.max_grad_norm or math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+    loss = float(loss_total)
+    skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not skipped:  # a non-finite loss or gradient never reaches the weights
+        set_lr(optimizer, lr)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
+            "label_tokens": ctx.num_label_tokens, "skipped": skipped}
+
+
+def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, tokens_seen: int, started: float,
+            steps_done: int) -> None:
+    elapsed = time.perf_counter() - started
+    values["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
+    inputs.metrics.log(state.step, "train", values)
+    if state.step % inputs.cfg.log_every == 0 or state.step == total:
+        eta = elapsed / max(steps_done, 1) * (total - state.step)
+        inputs.console.step(state.step, total, values, eta)
+
+
+def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
+    result = inputs.evaluate()
+    inputs.metrics.log(state.step, "eval", result)
+    inputs.console.info(f"eval at step {state.step}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}")
+    if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
+        state.best_eval_loss, state.evals_without_improvement = result["loss"], 0
+        return
+    state.evals_without_improvement += 1
+    patience = inputs.cfg.early_stopping_patience
+    state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+
+
+def _periodic(step: int, every: int, total: int) -> bool:
+    return every > 0 and (step % every == 0) and step < total
+
+
+def _restored_state(saved: dict, fingerprint: dict) -> LoopState:
+    return LoopState(step=saved["step"], best_eval_loss=saved.get("best_eval_loss"),
+                     evals_without_improvement=saved.get("evals_without_improvement", 0),
+                     skipped_steps=saved.get("skipped_steps", 0), fingerprint=fingerprint)
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -1,0 +1,228 @@
+"""A whole run, in the order that keeps the user's time and disk safe: validate config and data first
+(seconds, nothing written), then load the model, then create the run directory and train, evaluate, save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import LoadedConfig, dump_yaml
+from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
+from tuneforge.data.render import use_chat_template
+from tuneforge.engine import checkpoint, precision
+from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
+from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.errors import CheckpointError, RunDirError
+from tuneforge.evaluation.evaluate import generation_metrics, heldout_loss
+from tuneforge.methods import get_method, trainable_summary, validate_method_params
+from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.objectives import get_objective
+
+CHECKPOINTS = "checkpoints"
+EVAL_FILE = "eval.json"
+RUN_FILE = "run.json"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    train: dict = field(default_factory=dict)
+    eval_before: dict = field(default_factory=dict)
+    eval_after: dict = field(default_factory=dict)
+
+    def gain(self, metric: str) -> float | None:
+        if metric in self.eval_before and metric in self.eval_after:
+            return self.eval_after[metric] - self.eval_before[metric]
+        return None
+
+
+@dataclass
+class Prepared:
+    train: list[TrainExample]
+    test: list[TrainExample]
+    test_raw: list
+    tokenizer: object
+    chat: bool
+    stats: dict
+
+
+def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> RunResult:
+    cfg = loaded.run
+    console = RunConsole(quiet=quiet)
+    method = get_method(cfg.method.name)
+    params = validate_method_params(cfg.method, loaded.where("method"))
+    objective = get_objective(cfg.objective.name)
+    run_dir = resolve_run_dir(loaded)
+    resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
+    prepared = prepare_data(loaded, console)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = precision.resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)
+    model = method.apply(load_causal_lm(cfg.model), params)
+    precision.cast_frozen_weights(model, chosen)
+    model.to(device)
+    trainable, total = trainable_summary(model)
+    console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
+                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision {precision.describe(chosen)}")
+    autocast = precision.autocast_factory(chosen, device)
+
+    _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+    fingerprint = _fingerprint(cfg, prepared)
+    _write_json(run_dir / RUN_FILE, {"status": "training", "fingerprint": fingerprint, "precision": chosen,
+                                     "trainable_parameters": trainable, "parameters": total,
+                                     "data": prepared.stats})
+
+    evaluate = _evaluator(model, prepared, cfg, autocast)
+    eval_before = {}
+    if cfg.eval.compare_base and resume_from is None:
+        console.info("evaluating the base model ...")
+        eval_before = evaluate(generate=True)[0]
+        console.info("before: " + _format_scores(eval_before))
+        _write_json(run_dir / EVAL_FILE, {"before": eval_before})
+
+    metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
+    started = time.perf_counter()
+    try:
+        inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
+                            autocast, metrics, console, run_dir / CHECKPOINTS,
+                            evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None)
+        state = train_loop(inputs, LoopState(fingerprint=fingerprint), resume_from)
+        wall = time.perf_counter() - started
+        method.save(model, run_dir)
+        eval_after, samples = evaluate(generate=True)
+        if eval_after:
+            metrics.log(state.step, "final_eval", eval_after)
+    finally:
+        metrics.close()
+    if resume_from is not None:
+        eval_before = _previous_before(run_dir)
+    _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
+    train_summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
+                     "stopped_early": state.stopped_early}
+    _write_json(run_dir / RUN_FILE, {"status": "complete", "fingerprint": fingerprint, "precision": chosen,
+                                     "trainable_parameters": trainable, "parameters": total,
+                                     "data": prepared.stats, "train": train_summary})
+    return RunResult(run_dir, state.step, train_summary, eval_before, eval_after)
+
+
+def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None) -> Prepared:
+    """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
+    cfg = loaded.run
+    train_raw = load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)
+    test_raw = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path) if cfg.data.test else []
+    tokenizer = load_tokenizer(cfg.model)
+    chat = use_chat_template(tokenizer, cfg.data.template)
+    train, stats = encode_examples(train_raw, tokenizer, cfg.data)
+    if cfg.eval.max_examples:
+        test_raw = test_raw[: cfg.eval.max_examples]
+    test, test_stats = encode_examples(test_raw, tokenizer, cfg.data) if test_raw else ([], None)
+    summary = stats.summary()
+    if console:
+        console.info(f"data: {summary['kept']} training examples ({summary['truncated']} truncated, "
+                     f"{summary['dropped']} dropped), {summary['tokens']} tokens, {summary['label_tokens']} trained; "
+                     f"{len(test)} test examples")
+        if stats.missing_end_of_turn:
+            console.info(f"warning: {len(stats.missing_end_of_turn)} examples do not train an end-of-turn token "
+                         f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
+    return Prepared(train, test, test_raw, tokenizer, chat,
+                    {"train": summary, "test": test_stats.summary() if test_stats else None})
+
+
+def _evaluator(model, prepared: Prepared, cfg, autocast):
+    def evaluate(generate: bool) -> tuple[dict, list[dict]]:
+        scores: dict = {}
+        samples: list[dict] = []
+        if not prepared.test:
+            return scores, samples
+        if "loss" in cfg.eval.metrics or not generate:
+            scores.update(heldout_loss(model, prepared.test, prepared.tokenizer.pad_token_id, cfg.eval.batch_size,
+                                       autocast))
+        if generate:
+            generated, samples = generation_metrics(
+                model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, autocast=autocast)
+            scores.update(generated)
+        return scores, samples
+
+    return evaluate
+
+
+def resolve_run_dir(loaded: LoadedConfig) -> Path:
+    if loaded.run.output.dir:
+        return Path(loaded.run.output.dir)
+    name = loaded.source.stem if loaded.source else "run"
+    return Path("runs") / name
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Decide, before anything is written, whether this run starts fresh or resumes; None = fresh."""
+    if resume:
+        if not run_dir.is_dir():
+            raise CheckpointError(f"--resume: run directory {run_dir} does not exist\n  fix: start the run without "
+                                  "--resume, or set output.dir to the run to continue")
+        status = _read_json(run_dir / RUN_FILE).get("status")
+        if status == "complete":
+            raise CheckpointError(f"--resume: the run in {run_dir} is already complete\n  fix: start a new run "
+                                  "with another output.dir, or set output.overwrite=true")
+        found, skipped = checkpoint.latest_checkpoint(run_dir / CHECKPOINTS)
+        if found is None:
+            detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+            raise CheckpointError(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}{detail}\n  fix: "
+                                  "set train.save_every so runs write checkpoints, or start again without --resume")
+        return found
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"output directory {run_dir} already holds a run\n  fix: pass --resume to continue it, "
+                          "set output.overwrite=true to replace it, or choose another output.dir")
+    return None
+
+
+def _create_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    if not resuming and overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _fingerprint(cfg, prepared: Prepared) -> dict:
+    data = hashlib.sha256()
+    for item in prepared.train:
+        data.update(json.dumps(item.encoded.input_ids).encode())
+        data.update(json.dumps(item.encoded.labels).encode())
+    training = cfg.model_dump(mode="json", exclude={"eval", "output"})
+    return {"data_sha256": data.hexdigest(),
+            "config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()}
+
+
+def _previous_before(run_dir: Path) -> dict:
+    return _read_json(run_dir / EVAL_FILE).get("before", {})
+
+
+def _step_of(path: Path | None) -> int | None:
+    return int(path.name.split("-")[-1]) if path is not None else None
+
+
+def _format_scores(scores: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" for k, v in scores.items())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,95 @@
+"""Where a run's numbers go: metrics.jsonl (always), TensorBoard (by default), and the console —
+a rich progress bar on a terminal, plain log lines otherwise or with --quiet."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl plus optional TensorBoard events. On resume, rows after the resumed step
+    are dropped so the file reads as one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
+        self.path = run_dir / METRICS_FILE
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._file = self.path.open("a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunConsole:
+    """Console output for a run: messages, and training progress (bar on a TTY, lines otherwise)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.console = Console(stderr=False, highlight=False)
+        self.interactive = sys.stdout.isatty() and not quiet
+        self._progress: Progress | None = None
+        self._task = None
+
+    def info(self, message: str) -> None:
+        self.console.print(message, markup=False, soft_wrap=True)
+
+    def start_training(self, total: int, done: int) -> None:
+        if not self.interactive:
+            return
+        self._progress = Progress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(), console=self.console, transient=False)
+        self._task = self._progress.add_task("train", total=total, completed=done, status="")
+        self._progress.start()
+
+    def step(self, step: int, total: int, values: dict[str, float], eta_s: float) -> None:
+        status = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}  {values['tokens_per_s']:.0f} tok/s"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, status=status)
+        else:
+            self.info(f"step {step}/{total}  {status}  eta {_duration(eta_s)}")
+
+    def stop_training(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,66 @@
+"""Using a finished run: load its model (base + adapter, or the full model) and evaluate it on new data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import DataConfig, DatasetSpec, RunConfig, load_config
+from tuneforge.data.dataset import encode_examples, load_examples
+from tuneforge.data.render import use_chat_template
+from tuneforge.engine import precision
+from tuneforge.errors import RunDirError
+from tuneforge.evaluation.evaluate import generation_metrics, heldout_loss
+from tuneforge.methods import get_method
+from tuneforge.models.load import load_causal_lm
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    config: RunConfig
+    model: torch.nn.Module
+    tokenizer: object
+    autocast: object
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} is not a tuneforge run directory (no config.yaml)\n  fix: pass the directory "
+                          "a `tuneforge train` run wrote, e.g. runs/quickstart")
+    cfg = load_config(config_path).run
+    method = get_method(cfg.method.name)
+    if not (run_dir / method.output_subdir).is_dir():
+        raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
+                          "`tuneforge train <config> --resume`, or use a finished run")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = precision.resolve_precision(cfg.train.precision, device)
+    model = method.load(run_dir, lambda: load_causal_lm(cfg.model))
+    precision.cast_frozen_weights(model, chosen)
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device))
+
+
+def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
+                 max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
+    """Loss and generation metrics of a trained run on a dataset file in any supported format."""
+    data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
+    examples = load_examples(data_cfg.train, seed=0)[:max_examples]
+    scores: dict = {}
+    if "loss" in metrics:
+        encoded, _ = encode_examples(examples, trained.tokenizer, data_cfg)
+        scores.update(heldout_loss(trained.model, encoded, trained.tokenizer.pad_token_id, batch_size,
+                                   trained.autocast))
+    generated, samples = generation_metrics(
+        trained.model, trained.tokenizer, examples, metrics, chat=use_chat_template(trained.tokenizer,
+                                                                                     data_cfg.template),
+        batch_size=batch_size, max_new_tokens=max_new_tokens, autocast=trained.autocast)
+    scores.update(generated)
+    return scores, samples

@@ -1,0 +1,1 @@
+"""Evaluation: held-out loss and perplexity, and generation metrics from batched greedy decoding."""

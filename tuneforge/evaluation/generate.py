@@ -1,0 +1,39 @@
+"""Batched greedy (or sampled) generation with a KV cache, for evaluation and chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
+                   stop_ids: set[int], temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """Left-pad the prompts, decode all at once, return the new text of each (special tokens removed)."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention[row, width - len(prompt):] = 1
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+        {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                            eos_token_id=sorted(stop_ids), pad_token_id=pad, use_cache=True, **sampling)
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+
+
+def generate_all(model, tokenizer, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int,
+                 stop_ids: set[int]) -> list[str]:
+    """Greedy completions for every prompt, batched by similar length to waste little padding."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start: start + batch_size]
+        texts = generate_batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
+                               stop_ids=stop_ids)
+        for index, text in zip(chunk, texts, strict=True):
+            results[index] = text
+    return results

@@ -1,0 +1,40 @@
+"""The shape every method has: parameters, how to apply it, how to save and reload what it trained."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class MethodParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    params: type[MethodParams]
+    apply: Callable  # (model, params) -> model with only the trained parameters requiring grad
+    save: Callable  # (model, run_dir) -> None; writes run_dir/<output_subdir>
+    load: Callable  # (run_dir, load_base: () -> model) -> trained model
+    output_subdir: str
+
+
+def trainable_summary(model) -> tuple[int, int]:
+    """(trainable parameters, all parameters), counting shared tensors once."""
+    seen, trainable, total = set(), 0, 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total
+
+
+def run_subdir(run_dir: str | Path, name: str) -> Path:
+    return Path(run_dir) / name

@@ -1,0 +1,31 @@
+"""Full fine-tuning: every parameter is trained; the whole model is saved."""
+
+from __future__ import annotations
+
+from tuneforge.methods.base import Method, MethodParams, run_subdir
+
+MODEL_DIR = "model"
+
+
+class FullParams(MethodParams):
+    pass
+
+
+def apply(model, params: FullParams):
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
+
+
+def save(model, run_dir) -> None:
+    model.save_pretrained(run_subdir(run_dir, MODEL_DIR), safe_serialization=True)
+
+
+def load(run_dir, load_base):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
+
+
+METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR)

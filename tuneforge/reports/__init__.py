@@ -1,0 +1,1 @@
+"""Reports read run directories (never live objects): plots, tables, comparisons."""
