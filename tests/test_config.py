@@ -81,3 +81,8 @@ def test_cli_config_error_exit_code_2(tmp_path):
     assert result.exit_code == 2
     assert "did you mean 'train'" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_override_errors_name_the_override(tmp_path):
+    with pytest.raises(ConfigError, match=r"override 'train.lr=-3': 'train.lr' = -3"):
+        load_config(write(tmp_path, BASE), ["train.lr=-3"])

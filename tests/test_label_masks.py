@@ -70,7 +70,8 @@ def trained_runs(encoded, tok) -> list[str]:
         if label != IGNORE_INDEX:
             current.append(token_id)
         elif current:
-            runs.append(tok.decode(current)), current.clear()
+            runs.append(tok.decode(current))
+            current = []
     if current:
         runs.append(tok.decode(current))
     return runs

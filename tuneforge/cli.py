@@ -162,6 +162,10 @@ def _print_before_after(before: dict, after: dict) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # raised inside transformers when peft wraps a model; not actionable for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()
 
 

@@ -184,7 +184,7 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Loa
     try:
         run = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, path, lines)) from None
+        raise ConfigError(_describe_validation_error(exc, path, lines, overrides)) from None
     return LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
 
 
@@ -254,7 +254,8 @@ def _apply_override(raw: dict, override: str) -> None:
     node[keys[-1]] = value
 
 
-def _describe_validation_error(exc: ValidationError, path: Path | None, lines: dict) -> str:
+def _describe_validation_error(exc: ValidationError, path: Path | None, lines: dict,
+                               overrides: Sequence[str] = ()) -> str:
     messages = []
     for err in exc.errors():
         loc = tuple(str(part) for part in err["loc"] if not str(part).startswith("function-"))
@@ -262,6 +263,10 @@ def _describe_validation_error(exc: ValidationError, path: Path | None, lines: d
         dotted = ".".join(loc) or "(top level)"
         line = _nearest_line(loc, lines)
         where = f"{path}:{line}" if path and line else (str(path) if path else "config")
+        from_override = [o for o in overrides if o.partition("=")[0].strip() == dotted]
+        if from_override:
+            where = f"override '{from_override[-1]}'"
+
         if err["type"] == "extra_forbidden":
             hint = _closest_field(loc)
             fix = f"did you mean '{hint}'?" if hint else "remove it; see the documented keys in README.md"
