@@ -79,11 +79,14 @@ def chat(run_dir: Annotated[Path, typer.Argument(help="a finished run directory"
          max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
          system: Annotated[str | None, typer.Option(help="system prompt")] = None) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D quits; /reset clears the conversation."""
-    from tuneforge.data.render import end_of_turn_ids, render_chat
+    from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
     from tuneforge.engine.trained import load_trained
     from tuneforge.evaluation.generate import generate_batch
 
     trained = load_trained(run_dir)
+    chat_template = use_chat_template(trained.tokenizer, trained.config.data.template)
+    if not chat_template:
+        print("note: this model has no chat template; each message is completed as plain text, without history")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     scripted = list(message or [])
     stops = end_of_turn_ids(trained.tokenizer)
@@ -95,8 +98,7 @@ def chat(run_dir: Annotated[Path, typer.Argument(help="a finished run directory"
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": text})
-        prompt = trained.tokenizer(render_chat(trained.tokenizer, history, add_generation_prompt=True),
-                                   add_special_tokens=False)["input_ids"]
+        prompt = generation_prompt_ids(trained.tokenizer, history, chat=chat_template)
         with trained.autocast():
             reply = generate_batch(trained.model, trained.tokenizer, [prompt], max_new_tokens=max_new_tokens,
                                    stop_ids=stops, temperature=temperature, top_p=top_p)[0]
@@ -162,10 +164,6 @@ def _print_before_after(before: dict, after: dict) -> None:
 
 
 def main() -> None:
-    import warnings
-
-    # raised inside transformers when peft wraps a model; not actionable for users
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     app()
 
 

@@ -130,13 +130,19 @@ def _encode_text(text: str, tokenizer) -> Encoded:
     return Encoded(ids, list(ids), (len(ids) - 1,))
 
 
+def generation_prompt_ids(tokenizer, messages, *, chat: bool) -> list[int]:
+    """Token ids that prompt the model for the next assistant turn. Without a chat template, the last
+    user message is the plain-text prompt (the same layout as plain-rendered training pairs)."""
+    if chat:
+        text = render_chat(tokenizer, messages, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(messages[-1]["content"], add_special_tokens=True)["input_ids"]
+
+
 def prompt_ids_for_generation(example: Example, tokenizer, *, chat: bool) -> tuple[list[int], str] | None:
-    """Token ids of the prompt up to the last assistant turn (with the generation prompt), and the reference."""
+    """Prompt ids up to the example's last assistant turn, and that turn's content as the reference."""
     pair = example.prompt_and_reference()
     if pair is None:
         return None
     prompt_messages, reference = pair
-    if chat:
-        text = render_chat(tokenizer, prompt_messages, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"], reference
-    return tokenizer(prompt_messages[-1]["content"], add_special_tokens=True)["input_ids"], reference
+    return generation_prompt_ids(tokenizer, prompt_messages, chat=chat), reference

@@ -3,6 +3,9 @@ trained. Saved in peft's adapter format, so `peft.PeftModel.from_pretrained` and
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 from pydantic import Field
 
 from tuneforge.methods.base import Method, MethodParams, run_subdir
@@ -23,7 +26,8 @@ def apply(model, params: LoraParams):
 
     config = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
                         target_modules=params.target_modules, bias=params.bias, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with _quiet_peft():
+        return get_peft_model(model, config)
 
 
 def save(model, run_dir) -> None:
@@ -33,7 +37,16 @@ def save(model, run_dir) -> None:
 def load(run_dir, load_base):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
+    with _quiet_peft():
+        return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
+
+
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question when wrapping a model; the warning is not actionable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 METHOD = Method("lora", "low-rank adapters on linear layers (peft)", LoraParams, apply, save, load, ADAPTER_DIR)
