@@ -86,3 +86,10 @@ def test_cli_config_error_exit_code_2(tmp_path):
 def test_override_errors_name_the_override(tmp_path):
     with pytest.raises(ConfigError, match=r"override 'train.lr=-3': 'train.lr' = -3"):
         load_config(write(tmp_path, BASE), ["train.lr=-3"])
+
+
+def test_unknown_objective_suggests():
+    from tuneforge.objectives import get_objective
+
+    with pytest.raises(ConfigError, match=r"(?s)unknown objective 'stf'.*did you mean 'sft'"):
+        get_objective("stf")

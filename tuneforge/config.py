@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,7 @@ from tuneforge.errors import ConfigError
 # whole key names such as hub_token, api_key, password — not counts such as max_new_tokens
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|secret|password|api_?key|credentials?)$", re.IGNORECASE)
 REDACTED = "***redacted***"
+T = TypeVar("T")
 IGNORE_INDEX = -100  # label value of a token that is not trained (torch cross_entropy's ignore_index)
 
 
@@ -317,6 +318,15 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 def closest_name(name: str, choices: Sequence[str]) -> str | None:
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
     return match[0] if match else None
+
+
+def registry_lookup(registry: Mapping[str, T], name: str, section: str) -> T:
+    """registry[name], or a ConfigError naming the config key, the closest name and the choices."""
+    if name in registry:
+        return registry[name]
+    hint = closest_name(name, list(registry))
+    raise ConfigError(f"unknown {section} '{name}' (config key '{section}.name')\n  fix: "
+                      + (f"did you mean '{hint}'? " if hint else "") + f"available: {', '.join(sorted(registry))}")
 
 
 def redacted(value: Any) -> Any:

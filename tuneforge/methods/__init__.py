@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ValidationError
 
-from tuneforge.config import NamedParams, closest_name
+from tuneforge.config import NamedParams, closest_name, registry_lookup
 from tuneforge.errors import ConfigError
 from tuneforge.methods import full, lora
 from tuneforge.methods.base import Method, trainable_summary
@@ -18,12 +18,7 @@ __all__ = ["REGISTRY", "Method", "get_method", "trainable_summary", "validate_me
 
 
 def get_method(name: str) -> Method:
-    if name not in REGISTRY:
-        hint = closest_name(name, list(REGISTRY))
-        raise ConfigError(f"unknown method '{name}' (config key 'method.name')\n  fix: "
-                          + (f"did you mean '{hint}'? " if hint else "")
-                          + f"available: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    return registry_lookup(REGISTRY, name, "method")
 
 
 def validate_method_params(spec: NamedParams, where: str = "config key 'method'") -> BaseModel:
