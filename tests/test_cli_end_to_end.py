@@ -113,3 +113,13 @@ def test_existing_output_dir_needs_resume_or_overwrite(trained_run, tmp_path, ti
     assert result.exit_code == 2 and "already holds a run" in result.output
     result = runner.invoke(app, ["train", str(path), "--resume"])
     assert result.exit_code == 2 and "already complete" in result.output
+
+
+def test_resume_without_checkpoint_explains(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step-00000002").mkdir(parents=True)  # a write that never finished: no manifest
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path, tiny_model_dir, output={"dir": str(run_dir)})))
+    result = runner.invoke(app, ["train", str(path), "--resume"])
+    assert result.exit_code == 2
+    assert "no complete checkpoint" in result.output and "step-00000002: no manifest" in result.output

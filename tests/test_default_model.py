@@ -39,3 +39,26 @@ def test_conversion_gives_a_working_cached_model(tmp_path, monkeypatch):
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0][prompt["input_ids"].shape[1]:])
+
+
+def test_unreachable_hub_id_fails_fast_with_a_fix(monkeypatch):
+    import time
+
+    from tuneforge.config import ModelConfig
+    from tuneforge.errors import ModelError
+    from tuneforge.models.load import load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match=r"(?s)not in the local Hugging Face cache.*fix: download it"):
+        load_tokenizer(ModelConfig(path="some-org/not-a-cached-model"))
+    assert time.perf_counter() - started < 10
+
+
+def test_missing_local_model_directory():
+    from tuneforge.config import ModelConfig
+    from tuneforge.errors import ModelError
+    from tuneforge.models.load import load_causal_lm
+
+    with pytest.raises(ModelError, match="does not exist"):
+        load_causal_lm(ModelConfig(path="./no/such/model"))

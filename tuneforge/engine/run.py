@@ -179,7 +179,8 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
         if found is None:
             detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
             raise CheckpointError(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}{detail}\n  fix: "
-                                  "set train.save_every so runs write checkpoints, or start again without --resume")
+                                  "start again with output.overwrite=true (and train.save_every > 0 so the run "
+                                  "writes checkpoints)")
         return found
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RunDirError(f"output directory {run_dir} already holds a run\n  fix: pass --resume to continue it, "

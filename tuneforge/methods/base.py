@@ -38,3 +38,4 @@ def trainable_summary(model) -> tuple[int, int]:
 
 def run_subdir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / name
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.models import no_progress_bars
 
 MODEL_DIR = "model"
 
@@ -18,7 +19,8 @@ def apply(model, params: FullParams):
 
 
 def save(model, run_dir) -> None:
-    model.save_pretrained(run_subdir(run_dir, MODEL_DIR), safe_serialization=True)
+    with no_progress_bars():
+        model.save_pretrained(run_subdir(run_dir, MODEL_DIR), safe_serialization=True)
 
 
 def load(run_dir, load_base):

