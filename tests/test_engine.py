@@ -152,3 +152,17 @@ def test_early_stopping_stops_on_eval_loss(tmp_path, tiny_model_dir):
     result = train(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 40, "lr": 3.0, "eval_every": 2,
                                                                 "early_stopping_patience": 2}), quiet=True)
     assert result.train["stopped_early"] and result.steps < 40
+
+
+def test_epoch_order_shuffles_by_seed_and_epoch_unless_told_not_to():
+    from tuneforge.data.batching import epoch_micro_batches
+
+    lengths = list(range(40))
+    first = epoch_micro_batches(lengths, 4, seed=1, epoch=0, group_by_length=False)
+    assert first == epoch_micro_batches(lengths, 4, seed=1, epoch=0, group_by_length=False)
+    assert first != epoch_micro_batches(lengths, 4, seed=1, epoch=1, group_by_length=False)
+    assert sorted(i for batch in first for i in batch) == lengths
+    in_order = epoch_micro_batches(lengths, 4, seed=1, epoch=0, group_by_length=False, shuffle=False)
+    assert in_order == [list(range(i, i + 4)) for i in range(0, 40, 4)]
+    grouped = epoch_micro_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in grouped)  # similar lengths

@@ -152,6 +152,23 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
         raise typer.Exit(2)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def bench(ctx: typer.Context,
+          name: Annotated[str, typer.Argument(help="which benchmark: sft (see bench/ for the list)")]) -> None:
+    """Run a benchmark from bench/ against the peers, side by side; options pass through (e.g. --quick)."""
+    import subprocess
+
+    from tuneforge.errors import ConfigError
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / f"{name}.py").is_file():
+        available = sorted(p.stem for p in (root / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
+        raise ConfigError(f"no benchmark '{name}' in {root / 'bench'}\n  fix: use one of: "
+                          f"{', '.join(available) or '(none: the benchmarks ship with the source checkout)'}")
+    raise typer.Exit(subprocess.call([sys.executable, "-m", f"bench.{name}", *ctx.args], cwd=root))
+
+
 def _print_before_after(before: dict, after: dict) -> None:
     if not after:
         return

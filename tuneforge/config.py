@@ -93,6 +93,7 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    shuffle: bool = Field(True, description="shuffle each epoch (seeded); false keeps the dataset order")
     group_by_length: bool = True
     log_every: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0, description="steps between held-out loss evaluations; 0 = only at the end")

@@ -38,15 +38,16 @@ def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
-                        group_by_length: bool) -> list[list[int]]:
-    """Indices of every micro-batch of one epoch, shuffled by (seed, epoch).
+                        group_by_length: bool, shuffle: bool = True) -> list[list[int]]:
+    """Indices of every micro-batch of one epoch, shuffled by (seed, epoch) unless `shuffle` is off.
 
-    With length grouping, a shuffled epoch is cut into chunks of LENGTH_GROUP_FACTOR batches; each chunk is
+    With length grouping, the epoch is cut into chunks of LENGTH_GROUP_FACTOR batches; each chunk is
     sorted by length before batching (less padding), and the batches are shuffled again.
     """
     rng = random.Random(f"{seed}:{epoch}")
     order = list(range(len(lengths)))
-    rng.shuffle(order)
+    if shuffle:
+        rng.shuffle(order)
     if not group_by_length:
         return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     chunk = batch_size * LENGTH_GROUP_FACTOR
@@ -54,7 +55,8 @@ def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoc
     for start in range(0, len(order), chunk):
         part = sorted(order[start: start + chunk], key=lambda i: lengths[i], reverse=True)
         batches.extend(part[i: i + batch_size] for i in range(0, len(part), batch_size))
-    rng.shuffle(batches)
+    if shuffle:
+        rng.shuffle(batches)
     return batches
 
 
@@ -62,9 +64,9 @@ class StepPlan:
     """Which micro-batches make up each optimizer step, across epochs; indexable by global step."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int,
-                 group_by_length: bool):
+                 group_by_length: bool, shuffle: bool = True):
         self.lengths, self.batch_size, self.grad_accum = list(lengths), batch_size, grad_accum
-        self.seed, self.group_by_length = seed, group_by_length
+        self.seed, self.group_by_length, self.shuffle = seed, group_by_length, shuffle
         micro = -(-len(self.lengths) // batch_size)
         self.steps_per_epoch = max(1, -(-micro // grad_accum))
         self._cache: dict[int, list[list[int]]] = {}
@@ -77,7 +79,7 @@ class StepPlan:
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch not in self._cache:
             self._cache = {epoch: epoch_micro_batches(self.lengths, self.batch_size, self.seed, epoch,
-                                                      self.group_by_length)}
+                                                      self.group_by_length, self.shuffle)}
         micro = self._cache[epoch]
         return micro[index * self.grad_accum: (index + 1) * self.grad_accum]
 

@@ -5,6 +5,7 @@ functions handed in; nothing here knows which objective or method is being train
 from __future__ import annotations
 
 import math
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class LoopInputs:
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
     cfg, model = inputs.cfg, inputs.model
     plan = StepPlan([len(e.encoded) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
-                    cfg.group_by_length)
+                    cfg.group_by_length, cfg.shuffle)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     optimizer = build_optimizer(model, cfg)
     if resume_from is not None:
@@ -65,7 +66,10 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     started, tokens_seen, first_step = time.perf_counter(), 0, state.step
     try:
         for step in range(state.step, total):
+            step_started = time.perf_counter()
             values = train_step(inputs, optimizer, plan.window(step), lr_at(step, total, cfg))
+            values["step_time_s"] = time.perf_counter() - step_started
+            values["peak_memory_gib"] = peak_memory_gib(inputs.device)
             state.step = step + 1
             tokens_seen += values["tokens"]
             if values.pop("skipped"):
@@ -142,6 +146,13 @@ def _restored_state(saved: dict, fingerprint: dict) -> LoopState:
     return LoopState(step=saved["step"], best_eval_loss=saved.get("best_eval_loss"),
                      evals_without_improvement=saved.get("evals_without_improvement", 0),
                      skipped_steps=saved.get("skipped_steps", 0), fingerprint=fingerprint)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: max allocated on CUDA, the process's peak resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:

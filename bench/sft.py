@@ -1,0 +1,237 @@
+"""LoRA SFT throughput: tuneforge against TRL's SFTTrainer + peft, side by side in one command.
+
+    python -m bench.sft --quick          # under 10 minutes on 2 CPU cores
+    python -m bench.sft                  # the default workload
+
+Both systems train the default model with the same LoRA (r 16, alpha 32, all linear layers, no dropout),
+the same tokens in the same order (tuneforge's encoding of one chat dataset, fed to TRL pre-tokenized,
+batches taken in dataset order by both), batch size, learning rate, constant schedule, seed, steps and
+precision. TRL runs with what its documentation gives as its fastest setting on this hardware: padded
+batches with completion-only loss (its packing and padding-free modes are correct only with
+FlashAttention, which a CPU does not have), bf16 only where the hardware has fast bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import (
+    ModelShape,
+    SystemResult,
+    lora_step_flops,
+    measure_matmul_peak,
+    median,
+    peak_rss_bytes,
+    run_worker,
+    save_result,
+    steady,
+    write_chat_workload,
+)
+
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+SYSTEMS = ("tuneforge", "trl")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps: finishes in under 10 minutes on 2 cores")
+    parser.add_argument("--steps", type=int, help="optimizer steps per system (default 20, quick 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps excluded from the medians")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-seq-len", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--json", type=Path, help="also write all figures here")
+    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        WORKERS[args.worker](json.loads(args.spec.read_text()), args.out)
+        return
+    steps = args.steps or (8 if args.quick else 20)
+    report(run_all(args, steps), args, steps)
+
+
+def run_all(args: argparse.Namespace, steps: int) -> dict:
+    import torch
+
+    from tuneforge.engine.precision import resolve_precision
+    from tuneforge.models.default import default_model_dir
+
+    precision = resolve_precision(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    work = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
+    data = write_chat_workload(work / "chat.jsonl", steps * args.batch_size, args.seed)
+    spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
+            "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
+            "lora": LORA, "work": str(work)}
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    batches = batch_shapes(spec)
+    peak = measure_matmul_peak(precision)
+    results = {}
+    for system in args.systems.split(","):
+        out = work / f"{system}.json"
+        print(f"running {system} ({steps} steps) ...", flush=True)
+        results[system] = run_worker("bench.sft", ["--worker", system, "--spec", str(spec_path), "--out", str(out)],
+                                     timeout=3600)
+    return {"spec": spec, "batches": batches, "peak_flops": peak, "results": results}
+
+
+def batch_shapes(spec: dict) -> list[dict]:
+    """Per step: tokens, label tokens and useful FLOPs (the batches are identical for every system)."""
+    from transformers import AutoConfig
+
+    examples, _ = encoded_examples(spec)
+    shape = ModelShape.of(AutoConfig.from_pretrained(spec["model"]))
+    size, shapes = spec["batch_size"], []
+    for step in range(spec["steps"]):
+        batch = examples[step * size:(step + 1) * size]
+        lengths = [len(e.encoded) for e in batch]
+        labels = sum(e.num_label_tokens for e in batch)
+        shapes.append({"tokens": sum(lengths), "padded_tokens": max(lengths) * len(lengths), "label_tokens": labels,
+                       "flops": lora_step_flops(shape, spec["lora"]["r"], lengths, labels)})
+    return shapes
+
+
+def encoded_examples(spec: dict):
+    from tuneforge.config import DataConfig, DatasetSpec, ModelConfig
+    from tuneforge.data.dataset import encode_examples, load_examples
+    from tuneforge.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(path=spec["model"]))
+    cfg = DataConfig(train=[spec["data"]], max_seq_len=spec["max_seq_len"])
+    examples, _ = encode_examples(load_examples([DatasetSpec(path=spec["data"])], spec["seed"]), tokenizer, cfg)
+    return examples, tokenizer
+
+
+def tuneforge_worker(spec: dict, out: Path) -> None:
+    from tuneforge.api import train
+    from tuneforge.engine.tracking import read_metrics
+
+    started_wall = time.time()
+    config = {
+        "model": spec["model"], "method": {"name": "lora", **spec["lora"]},
+        "data": {"train": spec["data"], "max_seq_len": spec["max_seq_len"]},
+        "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"],
+                  "schedule": "constant", "seed": spec["seed"], "precision": spec["precision"], "shuffle": False,
+                  "group_by_length": False},
+        "eval": {"metrics": []},
+        "output": {"dir": str(Path(spec["work"]) / "tuneforge-run"), "tensorboard": False, "overwrite": True},
+    }
+    result = train(config, quiet=True)
+    rows = [r for r in read_metrics(result.run_dir) if r["kind"] == "train"]
+    first_step_began = rows[0]["time"] - rows[0]["step_time_s"]  # metrics rows are stamped when a step ends
+    save_result(SystemResult("tuneforge", True, step_times=[r["step_time_s"] for r in rows],
+                             losses=[r["loss"] for r in rows], peak_rss_bytes=peak_rss_bytes(),
+                             startup_s=first_step_began - started_wall,
+                             extra={"peak_memory_gib": [r["peak_memory_gib"] for r in rows]}), out)
+
+
+def trl_worker(spec: dict, out: Path) -> None:
+    import datasets
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    started = time.perf_counter()
+    examples, tokenizer = encoded_examples(spec)
+    dataset = datasets.Dataset.from_list([{"input_ids": e.encoded.input_ids, "labels": e.encoded.labels}
+                                          for e in examples])
+    torch.manual_seed(spec["seed"])  # the same LoRA initialisation as tuneforge's run
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    lora = spec["lora"]
+    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+    times: list[float] = []
+    memory: list[float] = []
+    first_step: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started = time.perf_counter()
+            if not first_step:
+                first_step.append(self.started - started)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self.started)
+            memory.append(peak_rss_bytes() / 2**30)
+
+    args = SFTConfig(
+        output_dir=str(Path(spec["work"]) / "trl-run"), per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
+        max_steps=spec["steps"], weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
+        report_to=[], seed=spec["seed"], train_sampling_strategy="sequential", max_length=spec["max_seq_len"],
+        completion_only_loss=True, packing=False, padding_free=False, bf16=spec["precision"] == "bf16",
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[StepTimer()])
+    trainer.train()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    save_result(SystemResult("trl", True, step_times=times, losses=losses, peak_rss_bytes=peak_rss_bytes(),
+                             startup_s=first_step[0] if first_step else 0.0,
+                             extra={"trl": __import__("trl").__version__, "peak_memory_gib": memory}), out)
+
+
+WORKERS = {"tuneforge": tuneforge_worker, "trl": trl_worker}
+
+
+def report(run: dict, args: argparse.Namespace, steps: int) -> None:
+    import platform
+
+    import torch
+
+    spec, batches, peak = run["spec"], run["batches"], run["peak_flops"]
+    padded = sum(b["padded_tokens"] for b in batches)
+    real = sum(b["tokens"] for b in batches)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"workload: default model, LoRA r{LORA['r']} all-linear, {steps} steps x batch {spec['batch_size']}, "
+          f"{real} tokens ({100 * (1 - real / padded):.0f}% of a padded batch is padding), "
+          f"medians exclude {args.warmup} warm-up steps\n")
+    header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
+             f"{'final loss':>11} {'startup':>8}"
+    print(header)
+    print("-" * len(header))
+    figures = {}
+    for system, result in run["results"].items():
+        if not result.ok:
+            print(f"{system:<10} failed: {result.error}")
+            continue
+        figures[system] = row = summarise(result, batches, peak, args.warmup)
+        print(f"{system:<10} {row['tokens_per_s']:8.1f} {row['label_tokens_per_s']:12.1f} {row['step_s']:8.2f} "
+              f"{100 * row['mfu']:5.1f}% {row['peak_rss_gib']:8.2f}G {row['final_loss']:11.4f} "
+              f"{row['startup_s']:7.1f}s")
+    if "tuneforge" in figures and "trl" in figures:
+        ours, theirs = figures["tuneforge"], figures["trl"]
+        gap = abs(ours["final_loss"] - theirs["final_loss"]) / max(abs(theirs["final_loss"]), 1e-12)
+        print(f"\nfinal loss differs by {100 * gap:.3f}% on identical batches")
+        print(f"speed ratio tuneforge/TRL: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"spec": spec, "peak_flops": peak, "figures": figures}, indent=2))
+
+
+def summarise(result: SystemResult, batches: list[dict], peak: float, warmup: int) -> dict:
+    times = result.step_times
+    steady_steps = list(range(len(times)))[warmup:] or list(range(len(times)))
+    per_step = lambda key: median([batches[i][key] / times[i] for i in steady_steps])  # noqa: E731
+    return {"tokens_per_s": per_step("tokens"), "label_tokens_per_s": per_step("label_tokens"),
+            "step_s": median(steady(times, warmup)), "mfu": per_step("flops") / peak,
+            "peak_rss_gib": result.peak_rss_bytes / 2**30, "final_loss": result.losses[-1],
+            "losses": result.losses, "startup_s": result.startup_s}
+
+
+if __name__ == "__main__":
+    main()

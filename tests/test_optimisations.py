@@ -1,0 +1,72 @@
+"""Each speed lever keeps the loss and gradients of the plain path (tiny model)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tuneforge.engine import precision
+from tuneforge.methods import REGISTRY
+from tuneforge.models.tiny import build_tiny_llama
+from tuneforge.objectives import LossContext
+from tuneforge.objectives.sft import sft_loss
+
+
+@pytest.fixture
+def lora_model(tokenizer):
+    model = REGISTRY["lora"].apply(build_tiny_llama(tokenizer, seed=3), REGISTRY["lora"].params(dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model
+
+
+def padded_batch(lengths=(23, 9, 17), vocab=1000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), width), generator=generator)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+        labels[row, n // 2:n] = ids[row, n // 2:n]  # the second half of each example is "completion"
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_label_only_head_equals_full_logits_loss(lora_model):
+    batch = padded_batch()
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    ours = sft_loss(lora_model, batch, LossContext(count)).loss
+    ours.backward()
+    ours_grads = grads(lora_model)
+    lora_model.zero_grad(set_to_none=True)
+    plain = lora_model(**batch).loss  # transformers: full logits over every position, mean over label tokens
+    plain.backward()
+    torch.testing.assert_close(ours, plain, atol=1e-6, rtol=1e-6)
+    for name, grad in grads(lora_model).items():
+        torch.testing.assert_close(ours_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bf16_frozen_weights_stay_within_bf16_noise(lora_model):
+    batch = padded_batch()
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    reference = sft_loss(lora_model, batch, LossContext(count)).loss.item()
+    fast = copy.deepcopy(lora_model)
+    precision.cast_frozen_weights(fast, "bf16")
+    assert all(p.dtype == torch.float32 for p in fast.parameters() if p.requires_grad)
+    assert any(p.dtype == torch.bfloat16 for p in fast.parameters() if not p.requires_grad)
+    with precision.autocast_factory("bf16", torch.device("cpu"))():
+        value = sft_loss(fast, batch, LossContext(count)).loss.item()
+    assert abs(value - reference) / reference < 0.02
+
+
+def test_auto_precision_matches_the_cpu():
+    expected = "bf16" if precision.cpu_has_fast_bf16() else "fp32"
+    assert precision.resolve_precision("auto", torch.device("cpu")) == expected
+    assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
