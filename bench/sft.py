@@ -8,7 +8,9 @@ the same tokens in the same order (tuneforge's encoding of one chat dataset, fed
 batches taken in dataset order by both), batch size, learning rate, constant schedule, seed, steps and
 precision. TRL runs with what its documentation gives as its fastest setting on this hardware: padded
 batches with completion-only loss (its packing and padding-free modes are correct only with
-FlashAttention, which a CPU does not have), bf16 only where the hardware has fast bf16.
+FlashAttention, which a CPU does not have), bf16 only where the hardware has fast bf16, and gradient
+checkpointing off (TRL's default is on, which trades speed for memory; `--checkpointing` turns it on in
+both systems for a memory comparison).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="gradient checkpointing in both systems (a memory comparison; off is the fastest setting "
+                             "for both, and TRL's own default, on, is overridden to match)")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--json", type=Path, help="also write all figures here")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -74,7 +79,7 @@ def run_all(args: argparse.Namespace, steps: int) -> dict:
     data = write_chat_workload(work / "chat.jsonl", steps * args.batch_size, args.seed)
     spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
-            "lora": LORA, "work": str(work)}
+            "lora": LORA, "work": str(work), "checkpointing": args.checkpointing}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
     batches = batch_shapes(spec)
@@ -125,7 +130,7 @@ def tuneforge_worker(spec: dict, out: Path) -> None:
         "data": {"train": spec["data"], "max_seq_len": spec["max_seq_len"]},
         "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"],
                   "schedule": "constant", "seed": spec["seed"], "precision": spec["precision"], "shuffle": False,
-                  "group_by_length": False},
+                  "group_by_length": False, "gradient_checkpointing": spec["checkpointing"]},
         "eval": {"metrics": []},
         "output": {"dir": str(Path(spec["work"]) / "tuneforge-run"), "tensorboard": False, "overwrite": True},
     }
@@ -174,7 +179,9 @@ def trl_worker(spec: dict, out: Path) -> None:
         max_steps=spec["steps"], weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
         report_to=[], seed=spec["seed"], train_sampling_strategy="sequential", max_length=spec["max_seq_len"],
         completion_only_loss=True, packing=False, padding_free=False, bf16=spec["precision"] == "bf16",
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True)
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
+        # TRL turns gradient checkpointing on by default; its fastest setting is off
+        activation_checkpointing=spec["checkpointing"])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StepTimer()])
     trainer.train()
@@ -198,7 +205,8 @@ def report(run: dict, args: argparse.Namespace, steps: int) -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s")
-    print(f"workload: default model, LoRA r{LORA['r']} all-linear, {steps} steps x batch {spec['batch_size']}, "
+    print(f"workload: default model, LoRA r{LORA['r']} all-linear, gradient checkpointing "
+          f"{'on' if spec['checkpointing'] else 'off'} in both, {steps} steps x batch {spec['batch_size']}, "
           f"{real} tokens ({100 * (1 - real / padded):.0f}% of a padded batch is padding), "
           f"medians exclude {args.warmup} warm-up steps\n")
     header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \

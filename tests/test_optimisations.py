@@ -70,3 +70,20 @@ def test_auto_precision_matches_the_cpu():
     expected = "bf16" if precision.cpu_has_fast_bf16() else "fp32"
     assert precision.resolve_precision("auto", torch.device("cpu")) == expected
     assert precision.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_gradient_checkpointing_keeps_loss_and_gradients(lora_model):
+    batch = padded_batch()
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    lora_model.train()
+    plain = sft_loss(lora_model, batch, LossContext(count)).loss
+    plain.backward()
+    reference = grads(lora_model)
+    lora_model.zero_grad(set_to_none=True)
+    precision.enable_gradient_checkpointing(lora_model)
+    assert lora_model.base_model.model.model.gradient_checkpointing
+    recomputed = sft_loss(lora_model, batch, LossContext(count)).loss
+    recomputed.backward()
+    torch.testing.assert_close(recomputed, plain, atol=0, rtol=0)
+    for name, grad in grads(lora_model).items():
+        torch.testing.assert_close(grad, reference[name], atol=1e-7, rtol=1e-6, msg=name)

@@ -93,6 +93,8 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
+                                         "about a third more compute")
     shuffle: bool = Field(True, description="shuffle each epoch (seeded); false keeps the dataset order")
     group_by_length: bool = True
     log_every: int = Field(1, ge=1)

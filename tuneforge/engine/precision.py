@@ -42,6 +42,12 @@ def cast_frozen_weights(model: torch.nn.Module, precision: str) -> None:
             param.data = param.data.to(wanted)
 
 
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Keep only each layer's input in the forward and recompute the rest during backward (non-reentrant,
+    so frozen inputs and PEFT adapters need no special handling)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def autocast_factory(precision: str, device: torch.device):
     """A zero-argument callable returning the autocast context for forward passes."""
     if precision == "bf16":

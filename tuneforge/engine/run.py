@@ -69,6 +69,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     torch.manual_seed(cfg.train.seed)
     model = method.apply(load_causal_lm(cfg.model), params)
     precision.cast_frozen_weights(model, chosen)
+    if cfg.train.gradient_checkpointing:
+        precision.enable_gradient_checkpointing(model)
     model.to(device)
     trainable, total = trainable_summary(model)
     console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
