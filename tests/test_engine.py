@@ -166,3 +166,13 @@ def test_epoch_order_shuffles_by_seed_and_epoch_unless_told_not_to():
     assert in_order == [list(range(i, i + 4)) for i in range(0, 40, 4)]
     grouped = epoch_micro_batches(lengths, 4, seed=1, epoch=0, group_by_length=True)
     assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in grouped)  # similar lengths
+
+
+def test_packed_run_matches_padded_run(tmp_path, tiny_model_dir):
+    sections = {"train": {"max_steps": 4, "batch_size": 6, "grad_accum": 2}, "method": {"dropout": 0.0}}
+    padded = run_in(tmp_path, "padded", tiny_model_dir, **sections)
+    sections["train"]["packing"] = True
+    packed = run_in(tmp_path, "packed", tiny_model_dir, **sections)
+    losses = {name: [r["loss"] for r in read_rows(run.run_dir) if r["kind"] == "train"]
+              for name, run in (("padded", padded), ("packed", packed))}
+    assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-5)

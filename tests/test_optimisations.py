@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from tuneforge.data.batching import count_label_tokens
 from tuneforge.engine import precision
 from tuneforge.methods import REGISTRY
 from tuneforge.models.tiny import build_tiny_llama
@@ -87,3 +88,33 @@ def test_gradient_checkpointing_keeps_loss_and_gradients(lora_model):
     torch.testing.assert_close(recomputed, plain, atol=0, rtol=0)
     for name, grad in grads(lora_model).items():
         torch.testing.assert_close(grad, reference[name], atol=1e-7, rtol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("train_all_tokens", [False, True])
+def test_packing_keeps_loss_and_gradients(lora_model, tokenizer, train_all_tokens):
+    from tuneforge.data.batching import collate, collate_packed
+    from tuneforge.data.dataset import TrainExample
+    from tuneforge.data.formats import Example
+    from tuneforge.data.render import encode_example
+
+    lora_model.train()
+    texts = ["short one", "a somewhat longer example of text " * 3, "mid sized text here " * 2, "x", "y z " * 9]
+    examples = [
+        TrainExample(i, e, encode_example(e, tokenizer, chat=True, train_on_prompt=train_all_tokens))
+        for i, e in enumerate(Example("t", i, messages=({"role": "user", "content": t},
+                                                        {"role": "assistant", "content": t[::-1]}))
+                              for i, t in enumerate(texts))]
+    padded, packed = collate(examples, tokenizer.pad_token_id), collate_packed(examples, tokenizer.pad_token_id)
+    assert packed["input_ids"].numel() < padded["input_ids"].numel()  # fewer (padding) positions computed
+    assert "attention_mask" not in packed
+    count = count_label_tokens(padded)
+    assert count_label_tokens(packed) == count
+    results = []
+    for batch in (padded, packed):
+        lora_model.zero_grad(set_to_none=True)
+        loss = sft_loss(lora_model, batch, LossContext(count)).loss
+        loss.backward()
+        results.append((loss.detach(), grads(lora_model)))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-6)
+    for name, grad in results[1][1].items():
+        torch.testing.assert_close(grad, results[0][1][name], atol=1e-6, rtol=1e-5, msg=name)

@@ -95,6 +95,8 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
                                          "about a third more compute")
+    packing: bool = Field(False, description="pack each micro-batch's examples into fewer rows without "
+                          "cross-example attention (same loss, less padding)")
     shuffle: bool = Field(True, description="shuffle each epoch (seeded); false keeps the dataset order")
     group_by_length: bool = True
     log_every: int = Field(1, ge=1)

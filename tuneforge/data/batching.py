@@ -29,7 +29,51 @@ def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Te
         labels[row, :n] = torch.tensor(item.encoded.labels)
         attention[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
-            "sample_ids": torch.tensor([e.sample_id for e in examples])}
+            "sample_ids": torch.tensor([e.sample_id for e in examples]),
+            "num_tokens": torch.tensor(sum(len(e.encoded) for e in examples))}
+
+
+def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padding-free batch: the examples packed first-fit-decreasing into rows no longer than the longest one.
+
+    Position ids restart at 0 for every example and no attention mask is passed, so transformers builds a
+    block-diagonal causal mask from the position ids: no example attends to another. Each example's first
+    label is ignored, since the token before it belongs to another example. The loss equals the padded
+    batch's (same tokens, same label count) with less padding computed.
+    """
+    rows = _first_fit_decreasing(examples, capacity=max(len(e.encoded) for e in examples))
+    width = max(sum(len(e.encoded) for e in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        offset = 0
+        for item in row:
+            n = len(item.encoded)
+            input_ids[index, offset:offset + n] = torch.tensor(item.encoded.input_ids)
+            labels[index, offset + 1:offset + n] = torch.tensor(item.encoded.labels[1:])
+            positions[index, offset:offset + n] = torch.arange(n)
+            offset += n
+        positions[index, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions,
+            "sample_ids": torch.tensor([e.sample_id for row in rows for e in row]),
+            "num_tokens": torch.tensor(sum(len(e.encoded) for e in examples))}
+
+
+def _first_fit_decreasing(examples: Sequence[TrainExample], capacity: int) -> list[list[TrainExample]]:
+    rows: list[list[TrainExample]] = []
+    loads: list[int] = []
+    for item in sorted(examples, key=lambda e: len(e.encoded), reverse=True):
+        n = len(item.encoded)
+        for index, load in enumerate(loads):
+            if load + n <= capacity:
+                rows[index].append(item)
+                loads[index] += n
+                break
+        else:
+            rows.append([item])
+            loads.append(n)
+    return rows
 
 
 def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.config import TrainConfig
-from tuneforge.data.batching import StepPlan, collate, count_label_tokens
+from tuneforge.data.batching import StepPlan, collate, collate_packed, count_label_tokens
 from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
@@ -93,7 +93,8 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
 def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]],
                lr: float) -> dict[str, float]:
     """One optimizer step over an accumulation window; the loss is normalised by the window's label tokens."""
-    batches = [_to_device(collate([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
+    collate_fn = collate_packed if inputs.cfg.packing else collate
+    batches = [_to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
                for micro in window]
     ctx = LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches))
     loss_total = torch.zeros((), device=inputs.device)
@@ -111,7 +112,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
         set_lr(optimizer, lr)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    tokens = sum(int(b["num_tokens"]) for b in batches)
     return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
             "label_tokens": ctx.num_label_tokens, "skipped": skipped}
 

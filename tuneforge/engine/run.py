@@ -63,43 +63,27 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     run_dir = resolve_run_dir(loaded)
     resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
     prepared = prepare_data(loaded, console)
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = precision.resolve_precision(cfg.train.precision, device)
-    torch.manual_seed(cfg.train.seed)
-    model = method.apply(load_causal_lm(cfg.model), params)
-    precision.cast_frozen_weights(model, chosen)
-    if cfg.train.gradient_checkpointing:
-        precision.enable_gradient_checkpointing(model)
-    model.to(device)
-    trainable, total = trainable_summary(model)
-    console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
-                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision {precision.describe(chosen)}")
+    model, chosen = _build_model(cfg, method, params, device, console)
     autocast = precision.autocast_factory(chosen, device)
 
     _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
-    fingerprint = _fingerprint(cfg, prepared)
-    _write_json(run_dir / RUN_FILE, {"status": "training", "fingerprint": fingerprint, "precision": chosen,
-                                     "trainable_parameters": trainable, "parameters": total,
-                                     "data": prepared.stats})
+    trainable, total = trainable_summary(model)
+    status = {"fingerprint": _fingerprint(cfg, prepared), "precision": chosen, "trainable_parameters": trainable,
+              "parameters": total, "data": prepared.stats}
+    _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
     evaluate = _evaluator(model, prepared, cfg, autocast)
-    eval_before = {}
-    if cfg.eval.compare_base and resume_from is None:
-        console.info("evaluating the base model ...")
-        eval_before = evaluate(generate=True)[0]
-        console.info("before: " + _format_scores(eval_before))
-        _write_json(run_dir / EVAL_FILE, {"before": eval_before})
-
+    eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
     metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
     started = time.perf_counter()
     try:
         inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
                             autocast, metrics, console, run_dir / CHECKPOINTS,
                             evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None)
-        state = train_loop(inputs, LoopState(fingerprint=fingerprint), resume_from)
+        state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)
         eval_after, samples = evaluate(generate=True)
@@ -108,14 +92,36 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     finally:
         metrics.close()
     if resume_from is not None:
-        eval_before = _previous_before(run_dir)
+        eval_before = _read_json(run_dir / EVAL_FILE).get("before", {})
     _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
-    train_summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
-                     "stopped_early": state.stopped_early}
-    _write_json(run_dir / RUN_FILE, {"status": "complete", "fingerprint": fingerprint, "precision": chosen,
-                                     "trainable_parameters": trainable, "parameters": total,
-                                     "data": prepared.stats, "train": train_summary})
-    return RunResult(run_dir, state.step, train_summary, eval_before, eval_after)
+    summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
+               "stopped_early": state.stopped_early}
+    _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary})
+    return RunResult(run_dir, state.step, summary, eval_before, eval_after)
+
+
+def _build_model(cfg, method, params, device: torch.device, console: RunConsole):
+    """The base model with the method applied, weights in the chosen precision, on the device."""
+    chosen = precision.resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
+    model = method.apply(load_causal_lm(cfg.model), params)
+    precision.cast_frozen_weights(model, chosen)
+    if cfg.train.gradient_checkpointing:
+        precision.enable_gradient_checkpointing(model)
+    model.to(device)
+    trainable, total = trainable_summary(model)
+    console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
+                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision {precision.describe(chosen)}")
+    return model, chosen
+
+
+def _evaluate_base(evaluate, run_dir: Path, console: RunConsole) -> dict:
+    """Scores of the untrained model, saved at once so a resumed run can still report before -> after."""
+    console.info("evaluating the base model ...")
+    scores = evaluate(generate=True)[0]
+    console.info("before: " + _format_scores(scores))
+    _write_json(run_dir / EVAL_FILE, {"before": scores})
+    return scores
 
 
 def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None) -> Prepared:
@@ -204,10 +210,6 @@ def _fingerprint(cfg, prepared: Prepared) -> dict:
     training = cfg.model_dump(mode="json", exclude={"eval", "output"})
     return {"data_sha256": data.hexdigest(),
             "config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()}
-
-
-def _previous_before(run_dir: Path) -> dict:
-    return _read_json(run_dir / EVAL_FILE).get("before", {})
 
 
 def _step_of(path: Path | None) -> int | None:

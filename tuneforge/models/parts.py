@@ -15,7 +15,7 @@ from tuneforge.config import IGNORE_INDEX
 
 def final_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Post-norm hidden states [batch, seq, hidden], computed without the full-vocabulary logits."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                 position_ids=batch.get("position_ids"), output_hidden_states=True, logits_to_keep=1,
                 use_cache=False)
     return out.hidden_states[-1]
