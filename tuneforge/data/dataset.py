@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.formats import Example, detect_format, normalise
-from tuneforge.data.render import Encoded, encode_example, end_of_turn_ids, use_chat_template
+from tuneforge.data.render import Encoded, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import read_records
 from tuneforge.errors import DataError
 
@@ -92,8 +92,8 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     stops = end_of_turn_ids(tokenizer)
     stats = EncodeStats(examples=len(examples))
     kept: list[TrainExample] = []
-    for sample_id, example in enumerate(examples):
-        encoded = encode_example(example, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    all_encoded = encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded, strict=True)):
         _note_missing_end(example, encoded, stops, stats)
         item = _apply_length_policy(sample_id, example, encoded, cfg, stats)
         if item is not None:
