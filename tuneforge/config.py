@@ -8,6 +8,7 @@ module owns its parameter schema), so `method` and `objective` keep only their `
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -73,6 +74,7 @@ class DataConfig(Strict):
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     max_drop_fraction: float = Field(0.01, ge=0, le=1)
     train_on_prompt: bool = False
+    cache: bool = Field(True, description="keep tokenized data under $TUNEFORGE_HOME/cache; reruns skip tokenizing")
 
     _lists = field_validator("train", "test", mode="before")(_as_dataset_list)
 
@@ -175,6 +177,11 @@ class LoadedConfig(BaseModel):
             return value
         candidate = self.base_dir / value
         return str(candidate)
+
+
+def tuneforge_home() -> Path:
+    """Where tuneforge keeps converted models and caches: $TUNEFORGE_HOME, default ~/.cache/tuneforge."""
+    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
 
 
 def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> LoadedConfig:

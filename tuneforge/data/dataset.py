@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig, DatasetSpec
+from tuneforge.data import cache
 from tuneforge.data.formats import Example, detect_format, normalise
 from tuneforge.data.render import Encoded, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import read_records
@@ -92,7 +93,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     stops = end_of_turn_ids(tokenizer)
     stats = EncodeStats(examples=len(examples))
     kept: list[TrainExample] = []
-    all_encoded = encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    all_encoded = _encode_cached(examples, tokenizer, chat, cfg)
     for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded, strict=True)):
         _note_missing_end(example, encoded, stops, stats)
         item = _apply_length_policy(sample_id, example, encoded, cfg, stats)
@@ -104,6 +105,18 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     if apply_drop_guard:
         check_drop_fraction(stats, cfg, examples)
     return kept, stats
+
+
+def _encode_cached(examples: Sequence[Example], tokenizer, chat: bool, cfg: DataConfig) -> list[Encoded]:
+    if not cfg.cache:
+        return encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    key = cache.cache_key(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    found = cache.load(key)
+    if found is not None and len(found) == len(examples):
+        return found
+    encoded = encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+    cache.save(key, encoded)
+    return encoded
 
 
 def _note_missing_end(example: Example, encoded: Encoded, stops: set[int], stats: EncodeStats) -> None:

