@@ -7,7 +7,7 @@ than fp32, which is why 'auto' looks at the CPU flags rather than assuming bf16 
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -58,5 +58,3 @@ def autocast_factory(precision: str, device: torch.device):
 def describe(precision: str) -> str:
     return {"bf16": "bf16 frozen weights + bf16 autocast, fp32 trainable weights", "fp32": "fp32"}[precision]
 
-
-AutocastFactory = type[AbstractContextManager]

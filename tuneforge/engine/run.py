@@ -38,11 +38,6 @@ class RunResult:
     eval_before: dict = field(default_factory=dict)
     eval_after: dict = field(default_factory=dict)
 
-    def gain(self, metric: str) -> float | None:
-        if metric in self.eval_before and metric in self.eval_after:
-            return self.eval_after[metric] - self.eval_before[metric]
-        return None
-
 
 @dataclass
 class Prepared:
