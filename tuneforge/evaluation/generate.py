@@ -18,7 +18,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
     for row, prompt in enumerate(prompts):
         input_ids[row, width - len(prompt):] = torch.tensor(prompt)
         attention[row, width - len(prompt):] = 1
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
                             eos_token_id=sorted(stop_ids), pad_token_id=pad, use_cache=True, **sampling)
@@ -26,14 +26,15 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
 
 
 def generate_all(model, tokenizer, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int,
-                 stop_ids: set[int]) -> list[str]:
-    """Greedy completions for every prompt, batched by similar length to waste little padding."""
+                 stop_ids: set[int], temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """Completions for every prompt (greedy at temperature 0), batched by similar length to waste little
+    padding."""
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
         texts = generate_batch(model, tokenizer, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens,
-                               stop_ids=stop_ids)
+                               stop_ids=stop_ids, temperature=temperature, top_p=top_p)
         for index, text in zip(chunk, texts, strict=True):
             results[index] = text
     return results
