@@ -46,7 +46,7 @@ class NamedParams(BaseModel):
         return dict(self.model_extra or {})
 
 
-RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text"]
+RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "preference"]
 
 
 class DatasetSpec(Strict):
@@ -356,3 +356,23 @@ def dump_yaml(run: RunConfig) -> str:
     for key in ("method", "objective"):
         data[key] = {"name": data[key]["name"], **getattr(run, key).params()}
     return yaml.safe_dump(redacted(data), sort_keys=False)
+
+
+def validate_named_params(schema: type[BaseModel], spec: NamedParams, key: str, where: str) -> BaseModel:
+    """Validate a registry entry's own parameters under config key `key` (e.g. 'method'); an unknown key fails
+    with the closest valid name."""
+    try:
+        return schema.model_validate(spec.params())
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                hint = closest_name(name, list(schema.model_fields))
+                fix = f"did you mean '{key}.{hint}'?" if hint else \
+                    f"valid keys for {spec.name}: {', '.join(schema.model_fields) or '(none)'}"
+                lines.append(f"{where}: unknown key '{key}.{name}' for {key} '{spec.name}'\n  fix: {fix}")
+            else:
+                lines.append(f"{where}: '{key}.{name}' = {err.get('input')!r}: {err['msg']}\n"
+                             f"  fix: give a valid value for '{key}.{name}'")
+        raise ConfigError("\n".join(lines)) from None

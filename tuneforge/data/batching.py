@@ -12,59 +12,81 @@ from collections.abc import Sequence
 import torch
 
 from tuneforge.data.dataset import TrainExample
-from tuneforge.data.render import IGNORE_INDEX
+from tuneforge.data.render import IGNORE_INDEX, Encoded
 
 LENGTH_GROUP_FACTOR = 32  # micro-batches per length-sorted chunk; larger = less padding, less randomness
 
 
+def batch_sequences(examples: Sequence[TrainExample]) -> list[Encoded]:
+    """The sequences of a micro-batch in the order objectives read them: every example's first sequence, then
+    for preference pairs every rejected one, so sequence i < B is the chosen side of pair i and B + i its
+    rejected side."""
+    sides = {len(e.sequences) for e in examples}
+    if len(sides) > 1:
+        raise ValueError("a micro-batch mixes preference pairs and single examples")
+    return [e.sequences[side] for side in range(sides.pop()) for e in examples]
+
+
 def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example. Padding has attention 0 and label IGNORE_INDEX."""
-    width = max(len(e.encoded) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, item in enumerate(examples):
-        n = len(item.encoded)
-        input_ids[row, :n] = torch.tensor(item.encoded.input_ids)
-        labels[row, :n] = torch.tensor(item.encoded.labels)
+    """Right-pad every sequence to the longest. Padding has attention 0, label IGNORE_INDEX and sequence id -1;
+    `sequence_ids` maps each token to its sequence's index in `batch_sequences`."""
+    sequences = batch_sequences(examples)
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    sequence_ids = torch.full((len(sequences), width), -1, dtype=torch.long)
+    for row, item in enumerate(sequences):
+        n = len(item)
+        input_ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
         attention[row, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention,
-            "sample_ids": torch.tensor([e.sample_id for e in examples]),
-            "num_tokens": torch.tensor(sum(len(e.encoded) for e in examples))}
+        sequence_ids[row, :n] = row
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "sequence_ids": sequence_ids,
+            **_batch_facts(examples, sequences)}
 
 
 def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Padding-free batch: the examples packed first-fit-decreasing into rows no longer than the longest one.
+    """Padding-free batch: the sequences packed first-fit-decreasing into rows no longer than the longest one.
 
-    Position ids restart at 0 for every example and no attention mask is passed, so transformers builds a
-    block-diagonal causal mask from the position ids: no example attends to another. Each example's first
-    label is ignored, since the token before it belongs to another example. The loss equals the padded
+    Position ids restart at 0 for every sequence and no attention mask is passed, so transformers builds a
+    block-diagonal causal mask from the position ids: no sequence attends to another. Each sequence's first
+    label is ignored, since the token before it belongs to another sequence. The loss equals the padded
     batch's (same tokens, same label count) with less padding computed.
     """
-    rows = _first_fit_decreasing(examples, capacity=max(len(e.encoded) for e in examples))
-    width = max(sum(len(e.encoded) for e in row) for row in rows)
+    sequences = batch_sequences(examples)
+    rows = _first_fit_decreasing([len(s) for s in sequences], capacity=max(len(s) for s in sequences))
+    width = max(sum(len(sequences[i]) for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
+    sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     for index, row in enumerate(rows):
         offset = 0
-        for item in row:
-            n = len(item.encoded)
-            input_ids[index, offset:offset + n] = torch.tensor(item.encoded.input_ids)
-            labels[index, offset + 1:offset + n] = torch.tensor(item.encoded.labels[1:])
+        for i in row:
+            item, n = sequences[i], len(sequences[i])
+            input_ids[index, offset:offset + n] = torch.tensor(item.input_ids)
+            labels[index, offset + 1:offset + n] = torch.tensor(item.labels[1:])
             positions[index, offset:offset + n] = torch.arange(n)
+            sequence_ids[index, offset:offset + n] = i
             offset += n
         positions[index, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own
-    return {"input_ids": input_ids, "labels": labels, "position_ids": positions,
-            "sample_ids": torch.tensor([e.sample_id for row in rows for e in row]),
-            "num_tokens": torch.tensor(sum(len(e.encoded) for e in examples))}
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "sequence_ids": sequence_ids,
+            **_batch_facts(examples, sequences)}
 
 
-def _first_fit_decreasing(examples: Sequence[TrainExample], capacity: int) -> list[list[TrainExample]]:
-    rows: list[list[TrainExample]] = []
+def _batch_facts(examples: Sequence[TrainExample], sequences: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    return {"sample_ids": torch.tensor([e.sample_id for e in examples]),
+            "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
+            "num_tokens": torch.tensor(sum(len(s) for s in sequences))}
+
+
+def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows whose total stays within `capacity`, longest first."""
+    rows: list[list[int]] = []
     loads: list[int] = []
-    for item in sorted(examples, key=lambda e: len(e.encoded), reverse=True):
-        n = len(item.encoded)
+    for item in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        n = lengths[item]
         for index, load in enumerate(loads):
             if load + n <= capacity:
                 rows[index].append(item)

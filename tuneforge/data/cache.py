@@ -22,7 +22,7 @@ from tuneforge.config import tuneforge_home
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded
 
-FORMAT_VERSION = 1  # bump when the encoding of labels changes, so old entries are not reused
+FORMAT_VERSION = 2  # bump when the encoding of labels changes, so old entries are not reused
 ARRAYS = ("ids", "labels", "lengths", "turn_ends", "turn_counts")
 
 
@@ -36,7 +36,7 @@ def cache_key(examples: Sequence[Example], tokenizer, *, chat: bool, train_on_pr
                                         "specials": tokenizer.all_special_tokens}).encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
     for example in examples:
-        digest.update(json.dumps([example.messages, example.text]).encode())
+        digest.update(json.dumps([example.messages, example.text, example.prompt_turns]).encode())
     return digest.hexdigest()
 
 

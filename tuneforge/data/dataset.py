@@ -21,16 +21,26 @@ from tuneforge.errors import DataError
 
 @dataclass(frozen=True)
 class TrainExample:
-    """A tokenized example with a stable id (its position in the mixed dataset) and its origin."""
+    """A tokenized example with a stable id (its position in the mixed dataset) and its origin. A preference
+    pair holds the chosen conversation in `encoded` and the rejected one in `rejected`."""
 
     sample_id: int
     example: Example
     encoded: Encoded
     truncated: bool = False
+    rejected: Encoded | None = None
+
+    @property
+    def sequences(self) -> tuple[Encoded, ...]:
+        return (self.encoded,) if self.rejected is None else (self.encoded, self.rejected)
+
+    def __len__(self) -> int:
+        """Tokens over all of the example's sequences (what a batch of it costs)."""
+        return sum(len(s) for s in self.sequences)
 
     @property
     def num_label_tokens(self) -> int:
-        return sum(1 for label in self.encoded.labels[1:] if label != -100)
+        return sum(1 for s in self.sequences for label in s.labels[1:] if label != -100)
 
 
 @dataclass
@@ -93,13 +103,18 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     stops = end_of_turn_ids(tokenizer)
     stats = EncodeStats(examples=len(examples))
     kept: list[TrainExample] = []
-    all_encoded = _encode_cached(examples, tokenizer, chat, cfg)
+    # the rejected sides of preference pairs are encoded in the same call, after all the examples
+    pairs = [i for i, e in enumerate(examples) if e.is_pair]
+    all_encoded = _encode_cached([*examples, *(examples[i].rejected_side() for i in pairs)], tokenizer, chat, cfg)
+    rejected = dict(zip(pairs, all_encoded[len(examples):], strict=True))
     for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded, strict=True)):
-        _note_missing_end(example, encoded, stops, stats)
-        item = _apply_length_policy(sample_id, example, encoded, cfg, stats)
+        for sequence in (encoded, rejected.get(sample_id)):
+            if sequence is not None:
+                _note_missing_end(example, sequence, stops, stats)
+        item = _apply_length_policy(sample_id, example, encoded, rejected.get(sample_id), cfg, stats)
         if item is not None:
             kept.append(item)
-            stats.lengths.append(len(item.encoded))
+            stats.lengths.append(len(item))
             stats.label_tokens += item.num_label_tokens
     stats.kept = len(kept)
     if apply_drop_guard:
@@ -124,24 +139,30 @@ def _note_missing_end(example: Example, encoded: Encoded, stops: set[int], stats
         stats.missing_end_of_turn.append(example.location)
 
 
-def _apply_length_policy(sample_id: int, example: Example, encoded: Encoded, cfg: DataConfig,
-                         stats: EncodeStats) -> TrainExample | None:
-    if len(encoded) <= cfg.max_seq_len:
-        return TrainExample(sample_id, example, encoded)
+def _apply_length_policy(sample_id: int, example: Example, encoded: Encoded, rejected: Encoded | None,
+                         cfg: DataConfig, stats: EncodeStats) -> TrainExample | None:
+    """max_seq_len bounds each sequence; a pair is kept, cut or dropped as a whole."""
+    longest = max(len(encoded), len(rejected) if rejected is not None else 0)
+    if longest <= cfg.max_seq_len:
+        return TrainExample(sample_id, example, encoded, rejected=rejected)
     if cfg.overlong == "error":
         raise DataError(example.source, example.where, None,
-                        f"example has {len(encoded)} tokens, more than data.max_seq_len={cfg.max_seq_len}",
+                        f"example has {longest} tokens, more than data.max_seq_len={cfg.max_seq_len}",
                         "raise data.max_seq_len, or set data.overlong to truncate or drop")
     if cfg.overlong == "drop":
         stats.dropped += 1
         return None
-    cut = Encoded(encoded.input_ids[: cfg.max_seq_len], encoded.labels[: cfg.max_seq_len],
-                  tuple(i for i in encoded.turn_ends if i < cfg.max_seq_len))
-    if all(label == -100 for label in cut.labels[1:]):
+    cut = [_cut(s, cfg.max_seq_len) for s in (encoded, rejected) if s is not None]
+    if any(all(label == -100 for label in s.labels[1:]) for s in cut):
         stats.dropped += 1  # nothing left to learn from: every trained token was past the cut
         return None
     stats.truncated += 1
-    return TrainExample(sample_id, example, cut, truncated=True)
+    return TrainExample(sample_id, example, cut[0], truncated=True, rejected=cut[1] if len(cut) > 1 else None)
+
+
+def _cut(encoded: Encoded, length: int) -> Encoded:
+    return Encoded(encoded.input_ids[:length], encoded.labels[:length],
+                   tuple(i for i in encoded.turn_ends if i < length))
 
 
 def check_drop_fraction(stats: EncodeStats, cfg: DataConfig, examples: Sequence[Example]) -> None:

@@ -1,7 +1,8 @@
 """Record formats: detect them, validate each record, and normalise it to an `Example`.
 
 An `Example` is either a conversation (a list of role/content messages; what is trained is every
-assistant turn) or a plain text (every token trained). Validation happens here, before any tokenizer
+assistant turn), a plain text (every token trained), or a preference pair: a prompt with a chosen and a
+rejected response, each a conversation whose trained part is the response. Validation happens here, before any tokenizer
 or model is loaded, so a bad record stops a run in a second with its file:line and field.
 """
 
@@ -16,13 +17,15 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 FORMAT_KEYS = {
+    "preference": ("prompt", "chosen", "rejected"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
 }
-FORMAT_HELP = "messages | conversations (ShareGPT) | prompt + completion | instruction + output (Alpaca) | text"
+FORMAT_HELP = ("messages | conversations (ShareGPT) | prompt + completion | instruction + output (Alpaca) | text | "
+               "prompt + chosen + rejected (preference pairs)")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Example:
     where: int | str
     messages: tuple[dict[str, str], ...] = field(default=())
     text: str | None = None
+    rejected: tuple[dict[str, str], ...] = field(default=())  # a preference pair: prompt + rejected response
+    prompt_turns: int = 0  # messages[:prompt_turns] are the prompt; assistant turns in it are not trained
 
     @property
     def location(self) -> str:
@@ -41,6 +46,14 @@ class Example:
     @property
     def is_chat(self) -> bool:
         return self.text is None
+
+    @property
+    def is_pair(self) -> bool:
+        return bool(self.rejected)
+
+    def rejected_side(self) -> Example:
+        """The rejected conversation as an example of its own (same origin, same prompt)."""
+        return Example(self.source, self.where, messages=self.rejected, prompt_turns=self.prompt_turns)
 
     def prompt_and_reference(self) -> tuple[tuple[dict[str, str], ...], str] | None:
         """The conversation up to its last assistant turn, and that turn's content (for generation metrics)."""
@@ -87,7 +100,8 @@ def _require_text(record: RawRecord, key: str, *, allow_empty: bool = False, opt
     return value
 
 
-def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str, roles: dict[str, str]) -> Example:
+def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str, roles: dict[str, str], *,
+                   require_assistant: bool = True) -> Example:
     turns = record.data.get(key)
     if not isinstance(turns, list) or not turns:
         raise DataError(record.path, record.where, key, f"expected a non-empty list of turns, got {turns!r:.60}",
@@ -110,7 +124,8 @@ def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str,
             raise DataError(record.path, record.where, f"{where}.{content_key}", "assistant turn is empty",
                             "give the assistant turn some text, or remove the record")
         messages.append({"role": roles[role], "content": content})
-    _check_turn_order(record, key, messages)
+    if require_assistant:
+        _check_turn_order(record, key, messages)
     return Example(record.path, record.where, messages=tuple(messages))
 
 
@@ -151,11 +166,38 @@ def _from_alpaca(record: RawRecord) -> Example:
     return Example(record.path, record.where, messages=tuple(messages))
 
 
+def _from_preference(record: RawRecord) -> Example:
+    """{"prompt", "chosen", "rejected"}: each a string, or a list of messages (the prompt's last turn from the
+    user, the responses' turns from the assistant)."""
+    prompt = _turns_or_text(record, "prompt", "user")
+    if prompt[-1]["role"] != "user":
+        raise DataError(record.path, record.where, "prompt", "the prompt must end with a user turn",
+                        "end 'prompt' with the user's message that the responses answer")
+    chosen, rejected = _turns_or_text(record, "chosen", "assistant"), _turns_or_text(record, "rejected", "assistant")
+    for key, turns in (("chosen", chosen), ("rejected", rejected)):
+        if turns[0]["role"] != "assistant":
+            raise DataError(record.path, record.where, key, "the response must start with an assistant turn",
+                            f"make '{key}' the assistant's answer to the prompt")
+    prompt_record = RawRecord(record.path, record.where, {"messages": [*prompt, *chosen]})
+    _check_turn_order(prompt_record, "prompt", [*prompt, *chosen])
+    return Example(record.path, record.where, messages=tuple(prompt + chosen), rejected=tuple(prompt + rejected),
+                   prompt_turns=len(prompt))
+
+
+def _turns_or_text(record: RawRecord, key: str, role: str) -> list[dict[str, str]]:
+    """A field that is either plain text (one turn with `role`) or a list of role/content messages."""
+    if isinstance(record.data.get(key), list):
+        return list(_messages_from(record, key, "role", "content", {r: r for r in ROLES},
+                                   require_assistant=False).messages)
+    return [{"role": role, "content": _require_text(record, key)}]
+
+
 def _from_text(record: RawRecord) -> Example:
     return Example(record.path, record.where, text=_require_text(record, "text"))
 
 
 _NORMALISERS = {
+    "preference": _from_preference,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "prompt_completion": _from_prompt_completion,

@@ -81,7 +81,7 @@ def assistant_spans(example: Example, tokenizer) -> tuple[str, list[tuple[int, i
     full = render_chat(tokenizer, messages)
     spans = []
     for index, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or index < example.prompt_turns:
             continue
         before = render_chat(tokenizer, messages[:index], add_generation_prompt=True)
         through = full if index == len(messages) - 1 else render_chat(tokenizer, messages[: index + 1])

@@ -8,6 +8,7 @@ import math
 import resource
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.objectives import LossContext, Objective
+from tuneforge.objectives.base import ObjectiveParams
 
 
 @dataclass
@@ -49,11 +51,13 @@ class LoopInputs:
     console: RunConsole
     checkpoint_dir: Path
     evaluate: Callable[[], dict[str, float]] | None = None  # held-out loss, for eval_every/early stopping
+    objective_params: ObjectiveParams = field(default_factory=ObjectiveParams)
+    reference: Callable[[], AbstractContextManager] | None = None  # the frozen reference, for objectives needing one
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
     cfg, model = inputs.cfg, inputs.model
-    plan = StepPlan([len(e.encoded) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
+    plan = StepPlan([len(e) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
                     cfg.group_by_length, cfg.shuffle)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     optimizer = build_optimizer(model, cfg)
@@ -96,13 +100,16 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     collate_fn = collate_packed if inputs.cfg.packing else collate
     batches = [_to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
                for micro in window]
-    ctx = LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches))
+    ctx = window_context(batches, inputs.objective_params, inputs.reference)
     loss_total = torch.zeros((), device=inputs.device)
+    metrics: dict[str, float] = {}
     for batch in batches:
         with inputs.autocast():
             out = inputs.objective.loss(inputs.model, batch, ctx)
         out.loss.backward()
         loss_total += out.loss.detach()
+        for key, value in out.metrics.items():
+            metrics[key] = metrics.get(key, 0.0) + value
     params = [p for p in inputs.model.parameters() if p.requires_grad]
     max_norm = inputs.cfg.max_grad_norm or math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
@@ -114,7 +121,14 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(int(b["num_tokens"]) for b in batches)
     return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
-            "label_tokens": ctx.num_label_tokens, "skipped": skipped}
+            "label_tokens": ctx.num_label_tokens, "skipped": skipped, **metrics}
+
+
+def window_context(batches: Sequence[dict[str, torch.Tensor]], params: ObjectiveParams,
+                   reference: Callable[[], AbstractContextManager] | None) -> LossContext:
+    """The loss context of a window of micro-batches: its label-token and example counts normalise the loss."""
+    return LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches),
+                       num_examples=sum(int(b["num_examples"]) for b in batches), params=params, reference=reference)
 
 
 def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, tokens_seen: int, started: float,
@@ -130,7 +144,8 @@ def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, toke
 def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
     result = inputs.evaluate()
     inputs.metrics.log(state.step, "eval", result)
-    inputs.console.info(f"eval at step {state.step}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.2f}")
+    shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in result.items())
+    inputs.console.info(f"eval at step {state.step}: {shown}")
     if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = result["loss"], 0
         return

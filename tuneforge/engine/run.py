@@ -17,13 +17,14 @@ from tuneforge.config import LoadedConfig, dump_yaml
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint, precision
+from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
 from tuneforge.engine.tracking import MetricsLog, RunConsole
-from tuneforge.errors import CheckpointError, RunDirError
-from tuneforge.evaluation.evaluate import generation_metrics, heldout_loss
+from tuneforge.errors import CheckpointError, ConfigError, DataError, RunDirError
+from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import get_method, trainable_summary, validate_method_params
 from tuneforge.models.load import load_causal_lm, load_tokenizer
-from tuneforge.objectives import get_objective
+from tuneforge.objectives import Objective, get_objective, validate_objective_params
 
 CHECKPOINTS = "checkpoints"
 EVAL_FILE = "eval.json"
@@ -55,12 +56,15 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     method = get_method(cfg.method.name)
     params = validate_method_params(cfg.method, loaded.where("method"))
     objective = get_objective(cfg.objective.name)
+    objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
     run_dir = resolve_run_dir(loaded)
     resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
-    prepared = prepare_data(loaded, console)
+    prepared = prepare_data(loaded, console, objective)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, chosen = _build_model(cfg, method, params, device, console)
     autocast = precision.autocast_factory(chosen, device)
+    # made before any checkpoint is restored, so it is the model before training
+    reference = method.reference(model) if objective.needs_reference else None
 
     _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
@@ -70,14 +74,15 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
               "parameters": total, "data": prepared.stats}
     _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
-    evaluate = _evaluator(model, prepared, cfg, autocast)
+    evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference)
     eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
     metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
     started = time.perf_counter()
     try:
         inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
                             autocast, metrics, console, run_dir / CHECKPOINTS,
-                            evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None)
+                            evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
+                            objective_params=objective_params, reference=reference)
         state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)
@@ -119,11 +124,14 @@ def _evaluate_base(evaluate, run_dir: Path, console: RunConsole) -> dict:
     return scores
 
 
-def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None) -> Prepared:
+def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
+                 objective: Objective | None = None) -> Prepared:
     """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
     cfg = loaded.run
+    objective = objective or get_objective(cfg.objective.name)
     train_raw = load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)
     test_raw = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path) if cfg.data.test else []
+    check_data_kind(train_raw + test_raw, objective, loaded)
     tokenizer = load_tokenizer(cfg.model)
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
@@ -142,15 +150,33 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None) -> Pre
                     {"train": summary, "test": test_stats.summary() if test_stats else None})
 
 
-def _evaluator(model, prepared: Prepared, cfg, autocast):
+def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> None:
+    """Preference objectives train on pairs and the others on single examples; a mismatch names its record."""
+    wants_pairs = objective.data == "pairs"
+    wrong = next((e for e in examples if e.is_pair != wants_pairs), None)
+    if wrong is not None and wants_pairs:
+        raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' trains on preference pairs, "
+                        "but this record is not one", "give records with prompt, chosen and rejected, or use "
+                        "objective: sft")
+    if wrong is not None:
+        raise DataError(wrong.source, wrong.where, None, f"this record is a preference pair (prompt/chosen/rejected), "
+                        f"but objective '{objective.name}' does not train on pairs",
+                        "use a preference objective (objective: dpo, ipo, cdpo, simpo or orpo)")
+    if wants_pairs and loaded.run.data.train_on_prompt:
+        raise ConfigError(f"{loaded.where('data', 'train_on_prompt')}: data.train_on_prompt does not apply to "
+                          "preference objectives (only the responses are compared)\n"
+                          "  fix: remove data.train_on_prompt")
+
+
+def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, params, reference):
     def evaluate(generate: bool) -> tuple[dict, list[dict]]:
         scores: dict = {}
         samples: list[dict] = []
         if not prepared.test:
             return scores, samples
         if "loss" in cfg.eval.metrics or not generate:
-            scores.update(heldout_loss(model, prepared.test, prepared.tokenizer.pad_token_id, cfg.eval.batch_size,
-                                       autocast))
+            scores.update(heldout_scores(model, objective, params, prepared.test, prepared.tokenizer.pad_token_id,
+                                         cfg.eval.batch_size, autocast, reference))
         if generate:
             generated, samples = generation_metrics(
                 model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,

@@ -78,6 +78,8 @@ class RunConsole:
 
     def step(self, step: int, total: int, values: dict[str, float], eta_s: float) -> None:
         status = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}  {values['tokens_per_s']:.0f} tok/s"
+        if "reward_accuracy" in values:
+            status += f"  reward acc {values['reward_accuracy']:.2f} margin {values['reward_margin']:.3f}"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=status)
         else:

@@ -11,10 +11,13 @@ from tuneforge.config import DataConfig, DatasetSpec, RunConfig, load_config
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
+from tuneforge.engine.heldout import heldout_scores
 from tuneforge.errors import RunDirError
-from tuneforge.evaluation.evaluate import generation_metrics, heldout_loss
+from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import get_method
+from tuneforge.methods.base import frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
+from tuneforge.objectives import get_objective, validate_objective_params
 
 
 @dataclass
@@ -53,14 +56,26 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
     """Loss and generation metrics of a trained run on a dataset file in any supported format."""
     data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
     examples = load_examples(data_cfg.train, seed=0)[:max_examples]
+    objective = get_objective(trained.config.objective.name)
     scores: dict = {}
     if "loss" in metrics:
         encoded, _ = encode_examples(examples, trained.tokenizer, data_cfg)
-        scores.update(heldout_loss(trained.model, encoded, trained.tokenizer.pad_token_id, batch_size,
-                                   trained.autocast))
+        reference = _reference(trained) if objective.needs_reference else None
+        scores.update(heldout_scores(trained.model, objective, validate_objective_params(trained.config.objective),
+                                     encoded, trained.tokenizer.pad_token_id, batch_size, trained.autocast,
+                                     reference))
     generated, samples = generation_metrics(
         trained.model, trained.tokenizer, examples, metrics, chat=use_chat_template(trained.tokenizer,
                                                                                      data_cfg.template),
         batch_size=batch_size, max_new_tokens=max_new_tokens, autocast=trained.autocast)
     scores.update(generated)
     return scores, samples
+
+
+def _reference(trained: TrainedRun):
+    """The model the run was trained against: the base inside an adapter model, else the base loaded again."""
+    if hasattr(trained.model, "disable_adapter"):
+        return trained.model.disable_adapter
+    base = load_causal_lm(trained.config.model)
+    precision.cast_frozen_weights(base, precision.resolve_precision(trained.config.train.precision, base.device))
+    return frozen_copy_reference(base.to(next(trained.model.parameters()).device))

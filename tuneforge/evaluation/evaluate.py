@@ -24,7 +24,7 @@ def heldout_loss(model, examples: Sequence[TrainExample], pad_id: int, batch_siz
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    ordered = sorted(examples, key=lambda e: len(e.encoded))
+    ordered = sorted(examples, key=len)
     for start in range(0, len(ordered), batch_size):
         with autocast():
             nll, n = label_token_nll(model, collate(ordered[start: start + batch_size], pad_id))

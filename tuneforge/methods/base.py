@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,12 @@ from pydantic import BaseModel, ConfigDict
 
 class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def frozen_copy_reference(model) -> Callable[[], AbstractContextManager]:
+    """A frozen copy of the model as it is now: the reference for methods that change the base weights."""
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    return lambda: nullcontext(reference)
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,8 @@ class Method:
     save: Callable  # (model, run_dir) -> None; writes run_dir/<output_subdir>
     load: Callable  # (run_dir, load_base: () -> model) -> trained model
     output_subdir: str
+    # (model) -> a function opening the frozen reference model: the model as it is now, before training
+    reference: Callable[..., Callable[[], AbstractContextManager]] = frozen_copy_reference
 
 
 def trainable_summary(model) -> tuple[int, int]:

@@ -51,4 +51,10 @@ def _quiet_peft():
         yield
 
 
-METHOD = Method("lora", "low-rank adapters on linear layers (peft)", LoraParams, apply, save, load, ADAPTER_DIR)
+def adapter_disabled_reference(model):
+    """The base model is the reference: the same weights with the adapter switched off, no second copy."""
+    return model.disable_adapter
+
+
+METHOD = Method("lora", "low-rank adapters on linear layers (peft)", LoraParams, apply, save, load, ADAPTER_DIR,
+                reference=adapter_disabled_reference)

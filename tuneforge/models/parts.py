@@ -27,9 +27,26 @@ def output_head(model) -> torch.nn.Module:
 
 def label_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed negative log-likelihood of the label tokens, and their count."""
+    logits, targets, _ = _label_logits(model, batch)
+    return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence (in `batch_sequences` order): the summed log-probability of its label tokens, and how many
+    label tokens it has. Works on padded and packed batches alike through `sequence_ids`."""
+    logits, targets, trained = _label_logits(model, batch)
+    token_logps = -F.cross_entropy(logits, targets, reduction="none")
+    owner = batch["sequence_ids"][:, 1:][trained]
+    count = int(batch["num_sequences"])
+    sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
+    tokens = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(
+        0, owner, torch.ones_like(token_logps))
+    return sums, tokens
+
+
+def _label_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 logits at the positions that predict a label token, those labels, and the [batch, seq-1] mask."""
     hidden = final_hidden_states(model, batch)
     targets = batch["labels"][:, 1:]
     trained = targets != IGNORE_INDEX
-    logits = output_head(model)(hidden[:, :-1][trained]).float()
-    nll = F.cross_entropy(logits, targets[trained], reduction="sum")
-    return nll, int(trained.sum())
+    return output_head(model)(hidden[:, :-1][trained]).float(), targets[trained], trained

@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict
+
+
+class ObjectiveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
 class LossContext:
-    """What a loss needs beyond the batch. `num_label_tokens` counts the whole accumulation window, so
-    summed micro-batch losses equal the loss of one big batch (token-normalised accumulation)."""
+    """What a loss needs beyond the batch. The counts cover the whole accumulation window, so summed
+    micro-batch losses equal the loss of one big batch: `num_label_tokens` normalises token losses (SFT),
+    `num_examples` per-example ones (a preference pair is one example). `reference` opens the frozen
+    reference model (the adapter disabled, or a frozen copy) for objectives that compare against it."""
 
     num_label_tokens: int
+    num_examples: int = 0
+    params: ObjectiveParams = field(default_factory=ObjectiveParams)
+    reference: Callable[[], AbstractContextManager] | None = None
 
 
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)  # sums over the micro-batch, e.g. nll_sum
+    # each value is this micro-batch's share of the window's figure, so summing over micro-batches gives it
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Objective:
     name: str
     summary: str
-    loss: Callable[..., LossOutput]
+    loss: Callable[..., LossOutput]  # (model, batch, ctx) -> LossOutput
+    params: type[ObjectiveParams] = ObjectiveParams
+    data: Literal["sft", "pairs"] = "sft"  # what records it trains on
+    needs_reference: bool = False

@@ -10,8 +10,8 @@ from tuneforge.objectives.base import LossContext, LossOutput, Objective
 
 def sft_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
     """Summed NLL over the micro-batch divided by the label tokens of the whole accumulation window."""
-    nll, count = label_token_nll(model, batch)
-    return LossOutput(nll / max(ctx.num_label_tokens, 1), {"nll_sum": float(nll.detach()), "tokens": count})
+    nll, _ = label_token_nll(model, batch)
+    return LossOutput(nll / max(ctx.num_label_tokens, 1))
 
 
 OBJECTIVE = Objective("sft", "next-token cross-entropy on completion / assistant tokens", sft_loss)
