@@ -107,7 +107,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     pairs = [i for i, e in enumerate(examples) if e.is_pair]
     all_encoded = _encode_cached([*examples, *(examples[i].rejected_side() for i in pairs)], tokenizer, chat, cfg)
     rejected = dict(zip(pairs, all_encoded[len(examples):], strict=True))
-    for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded, strict=True)):
+    for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded[:len(examples)], strict=True)):
         for sequence in (encoded, rejected.get(sample_id)):
             if sequence is not None:
                 _note_missing_end(example, sequence, stops, stats)

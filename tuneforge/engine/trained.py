@@ -15,7 +15,7 @@ from tuneforge.engine.heldout import heldout_scores
 from tuneforge.errors import RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import get_method
-from tuneforge.methods.base import frozen_copy_reference
+from tuneforge.methods.base import adapter_disabled_reference, frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import get_objective, validate_objective_params
 
@@ -75,7 +75,7 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
 def _reference(trained: TrainedRun):
     """The model the run was trained against: the base inside an adapter model, else the base loaded again."""
     if hasattr(trained.model, "disable_adapter"):
-        return trained.model.disable_adapter
+        return adapter_disabled_reference(trained.model)
     base = load_causal_lm(trained.config.model)
     precision.cast_frozen_weights(base, precision.resolve_precision(trained.config.train.precision, base.device))
     return frozen_copy_reference(base.to(next(trained.model.parameters()).device))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,17 @@ def frozen_copy_reference(model) -> Callable[[], AbstractContextManager]:
     """A frozen copy of the model as it is now: the reference for methods that change the base weights."""
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     return lambda: nullcontext(reference)
+
+
+def adapter_disabled_reference(model) -> Callable[[], AbstractContextManager]:
+    """For a peft model the base is the reference: the same weights with the adapter switched off, no copy."""
+
+    @contextmanager
+    def opened():
+        with model.disable_adapter():
+            yield model
+
+    return opened
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from pydantic import Field
 
-from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.methods.base import Method, MethodParams, adapter_disabled_reference, run_subdir
 from tuneforge.models import no_progress_bars
 
 ADAPTER_DIR = "adapter"
@@ -49,11 +49,6 @@ def _quiet_peft():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
-
-
-def adapter_disabled_reference(model):
-    """The base model is the reference: the same weights with the adapter switched off, no second copy."""
-    return model.disable_adapter
 
 
 METHOD = Method("lora", "low-rank adapters on linear layers (peft)", LoraParams, apply, save, load, ADAPTER_DIR,
