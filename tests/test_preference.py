@@ -12,7 +12,7 @@ import torch
 from tests.conftest import tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import DataConfig, DatasetSpec
-from tuneforge.data.batching import collate, collate_packed
+from tuneforge.data.batching import batch_sequences, collate, collate_packed, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.engine.loop import window_context
 from tuneforge.engine.trained import evaluate_run, load_trained
@@ -122,10 +122,23 @@ def test_pair_logps_equal_padded_packed_and_one_at_a_time(tmp_path, tokenizer, l
     items, _ = encode(tmp_path, tokenizer, pair_records(6))
     padded, _ = sequence_logps(lora_model, collate(items, tokenizer.pad_token_id))
     packed, _ = sequence_logps(lora_model, collate_packed(items, tokenizer.pad_token_id))
+    shared, counts = sequence_logps(lora_model, collate_pairs_packed(items, tokenizer.pad_token_id))
     alone = [sequence_logps(lora_model, collate([item], tokenizer.pad_token_id))[0] for item in items]
     separate = torch.cat([torch.stack([a[0] for a in alone]), torch.stack([a[1] for a in alone])])
     torch.testing.assert_close(padded, separate, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(packed, separate, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(shared, separate, atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == [float(sum(1 for x in s.labels[1:] if x != -100)) for s in batch_sequences(items)]
+
+
+def test_shared_prompt_layout_computes_each_prompt_once(tmp_path, tokenizer):
+    items, _ = encode(tmp_path, tokenizer, pair_records(6))
+    batch = collate_pairs_packed(items, tokenizer.pad_token_id)
+    separate = sum(len(s) for s in batch_sequences(items))
+    prompts = sum(next(i for i, x in enumerate(e.encoded.labels) if x != -100) for e in items)
+    assert int(batch["num_tokens"]) == separate - prompts
+    mask = batch["attention_mask"][:, 0]
+    assert not mask.any(dim=-1).logical_not().any()  # every position (padding too) attends to something
 
 
 def run_dpo_window(model, items, micro: int, pad_id: int, reference, collate_fn=collate):
@@ -145,7 +158,8 @@ def test_dpo_accumulation_and_packing_keep_loss_and_gradients(tmp_path, tokenize
     items, _ = encode(tmp_path, tokenizer, pair_records(4))
     reference = METHODS["lora"].reference(lora_model)
     whole, whole_grads = run_dpo_window(lora_model, items, 4, tokenizer.pad_token_id, reference)
-    for micro, collate_fn in ((1, collate), (2, collate), (4, collate_packed)):
+    for micro, collate_fn in ((1, collate), (2, collate), (4, collate_packed), (2, collate_pairs_packed),
+                              (4, collate_pairs_packed)):
         loss, grads = run_dpo_window(lora_model, items, micro, tokenizer.pad_token_id, reference, collate_fn)
         assert loss == pytest.approx(whole, rel=1e-5)
         for name, grad in grads.items():

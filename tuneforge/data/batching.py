@@ -75,6 +75,95 @@ def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, t
             **_batch_facts(examples, sequences)}
 
 
+def collate_pairs_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Padding-free preference pairs with the prompt computed once: each pair is laid out as prompt, chosen
+    response, rejected response, and the pairs are packed first-fit-decreasing into rows.
+
+    The chosen and rejected sequences share their prompt tokens, and under causal attention the prompt's
+    hidden states do not depend on what follows, so computing them once gives the same log-probabilities
+    (and, summed over both uses, the same gradients) as two separate sequences. A 4-D attention mask
+    keeps the rejected response from seeing the chosen one and every pair from seeing another; position ids
+    continue from the prompt in both responses. Because a response's first token is predicted from the
+    prompt's last position, not from the token before it in the row, the batch lists each label's
+    predicting position explicitly (`label_positions`, `label_targets`, `label_owner`).
+    """
+    count = len(examples)
+    units = [_shared_prompt_unit(e) for e in examples]
+    rows = _first_fit_decreasing([u.length for u in units], capacity=max(u.length for u in units))
+    width = max(sum(units[i].length for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    label_positions: list[int] = []
+    label_targets: list[int] = []
+    label_owner: list[int] = []
+    for index, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            unit = units[i]
+            unit.place(input_ids[index], positions[index], allowed[index], offset)
+            for side, owner in ((0, i), (1, count + i)):
+                for predictor, target in unit.labels(side, offset):
+                    label_positions.append(index * width + predictor)
+                    label_targets.append(target)
+                    label_owner.append(owner)
+            offset += unit.length
+        allowed[index, offset:, offset:] = torch.eye(width - offset, dtype=torch.bool)  # padding sees itself
+    sequences = batch_sequences(examples)
+    facts = _batch_facts(examples, sequences)
+    facts["num_tokens"] = torch.tensor(sum(u.length for u in units))  # tokens computed; the prompt once per pair
+    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": allowed[:, None],
+            "label_positions": torch.tensor(label_positions), "label_targets": torch.tensor(label_targets),
+            "label_owner": torch.tensor(label_owner), **facts}
+
+
+class _SharedPromptUnit:
+    """One pair as prompt + chosen tail + rejected tail. The shared prompt stops before the first label of
+    either side, so it holds no trained token."""
+
+    def __init__(self, chosen: Encoded, rejected: Encoded):
+        first = min(_first_label(chosen), _first_label(rejected))
+        shared = 0
+        while shared < first and chosen.input_ids[shared] == rejected.input_ids[shared]:
+            shared += 1
+        self.sides, self.shared = (chosen, rejected), shared
+        self.length = shared + (len(chosen) - shared) + (len(rejected) - shared)
+
+    def _start(self, side: int, offset: int) -> int:
+        """Row index of the side's first token after the shared prompt."""
+        return offset + self.shared + (len(self.sides[0]) - self.shared if side else 0)
+
+    def place(self, input_ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor, offset: int) -> None:
+        prompt = slice(offset, offset + self.shared)
+        input_ids[prompt] = torch.tensor(self.sides[0].input_ids[:self.shared])
+        positions[prompt] = torch.arange(self.shared)
+        allowed[prompt, prompt] = torch.ones(self.shared, self.shared, dtype=torch.bool).tril()
+        for side, sequence in enumerate(self.sides):
+            start, n = self._start(side, offset), len(sequence) - self.shared
+            tail = slice(start, start + n)
+            input_ids[tail] = torch.tensor(sequence.input_ids[self.shared:])
+            positions[tail] = torch.arange(self.shared, len(sequence))
+            allowed[tail, prompt] = True
+            allowed[tail, tail] = torch.ones(n, n, dtype=torch.bool).tril()
+
+    def labels(self, side: int, offset: int) -> list[tuple[int, int]]:
+        """(row index of the predicting position, target id) for every trained token of one side."""
+        sequence, start = self.sides[side], self._start(side, offset)
+        row_of = lambda t: offset + t if t < self.shared else start + t - self.shared  # noqa: E731
+        return [(row_of(t - 1), sequence.labels[t]) for t in range(1, len(sequence))
+                if sequence.labels[t] != IGNORE_INDEX]
+
+
+def _shared_prompt_unit(example: TrainExample) -> _SharedPromptUnit:
+    if example.rejected is None:
+        raise ValueError("collate_pairs_packed needs preference pairs")
+    return _SharedPromptUnit(example.encoded, example.rejected)
+
+
+def _first_label(sequence: Encoded) -> int:
+    return next((i for i, label in enumerate(sequence.labels) if label != IGNORE_INDEX), len(sequence))
+
+
 def _batch_facts(examples: Sequence[TrainExample], sequences: Sequence[Encoded]) -> dict[str, torch.Tensor]:
     return {"sample_ids": torch.tensor([e.sample_id for e in examples]),
             "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
@@ -100,6 +189,8 @@ def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[in
 
 def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens whose next-token prediction is trained (labels shifted by one, as the loss uses them)."""
+    if "label_targets" in batch:
+        return int(batch["label_targets"].numel())
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 

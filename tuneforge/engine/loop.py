@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tuneforge.config import TrainConfig
-from tuneforge.data.batching import StepPlan, collate, collate_packed, count_label_tokens
+from tuneforge.data.batching import StepPlan, collate, collate_packed, collate_pairs_packed, count_label_tokens
 from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
@@ -97,7 +97,9 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
 def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]],
                lr: float) -> dict[str, float]:
     """One optimizer step over an accumulation window; the loss is normalised by the window's label tokens."""
-    collate_fn = collate_packed if inputs.cfg.packing else collate
+    collate_fn = collate
+    if inputs.cfg.packing:
+        collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
     batches = [_to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
                for micro in window]
     ctx = window_context(batches, inputs.objective_params, inputs.reference)

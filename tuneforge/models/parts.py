@@ -34,9 +34,14 @@ def label_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence (in `batch_sequences` order): the summed log-probability of its label tokens, and how many
     label tokens it has. Works on padded and packed batches alike through `sequence_ids`."""
-    logits, targets, trained = _label_logits(model, batch)
+    if "label_positions" in batch:  # a layout that names each label's predicting position
+        hidden = final_hidden_states(model, batch)
+        logits = output_head(model)(hidden.flatten(0, 1)[batch["label_positions"]]).float()
+        targets, owner = batch["label_targets"], batch["label_owner"]
+    else:
+        logits, targets, trained = _label_logits(model, batch)
+        owner = batch["sequence_ids"][:, 1:][trained]
     token_logps = -F.cross_entropy(logits, targets, reduction="none")
-    owner = batch["sequence_ids"][:, 1:][trained]
     count = int(batch["num_sequences"])
     sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     tokens = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(
