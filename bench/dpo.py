@@ -26,7 +26,6 @@ from bench.common import (
     WORDS,
     ModelShape,
     SystemResult,
-    lora_step_flops,
     measure_matmul_peak,
     peak_rss_bytes,
     run_worker,
@@ -124,24 +123,29 @@ def trimmed(sequence) -> tuple[list[int], list[int]]:
 def batch_shapes(spec: dict) -> list[dict]:
     """Per step: pairs, tokens, label tokens and useful FLOPs (the batches are identical for every system).
 
-    A DPO step is a LoRA training step over all chosen and rejected sequences plus a no-grad forward of
-    the reference over the same tokens: 2N per token, attention 4·L·H·d per attended position, and the
-    LM head 2·d·V at the label positions.
+    Useful work counts each pair's prompt once, since the chosen and rejected responses condition on the
+    same prompt (a system that runs it twice does redundant work, as with padding). A DPO step trains LoRA
+    over those tokens (4N frozen + 6N LoRA per token, attention 12·L·H·d per attended position, the LM head
+    4·d·V at labels) and runs the reference forward over them (2N, 4·L·H·d, 2·d·V).
     """
     from transformers import AutoConfig
 
     pairs, _ = encoded_pairs(spec)
     shape = ModelShape.of(AutoConfig.from_pretrained(spec["model"]))
+    per_token = 4 * shape.body_params + 6 * shape.lora_params(spec["lora"]["r"]) + 2 * shape.body_params
+    per_attended = (12 + 4) * shape.layers * shape.heads * shape.head_dim
     size, shapes = spec["batch_size"], []
     for step in range(spec["steps"]):
         batch = pairs[step * size:(step + 1) * size]
-        lengths = [sum(len(part) for part in trimmed(s)) for p in batch for s in p.sequences]
-        labels = sum(len(trimmed(s)[1]) for p in batch for s in p.sequences)
-        reference = sum(2 * shape.body_params * n + 4 * shape.layers * shape.heads * shape.head_dim * n * n
-                        for n in lengths) + labels * 2 * shape.hidden * shape.vocab
+        sides = [[trimmed(s) for s in p.sequences] for p in batch]
+        lengths = [len(prompt) + len(response) for pair in sides for prompt, response in pair]
+        labels = sum(len(response) for pair in sides for _, response in pair)
+        unique = sum(len(pair[0][0]) + len(pair[0][1]) + len(pair[1][1]) for pair in sides)
+        attended = sum(len(pair[0][0]) ** 2 + sum(len(r) * (len(pair[0][0]) + len(r)) for _, r in pair)
+                       for pair in sides)
         shapes.append({"pairs": len(batch), "tokens": sum(lengths), "label_tokens": labels,
                        "padded_tokens": max(lengths) * len(lengths),
-                       "flops": lora_step_flops(shape, spec["lora"]["r"], lengths, labels) + reference})
+                       "flops": per_token * unique + per_attended * attended + labels * 6 * shape.hidden * shape.vocab})
     return shapes
 
 

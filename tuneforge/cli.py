@@ -67,7 +67,7 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
     scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    max_examples=max_examples)
     for name, value in scores.items():
-        print(f"{name:>12}  {value:.4f}")
+        print(f"{name:>16}  {value:.4f}")
     if output:
         output.write_text(json.dumps({"scores": scores, "samples": samples}, indent=2))
 
@@ -172,12 +172,13 @@ def bench(ctx: typer.Context,
 def _print_before_after(before: dict, after: dict) -> None:
     if not after:
         return
-    print(f"{'metric':>12}  {'before':>9}  {'after':>9}  {'change':>9}")
+    width = max(12, *(len(name) for name in after))
+    print(f"{'metric':>{width}}  {'before':>9}  {'after':>9}  {'change':>9}")
     for name, value in after.items():
         if name in before:
-            print(f"{name:>12}  {before[name]:9.3f}  {value:9.3f}  {value - before[name]:+9.3f}")
+            print(f"{name:>{width}}  {before[name]:9.3f}  {value:9.3f}  {value - before[name]:+9.3f}")
         else:
-            print(f"{name:>12}  {'':>9}  {value:9.3f}")
+            print(f"{name:>{width}}  {'':>9}  {value:9.3f}")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tuneforge.config import DataConfig
 from tuneforge.data.dataset import EncodeStats, TrainExample, check_drop_fraction, encode_examples
 from tuneforge.data.formats import Example
-from tuneforge.data.render import IGNORE_INDEX
+from tuneforge.data.render import IGNORE_INDEX, Encoded
 from tuneforge.errors import DataError
 
 TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained text ⟧ in plain output
@@ -31,10 +31,10 @@ def check_split(split: str, examples: list[Example], tokenizer, cfg: DataConfig,
     return DataReport(split, stats, kept[:samples], drop_error)
 
 
-def trained_segments(item: TrainExample, tokenizer) -> list[tuple[str, bool]]:
-    """The example's text cut into (text, trained?) runs, decoded token by token."""
+def trained_segments(sequence: Encoded, tokenizer) -> list[tuple[str, bool]]:
+    """A sequence's text cut into (text, trained?) runs, decoded token by token."""
     segments: list[tuple[str, bool]] = []
-    ids, labels = item.encoded.input_ids, item.encoded.labels
+    ids, labels = sequence.input_ids, sequence.labels
     for token_id, label in zip(ids, labels, strict=True):
         piece = tokenizer.decode([token_id], skip_special_tokens=False)
         trained = label != IGNORE_INDEX
@@ -46,6 +46,9 @@ def trained_segments(item: TrainExample, tokenizer) -> list[tuple[str, bool]]:
 
 
 def marked_text(item: TrainExample, tokenizer) -> str:
-    """Plain-text rendering with trained runs wrapped in ⟦ ⟧."""
-    return "".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
-                   for text, trained in trained_segments(item, tokenizer))
+    """Plain-text rendering with trained runs wrapped in ⟦ ⟧; a preference pair shows both sides."""
+    texts = ["".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
+                     for text, trained in trained_segments(sequence, tokenizer)) for sequence in item.sequences]
+    if len(texts) == 1:
+        return texts[0]
+    return f"[chosen]\n{texts[0]}\n[rejected]\n{texts[1]}"
