@@ -134,3 +134,18 @@ def test_template_that_rewrites_history_is_refused(tokenizer):
                 {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"})
     with pytest.raises(TemplateError, match="renders turn 1 differently"):
         encode_example(Example("t.jsonl", 3, messages=messages), tok, chat=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab \n😀é中ß.,")), min_size=1, max_size=12),
+       st.text(alphabet=st.sampled_from(list("xy \n😀é中ß")), min_size=1, max_size=12))
+def test_fast_label_path_equals_the_offset_path(tokenizer, prompt, answer):
+    """The boundary-only label path gives exactly the labels of the per-token offset rule, multi-byte
+    characters at the span edges included."""
+    from tuneforge.data.render import _label_spans, _label_spans_of
+
+    text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n"
+    start = text.index("assistant\n") + len("assistant\n")
+    spans = [(start, len(text.rstrip()))]
+    encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
+    assert _label_spans_of(encoding, spans) == _label_spans(encoding.ids, encoding.offsets, spans)

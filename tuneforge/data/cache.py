@@ -9,6 +9,7 @@ with allow_pickle=False, written into a temporary directory and renamed into pla
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -69,8 +70,8 @@ def save(key: str, encoded: Sequence[Encoded]) -> None:
 
 
 def _pack(encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:
-    def flat(rows):
-        return np.fromiter((x for row in rows for x in row), dtype=np.int64)
+    def flat(rows):  # chain + one array conversion: several times faster than fromiter over a generator
+        return np.array(list(itertools.chain.from_iterable(rows)), dtype=np.int64)
 
     return {"ids": flat(e.input_ids for e in encoded), "labels": flat(e.labels for e in encoded),
             "lengths": np.array([len(e) for e in encoded], dtype=np.int64),
