@@ -53,6 +53,7 @@ class LoopInputs:
     evaluate: Callable[[], dict[str, float]] | None = None  # held-out loss, for eval_every/early stopping
     objective_params: ObjectiveParams = field(default_factory=ObjectiveParams)
     reference: Callable[[], AbstractContextManager] | None = None  # the frozen reference, for objectives needing one
+    lr_scale: Callable[[str], float] | None = None  # per-parameter learning-rate multiplier from the method
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
@@ -60,7 +61,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     plan = StepPlan([len(e) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
                     cfg.group_by_length, cfg.shuffle)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, inputs.lr_scale)
     if resume_from is not None:
         saved = checkpoint.load_checkpoint(resume_from, model, optimizer)
         state = _restored_state(saved, state.fingerprint)

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from tuneforge.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                    lr_scale: Callable[[str], float] | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, grouped by weight decay and by the method's learning-rate
+    multiplier (`lr_scale(name)`, e.g. LoRA+); each group keeps its multiplier as `lr_scale`."""
+    groups: dict[tuple[bool, float], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             eps=cfg.adam_eps, foreach=True)
+            decays = not (param.ndim < 2 or "norm" in name.lower())
+            groups.setdefault((decays, lr_scale(name) if lr_scale else 1.0), []).append(param)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": scale}
+                    for (decays, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))]
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             foreach=True)
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
@@ -38,4 +44,4 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

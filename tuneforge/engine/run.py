@@ -57,6 +57,9 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     params = validate_method_params(cfg.method, loaded.where("method"))
     objective = get_objective(cfg.objective.name)
     objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
+    if cfg.train.packing and not method.supports_packing:
+        raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
+                          "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
     run_dir = resolve_run_dir(loaded)
     resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
     prepared = prepare_data(loaded, console, objective)
@@ -82,7 +85,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
         inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
                             autocast, metrics, console, run_dir / CHECKPOINTS,
                             evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
-                            objective_params=objective_params, reference=reference)
+                            objective_params=objective_params, reference=reference,
+                            lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None)
         state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)

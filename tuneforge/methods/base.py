@@ -43,6 +43,9 @@ class Method:
     output_subdir: str
     # (model) -> a function opening the frozen reference model: the model as it is now, before training
     reference: Callable[..., Callable[[], AbstractContextManager]] = frozen_copy_reference
+    # (parameter name, params) -> learning-rate multiplier for that parameter (e.g. LoRA+)
+    lr_scale: Callable[[str, MethodParams], float] | None = None
+    supports_packing: bool = True  # False where the method prepends virtual tokens to every row
 
 
 def trainable_summary(model) -> tuple[int, int]:

@@ -1,17 +1,16 @@
 """LoRA through peft (Hu et al., 2021, https://arxiv.org/abs/2106.09685): W + (alpha/r) B A, only A and B
-trained. Saved in peft's adapter format, so `peft.PeftModel.from_pretrained` and serving stacks load it."""
+trained, with the variants peft implements: DoRA, rsLoRA, PiSSA/OLoRA initialisation, and LoRA+."""
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
+from typing import Literal
 
 from pydantic import Field
 
-from tuneforge.methods.base import Method, MethodParams, adapter_disabled_reference, run_subdir
-from tuneforge.models import no_progress_bars
+from tuneforge.methods.base import MethodParams
+from tuneforge.methods.peft_adapter import ADAPTER_DIR, peft_method
 
-ADAPTER_DIR = "adapter"
+__all__ = ["ADAPTER_DIR", "DORA", "METHOD", "LoraParams"]
 
 
 class LoraParams(MethodParams):
@@ -20,36 +19,32 @@ class LoraParams(MethodParams):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field("all-linear", description="'all-linear' or module names")
     bias: str = Field("none", pattern="^(none|all|lora_only)$")
+    dora: bool = Field(False, description="DoRA: learn each weight's magnitude and direction separately")
+    rslora: bool = Field(False, description="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="A/B initialisation; pissa starts from the principal singular vectors")
+    loraplus_lr_ratio: float | None = Field(None, gt=0, description="LoRA+: B learns this many times faster than A")
 
 
-def apply(model, params: LoraParams):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                        target_modules=params.target_modules, bias=params.bias, task_type="CAUSAL_LM")
-    with _quiet_peft():
-        return get_peft_model(model, config)
+class DoraParams(LoraParams):
+    dora: bool = True
 
 
-def save(model, run_dir) -> None:
-    with no_progress_bars():
-        model.save_pretrained(run_subdir(run_dir, ADAPTER_DIR), safe_serialization=True)
+def lora_config(params: LoraParams, model):
+    from peft import LoraConfig
+
+    init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[params.init]
+    return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
+                      target_modules=params.target_modules, bias=params.bias, task_type="CAUSAL_LM",
+                      use_dora=params.dora, use_rslora=params.rslora, init_lora_weights=init)
 
 
-def load(run_dir, load_base):
-    from peft import PeftModel
-
-    with _quiet_peft():
-        return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
+def lr_scale(name: str, params: LoraParams) -> float:
+    """LoRA+ (Hayou et al., 2024, https://arxiv.org/abs/2402.12354): B's learning rate is ratio times A's."""
+    return params.loraplus_lr_ratio if params.loraplus_lr_ratio and ".lora_B." in name else 1.0
 
 
-@contextmanager
-def _quiet_peft():
-    """peft asks transformers a deprecated question when wrapping a model; the warning is not actionable."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-METHOD = Method("lora", "low-rank adapters on linear layers (peft)", LoraParams, apply, save, load, ADAPTER_DIR,
-                reference=adapter_disabled_reference)
+METHOD = peft_method("lora", "low-rank adapters on linear layers; options dora, rslora, init (pissa, olora), "
+                     "loraplus_lr_ratio", LoraParams, lora_config, lr_scale=lr_scale)
+DORA = peft_method("dora", "LoRA with weight decomposition into magnitude and direction (Liu et al., 2024)",
+                   DoraParams, lora_config, lr_scale=lr_scale)

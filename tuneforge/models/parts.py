@@ -14,11 +14,13 @@ from tuneforge.config import IGNORE_INDEX
 
 
 def final_hidden_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Post-norm hidden states [batch, seq, hidden], computed without the full-vocabulary logits."""
+    """Post-norm hidden states [batch, seq, hidden] of the batch's own tokens, computed without the
+    full-vocabulary logits. Virtual tokens a prompt-learning method prepends are cut off again."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                 position_ids=batch.get("position_ids"), output_hidden_states=True, logits_to_keep=1,
                 use_cache=False)
-    return out.hidden_states[-1]
+    hidden = out.hidden_states[-1]
+    return hidden[:, hidden.shape[1] - batch["input_ids"].shape[1]:]
 
 
 def output_head(model) -> torch.nn.Module:

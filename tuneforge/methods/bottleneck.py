@@ -1,0 +1,105 @@
+"""Bottleneck adapters, our own implementation (no maintained library covers current transformers):
+a small down-projection, a non-linearity and an up-projection added residually to a sub-layer's output,
+the up-projection starting at zero so training starts from the unchanged model.
+
+- Houlsby et al., 2019 (https://arxiv.org/abs/1902.00751): after the attention block and after the MLP.
+- Pfeiffer et al., 2020 (https://arxiv.org/abs/2005.00247): after the MLP only.
+
+The bottleneck width is hidden_size / reduction_factor. Only the adapters train; they are saved alone with
+their settings, and switching them off gives back the base model (the reference for preference training).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.methods.selective import decoder_layers, load_tensors, save_trainable
+
+ADAPTER_DIR = "bottleneck"
+ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}
+
+
+class AdapterParams(MethodParams):
+    placement: Literal["houlsby", "pfeiffer"] = Field("pfeiffer", description="houlsby: after attention and MLP; "
+                                                                             "pfeiffer: after the MLP")
+    reduction_factor: int = Field(16, ge=1, description="bottleneck width = hidden size / reduction_factor")
+    nonlinearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+
+
+class Bottleneck(torch.nn.Module):
+    """Wraps a sub-layer: output + up(act(down(output))), on the first element when the output is a tuple."""
+
+    def __init__(self, inner: torch.nn.Module, hidden: int, width: int, nonlinearity: str):
+        super().__init__()
+        self.inner = inner
+        self.down = torch.nn.Linear(hidden, width)
+        self.act = ACTIVATIONS[nonlinearity]()
+        self.up = torch.nn.Linear(width, hidden)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+        self.enabled = True
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if not self.enabled:
+            return out
+        hidden = out[0] if isinstance(out, tuple) else out
+        adapted = hidden + self.up(self.act(self.down(hidden)))
+        return (adapted, *out[1:]) if isinstance(out, tuple) else adapted
+
+
+def apply(model, params: AdapterParams):
+    for param in model.parameters():
+        param.requires_grad_(False)
+    hidden = model.config.hidden_size
+    width = max(1, hidden // params.reduction_factor)
+    sites = ("self_attn", "mlp") if params.placement == "houlsby" else ("mlp",)
+    for layer in decoder_layers(model):
+        for site in sites:
+            inner = getattr(layer, site)
+            wrapped = Bottleneck(inner, hidden, width, params.nonlinearity).to(next(inner.parameters()).device)
+            setattr(layer, site, wrapped)
+    model.tuneforge_bottleneck = params.model_dump()
+    return model
+
+
+def adapters(model) -> list[Bottleneck]:
+    return [m for m in model.modules() if isinstance(m, Bottleneck)]
+
+
+def save(model, run_dir) -> None:
+    out = run_subdir(run_dir, ADAPTER_DIR)
+    save_trainable(model, out)
+    (out / "config.json").write_text(json.dumps(model.tuneforge_bottleneck, indent=1))
+
+
+def load(run_dir, load_base):
+    folder = run_subdir(run_dir, ADAPTER_DIR)
+    model = apply(load_base(), AdapterParams(**json.loads((folder / "config.json").read_text())))
+    load_tensors(model, folder)
+    return model
+
+
+def adapters_off_reference(model) -> Callable[[], AbstractContextManager]:
+    @contextmanager
+    def opened():
+        for adapter in adapters(model):
+            adapter.enabled = False
+        try:
+            yield model
+        finally:
+            for adapter in adapters(model):
+                adapter.enabled = True
+
+    return opened
+
+
+METHOD = Method("adapter", "bottleneck adapters after attention and MLP (houlsby) or after the MLP (pfeiffer)",
+                AdapterParams, apply, save, load, ADAPTER_DIR, reference=adapters_off_reference)

@@ -1,0 +1,48 @@
+"""What every peft-backed method shares: wrapping the model with a peft config, saving and loading in
+peft's adapter format (so `peft.PeftModel.from_pretrained` and serving stacks load it), and the base model
+as the reference (the adapter switched off: no second copy)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from tuneforge.methods.base import Method, MethodParams, adapter_disabled_reference, run_subdir
+from tuneforge.models import no_progress_bars
+
+ADAPTER_DIR = "adapter"
+
+
+def peft_method(name: str, summary: str, params: type[MethodParams], make_config: Callable, *,
+                lr_scale: Callable | None = None, supports_packing: bool = True) -> Method:
+    """A registry entry for a peft method; `make_config(params, model)` builds its peft config."""
+
+    def apply(model, chosen: MethodParams):
+        from peft import get_peft_model
+
+        with _quiet_peft():
+            return get_peft_model(model, make_config(chosen, model))
+
+    return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
+                  lr_scale=lr_scale, supports_packing=supports_packing)
+
+
+def save(model, run_dir) -> None:
+    with no_progress_bars():
+        model.save_pretrained(run_subdir(run_dir, ADAPTER_DIR), safe_serialization=True)
+
+
+def load(run_dir, load_base):
+    from peft import PeftModel
+
+    with _quiet_peft():
+        return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
+
+
+@contextmanager
+def _quiet_peft():
+    """peft asks transformers a deprecated question when wrapping a model; the warning is not actionable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

@@ -1,0 +1,115 @@
+"""Selective fine-tuning, our own (no maintained library covers it): train a chosen subset of the model's
+own parameters and save only those.
+
+- `freeze`: train the parameters whose names match regular expressions and/or the last k decoder layers;
+  everything else stays frozen.
+- `bitfit` (Ben Zaken et al., 2021, https://arxiv.org/abs/2106.10199): train only bias terms. Llama-style
+  models have none, so a zero bias is added to every linear layer of the decoder first; the model is
+  unchanged until they train, and they merge by simply being kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from tuneforge.errors import ConfigError
+from tuneforge.methods.base import Method, MethodParams, run_subdir
+
+TRAINED_DIR = "trained"
+TENSORS = "trained.safetensors"
+
+
+class FreezeParams(MethodParams):
+    patterns: list[str] = Field(default_factory=list, description="regular expressions on parameter names to train, "
+                                                                  "e.g. ['mlp', 'norm']")
+    last_layers: int | None = Field(None, ge=1, description="also train every parameter of the last k decoder layers")
+
+
+class BitfitParams(MethodParams):
+    pass
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers (Llama, Mistral, Qwen, Gemma, Phi-3 ... keep it at model.model.layers)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)\n"
+                          "  fix: use method.patterns instead of last_layers, or another method")
+    return layers
+
+
+def apply_freeze(model, params: FreezeParams):
+    if not params.patterns and not params.last_layers:
+        raise ConfigError("method 'freeze' trains nothing: give method.patterns and/or method.last_layers\n"
+                          "  fix: e.g. method: {name: freeze, last_layers: 2}")
+    chosen = [re.compile(p) for p in params.patterns]
+    layers = decoder_layers(model) if params.last_layers else []
+    in_last = {id(p) for layer in list(layers)[-params.last_layers:] for p in layer.parameters()} \
+        if params.last_layers else set()
+    for name, param in model.named_parameters():
+        param.requires_grad_(id(param) in in_last or any(p.search(name) for p in chosen))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method.patterns {params.patterns} match no parameter name\n  fix: check the names, "
+                          "e.g. 'layers\\.29\\.', 'mlp', 'norm', 'embed_tokens'")
+    return model
+
+
+def apply_bitfit(model, params: BitfitParams):
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for layer in decoder_layers(model):
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                if module.bias is None:
+                    module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
+                                                                 device=module.weight.device))
+                module.bias.requires_grad_(True)
+    return model
+
+
+def save(model, run_dir) -> None:
+    save_trainable(model, run_subdir(run_dir, TRAINED_DIR))
+
+
+def save_trainable(model, out: Path) -> None:
+    """Only the trained tensors, plus their names and shapes: a small file however large the base."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    trained = {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trained, str(out / TENSORS))
+    (out / "names.json").write_text(json.dumps({n: list(t.shape) for n, t in trained.items()}, indent=1))
+
+
+def load(run_dir, load_base):
+    """The base with the trained tensors put back; a bias the base lacks (bitfit) is added."""
+    model = load_base()
+    load_tensors(model, run_subdir(run_dir, TRAINED_DIR))
+    return model
+
+
+def load_tensors(model, folder: Path) -> None:
+    """Put saved tensors into the model by name, creating a parameter the model lacks (a bitfit bias)."""
+    from safetensors.torch import load_file
+
+    modules = dict(model.named_modules())
+    for name, tensor in load_file(str(folder / TENSORS)).items():
+        owner, _, attribute = name.rpartition(".")
+        module = modules[owner]
+        current = getattr(module, attribute, None)
+        if current is None:
+            setattr(module, attribute, torch.nn.Parameter(tensor.to(module.weight.dtype)))
+        else:
+            with torch.no_grad():
+                current.copy_(tensor)
+
+
+FREEZE = Method("freeze", "train only parameters matching patterns and/or the last k layers", FreezeParams,
+                apply_freeze, save, load, TRAINED_DIR)
+BITFIT = Method("bitfit", "train only bias terms (zero biases added where the model has none)", BitfitParams,
+                apply_bitfit, save, load, TRAINED_DIR)
