@@ -327,7 +327,19 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+# the names users bring from transformers, peft and TRL configs
+KNOWN_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+                 "learning_rate": "lr", "per_device_train_batch_size": "batch_size",
+                 "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs",
+                 "lr_scheduler_type": "schedule", "max_length": "max_seq_len", "use_dora": "dora",
+                 "use_rslora": "rslora", "output_dir": "dir"}
+
+
 def closest_name(name: str, choices: Sequence[str]) -> str | None:
+    """The valid name the user most likely meant: a known alias from other tools, else the closest spelling."""
+    alias = KNOWN_ALIASES.get(name.rsplit(".", 1)[-1])
+    if alias in choices:
+        return alias
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.4)
     return match[0] if match else None
 
