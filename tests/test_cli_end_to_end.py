@@ -123,3 +123,13 @@ def test_resume_without_checkpoint_explains(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["train", str(path), "--resume"])
     assert result.exit_code == 2
     assert "no complete checkpoint" in result.output and "step-00000002: no manifest" in result.output
+
+
+def test_methods_command_lists_every_method_and_objective():
+    from tuneforge.methods import REGISTRY as METHODS
+    from tuneforge.objectives import REGISTRY as OBJECTIVES
+
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    listed = {line.split()[0] for line in result.output.splitlines() if line.startswith("  ") and line[2] != " "}
+    assert set(METHODS) | set(OBJECTIVES) <= listed

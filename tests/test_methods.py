@@ -46,6 +46,7 @@ CATALOGUE = {  # method config for a short tiny-model run, and the learning rate
     "dora": ({"name": "dora", "r": 4, "alpha": 8, "dropout": 0.0}, 1e-2),
     "lora-variants": ({"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "rslora": True, "init": "pissa",
                        "loraplus_lr_ratio": 4.0}, 2e-3),
+    "qlora": ({"name": "qlora", "r": 4, "alpha": 8, "dropout": 0.0}, 1e-2),
     "ia3": ({"name": "ia3"}, 5e-2),
     "prompt": ({"name": "prompt", "num_virtual_tokens": 4}, 5e-2),
     "prefix": ({"name": "prefix", "num_virtual_tokens": 4}, 2e-2),
@@ -130,3 +131,18 @@ def test_prompt_methods_refuse_packing(tmp_path, tiny_model_dir):
     config["method"] = {"name": "prefix"}
     with pytest.raises(ConfigError, match=r"train\.packing"):
         train(config, quiet=True)
+
+
+def test_qlora_base_is_4bit_nf4_with_double_quantization(tiny_model_dir):
+    from tuneforge.config import ModelConfig
+    from tuneforge.engine.precision import dtype
+    from tuneforge.models.load import load_causal_lm
+
+    method = REGISTRY["qlora"]
+    params = method.params()
+    base = load_causal_lm(ModelConfig(path=str(tiny_model_dir)), **method.load_base_kwargs(params, dtype("fp32")))
+    linear = base.model.layers[0].mlp.down_proj
+    assert type(linear).__name__ == "Linear4bit" and linear.weight.quant_state.quant_type == "nf4"
+    assert linear.weight.quant_state.nested  # double quantization
+    model = method.apply(base, params)
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)

@@ -1,4 +1,5 @@
-"""The command line: `tuneforge train | eval | chat | data check`. The composition root of the package."""
+"""The command line: `tuneforge train | eval | chat | data check | methods | bench`. The composition root of the
+package."""
 
 from __future__ import annotations
 
@@ -179,6 +180,28 @@ def _print_before_after(before: dict, after: dict) -> None:
             print(f"{name:>{width}}  {before[name]:9.3f}  {value:9.3f}  {value - before[name]:+9.3f}")
         else:
             print(f"{name:>{width}}  {'':>9}  {value:9.3f}")
+
+
+@app.command()
+def methods() -> None:
+    """List the methods (what is trained) and objectives (what is optimised), with their parameters."""
+    from tuneforge.methods import REGISTRY as METHODS
+    from tuneforge.objectives import REGISTRY as OBJECTIVES
+
+    for title, registry in (("methods (method: NAME)", METHODS), ("objectives (objective: NAME)", OBJECTIVES)):
+        print(title)
+        for name, entry in registry.items():
+            print(f"  {name:<9} {entry.summary}")
+            fields = entry.params.model_fields
+            if fields:
+                shown = ", ".join(f"{key}={_default(field)}" for key, field in fields.items())
+                print(f"  {'':<9} {shown}")
+        print()
+
+
+def _default(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    return "[]" if value == [] else str(value)
 
 
 def main() -> None:

@@ -42,6 +42,18 @@ def cast_frozen_weights(model: torch.nn.Module, precision: str) -> None:
             param.data = param.data.to(wanted)
 
 
+def dtype(precision: str) -> torch.dtype:
+    """The compute dtype of a precision setting."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def move_to(model: torch.nn.Module, device: torch.device) -> None:
+    """Move the model, except a quantized one, which was placed on its device as it loaded (and refuses .to)."""
+    if not getattr(model, "is_quantized", False) and not getattr(getattr(model, "base_model", None), "is_quantized",
+                                                                 False):
+        model.to(device)
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Keep only each layer's input in the forward and recompute the rest during backward (non-reentrant,
     so frozen inputs and PEFT adapters need no special handling)."""

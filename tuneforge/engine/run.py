@@ -108,11 +108,11 @@ def _build_model(cfg, method, params, device: torch.device, console: RunConsole)
     """The base model with the method applied, weights in the chosen precision, on the device."""
     chosen = precision.resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
-    model = method.apply(load_causal_lm(cfg.model), params)
+    model = method.apply(load_causal_lm(cfg.model, **method.load_base_kwargs(params, precision.dtype(chosen))), params)
     precision.cast_frozen_weights(model, chosen)
     if cfg.train.gradient_checkpointing:
         precision.enable_gradient_checkpointing(model)
-    model.to(device)
+    precision.move_to(model, device)
     trainable, total = trainable_summary(model)
     console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
                  f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision {precision.describe(chosen)}")

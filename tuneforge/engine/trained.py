@@ -14,7 +14,7 @@ from tuneforge.engine import precision
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.errors import RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
-from tuneforge.methods import get_method
+from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.base import adapter_disabled_reference, frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import get_objective, validate_objective_params
@@ -44,9 +44,11 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
                           "`tuneforge train <config> --resume`, or use a finished run")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = precision.resolve_precision(cfg.train.precision, device)
-    model = method.load(run_dir, lambda: load_causal_lm(cfg.model))
+    base_kwargs = method.load_base_kwargs(validate_method_params(cfg.method), precision.dtype(chosen))
+    model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
     precision.cast_frozen_weights(model, chosen)
-    model.to(device).eval()
+    precision.move_to(model, device)
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device))
 

@@ -12,7 +12,7 @@ from tuneforge.methods import bottleneck, full, ia3, lora, prompt, selective
 from tuneforge.methods.base import Method, trainable_summary
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
-    lora.METHOD, lora.DORA, ia3.METHOD, prompt.PROMPT, prompt.PREFIX, prompt.PTUNING, bottleneck.METHOD,
+    lora.METHOD, lora.DORA, lora.QLORA, ia3.METHOD, prompt.PROMPT, prompt.PREFIX, prompt.PTUNING, bottleneck.METHOD,
     selective.BITFIT, selective.FREEZE, full.METHOD)}
 
 __all__ = ["REGISTRY", "Method", "get_method", "trainable_summary", "validate_method_params"]

@@ -46,6 +46,11 @@ class Method:
     # (parameter name, params) -> learning-rate multiplier for that parameter (e.g. LoRA+)
     lr_scale: Callable[[str, MethodParams], float] | None = None
     supports_packing: bool = True  # False where the method prepends virtual tokens to every row
+    # (params, compute dtype) -> extra from_pretrained arguments for the base (e.g. a 4-bit quantization config)
+    base_kwargs: Callable[[MethodParams, object], dict] | None = None
+
+    def load_base_kwargs(self, params: MethodParams, compute_dtype) -> dict:
+        return self.base_kwargs(params, compute_dtype) if self.base_kwargs else {}
 
 
 def trainable_summary(model) -> tuple[int, int]:

@@ -7,10 +7,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from tuneforge.errors import ConfigError
 from tuneforge.methods.base import MethodParams
 from tuneforge.methods.peft_adapter import ADAPTER_DIR, peft_method
 
-__all__ = ["ADAPTER_DIR", "DORA", "METHOD", "LoraParams"]
+__all__ = ["ADAPTER_DIR", "DORA", "METHOD", "QLORA", "LoraParams"]
 
 
 class LoraParams(MethodParams):
@@ -30,6 +31,26 @@ class DoraParams(LoraParams):
     dora: bool = True
 
 
+class QloraParams(LoraParams):
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base")
+    double_quant: bool = Field(True, description="also quantize the quantization constants (saves ~0.4 bit/param)")
+
+
+def quantized_base(params: QloraParams, compute_dtype) -> dict:
+    """QLoRA (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314): the frozen base in 4-bit NF4 with
+    double quantization (bitsandbytes), computing in `compute_dtype`; LoRA on top in full precision."""
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("method 'qlora' needs bitsandbytes, which is not installed\n"
+                          "  fix: pip install 'tuneforge[qlora]' (or bitsandbytes)") from None
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=params.quant_type,
+                                bnb_4bit_use_double_quant=params.double_quant, bnb_4bit_compute_dtype=compute_dtype)
+    return {"quantization_config": config}
+
+
 def lora_config(params: LoraParams, model):
     from peft import LoraConfig
 
@@ -46,5 +67,7 @@ def lr_scale(name: str, params: LoraParams) -> float:
 
 METHOD = peft_method("lora", "low-rank adapters on linear layers; options dora, rslora, init (pissa, olora), "
                      "loraplus_lr_ratio", LoraParams, lora_config, lr_scale=lr_scale)
+QLORA = peft_method("qlora", "LoRA on a 4-bit NF4 base with double quantization (bitsandbytes)", QloraParams,
+                    lora_config, lr_scale=lr_scale, base_kwargs=quantized_base)
 DORA = peft_method("dora", "LoRA with weight decomposition into magnitude and direction (Liu et al., 2024)",
                    DoraParams, lora_config, lr_scale=lr_scale)

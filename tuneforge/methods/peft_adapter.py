@@ -15,7 +15,8 @@ ADAPTER_DIR = "adapter"
 
 
 def peft_method(name: str, summary: str, params: type[MethodParams], make_config: Callable, *,
-                lr_scale: Callable | None = None, supports_packing: bool = True) -> Method:
+                lr_scale: Callable | None = None, supports_packing: bool = True,
+                base_kwargs: Callable | None = None) -> Method:
     """A registry entry for a peft method; `make_config(params, model)` builds its peft config."""
 
     def apply(model, chosen: MethodParams):
@@ -25,7 +26,7 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
             return get_peft_model(model, make_config(chosen, model))
 
     return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
-                  lr_scale=lr_scale, supports_packing=supports_packing)
+                  lr_scale=lr_scale, supports_packing=supports_packing, base_kwargs=base_kwargs)
 
 
 def save(model, run_dir) -> None:

@@ -43,12 +43,16 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(cfg: ModelConfig, dtype=None):
-    """The causal LM in `dtype` (default fp32), in training mode off."""
+def load_causal_lm(cfg: ModelConfig, dtype=None, **extra):
+    """The causal LM in `dtype` (default fp32), in training mode off. `extra` goes to from_pretrained (e.g. a
+    quantization config, which also places the model on its device as it loads)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(cfg), cfg, dtype=dtype or torch.float32)
+    if "quantization_config" in extra:
+        extra.setdefault("device_map", {"": 0} if torch.cuda.is_available() else "cpu")
+    model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(cfg), cfg, dtype=dtype or torch.float32,
+                             **extra)
     model.config.use_cache = False
     return model
 
