@@ -183,6 +183,18 @@ def _print_before_after(before: dict, after: dict) -> None:
 
 
 @app.command()
+@user_errors
+def export(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+           out: Annotated[Path, typer.Option(help="where to write the Hugging Face model directory")],
+           merge: Annotated[bool, typer.Option(help="fold an adapter (LoRA family, IA3, BitFit) in")] = False,
+           overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False) -> None:
+    """Write a finished run as a plain Hugging Face model (weights + tokenizer); transformers alone loads it."""
+    from tuneforge.engine.export import export_run
+
+    print(f"exported: {export_run(run_dir, out, merge=merge, overwrite=overwrite)}")
+
+
+@app.command()
 def methods() -> None:
     """List the methods (what is trained) and objectives (what is optimised), with their parameters."""
     from tuneforge.methods import REGISTRY as METHODS

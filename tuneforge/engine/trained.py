@@ -29,7 +29,9 @@ class TrainedRun:
     autocast: object
 
 
-def load_trained(run_dir: str | Path) -> TrainedRun:
+def load_trained(run_dir: str | Path, *, full_precision_base: bool = False) -> TrainedRun:
+    """A finished run's model, ready for inference. `full_precision_base` loads the base unquantized even for
+    a quantized method (qlora), as merging and exporting need."""
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
@@ -44,7 +46,8 @@ def load_trained(run_dir: str | Path) -> TrainedRun:
                           "`tuneforge train <config> --resume`, or use a finished run")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = precision.resolve_precision(cfg.train.precision, device)
-    base_kwargs = method.load_base_kwargs(validate_method_params(cfg.method), precision.dtype(chosen))
+    base_kwargs = {} if full_precision_base else method.load_base_kwargs(validate_method_params(cfg.method),
+                                                                         precision.dtype(chosen))
     model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
     precision.cast_frozen_weights(model, chosen)
     precision.move_to(model, device)

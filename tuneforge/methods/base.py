@@ -21,6 +21,11 @@ def frozen_copy_reference(model) -> Callable[[], AbstractContextManager]:
     return lambda: nullcontext(reference)
 
 
+def unchanged(model):
+    """Methods that train the model's own weights: the trained model is already a plain model."""
+    return model
+
+
 def adapter_disabled_reference(model) -> Callable[[], AbstractContextManager]:
     """For a peft model the base is the reference: the same weights with the adapter switched off, no copy."""
 
@@ -48,6 +53,9 @@ class Method:
     supports_packing: bool = True  # False where the method prepends virtual tokens to every row
     # (params, compute dtype) -> extra from_pretrained arguments for the base (e.g. a 4-bit quantization config)
     base_kwargs: Callable[[MethodParams, object], dict] | None = None
+
+    # (trained model) -> a plain transformers model with the training folded into its weights; None: cannot merge
+    merge: Callable | None = None
 
     def load_base_kwargs(self, params: MethodParams, compute_dtype) -> dict:
         return self.base_kwargs(params, compute_dtype) if self.base_kwargs else {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.methods.base import Method, MethodParams, run_subdir, unchanged
 from tuneforge.models import no_progress_bars
 
 MODEL_DIR = "model"
@@ -30,4 +30,4 @@ def load(run_dir, load_base):
     return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
 
 
-METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR)
+METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR, merge=unchanged)

@@ -23,4 +23,5 @@ def ia3_config(params: Ia3Params, model):
                      feedforward_modules=params.feedforward_modules)
 
 
-METHOD = peft_method("ia3", "(IA)³: learned rescaling of keys, values and MLP activations", Ia3Params, ia3_config)
+METHOD = peft_method("ia3", "(IA)³: learned rescaling of keys, values and MLP activations", Ia3Params, ia3_config,
+                     mergeable=True)

@@ -66,8 +66,9 @@ def lr_scale(name: str, params: LoraParams) -> float:
 
 
 METHOD = peft_method("lora", "low-rank adapters on linear layers; options dora, rslora, init (pissa, olora), "
-                     "loraplus_lr_ratio", LoraParams, lora_config, lr_scale=lr_scale)
+                     "loraplus_lr_ratio", LoraParams, lora_config, lr_scale=lr_scale, mergeable=True)
 QLORA = peft_method("qlora", "LoRA on a 4-bit NF4 base with double quantization (bitsandbytes)", QloraParams,
-                    lora_config, lr_scale=lr_scale, base_kwargs=quantized_base)
+                    lora_config, lr_scale=lr_scale, base_kwargs=quantized_base,
+                    mergeable=True)
 DORA = peft_method("dora", "LoRA with weight decomposition into magnitude and direction (Liu et al., 2024)",
-                   DoraParams, lora_config, lr_scale=lr_scale)
+                   DoraParams, lora_config, lr_scale=lr_scale, mergeable=True)

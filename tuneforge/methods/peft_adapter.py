@@ -16,7 +16,7 @@ ADAPTER_DIR = "adapter"
 
 def peft_method(name: str, summary: str, params: type[MethodParams], make_config: Callable, *,
                 lr_scale: Callable | None = None, supports_packing: bool = True,
-                base_kwargs: Callable | None = None) -> Method:
+                base_kwargs: Callable | None = None, mergeable: bool = False) -> Method:
     """A registry entry for a peft method; `make_config(params, model)` builds its peft config."""
 
     def apply(model, chosen: MethodParams):
@@ -26,7 +26,14 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
             return get_peft_model(model, make_config(chosen, model))
 
     return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
-                  lr_scale=lr_scale, supports_packing=supports_packing, base_kwargs=base_kwargs)
+                  lr_scale=lr_scale, supports_packing=supports_packing, base_kwargs=base_kwargs,
+                  merge=merge_and_unload if mergeable else None)
+
+
+def merge_and_unload(model):
+    """Fold the adapter into the base weights (peft) and return the plain transformers model."""
+    with _quiet_peft():
+        return model.merge_and_unload()
 
 
 def save(model, run_dir) -> None:

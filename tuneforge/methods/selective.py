@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 
 from tuneforge.errors import ConfigError
-from tuneforge.methods.base import Method, MethodParams, run_subdir
+from tuneforge.methods.base import Method, MethodParams, run_subdir, unchanged
 
 TRAINED_DIR = "trained"
 TENSORS = "trained.safetensors"
@@ -109,7 +109,19 @@ def load_tensors(model, folder: Path) -> None:
                 current.copy_(tensor)
 
 
+def bitfit_merged(model):
+    """A bitfit model is a plain model with biases; its config must say so for transformers to load them."""
+    flags = [flag for flag in ("attention_bias", "mlp_bias") if hasattr(model.config, flag)]
+    if len(flags) < 2:
+        raise ConfigError(f"cannot export a bitfit model of type {model.config.model_type}: its config has no "
+                          "attention_bias and mlp_bias switches, so transformers would drop the trained biases\n"
+                          "  fix: use the run directory with tuneforge, or a Llama-family model")
+    for flag in flags:
+        setattr(model.config, flag, True)
+    return model
+
+
 FREEZE = Method("freeze", "train only parameters matching patterns and/or the last k layers", FreezeParams,
-                apply_freeze, save, load, TRAINED_DIR)
+                apply_freeze, save, load, TRAINED_DIR, merge=unchanged)
 BITFIT = Method("bitfit", "train only bias terms (zero biases added where the model has none)", BitfitParams,
-                apply_bitfit, save, load, TRAINED_DIR)
+                apply_bitfit, save, load, TRAINED_DIR, merge=bitfit_merged)

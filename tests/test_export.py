@@ -1,0 +1,85 @@
+"""Merge and export: a finished run becomes a plain Hugging Face directory that transformers loads alone
+(no tuneforge, no peft), with the logits of the unmerged trained model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config
+from tuneforge.api import train
+from tuneforge.cli import app
+from tuneforge.engine.export import export_run
+from tuneforge.engine.trained import load_trained
+from tuneforge.errors import ConfigError
+
+MERGEABLE = {
+    "lora": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+    "dora": {"name": "dora", "r": 4, "alpha": 8, "dropout": 0.0},
+    "qlora": {"name": "qlora", "r": 4, "alpha": 8, "dropout": 0.0},
+    "ia3": {"name": "ia3"},
+    "bitfit": {"name": "bitfit"},
+    "freeze": {"name": "freeze", "last_layers": 1},
+    "full": {"name": "full"},
+}
+
+PLAIN_LOAD = """
+import sys
+sys.modules["peft"] = None  # neither library may be used to load the export
+sys.modules["tuneforge"] = None
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+AutoTokenizer.from_pretrained(sys.argv[1])
+ids = torch.load(sys.argv[2])
+with torch.no_grad():
+    torch.save(model(input_ids=ids).logits, sys.argv[3])
+"""
+
+
+def trained_run(tmp_path, model_dir, method: dict):
+    config = tiny_config(tmp_path, model_dir, train={"max_steps": 3, "lr": 2e-2, "schedule": "constant"},
+                         eval={"metrics": ["loss"]})
+    config["method"] = method
+    return train(config, quiet=True).run_dir
+
+
+@pytest.mark.parametrize("name", sorted(MERGEABLE))
+def test_merged_export_loads_without_tuneforge_or_peft_and_matches(tmp_path, tiny_model_dir, name):
+    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE[name])
+    out = export_run(run_dir, tmp_path / "export", merge=True)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, tmp_path / "ids.pt")
+    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+                   check=True, cwd=tmp_path)
+    exported = torch.load(tmp_path / "out.pt")
+    unmerged = load_trained(run_dir, full_precision_base=True).model
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        expected = unmerged(input_ids=ids).logits
+        assert (base(input_ids=ids).logits - expected).abs().max() > 1e-3  # training changed the model
+    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("method", [{"name": "prompt", "num_virtual_tokens": 2},
+                                    {"name": "adapter", "reduction_factor": 8}])
+def test_methods_that_cannot_merge_say_so(tmp_path, tiny_model_dir, method):
+    run_dir = trained_run(tmp_path, tiny_model_dir, method)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        export_run(run_dir, tmp_path / "export", merge=True)
+    assert not (tmp_path / "export").exists()
+
+
+def test_export_command_needs_merge_for_adapters_and_refuses_a_full_directory(tmp_path, tiny_model_dir):
+    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE["lora"])
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--merge" in result.output
+    assert runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"]).exit_code == 0
+    again = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"])
+    assert again.exit_code == 2 and "not empty" in again.output

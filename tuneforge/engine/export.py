@@ -1,0 +1,46 @@
+"""`tuneforge export`: a finished run as a plain Hugging Face model directory (weights, config, tokenizer)
+that transformers loads with no tuneforge or peft installed."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tuneforge.engine.trained import load_trained
+from tuneforge.errors import ConfigError, RunDirError
+from tuneforge.methods import get_method
+from tuneforge.methods.base import unchanged
+from tuneforge.models import no_progress_bars
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
+    """Fold what the run trained into the base weights and write the plain model, atomically."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
+    trained = load_trained(run_dir, full_precision_base=True)
+    method = get_method(trained.config.method.name)
+    if method.merge is None:
+        raise ConfigError(f"method '{method.name}' cannot be merged into the base weights (it adds computation the "
+                          f"base model does not have)\n  fix: deploy {run_dir / method.output_subdir} with the base "
+                          "model (tuneforge chat / eval, or peft for peft methods)")
+    if method.merge is not unchanged and not merge:
+        raise ConfigError(f"the run trained a '{method.name}' adapter; exporting a plain model folds it into the base "
+                          "weights\n  fix: pass --merge")
+    model = method.merge(trained.model).to(torch.float32)
+    model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        with no_progress_bars():
+            model.save_pretrained(staging, safe_serialization=True)
+        trained.tokenizer.save_pretrained(staging)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
