@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from tuneforge.api import train
+    from tuneforge.api import load_adapter_set, train
     from tuneforge.engine.run import RunResult
 
-__all__ = ["RunResult", "__version__", "train"]
+__all__ = ["RunResult", "__version__", "load_adapter_set", "train"]
 
 
 def __getattr__(name: str):
@@ -19,6 +19,10 @@ def __getattr__(name: str):
         from tuneforge.api import train
 
         return train
+    if name == "load_adapter_set":
+        from tuneforge.api import load_adapter_set
+
+        return load_adapter_set
     if name == "RunResult":
         from tuneforge.engine.run import RunResult
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.engine.run import RunResult, run
+from tuneforge.engine.serving import AdapterSet, load_adapter_set
 from tuneforge.reports.plots import plot_loss
 
 
@@ -21,3 +22,6 @@ def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (
     result = run(loaded, resume=resume, quiet=quiet)
     plot_loss(result.run_dir)
     return result
+
+
+__all__ = ["AdapterSet", "RunResult", "load_adapter_set", "train"]

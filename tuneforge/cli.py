@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fine-tune language models from one config file.")
@@ -75,22 +75,20 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
 
 @app.command()
 @user_errors
-def chat(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+def chat(run_dirs: Annotated[list[Path], typer.Argument(help="finished run directories; several adapter runs of "
+                                                           "one base share it (switch with /use NAME)")],
          message: Annotated[list[str] | None, typer.Option(help="send these messages and exit (no prompt)")] = None,
+         adapter: Annotated[str | None, typer.Option(help="with several runs: the one to start with")] = None,
          max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
          system: Annotated[str | None, typer.Option(help="system prompt")] = None) -> None:
-    """Talk to a tuned model. Empty line or Ctrl-D quits; /reset clears the conversation."""
-    from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
-    from tuneforge.engine.trained import load_trained
-    from tuneforge.evaluation.generate import generate_batch
-
-    trained = load_trained(run_dir)
-    chat_template = use_chat_template(trained.tokenizer, trained.config.data.template)
-    if not chat_template:
-        print("note: this model has no chat template; each message is completed as plain text, without history")
+    """Talk to a tuned model. Empty line or Ctrl-D quits; /reset clears the conversation; /use NAME switches
+    adapter (the base model stays loaded)."""
+    reply, names = _responder(run_dirs, max_new_tokens, temperature, top_p)
+    current = adapter or names[0]
+    if current not in names:
+        raise ConfigError(f"--adapter {current}: not one of the runs given\n  fix: use one of: {', '.join(names)}")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     scripted = list(message or [])
-    stops = end_of_turn_ids(trained.tokenizer)
     while True:
         text = scripted.pop(0) if scripted else (None if message else _ask())
         if not text:
@@ -98,13 +96,45 @@ def chat(run_dir: Annotated[Path, typer.Argument(help="a finished run directory"
         if text.strip() == "/reset":
             history = history[:1] if system else []
             continue
+        if text.strip().startswith("/use "):
+            wanted = text.strip()[5:].strip()
+            if wanted in names:
+                current = wanted
+                print(f"using {current}")
+            else:
+                print(f"no adapter '{wanted}'; loaded: {', '.join(names)}")
+            continue
         history.append({"role": "user", "content": text})
+        answer = reply(current, history)
+        history.append({"role": "assistant", "content": answer})
+        prefix = f"{current}: " if len(names) > 1 else "assistant: "
+        print(f"{prefix}{answer}", flush=True)
+
+
+def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, top_p: float):
+    """(reply(name, history) -> text, run names): one run on its own, or several adapters on one base."""
+    from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
+    from tuneforge.engine.serving import load_adapter_set
+    from tuneforge.engine.trained import load_trained
+    from tuneforge.evaluation.generate import generate_batch
+
+    if len(run_dirs) > 1:
+        adapters = load_adapter_set(run_dirs)
+        return (lambda name, history: adapters.generate(name, [history], max_new_tokens=max_new_tokens,
+                                                        temperature=temperature, top_p=top_p)[0]), adapters.names
+    trained = load_trained(run_dirs[0])
+    chat_template = use_chat_template(trained.tokenizer, trained.config.data.template)
+    if not chat_template:
+        print("note: this model has no chat template; each message is completed as plain text, without history")
+    stops = end_of_turn_ids(trained.tokenizer)
+
+    def reply(name: str, history: list[dict]) -> str:
         prompt = generation_prompt_ids(trained.tokenizer, history, chat=chat_template)
         with trained.autocast():
-            reply = generate_batch(trained.model, trained.tokenizer, [prompt], max_new_tokens=max_new_tokens,
-                                   stop_ids=stops, temperature=temperature, top_p=top_p)[0]
-        history.append({"role": "assistant", "content": reply})
-        print(f"assistant: {reply}", flush=True)
+            return generate_batch(trained.model, trained.tokenizer, [prompt], max_new_tokens=max_new_tokens,
+                                  stop_ids=stops, temperature=temperature, top_p=top_p)[0]
+
+    return reply, [run_dirs[0].name]
 
 
 def _ask() -> str | None:

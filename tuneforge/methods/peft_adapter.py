@@ -22,7 +22,7 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
     def apply(model, chosen: MethodParams):
         from peft import get_peft_model
 
-        with _quiet_peft():
+        with quiet_peft():
             return get_peft_model(model, make_config(chosen, model))
 
     return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
@@ -32,7 +32,7 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
 
 def merge_and_unload(model):
     """Fold the adapter into the base weights (peft) and return the plain transformers model."""
-    with _quiet_peft():
+    with quiet_peft():
         return model.merge_and_unload()
 
 
@@ -44,12 +44,12 @@ def save(model, run_dir) -> None:
 def load(run_dir, load_base):
     from peft import PeftModel
 
-    with _quiet_peft():
+    with quiet_peft():
         return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
 
 
 @contextmanager
-def _quiet_peft():
+def quiet_peft():
     """peft asks transformers a deprecated question when wrapping a model; the warning is not actionable."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -1,0 +1,90 @@
+"""Several tasks, one base model: the adapters of several runs loaded onto one copy of the base, switched
+per request without reloading anything (peft's named adapters)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import RunConfig, load_config
+from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
+from tuneforge.engine import precision
+from tuneforge.errors import ConfigError
+from tuneforge.evaluation.generate import generate_batch
+from tuneforge.methods import get_method, validate_method_params
+from tuneforge.methods.peft_adapter import ADAPTER_DIR, quiet_peft
+from tuneforge.models.load import load_causal_lm
+
+
+@dataclass
+class AdapterSet:
+    """One base model carrying a named adapter per run. `generate(name, conversations)` answers with that
+    run's adapter; switching is a flag in peft, not a reload."""
+
+    model: object
+    tokenizer: object
+    configs: dict[str, RunConfig]
+    autocast: object
+    active: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.configs)
+
+    def use(self, name: str) -> None:
+        if name not in self.configs:
+            raise ConfigError(f"no adapter named '{name}'\n  fix: use one of: {', '.join(self.configs)}")
+        if name != self.active:
+            self.model.set_adapter(name)
+            self.active = name
+
+    def generate(self, name: str, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+        """The next assistant turn of each conversation, from adapter `name`."""
+        self.use(name)
+        chat = use_chat_template(self.tokenizer, self.configs[name].data.template)
+        prompts = [generation_prompt_ids(self.tokenizer, list(c), chat=chat) for c in conversations]
+        with self.autocast():
+            return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  stop_ids=end_of_turn_ids(self.tokenizer), temperature=temperature, top_p=top_p)
+
+
+def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> AdapterSet:
+    """Load the base once, then each run's adapter under its name (the run directory's name by default).
+    Every run must have trained a peft adapter (lora, dora, qlora, ia3, prompt, prefix, ptuning) on the
+    same base model."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    named = {name: Path(path) for name, path in
+             (runs.items() if isinstance(runs, Mapping) else ((Path(r).name, r) for r in runs))}
+    configs = {name: _adapter_config(name, path) for name, path in named.items()}
+    first = next(iter(configs.values()))
+    bases = {(c.model.path, get_method(c.method.name).base_kwargs is not None) for c in configs.values()}
+    if len(bases) > 1:
+        raise ConfigError(f"the runs were trained on different base models {sorted(bases)}; one base serves only "
+                          "adapters trained on it\n  fix: load runs of the same model.path (and quantization)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = precision.resolve_precision(first.train.precision, device)
+    method = get_method(first.method.name)
+    base = load_causal_lm(first.model, **method.load_base_kwargs(validate_method_params(first.method),
+                                                                 precision.dtype(chosen)))
+    (name, path), *others = named.items()
+    with quiet_peft():
+        model = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), adapter_name=name)
+        for name, path in others:
+            model.load_adapter(str(path / ADAPTER_DIR), adapter_name=name)
+    precision.cast_frozen_weights(model, chosen)
+    precision.move_to(model, device)
+    tokenizer = AutoTokenizer.from_pretrained(next(iter(named.values())) / "tokenizer")
+    return AdapterSet(model.eval(), tokenizer, configs, precision.autocast_factory(chosen, device))
+
+
+def _adapter_config(name: str, path: Path) -> RunConfig:
+    if not (path / "config.yaml").is_file() or not (path / ADAPTER_DIR).is_dir():
+        raise ConfigError(f"run '{name}' ({path}) has no peft adapter to load\n  fix: give finished runs of lora, "
+                          "dora, qlora, ia3, prompt, prefix or ptuning")
+    return load_config(path / "config.yaml").run
