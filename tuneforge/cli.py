@@ -225,6 +225,23 @@ def export(run_dir: Annotated[Path, typer.Argument(help="a finished run director
 
 
 @app.command()
+@user_errors
+def compare(config: ConfigArg, overrides: OverridesArg = None,
+            methods: Annotated[str, typer.Option(help="comma list of methods to compare")] =
+            "lora,qlora,dora,prefix,prompt,adapter,ia3,bitfit,full",
+            quick: Annotated[bool, typer.Option(help="12 steps of 8 and a 30-example evaluation per method")] = False,
+            out: Annotated[Path, typer.Option(help="where the runs and the report go")] = Path("runs/compare"),
+            quiet: bool = True) -> None:
+    """Train one task with each method and report what each cost and gained (report.md, report.html, charts)."""
+    from tuneforge.api import compare as run_compare
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    written = run_compare(config, names, out, quick=quick, overrides=overrides or [], quiet=quiet)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+
+
+@app.command()
 def methods() -> None:
     """List the methods (what is trained) and objectives (what is optimised), with their parameters."""
     from tuneforge.methods import REGISTRY as METHODS

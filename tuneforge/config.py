@@ -108,8 +108,8 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, ge=1)
 
 
-GenerationMetric = Literal["exact_match", "rouge", "bleu"]
-Metric = Literal["loss", "exact_match", "rouge", "bleu"]
+GenerationMetric = Literal["exact_match", "contains", "rouge", "bleu"]
+Metric = Literal["loss", "exact_match", "contains", "rouge", "bleu"]
 
 
 class EvalConfig(Strict):

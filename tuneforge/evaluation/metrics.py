@@ -16,6 +16,14 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> dict[s
     return {"exact_match": 100.0 * hits / max(len(references), 1)}
 
 
+def contains(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Answer accuracy for short factual answers given in prose: the reference occurs in the prediction as a
+    whole word or phrase, ignoring case."""
+    hits = sum(re.search(rf"(?<!\w){re.escape(normalise_answer(r))}(?!\w)", normalise_answer(p), re.IGNORECASE)
+               is not None for p, r in zip(predictions, references, strict=True))
+    return {"contains": 100.0 * hits / max(len(references), 1)}
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     from rouge_score import rouge_scorer
 
@@ -36,5 +44,5 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, flo
 
 
 GENERATION_METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], dict[str, float]]] = {
-    "exact_match": exact_match, "rouge": rouge, "bleu": bleu,
+    "exact_match": exact_match, "contains": contains, "rouge": rouge, "bleu": bleu,
 }

@@ -27,7 +27,8 @@ def load(run_dir, load_base):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
+    with no_progress_bars():
+        return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
 
 
 METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR, merge=unchanged)

@@ -1,0 +1,44 @@
+"""`tuneforge compare`: every method trains in its own process and the report has every column filled."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config
+from tuneforge.cli import app
+from tuneforge.config import dump_yaml, load_config
+from tuneforge.reports.compare import COLUMNS
+
+
+def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3}, eval={"metrics": ["loss", "exact_match"]})
+    path = tmp_path / "compare.yaml"
+    path.write_text(dump_yaml(load_config(config).run))
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, ["compare", str(path), "--methods", "lora,prompt,bitfit", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"lora", "prompt", "bitfit"}
+    for name, row in rows.items():
+        for column in COLUMNS:
+            if column.key == "merged_latency_ms" and name == "prompt":
+                assert row[column.key] is None  # prompt tuning cannot merge
+            else:
+                assert row[column.key] is not None, (name, column.key)
+    assert rows["bitfit"]["trainable"] < rows["lora"]["trainable"]
+    assert report["winners"]["trainable"] == "bitfit"
+    for name in ("report.md", "report.html", "cost.png", "quality.png", "inference.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| lora |" in (out / "report.md").read_text()
+
+
+def test_compare_rejects_an_unknown_method_before_training(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir)
+    path = tmp_path / "compare.yaml"
+    path.write_text(dump_yaml(load_config(config).run))
+    result = CliRunner().invoke(app, ["compare", str(path), "--methods", "lora,lorra", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "did you mean 'lora'" in result.output
+    assert not (tmp_path / "o").exists()

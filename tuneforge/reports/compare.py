@@ -1,0 +1,155 @@
+"""The method comparison report: one row per run directory, read from what the runs wrote (run.json,
+metrics.jsonl, eval.json, compare.json), as report.md, report.html and PNG charts, with the winner of
+each column named."""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.engine.tracking import read_metrics
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    better: str  # "min" or "max"
+    fmt: str
+
+
+COLUMNS = (
+    Column("trainable", "trainable params", "min", "{:,.0f}"),
+    Column("trainable_pct", "trainable %", "min", "{:.3f}"),
+    Column("peak_memory_gib", "peak memory GiB", "min", "{:.2f}"),
+    Column("tokens_per_s", "train tok/s", "max", "{:.0f}"),
+    Column("wall_s", "train wall s", "min", "{:.1f}"),
+    Column("task_loss", "task loss", "min", "{:.3f}"),
+    Column("exact_match", "task exact match", "max", "{:.1f}"),
+    Column("latency_ms", "latency ms/token", "min", "{:.1f}"),
+    Column("merged_latency_ms", "merged ms/token", "min", "{:.1f}"),
+    Column("forgetting_loss", "general loss change", "min", "{:+.3f}"),
+    Column("forgetting_accuracy", "general accuracy change", "max", "{:+.1f}"),
+)
+
+
+def run_row(run_dir: Path) -> dict:
+    """One method's figures from its run directory (None where a figure does not apply)."""
+    status = json.loads((run_dir / "run.json").read_text())
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    measured = json.loads((run_dir / "compare.json").read_text())
+    steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    steady = steps[1:] or steps
+    after = evaluation.get("after", {})
+    return {
+        "method": run_dir.name,
+        "trainable": status["trainable_parameters"],
+        "trainable_pct": 100 * status["trainable_parameters"] / status["parameters"],
+        "peak_memory_gib": max(r["peak_memory_gib"] for r in steps),
+        "tokens_per_s": statistics.median(r["tokens"] / r["step_time_s"] for r in steady),
+        "wall_s": status["train"]["wall_s"],
+        "task_loss": after.get("loss"),
+        "exact_match": after.get("exact_match"),
+        "latency_ms": measured["latency_ms_per_token"],
+        "merged_latency_ms": measured["merged_latency_ms_per_token"],
+        "forgetting_loss": measured["forgetting"]["loss_change"],
+        "forgetting_accuracy": measured["forgetting"]["accuracy_change"],
+        "before": evaluation.get("before", {}),
+        "general_before": measured["general_before"],
+    }
+
+
+def winners(rows: list[dict]) -> dict[str, str]:
+    """The method with the best value of each column (ties: the first listed)."""
+    best = {}
+    for column in COLUMNS:
+        present = [r for r in rows if r.get(column.key) is not None]
+        if present and len({round(r[column.key], 9) for r in present}) > 1:  # a column where all tie has no winner
+            pick = (min if column.better == "min" else max)(present, key=lambda r, k=column.key: r[k])
+            best[column.key] = pick["method"]
+    return best
+
+
+def write_report(out_dir: Path, run_dirs: list[Path], title: str) -> dict[str, Path]:
+    rows = [run_row(d) for d in run_dirs]
+    best = winners(rows)
+    charts = _charts(out_dir, rows)
+    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html"}
+    paths["md"].write_text(_markdown(rows, best, title, charts))
+    paths["html"].write_text(_html(rows, best, title, charts))
+    (out_dir / "report.json").write_text(json.dumps({"rows": rows, "winners": best}, indent=2))
+    return {**paths, **{f"chart:{p.stem}": p for p in charts}}
+
+
+def _cell(row: dict, column: Column) -> str:
+    value = row.get(column.key)
+    return "—" if value is None else column.fmt.format(value)
+
+
+def _markdown(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]) -> str:
+    header = "| method | " + " | ".join(c.title for c in COLUMNS) + " |"
+    lines = [f"# {title}", "", header, "|" + " --- |" * (len(COLUMNS) + 1)]
+    for row in rows:
+        cells = [f"**{_cell(row, c)}**" if best.get(c.key) == row["method"] else _cell(row, c) for c in COLUMNS]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    lines += ["", "Best per column (bold above): " + "; ".join(f"{c.title}: **{best[c.key]}**"
+                                                              for c in COLUMNS if c.key in best), ""]
+    lines += [_legend(rows), ""] + [f"![{p.stem}]({p.name})" for p in charts]
+    return "\n".join(lines) + "\n"
+
+
+def _legend(rows: list[dict]) -> str:
+    base = rows[0]
+    before = ", ".join(f"{k} {v:.3g}" for k, v in base["before"].items()) or "not measured"
+    general = base["general_before"]
+    return (f"Base model before training: task {before}; general set loss {general['loss']:.3f}, accuracy "
+            f"{general['accuracy']:.1f}%. Latency is greedy decoding one prompt at a time (median ms per generated "
+            "token); merged = the adapter folded into the base (— where a method cannot merge). Forgetting is the "
+            "change on the bundled general set (capitals, sums, opposites) from the base model to the tuned one: a "
+            "loss rise or an accuracy drop means forgetting.")
+
+
+def _html(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]) -> str:
+    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in COLUMNS)
+    body = []
+    for row in rows:
+        cells = "".join(f"<td class='{'best' if best.get(c.key) == row['method'] else ''}'>{_cell(row, c)}</td>"
+                        for c in COLUMNS)
+        body.append(f"<tr><th>{html.escape(row['method'])}</th>{cells}</tr>")
+    images = "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in charts)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:4px 8px;text-align:right}td.best{background:#d4f4d4;font-weight:bold}img{max-width:48%}"
+            f"</style></head><body><h1>{html.escape(title)}</h1><table><tr><th>method</th>{head}</tr>"
+            f"{''.join(body)}</table><p>{html.escape(_legend(rows))}</p>{images}</body></html>\n")
+
+
+def _charts(out_dir: Path, rows: list[dict]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for group, keys in (("cost", ("trainable_pct", "peak_memory_gib", "tokens_per_s", "wall_s")),
+                        ("quality", ("exact_match", "task_loss", "forgetting_loss", "forgetting_accuracy")),
+                        ("inference", ("latency_ms", "merged_latency_ms"))):
+        columns = [c for c in COLUMNS if c.key in keys]
+        figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), dpi=100, squeeze=False)
+        for axis, column in zip(axes[0], columns, strict=True):
+            names = [r["method"] for r in rows]
+            values = [r[column.key] if r.get(column.key) is not None else 0.0 for r in rows]
+            axis.bar(names, values, color=["#2a9d55" if n == winners(rows).get(column.key) else "#6c8ebf"
+                                           for n in names])
+            axis.set_title(f"{column.title} ({'lower' if column.better == 'min' else 'higher'} is better)", fontsize=9)
+            axis.tick_params(axis="x", rotation=60, labelsize=8)
+            axis.grid(axis="y", alpha=0.3)
+        figure.tight_layout()
+        path = out_dir / f"{group}.png"
+        figure.savefig(path)
+        plt.close(figure)
+        paths.append(path)
+    return paths
