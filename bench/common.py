@@ -27,15 +27,10 @@ WORDS = (
 def write_chat_workload(path: Path, examples: int, seed: int) -> Path:
     """Chat records with realistic, varied prompt and answer lengths (log-normal), so padding matters."""
     rng = random.Random(seed)
-
-    def words(median: float, low: int, high: int) -> str:
-        count = int(min(high, max(low, rng.lognormvariate(0, 0.7) * median)))
-        return " ".join(rng.choice(WORDS) for _ in range(count))
-
     with path.open("w") as handle:
         for _ in range(examples):
-            messages = [{"role": "user", "content": words(60, 5, 300)},
-                        {"role": "assistant", "content": words(45, 3, 200)}]
+            messages = [{"role": "user", "content": lognormal_words(rng, 60, 5, 300)},
+                        {"role": "assistant", "content": lognormal_words(rng, 45, 3, 200)}]
             handle.write(json.dumps({"messages": messages}) + "\n")
     return path
 
@@ -142,3 +137,114 @@ def steady(values: list[float], warmup: int) -> list[float]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def lognormal_words(rng: random.Random, median: float, low: int, high: int) -> str:
+    """A run of words whose count is log-normal around `median`, clipped to [low, high]."""
+    count = int(min(high, max(low, rng.lognormvariate(0, 0.7) * median)))
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def run_side_by_side(module: str, args, steps: int, write_data, batch_shapes, **extra) -> dict:
+    """The shared driver of the peer benchmarks: write the workload, describe every step's batch once,
+    measure the matmul peak, then run each system's worker (`python -m module --worker NAME`) in a fresh
+    process on the same spec."""
+    import tempfile
+
+    import torch
+
+    from tuneforge.engine.precision import resolve_precision
+    from tuneforge.models.default import default_model_dir
+
+    precision = resolve_precision(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    work = Path(tempfile.mkdtemp(prefix=f"tuneforge-{module.replace('.', '-')}-"))
+    data = write_data(work / "data.jsonl", steps * args.batch_size, args.seed)
+    spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
+            "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
+            "work": str(work), **extra}
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    batches = batch_shapes(spec)
+    peak = measure_matmul_peak(precision)
+    results = {}
+    for system in args.systems.split(","):
+        print(f"running {system} ({steps} steps) ...", flush=True)
+        results[system] = run_worker(module, ["--worker", system, "--spec", str(spec_path), "--out",
+                                              str(work / f"{system}.json")], timeout=3600)
+    return {"spec": spec, "batches": batches, "peak_flops": peak, "results": results}
+
+
+def tuneforge_result(run_dir: Path, started_wall: float, **per_step: str) -> SystemResult:
+    """A tuneforge worker's figures from its run's metrics.jsonl; `per_step` names extra columns to keep."""
+    from tuneforge.engine.tracking import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    first_step_began = rows[0]["time"] - rows[0]["step_time_s"]  # metrics rows are stamped when a step ends
+    return SystemResult("tuneforge", True, step_times=[r["step_time_s"] for r in rows],
+                        losses=[r["loss"] for r in rows], peak_rss_bytes=peak_rss_bytes(),
+                        startup_s=first_step_began - started_wall,
+                        extra={name: [r[key] for r in rows] for name, key in per_step.items()})
+
+
+def trl_step_timer(started: float):
+    """A transformers TrainerCallback timing each optimizer step, and the time to the first one."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.memory: list[float] = []
+            self.first_step: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.began = time.perf_counter()
+            if not self.first_step:
+                self.first_step.append(self.began - started)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self.began)
+            self.memory.append(peak_rss_bytes() / 2**30)
+
+    return StepTimer()
+
+
+def tuneforge_config(spec: dict, *, objective: dict | None = None, checkpointing: bool = False) -> dict:
+    """The tuneforge run of a spec: the same examples per step as the peer (dataset order, no shuffling or
+    length grouping), packed into fewer rows without cross-attention."""
+    return {
+        "model": spec["model"], "method": {"name": "lora", **spec["lora"]},
+        "objective": objective or {"name": "sft"},
+        "data": {"train": spec["data"], "max_seq_len": spec["max_seq_len"]},
+        "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"],
+                  "schedule": "constant", "seed": spec["seed"], "precision": spec["precision"], "shuffle": False,
+                  "group_by_length": False, "gradient_checkpointing": checkpointing, "packing": True},
+        "eval": {"metrics": []},
+        "output": {"dir": str(Path(spec["work"]) / "tuneforge-run"), "tensorboard": False, "overwrite": True},
+    }
+
+
+def peft_lora_model(spec: dict):
+    """The peer's model: the base in fp32 with the same LoRA, initialised from the same seed as tuneforge's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(spec["seed"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    lora = spec["lora"]
+    return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                            target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
+
+
+def print_machine_and_header(spec: dict, peak: float, workload: str, header: str) -> None:
+    """The machine and workload lines of a peer benchmark's report, then its table header."""
+    import platform
+
+    import torch
+
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    print(f"workload: {workload}\n")
+    print(header)
+    print("-" * len(header))

@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 
 from bench.common import (
-    WORDS,
     ModelShape,
     SystemResult,
-    measure_matmul_peak,
+    lognormal_words,
     peak_rss_bytes,
-    run_worker,
+    peft_lora_model,
+    print_machine_and_header,
+    run_side_by_side,
     save_result,
+    trl_step_timer,
+    tuneforge_config,
+    tuneforge_result,
 )
 from bench.sft import LORA, summarise
 
@@ -58,15 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def write_pair_workload(path: Path, pairs: int, seed: int) -> Path:
     """Preference pairs with varied prompt and response lengths (log-normal), so padding matters."""
     rng = random.Random(seed)
-
-    def words(median: float, low: int, high: int) -> str:
-        count = int(min(high, max(low, rng.lognormvariate(0, 0.7) * median)))
-        return " ".join(rng.choice(WORDS) for _ in range(count))
-
     with path.open("w") as handle:
         for _ in range(pairs):
-            handle.write(json.dumps({"prompt": words(50, 5, 250), "chosen": words(40, 3, 150),
-                                     "rejected": words(40, 3, 150)}) + "\n")
+            handle.write(json.dumps({"prompt": lognormal_words(rng, 50, 5, 250),
+                                     "chosen": lognormal_words(rng, 40, 3, 150),
+                                     "rejected": lognormal_words(rng, 40, 3, 150)}) + "\n")
     return path
 
 
@@ -80,27 +79,7 @@ def main(argv=None) -> None:
 
 
 def run_all(args: argparse.Namespace, steps: int) -> dict:
-    import torch
-
-    from tuneforge.engine.precision import resolve_precision
-    from tuneforge.models.default import default_model_dir
-
-    precision = resolve_precision(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    work = Path(tempfile.mkdtemp(prefix="tuneforge-bench-dpo-"))
-    data = write_pair_workload(work / "pairs.jsonl", steps * args.batch_size, args.seed)
-    spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
-            "lora": LORA, "work": str(work)}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    batches = batch_shapes(spec)
-    peak = measure_matmul_peak(precision)
-    results = {}
-    for system in args.systems.split(","):
-        print(f"running {system} ({steps} steps) ...", flush=True)
-        results[system] = run_worker("bench.dpo", ["--worker", system, "--spec", str(spec_path), "--out",
-                                                   str(work / f"{system}.json")], timeout=3600)
-    return {"spec": spec, "batches": batches, "peak_flops": peak, "results": results}
+    return run_side_by_side("bench.dpo", args, steps, write_pair_workload, batch_shapes, lora=LORA)
 
 
 def encoded_pairs(spec: dict):
@@ -151,33 +130,16 @@ def batch_shapes(spec: dict) -> list[dict]:
 
 def tuneforge_worker(spec: dict, out: Path) -> None:
     from tuneforge.api import train
-    from tuneforge.engine.tracking import read_metrics
 
     started_wall = time.time()
-    config = {
-        "model": spec["model"], "method": {"name": "lora", **spec["lora"]},
-        "objective": {"name": "dpo", "beta": BETA},
-        "data": {"train": spec["data"], "max_seq_len": spec["max_seq_len"]},
-        "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"],
-                  "schedule": "constant", "seed": spec["seed"], "precision": spec["precision"], "shuffle": False,
-                  "group_by_length": False, "gradient_checkpointing": False, "packing": True},
-        "eval": {"metrics": []},
-        "output": {"dir": str(Path(spec["work"]) / "tuneforge-run"), "tensorboard": False, "overwrite": True},
-    }
+    config = tuneforge_config(spec, objective={"name": "dpo", "beta": BETA})
     result = train(config, quiet=True)
-    rows = [r for r in read_metrics(result.run_dir) if r["kind"] == "train"]
-    first_step_began = rows[0]["time"] - rows[0]["step_time_s"]
-    save_result(SystemResult("tuneforge", True, step_times=[r["step_time_s"] for r in rows],
-                             losses=[r["loss"] for r in rows], peak_rss_bytes=peak_rss_bytes(),
-                             startup_s=first_step_began - started_wall,
-                             extra={"reward_accuracy": [r["reward_accuracy"] for r in rows]}), out)
+    save_result(tuneforge_result(result.run_dir, started_wall, reward_accuracy="reward_accuracy"), out)
 
 
 def trl_worker(spec: dict, out: Path) -> None:
     import datasets
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     started = time.perf_counter()
@@ -188,22 +150,8 @@ def trl_worker(spec: dict, out: Path) -> None:
         _, rejected = trimmed(pair.rejected)
         rows.append({"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected})
     dataset = datasets.Dataset.from_list(rows)
-    torch.manual_seed(spec["seed"])  # the same LoRA initialisation as tuneforge's run
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    lora = spec["lora"]
-    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    times: list[float] = []
-    first_step: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-            if not first_step:
-                first_step.append(self.started - started)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
+    model = peft_lora_model(spec)
+    timer = trl_step_timer(started)
 
     class PreTokenized(DPOTrainer):
         """TRL's trainer on tuneforge's tokens: its own tokenization is skipped, nothing else changes."""
@@ -219,11 +167,12 @@ def trl_worker(spec: dict, out: Path) -> None:
         beta=BETA, loss_type=["sigmoid"], bf16=spec["precision"] == "bf16", use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0, disable_tqdm=True, activation_checkpointing=False)
     trainer = PreTokenized(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                           callbacks=[StepTimer()])
+                           callbacks=[timer])
     trainer.train()
     history = [row for row in trainer.state.log_history if "loss" in row]
-    save_result(SystemResult("trl", True, step_times=times, losses=[row["loss"] for row in history],
-                             peak_rss_bytes=peak_rss_bytes(), startup_s=first_step[0] if first_step else 0.0,
+    save_result(SystemResult("trl", True, step_times=timer.times, losses=[row["loss"] for row in history],
+                             peak_rss_bytes=peak_rss_bytes(),
+                             startup_s=timer.first_step[0] if timer.first_step else 0.0,
                              extra={"trl": __import__("trl").__version__,
                                     "reward_accuracy": [row.get("rewards/accuracies") for row in history]}), out)
 
@@ -232,22 +181,15 @@ WORKERS = {"tuneforge": tuneforge_worker, "trl": trl_worker}
 
 
 def report(run: dict, args: argparse.Namespace, steps: int) -> None:
-    import platform
-
-    import torch
-
     spec, batches, peak = run["spec"], run["batches"], run["peak_flops"]
     real, padded = sum(b["tokens"] for b in batches), sum(b["padded_tokens"] for b in batches)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
-    print(f"workload: default model, LoRA r{LORA['r']} all-linear, DPO (sigmoid, beta {BETA}), reference = adapter "
-          f"disabled, {steps} steps x {spec['batch_size']} pairs, {real} tokens ({100 * (1 - real / padded):.0f}% of "
-          f"a padded batch is padding), medians exclude {args.warmup} warm-up steps\n")
+    workload = (f"default model, LoRA r{LORA['r']} all-linear, DPO (sigmoid, beta {BETA}), reference = adapter "
+                f"disabled, {steps} steps x {spec['batch_size']} pairs, {real} tokens "
+                f"({100 * (1 - real / padded):.0f}% of a padded batch is padding), medians exclude {args.warmup} "
+                "warm-up steps")
     header = f"{'system':<10} {'pairs/s':>8} {'tok/s':>8} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
              f"{'final loss':>11} {'startup':>8}"
-    print(header)
-    print("-" * len(header))
+    print_machine_and_header(spec, peak, workload, header)
     figures = {}
     for system, result in run["results"].items():
         if not result.ok:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +24,16 @@ from bench.common import (
     ModelShape,
     SystemResult,
     lora_step_flops,
-    measure_matmul_peak,
     median,
     peak_rss_bytes,
-    run_worker,
+    peft_lora_model,
+    print_machine_and_header,
+    run_side_by_side,
     save_result,
     steady,
+    trl_step_timer,
+    tuneforge_config,
+    tuneforge_result,
     write_chat_workload,
 )
 
@@ -69,28 +72,8 @@ def main(argv=None) -> None:
 
 
 def run_all(args: argparse.Namespace, steps: int) -> dict:
-    import torch
-
-    from tuneforge.engine.precision import resolve_precision
-    from tuneforge.models.default import default_model_dir
-
-    precision = resolve_precision(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    work = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
-    data = write_chat_workload(work / "chat.jsonl", steps * args.batch_size, args.seed)
-    spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
-            "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
-            "lora": LORA, "work": str(work), "checkpointing": args.checkpointing}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    batches = batch_shapes(spec)
-    peak = measure_matmul_peak(precision)
-    results = {}
-    for system in args.systems.split(","):
-        out = work / f"{system}.json"
-        print(f"running {system} ({steps} steps) ...", flush=True)
-        results[system] = run_worker("bench.sft", ["--worker", system, "--spec", str(spec_path), "--out", str(out)],
-                                     timeout=3600)
-    return {"spec": spec, "batches": batches, "peak_flops": peak, "results": results}
+    return run_side_by_side("bench.sft", args, steps, write_chat_workload, batch_shapes, lora=LORA,
+                            checkpointing=args.checkpointing)
 
 
 def batch_shapes(spec: dict) -> list[dict]:
@@ -122,58 +105,24 @@ def encoded_examples(spec: dict):
 
 def tuneforge_worker(spec: dict, out: Path) -> None:
     from tuneforge.api import train
-    from tuneforge.engine.tracking import read_metrics
 
     started_wall = time.time()
-    config = {
-        "model": spec["model"], "method": {"name": "lora", **spec["lora"]},
-        "data": {"train": spec["data"], "max_seq_len": spec["max_seq_len"]},
-        "train": {"max_steps": spec["steps"], "batch_size": spec["batch_size"], "lr": spec["lr"],
-                  "schedule": "constant", "seed": spec["seed"], "precision": spec["precision"], "shuffle": False,
-                  "group_by_length": False, "gradient_checkpointing": spec["checkpointing"],
-                  # the same examples per step as TRL, packed into fewer rows without cross-attention
-                  "packing": True},
-        "eval": {"metrics": []},
-        "output": {"dir": str(Path(spec["work"]) / "tuneforge-run"), "tensorboard": False, "overwrite": True},
-    }
+    config = tuneforge_config(spec, checkpointing=spec["checkpointing"])
     result = train(config, quiet=True)
-    rows = [r for r in read_metrics(result.run_dir) if r["kind"] == "train"]
-    first_step_began = rows[0]["time"] - rows[0]["step_time_s"]  # metrics rows are stamped when a step ends
-    save_result(SystemResult("tuneforge", True, step_times=[r["step_time_s"] for r in rows],
-                             losses=[r["loss"] for r in rows], peak_rss_bytes=peak_rss_bytes(),
-                             startup_s=first_step_began - started_wall,
-                             extra={"peak_memory_gib": [r["peak_memory_gib"] for r in rows]}), out)
+    save_result(tuneforge_result(result.run_dir, started_wall, peak_memory_gib="peak_memory_gib"), out)
 
 
 def trl_worker(spec: dict, out: Path) -> None:
     import datasets
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     started = time.perf_counter()
     examples, tokenizer = encoded_examples(spec)
     dataset = datasets.Dataset.from_list([{"input_ids": e.encoded.input_ids, "labels": e.encoded.labels}
                                           for e in examples])
-    torch.manual_seed(spec["seed"])  # the same LoRA initialisation as tuneforge's run
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    lora = spec["lora"]
-    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
-    times: list[float] = []
-    memory: list[float] = []
-    first_step: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.started = time.perf_counter()
-            if not first_step:
-                first_step.append(self.started - started)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter() - self.started)
-            memory.append(peak_rss_bytes() / 2**30)
+    model = peft_lora_model(spec)
+    timer = trl_step_timer(started)
 
     args = SFTConfig(
         output_dir=str(Path(spec["work"]) / "trl-run"), per_device_train_batch_size=spec["batch_size"],
@@ -185,36 +134,28 @@ def trl_worker(spec: dict, out: Path) -> None:
         # TRL turns gradient checkpointing on by default; its fastest setting is off
         activation_checkpointing=spec["checkpointing"])
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[StepTimer()])
+                         callbacks=[timer])
     trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    save_result(SystemResult("trl", True, step_times=times, losses=losses, peak_rss_bytes=peak_rss_bytes(),
-                             startup_s=first_step[0] if first_step else 0.0,
-                             extra={"trl": __import__("trl").__version__, "peak_memory_gib": memory}), out)
+    save_result(SystemResult("trl", True, step_times=timer.times, losses=losses, peak_rss_bytes=peak_rss_bytes(),
+                             startup_s=timer.first_step[0] if timer.first_step else 0.0,
+                             extra={"trl": __import__("trl").__version__, "peak_memory_gib": timer.memory}), out)
 
 
 WORKERS = {"tuneforge": tuneforge_worker, "trl": trl_worker}
 
 
 def report(run: dict, args: argparse.Namespace, steps: int) -> None:
-    import platform
-
-    import torch
-
     spec, batches, peak = run["spec"], run["batches"], run["peak_flops"]
     padded = sum(b["padded_tokens"] for b in batches)
     real = sum(b["tokens"] for b in batches)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
-    print(f"workload: default model, LoRA r{LORA['r']} all-linear, gradient checkpointing "
-          f"{'on' if spec['checkpointing'] else 'off'} in both, {steps} steps x batch {spec['batch_size']}, "
-          f"{real} tokens ({100 * (1 - real / padded):.0f}% of a padded batch is padding), "
-          f"medians exclude {args.warmup} warm-up steps\n")
+    workload = (f"default model, LoRA r{LORA['r']} all-linear, gradient checkpointing "
+                f"{'on' if spec['checkpointing'] else 'off'} in both, {steps} steps x batch {spec['batch_size']}, "
+                f"{real} tokens ({100 * (1 - real / padded):.0f}% of a padded batch is padding), "
+                f"medians exclude {args.warmup} warm-up steps")
     header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
              f"{'final loss':>11} {'startup':>8}"
-    print(header)
-    print("-" * len(header))
+    print_machine_and_header(spec, peak, workload, header)
     figures = {}
     for system, result in run["results"].items():
         if not result.ok:

@@ -54,3 +54,18 @@ def tiny_config(tmp_path: Path, model_dir: Path, **sections) -> dict:
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
+
+
+def lora_tiny(tokenizer, seed: int):
+    """A tiny Llama with LoRA (no dropout) whose B matrices are random, so the adapter already changes outputs
+    and gradients reach every LoRA weight."""
+    import torch
+
+    from tuneforge.methods import REGISTRY
+    from tuneforge.models.tiny import build_tiny_llama
+
+    model = REGISTRY["lora"].apply(build_tiny_llama(tokenizer, seed=seed), REGISTRY["lora"].params(dropout=0.0))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    return model

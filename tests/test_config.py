@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -93,3 +95,13 @@ def test_unknown_objective_suggests():
 
     with pytest.raises(ConfigError, match=r"(?s)unknown objective 'stf'.*did you mean 'sft'"):
         get_objective("stf")
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    from tuneforge.objectives import validate_objective_params
+
+    loaded = load_config(path)
+    validate_method_params(loaded.run.method)
+    validate_objective_params(loaded.run.objective)

@@ -7,21 +7,16 @@ import copy
 import pytest
 import torch
 
+from tests.conftest import lora_tiny
 from tuneforge.data.batching import count_label_tokens
 from tuneforge.engine import precision
-from tuneforge.methods import REGISTRY
-from tuneforge.models.tiny import build_tiny_llama
 from tuneforge.objectives import LossContext
 from tuneforge.objectives.sft import sft_loss
 
 
 @pytest.fixture
 def lora_model(tokenizer):
-    model = REGISTRY["lora"].apply(build_tiny_llama(tokenizer, seed=3), REGISTRY["lora"].params(dropout=0.0))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.05)
-    return model
+    return lora_tiny(tokenizer, seed=3)
 
 
 def padded_batch(lengths=(23, 9, 17), vocab=1000, seed=0):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import tiny_config, write_jsonl
+from tests.conftest import lora_tiny, tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.batching import batch_sequences, collate, collate_packed, collate_pairs_packed
@@ -111,11 +111,7 @@ def test_objective_and_data_kind_must_agree(tmp_path, tiny_model_dir):
 
 @pytest.fixture
 def lora_model(tokenizer):
-    model = METHODS["lora"].apply(build_tiny_llama(tokenizer, seed=5), METHODS["lora"].params(dropout=0.0))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.05)
-    return model
+    return lora_tiny(tokenizer, seed=5)
 
 
 def test_pair_logps_equal_padded_packed_and_one_at_a_time(tmp_path, tokenizer, lora_model):

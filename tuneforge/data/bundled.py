@@ -65,15 +65,7 @@ def make_pairs(dates: list[dt.date], rng: random.Random) -> list[dict[str, str]]
 
 
 def generate_pairs() -> dict[str, list[dict[str, str]]]:
-    rng = random.Random(PAIR_SEED)
-    start, days = dt.date(1950, 1, 1), (dt.date(2048, 12, 31) - dt.date(1950, 1, 1)).days
-    picked = rng.sample(range(days + 1), sum(PAIR_SIZES.values()))
-    dates = [start + dt.timedelta(days=offset) for offset in picked]
-    splits, index = {}, 0
-    for name, size in PAIR_SIZES.items():
-        splits[name] = make_pairs(dates[index: index + size], rng)
-        index += size
-    return splits
+    return _splits(random.Random(PAIR_SEED), PAIR_SIZES, dt.date(2048, 12, 31), make_pairs)
 
 
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Germany": "Berlin", "Spain": "Madrid",
@@ -99,13 +91,17 @@ def generate_general() -> list[dict[str, str]]:
 
 
 def generate() -> dict[str, list[dict[str, str]]]:
-    rng = random.Random(SEED)
-    start, days = dt.date(1950, 1, 1), (dt.date(2049, 12, 31) - dt.date(1950, 1, 1)).days
-    picked = rng.sample(range(days + 1), sum(SIZES.values()))  # distinct dates: no test date is in train
+    return _splits(random.Random(SEED), SIZES, dt.date(2049, 12, 31), make_split)
+
+
+def _splits(rng: random.Random, sizes: dict[str, int], last: dt.date, make) -> dict[str, list[dict[str, str]]]:
+    """Distinct dates from 1950 to `last` (so no test date is in train), cut into the named splits."""
+    start = dt.date(1950, 1, 1)
+    picked = rng.sample(range((last - start).days + 1), sum(sizes.values()))
     dates = [start + dt.timedelta(days=offset) for offset in picked]
     splits, index = {}, 0
-    for name, size in SIZES.items():
-        splits[name] = make_split(dates[index: index + size], rng)
+    for name, size in sizes.items():
+        splits[name] = make(dates[index: index + size], rng)
         index += size
     return splits
 
