@@ -31,8 +31,8 @@ COLUMNS = (
     Column("exact_match", "task exact match", "max", "{:.1f}"),
     Column("latency_ms", "latency ms/token", "min", "{:.1f}"),
     Column("merged_latency_ms", "merged ms/token", "min", "{:.1f}"),
-    Column("forgetting_loss", "general loss change", "min", "{:+.3f}"),
-    Column("forgetting_accuracy", "general accuracy change", "max", "{:+.1f}"),
+    Column("forgetting_loss", "forgetting: loss of base replies, change", "min", "{:+.3f}"),
+    Column("forgetting_accuracy", "forgetting: general accuracy change", "max", "{:+.1f}"),
 )
 
 
@@ -105,11 +105,13 @@ def _legend(rows: list[dict]) -> str:
     base = rows[0]
     before = ", ".join(f"{k} {v:.3g}" for k, v in base["before"].items()) or "not measured"
     general = base["general_before"]
-    return (f"Base model before training: task {before}; general set loss {general['loss']:.3f}, accuracy "
-            f"{general['accuracy']:.1f}%. Latency is greedy decoding one prompt at a time (median ms per generated "
-            "token); merged = the adapter folded into the base (— where a method cannot merge). Forgetting is the "
-            "change on the bundled general set (capitals, sums, opposites) from the base model to the tuned one: a "
-            "loss rise or an accuracy drop means forgetting.")
+    return (f"Base model before training: task {before}; on the general set, answer accuracy "
+            f"{general['accuracy']:.1f}% and loss of its own replies {general['loss']:.3f}. Latency is greedy "
+            "decoding one prompt at a time (median ms per generated token); merged = the adapter folded into the "
+            "base (— where a method cannot merge). Forgetting is measured on the bundled general set (capitals, "
+            "sums, opposites; nothing like the task): the change of answer accuracy (the reference answer appears "
+            "in the reply), and the change of the loss of the base model's own replies (a rise means the tuned "
+            "model no longer answers the way the base did). Both compare the tuned model with the base model.")
 
 
 def _html(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]) -> str:
