@@ -146,3 +146,6 @@ def test_qlora_base_is_4bit_nf4_with_double_quantization(tiny_model_dir):
     assert linear.weight.quant_state.nested  # double quantization
     model = method.apply(base, params)
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    # the 4-bit weights count as the values they stand for
+    assert trainable_summary(model)[1] == trainable_summary(full)[1] + trainable_summary(model)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -62,14 +63,17 @@ class Method:
 
 
 def trainable_summary(model) -> tuple[int, int]:
-    """(trainable parameters, all parameters), counting shared tensors once."""
+    """(trainable parameters, all parameters), counting shared tensors once, and a 4-bit quantized weight
+    (stored two values per byte) by the shape it stands for."""
     seen, trainable, total = set(), 0, 0
     for param in model.parameters():
         if id(param) in seen:
             continue
         seen.add(id(param))
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
+        quant_state = getattr(param, "quant_state", None)
+        count = math.prod(quant_state.shape) if quant_state is not None else param.numel()
+        total += count
+        trainable += count if param.requires_grad else 0
     return trainable, total
 
 
