@@ -56,6 +56,26 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, weight: fl
     return -chosen_mean - weight * F.logsigmoid(log_odds)
 
 
+def bradley_terry_loss(chosen_reward: torch.Tensor, rejected_reward: torch.Tensor,
+                       margin: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Reward-model loss (Bradley & Terry, 1952; Ouyang et al., 2022, https://arxiv.org/abs/2203.02155):
+    −log σ(r_chosen − r_rejected − margin), the chosen response modelled as preferred with probability
+    σ of the reward difference."""
+    return -F.logsigmoid(chosen_reward - rejected_reward - margin)
+
+
+def kto_loss(ratio: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | float, beta: float,
+             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (Ethayarajh et al., 2024, https://arxiv.org/abs/2402.01306) on unpaired examples. `ratio` is
+    log π(y|x) − log π_ref(y|x); `kl` the (detached, clamped at 0) estimate of KL(π‖π_ref) that serves as
+    the reference point. A desirable example loses λ_D (1 − σ(β (ratio − kl))), an undesirable one
+    λ_U (1 − σ(β (kl − ratio)))."""
+    kl = torch.as_tensor(kl, dtype=ratio.dtype).clamp(min=0).detach()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - kl)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (kl - ratio)))
+    return torch.where(desirable, good, bad)
+
+
 # ----------------------------------------------------------------------------------------- parameters
 
 
