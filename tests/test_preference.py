@@ -186,7 +186,8 @@ def test_full_method_reference_is_a_frozen_copy(tokenizer):
 # ------------------------------------------------------------------ end to end
 
 @pytest.mark.parametrize(("objective", "method"), [("dpo", "lora"), ("ipo", "lora"), ("cdpo", "lora"),
-                                                  ("simpo", "lora"), ("orpo", "lora"), ("dpo", "full")])
+                                                  ("simpo", "lora"), ("orpo", "lora"), ("dpo", "full"),
+                                                  ("reward", "lora"), ("reward", "full")])
 def test_preference_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective, method):
     train_path = write_jsonl(tmp_path / "pairs.jsonl", pair_records(16))
     test_path = write_jsonl(tmp_path / "pairs-test.jsonl", pair_records(8))
@@ -206,3 +207,20 @@ def test_preference_objectives_train_end_to_end(tmp_path, tiny_model_dir, object
     scores, _ = evaluate_run(load_trained(result.run_dir), str(test_path), ["loss"])
     for key in ("loss", "reward_accuracy", "reward_margin"):
         assert scores[key] == pytest.approx(result.eval_after[key], abs=1e-5), key
+
+
+def test_reward_scores_equal_padded_packed_and_shared_prompt(tmp_path, tokenizer, lora_model):
+    from tuneforge.objectives.reward import attach_head, sequence_rewards
+
+    items, _ = encode(tmp_path, tokenizer, pair_records(6))
+    attach_head(lora_model)
+    torch.nn.init.normal_(lora_model.reward_head.weight, std=0.1)
+    with torch.no_grad():
+        padded = sequence_rewards(lora_model, collate(items, tokenizer.pad_token_id))
+        packed = sequence_rewards(lora_model, collate_packed(items, tokenizer.pad_token_id))
+        shared = sequence_rewards(lora_model, collate_pairs_packed(items, tokenizer.pad_token_id))
+        alone = torch.stack([sequence_rewards(lora_model, collate([i], tokenizer.pad_token_id)) for i in items])
+    separate = torch.cat([alone[:, 0], alone[:, 1]])
+    for got in (padded, packed, shared):
+        torch.testing.assert_close(got, separate, atol=1e-4, rtol=1e-4)
+    assert separate.std() > 0  # the rewards differ, so the comparison means something

@@ -36,14 +36,16 @@ def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Te
     labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     sequence_ids = torch.full((len(sequences), width), -1, dtype=torch.long)
+    ends = []
     for row, item in enumerate(sequences):
         n = len(item)
         input_ids[row, :n] = torch.tensor(item.input_ids)
         labels[row, :n] = torch.tensor(item.labels)
         attention[row, :n] = 1
         sequence_ids[row, :n] = row
+        ends.append(row * width + n - 1)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "sequence_ids": sequence_ids,
-            **_batch_facts(examples, sequences)}
+            "sequence_ends": torch.tensor(ends), **_batch_facts(examples, sequences)}
 
 
 def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -61,6 +63,7 @@ def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, t
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     sequence_ids = torch.full((len(rows), width), -1, dtype=torch.long)
+    ends = [0] * len(sequences)
     for index, row in enumerate(rows):
         offset = 0
         for i in row:
@@ -69,10 +72,11 @@ def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, t
             labels[index, offset + 1:offset + n] = torch.tensor(item.labels[1:])
             positions[index, offset:offset + n] = torch.arange(n)
             sequence_ids[index, offset:offset + n] = i
+            ends[i] = index * width + offset + n - 1
             offset += n
         positions[index, offset:] = torch.arange(width - offset)  # trailing padding: a sequence of its own
     return {"input_ids": input_ids, "labels": labels, "position_ids": positions, "sequence_ids": sequence_ids,
-            **_batch_facts(examples, sequences)}
+            "sequence_ends": torch.tensor(ends), **_batch_facts(examples, sequences)}
 
 
 def collate_pairs_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -97,11 +101,14 @@ def collate_pairs_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[
     label_positions: list[int] = []
     label_targets: list[int] = []
     label_owner: list[int] = []
+    ends = [0] * (2 * count)
     for index, row in enumerate(rows):
         offset = 0
         for i in row:
             unit = units[i]
             unit.place(input_ids[index], positions[index], allowed[index], offset)
+            for side, owner in ((0, i), (1, count + i)):
+                ends[owner] = index * width + unit.last(side, offset)
             for side, owner in ((0, i), (1, count + i)):
                 for predictor, target in unit.labels(side, offset):
                     label_positions.append(index * width + predictor)
@@ -114,7 +121,7 @@ def collate_pairs_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[
     facts["num_tokens"] = torch.tensor(sum(u.length for u in units))  # tokens computed; the prompt once per pair
     return {"input_ids": input_ids, "position_ids": positions, "attention_mask": allowed[:, None],
             "label_positions": torch.tensor(label_positions), "label_targets": torch.tensor(label_targets),
-            "label_owner": torch.tensor(label_owner), **facts}
+            "label_owner": torch.tensor(label_owner), "sequence_ends": torch.tensor(ends), **facts}
 
 
 class _SharedPromptUnit:
@@ -145,6 +152,10 @@ class _SharedPromptUnit:
             positions[tail] = torch.arange(self.shared, len(sequence))
             allowed[tail, prompt] = True
             allowed[tail, tail] = torch.ones(n, n, dtype=torch.bool).tril()
+
+    def last(self, side: int, offset: int) -> int:
+        """Row index of the side's last token."""
+        return self._start(side, offset) + len(self.sides[side]) - self.shared - 1
 
     def labels(self, side: int, offset: int) -> list[tuple[int, int]]:
         """(row index of the predicting position, target id) for every trained token of one side."""

@@ -64,7 +64,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
     prepared = prepare_data(loaded, console, objective)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, chosen = _build_model(cfg, method, params, device, console)
+    model, chosen = _build_model(cfg, method, params, device, console, objective)
     autocast = precision.autocast_factory(chosen, device)
     # made before any checkpoint is restored, so it is the model before training
     reference = method.reference(model) if objective.needs_reference else None
@@ -90,6 +90,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
         state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)
+        if objective.save:
+            objective.save(model, run_dir)
         eval_after, samples = evaluate(generate=True)
         if eval_after:
             metrics.log(state.step, "final_eval", eval_after)
@@ -104,11 +106,14 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 
-def _build_model(cfg, method, params, device: torch.device, console: RunConsole):
-    """The base model with the method applied, weights in the chosen precision, on the device."""
+def _build_model(cfg, method, params, device: torch.device, console: RunConsole, objective: Objective):
+    """The base model with the method applied (and any part the objective trains, e.g. a reward head),
+    weights in the chosen precision, on the device."""
     chosen = precision.resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
     model = method.apply(load_causal_lm(cfg.model, **method.load_base_kwargs(params, precision.dtype(chosen))), params)
+    if objective.attach:
+        objective.attach(model)
     precision.cast_frozen_weights(model, chosen)
     if cfg.train.gradient_checkpointing:
         precision.enable_gradient_checkpointing(model)
@@ -165,7 +170,7 @@ def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> Non
     if wrong is not None:
         raise DataError(wrong.source, wrong.where, None, f"this record is a preference pair (prompt/chosen/rejected), "
                         f"but objective '{objective.name}' does not train on pairs",
-                        "use a preference objective (objective: dpo, ipo, cdpo, simpo or orpo)")
+                        "use a preference objective (objective: dpo, ipo, cdpo, simpo, orpo or reward)")
     if wants_pairs and loaded.run.data.train_on_prompt:
         raise ConfigError(f"{loaded.where('data', 'train_on_prompt')}: data.train_on_prompt does not apply to "
                           "preference objectives (only the responses are compared)\n"

@@ -49,6 +49,9 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False) -> T
     base_kwargs = {} if full_precision_base else method.load_base_kwargs(validate_method_params(cfg.method),
                                                                          precision.dtype(chosen))
     model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
+    objective = get_objective(cfg.objective.name)
+    if objective.load:
+        objective.load(model, run_dir)
     precision.cast_frozen_weights(model, chosen)
     precision.move_to(model, device)
     model.eval()

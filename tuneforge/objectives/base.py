@@ -43,3 +43,8 @@ class Objective:
     params: type[ObjectiveParams] = ObjectiveParams
     data: Literal["sft", "pairs"] = "sft"  # what records it trains on
     needs_reference: bool = False
+    # an objective that trains parts of its own (a reward head): attach them to the model before training,
+    # and save / load them next to what the method saves
+    attach: Callable | None = None  # (model) -> None
+    save: Callable | None = None  # (model, run_dir) -> None
+    load: Callable | None = None  # (model, run_dir) -> None

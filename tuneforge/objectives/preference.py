@@ -131,7 +131,7 @@ def reference_pair_logps(batch: dict[str, torch.Tensor], ctx: LossContext) -> Pa
         return pair_logps(reference, batch)
 
 
-def _output(losses: torch.Tensor, chosen_reward: torch.Tensor, rejected_reward: torch.Tensor,
+def pair_output(losses: torch.Tensor, chosen_reward: torch.Tensor, rejected_reward: torch.Tensor,
             ctx: LossContext) -> LossOutput:
     """The pairs' share of the window's mean loss, and of the mean implicit rewards, margin and accuracy."""
     n = max(ctx.num_examples, 1)
@@ -148,7 +148,7 @@ def _with_reference(loss: Callable[[PairLogps, PairLogps, ObjectiveParams], torc
     def objective(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
         policy, reference = pair_logps(model, batch), reference_pair_logps(batch, ctx)
         beta = ctx.params.beta
-        return _output(loss(policy, reference, ctx.params), beta * (policy.chosen - reference.chosen),
+        return pair_output(loss(policy, reference, ctx.params), beta * (policy.chosen - reference.chosen),
                        beta * (policy.rejected - reference.rejected), ctx)
 
     return objective
@@ -160,7 +160,7 @@ def _reference_free(loss: Callable[[PairLogps, ObjectiveParams], torch.Tensor]):
     def objective(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
         policy = pair_logps(model, batch)
         beta = ctx.params.beta
-        return _output(loss(policy, ctx.params), beta * policy.chosen_mean, beta * policy.rejected_mean, ctx)
+        return pair_output(loss(policy, ctx.params), beta * policy.chosen_mean, beta * policy.rejected_mean, ctx)
 
     return objective
 
