@@ -8,14 +8,16 @@ import math
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from tests.conftest import lora_tiny, tiny_config, write_jsonl
 from tuneforge.api import train
+from tuneforge.cli import app
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.batching import batch_sequences, collate, collate_packed, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.trained import evaluate_run, load_trained
+from tuneforge.engine.trained import evaluate_run, load_trained, score_rewards
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps
@@ -207,6 +209,13 @@ def test_preference_objectives_train_end_to_end(tmp_path, tiny_model_dir, object
     scores, _ = evaluate_run(load_trained(result.run_dir), str(test_path), ["loss"])
     for key in ("loss", "reward_accuracy", "reward_margin"):
         assert scores[key] == pytest.approx(result.eval_after[key], abs=1e-5), key
+    if objective == "reward":
+        rows, summary = score_rewards(load_trained(result.run_dir), str(test_path))
+        assert summary["pair_accuracy"] == pytest.approx(result.eval_after["reward_accuracy"])
+        singles = write_jsonl(tmp_path / "singles.jsonl", [{"prompt": "Is 2 even?", "completion": "yes"},
+                                                            {"prompt": "Is 2 even?", "completion": "no"}])
+        out = CliRunner().invoke(app, ["reward", "score", str(result.run_dir), "--data", str(singles)])
+        assert out.exit_code == 0 and out.output.count("reward ") == 2, out.output
 
 
 def test_reward_scores_equal_padded_packed_and_shared_prompt(tmp_path, tokenizer, lora_model):

@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fine-tune language models from one config file.")
 data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before training.")
 app.add_typer(data_app, name="data")
+reward_app = typer.Typer(no_args_is_help=True, help="Use a trained reward model.")
+app.add_typer(reward_app, name="reward")
 
 ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML)")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides such as train.lr=1e-4 method.r=16")]
@@ -239,6 +241,28 @@ def compare(config: ConfigArg, overrides: OverridesArg = None,
     written = run_compare(config, names, out, quick=quick, overrides=overrides or [], quiet=quiet)
     for kind, path in written.items():
         print(f"{kind}: {path}")
+
+
+@reward_app.command("score")
+@user_errors
+def reward_score(run_dir: Annotated[Path, typer.Argument(help="a finished run of objective: reward")],
+                 data: Annotated[str, typer.Option(help="completions (prompt/completion, messages ...) or pairs")],
+                 output: Annotated[Path | None, typer.Option(help="also write every score as JSONL")] = None,
+                 batch_size: int = 16) -> None:
+    """Score completions with a trained reward model; on preference pairs, also the pair accuracy."""
+    from tuneforge.engine.trained import load_trained, score_rewards
+
+    rows, summary = score_rewards(load_trained(run_dir), data, batch_size=batch_size)
+    for row in rows[:10]:
+        scores = f"chosen {row['chosen']:+.3f}  rejected {row['rejected']:+.3f}" if "chosen" in row else \
+            f"reward {row['reward']:+.3f}"
+        print(f"{row['where']}  {scores}")
+    if len(rows) > 10:
+        print(f"... {len(rows) - 10} more")
+    for name, value in summary.items():
+        print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    if output:
+        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 @app.command()

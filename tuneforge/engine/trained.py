@@ -87,3 +87,33 @@ def _reference(trained: TrainedRun):
     base = load_causal_lm(trained.config.model)
     precision.cast_frozen_weights(base, precision.resolve_precision(trained.config.train.precision, base.device))
     return frozen_copy_reference(base.to(next(trained.model.parameters()).device))
+
+
+@torch.no_grad()
+def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) -> tuple[list[dict], dict]:
+    """A reward run's score of each completion in a file: prompt/completion (or any SFT format) records get
+    one reward each; preference pairs get both, and the share of pairs whose chosen scores higher."""
+    from tuneforge.data.batching import collate
+    from tuneforge.objectives.reward import sequence_rewards
+
+    if get_objective(trained.config.objective.name).name != "reward":
+        raise RunDirError(f"{trained.run_dir} did not train a reward model (objective "
+                          f"'{trained.config.objective.name}')\n  fix: score with a run of objective: reward")
+    data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
+    encoded, _ = encode_examples(load_examples(data_cfg.train, seed=0), trained.tokenizer, data_cfg)
+    rows: list[dict] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start: start + batch_size]
+        with trained.autocast():
+            rewards = sequence_rewards(trained.model, collate(chunk, trained.tokenizer.pad_token_id)).float().tolist()
+        for index, item in enumerate(chunk):
+            row = {"where": item.example.location, "reward": rewards[index]}
+            if item.rejected is not None:
+                row = {"where": item.example.location, "chosen": rewards[index],
+                       "rejected": rewards[len(chunk) + index]}
+            rows.append(row)
+    pairs = [r for r in rows if "chosen" in r]
+    summary = {"examples": len(rows)}
+    if pairs:
+        summary["pair_accuracy"] = sum(r["chosen"] > r["rejected"] for r in pairs) / len(pairs)
+    return rows, summary
