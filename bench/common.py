@@ -248,3 +248,47 @@ def print_machine_and_header(spec: dict, peak: float, workload: str, header: str
     print(f"workload: {workload}\n")
     print(header)
     print("-" * len(header))
+
+
+def peer_parser(doc: str, systems: tuple[str, ...], *, full_steps: int, batch_size: int,
+                batch_help: str = "examples per step"):
+    """The options every peer benchmark takes (and the hidden ones its workers are started with)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer steps: finishes in under 10 minutes on 2 cores")
+    parser.add_argument("--steps", type=int, help=f"optimizer steps per system (default {full_steps}, quick 6)")
+    parser.add_argument("--warmup", type=int, default=2, help="steps excluded from the medians")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
+    parser.add_argument("--max-seq-len", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--systems", default=",".join(systems))
+    parser.add_argument("--json", type=Path, help="also write all figures here")
+    parser.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def peer_main(args, workers: dict, full_steps: int, run_all, report) -> None:
+    """A worker process runs its one system; the driver runs them all side by side and reports."""
+    if args.worker:
+        workers[args.worker](json.loads(args.spec.read_text()), args.out)
+        return
+    steps = args.steps or (6 if args.quick else full_steps)
+    report(run_all(args, steps), args, steps)
+
+
+def print_system_rows(results: dict, summarise_row, leading) -> dict:
+    """One table row per system: its own leading columns, then MFU, peak RSS, final loss and startup."""
+    figures = {}
+    for system, result in results.items():
+        if not result.ok:
+            print(f"{system:<10} failed: {result.error}")
+            continue
+        figures[system] = row = summarise_row(result)
+        print(f"{system:<10} {leading(row)} {100 * row['mfu']:5.1f}% {row['peak_rss_gib']:8.2f}G "
+              f"{row['final_loss']:11.4f} {row['startup_s']:7.1f}s")
+    return figures

@@ -26,8 +26,11 @@ from bench.common import (
     lora_step_flops,
     median,
     peak_rss_bytes,
+    peer_main,
+    peer_parser,
     peft_lora_model,
     print_machine_and_header,
+    print_system_rows,
     run_side_by_side,
     save_result,
     steady,
@@ -39,36 +42,19 @@ from bench.common import (
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 SYSTEMS = ("tuneforge", "trl")
+FULL_STEPS = 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps: finishes in under 10 minutes on 2 cores")
-    parser.add_argument("--steps", type=int, help="optimizer steps per system (default 20, quick 6)")
-    parser.add_argument("--warmup", type=int, default=2, help="steps excluded from the medians")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-seq-len", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser = peer_parser(__doc__, SYSTEMS, full_steps=FULL_STEPS, batch_size=8)
     parser.add_argument("--checkpointing", action="store_true",
                         help="gradient checkpointing in both systems (a memory comparison; off is the fastest setting "
                              "for both, and TRL's own default, on, is overridden to match)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--json", type=Path, help="also write all figures here")
-    parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.worker:
-        WORKERS[args.worker](json.loads(args.spec.read_text()), args.out)
-        return
-    steps = args.steps or (6 if args.quick else 20)
-    report(run_all(args, steps), args, steps)
+    peer_main(parse_args(argv), WORKERS, FULL_STEPS, run_all, report)
 
 
 def run_all(args: argparse.Namespace, steps: int) -> dict:
@@ -156,15 +142,9 @@ def report(run: dict, args: argparse.Namespace, steps: int) -> None:
     header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
              f"{'final loss':>11} {'startup':>8}"
     print_machine_and_header(spec, peak, workload, header)
-    figures = {}
-    for system, result in run["results"].items():
-        if not result.ok:
-            print(f"{system:<10} failed: {result.error}")
-            continue
-        figures[system] = row = summarise(result, batches, peak, args.warmup)
-        print(f"{system:<10} {row['tokens_per_s']:8.1f} {row['label_tokens_per_s']:12.1f} {row['step_s']:8.2f} "
-              f"{100 * row['mfu']:5.1f}% {row['peak_rss_gib']:8.2f}G {row['final_loss']:11.4f} "
-              f"{row['startup_s']:7.1f}s")
+    figures = print_system_rows(run["results"], lambda result: summarise(result, batches, peak, args.warmup),
+                                lambda row: f"{row['tokens_per_s']:8.1f} {row['label_tokens_per_s']:12.1f} "
+                                            f"{row['step_s']:8.2f}")
     if "tuneforge" in figures and "trl" in figures:
         ours, theirs = figures["tuneforge"], figures["trl"]
         gap = abs(ours["final_loss"] - theirs["final_loss"]) / max(abs(theirs["final_loss"]), 1e-12)

@@ -31,36 +31,31 @@ def general_examples() -> list[Example]:
     return load_examples([DatasetSpec(path=GENERAL_SET)], seed=0)
 
 
-def general_scores(model, tokenizer, examples: Sequence[Example], base_replies: Sequence[str],
-                   autocast) -> dict[str, float]:
-    """On the general set: answer accuracy (the reference answer appears in the reply), and the loss of the
-    base model's own replies under `model`. A rise of that loss from the base model to a tuned one says
-    the tuned model has moved away from what the base model answered: forgetting, measured on behaviour
-    rather than on reference texts the base model would not have produced either."""
+def general_scores(model, tokenizer, examples: Sequence[Example], base_replies: Sequence[str] | None,
+                   autocast) -> dict:
+    """On the general set: the model's greedy replies, its answer accuracy (the reference answer appears in
+    the reply), and the loss of the base model's own replies under it (`base_replies`; None: this model is
+    the base, and its replies are them). A rise of that loss from the base model to a tuned one says the
+    tuned model has moved away from what the base model answered: forgetting, measured on behaviour rather
+    than on reference texts the base model would not have produced either."""
     chat = use_chat_template(tokenizer, "auto")
-    generated, _ = generation_metrics(model, tokenizer, examples, ["contains"], chat=chat, batch_size=16,
-                                      max_new_tokens=24, autocast=autocast)
+    generated, samples = generation_metrics(model, tokenizer, examples, ["contains"], chat=chat, batch_size=16,
+                                            max_new_tokens=24, autocast=autocast)
+    replies = [s["prediction"] for s in samples]
     own = [Example(e.source, e.where, messages=(e.messages[0], {"role": "assistant", "content": reply}))
-           for e, reply in zip(examples, base_replies, strict=True)]
+           for e, reply in zip(examples, replies if base_replies is None else base_replies, strict=True)]
     encoded, _ = encode_examples(own, tokenizer, DataConfig(train=[GENERAL_SET], max_seq_len=256, cache=False))
     sft = get_objective("sft")
     scores = heldout_scores(model, sft, sft.params(), encoded, tokenizer.pad_token_id, 16, autocast)
-    return {"loss": scores["loss"], "accuracy": generated["contains"]}
+    return {"loss": scores["loss"], "accuracy": generated["contains"], "replies": replies}
 
 
 def base_general_scores(model_cfg: ModelConfig, precision_name: str) -> dict:
     """The untrained base model on the general set: its greedy replies, and its scores (the 'before')."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = precision.resolve_precision(precision_name, device)
-    model = load_causal_lm(model_cfg)
-    precision.cast_frozen_weights(model, chosen)
-    model.to(device).eval()
-    tokenizer, autocast = load_tokenizer(model_cfg), precision.autocast_factory(chosen, device)
-    examples = general_examples()
-    _, samples = generation_metrics(model, tokenizer, examples, ["contains"], chat=use_chat_template(tokenizer, "auto"),
-                                    batch_size=16, max_new_tokens=24, autocast=autocast)
-    replies = [s["prediction"] for s in samples]
-    return {**general_scores(model, tokenizer, examples, replies, autocast), "replies": replies}
+    device, chosen = precision.inference_placement(precision_name)
+    model = precision.ready_for_inference(load_causal_lm(model_cfg), chosen, device)
+    return general_scores(model, load_tokenizer(model_cfg), general_examples(), None,
+                          precision.autocast_factory(chosen, device))
 
 
 @torch.no_grad()
@@ -89,7 +84,7 @@ def measure_run(run_dir: Path, base_general: dict[str, float], latency_prompts: 
     after = general_scores(trained.model, trained.tokenizer, general_examples(), base_general["replies"],
                            trained.autocast)
     result["general_before"] = {k: v for k, v in base_general.items() if k != "replies"}
-    result["general_after"] = after
+    result["general_after"] = {k: v for k, v in after.items() if k != "replies"}
     result["forgetting"] = {"loss_change": after["loss"] - base_general["loss"],
                             "accuracy_change": after["accuracy"] - base_general["accuracy"]}
     del trained

@@ -54,6 +54,19 @@ def move_to(model: torch.nn.Module, device: torch.device) -> None:
         model.to(device)
 
 
+def inference_placement(requested: str) -> tuple[torch.device, str]:
+    """The device, and the precision a run's setting resolves to there."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, resolve_precision(requested, device)
+
+
+def ready_for_inference(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
+    """Weights in the precision, on the device, in eval mode."""
+    cast_frozen_weights(model, precision)
+    move_to(model, device)
+    return model.eval()
+
+
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Keep only each layer's input in the forward and recompute the rest during backward (non-reentrant,
     so frozen inputs and PEFT adapters need no special handling)."""

@@ -235,8 +235,9 @@ def _create_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
 def _fingerprint(cfg, prepared: Prepared) -> dict:
     data = hashlib.sha256()
     for item in prepared.train:
-        data.update(json.dumps(item.encoded.input_ids).encode())
-        data.update(json.dumps(item.encoded.labels).encode())
+        for sequence in item.sequences:  # a preference pair's rejected side is data too
+            data.update(json.dumps(sequence.input_ids).encode())
+            data.update(json.dumps(sequence.labels).encode())
     training = cfg.model_dump(mode="json", exclude={"eval", "output"})
     return {"data_sha256": data.hexdigest(),
             "config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()}

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from tuneforge.config import RunConfig, load_config
 from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
 from tuneforge.engine import precision
@@ -67,8 +65,7 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
     if len(bases) > 1:
         raise ConfigError(f"the runs were trained on different base models {sorted(bases)}; one base serves only "
                           "adapters trained on it\n  fix: load runs of the same model.path (and quantization)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = precision.resolve_precision(first.train.precision, device)
+    device, chosen = precision.inference_placement(first.train.precision)
     method = get_method(first.method.name)
     base = load_causal_lm(first.model, **method.load_base_kwargs(validate_method_params(first.method),
                                                                  precision.dtype(chosen)))
@@ -77,10 +74,9 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
         model = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), adapter_name=name)
         for name, path in others:
             model.load_adapter(str(path / ADAPTER_DIR), adapter_name=name)
-    precision.cast_frozen_weights(model, chosen)
-    precision.move_to(model, device)
+    precision.ready_for_inference(model, chosen, device)
     tokenizer = AutoTokenizer.from_pretrained(next(iter(named.values())) / "tokenizer")
-    return AdapterSet(model.eval(), tokenizer, configs, precision.autocast_factory(chosen, device))
+    return AdapterSet(model, tokenizer, configs, precision.autocast_factory(chosen, device))
 
 
 def _adapter_config(name: str, path: Path) -> RunConfig:

@@ -44,17 +44,14 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False) -> T
     if not (run_dir / method.output_subdir).is_dir():
         raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
                           "`tuneforge train <config> --resume`, or use a finished run")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    chosen = precision.resolve_precision(cfg.train.precision, device)
+    device, chosen = precision.inference_placement(cfg.train.precision)
     base_kwargs = {} if full_precision_base else method.load_base_kwargs(validate_method_params(cfg.method),
                                                                          precision.dtype(chosen))
     model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
     objective = get_objective(cfg.objective.name)
     if objective.load:
         objective.load(model, run_dir)
-    precision.cast_frozen_weights(model, chosen)
-    precision.move_to(model, device)
-    model.eval()
+    precision.ready_for_inference(model, chosen, device)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device))
 
@@ -84,9 +81,8 @@ def _reference(trained: TrainedRun):
     """The model the run was trained against: the base inside an adapter model, else the base loaded again."""
     if hasattr(trained.model, "disable_adapter"):
         return adapter_disabled_reference(trained.model)
-    base = load_causal_lm(trained.config.model)
-    precision.cast_frozen_weights(base, precision.resolve_precision(trained.config.train.precision, base.device))
-    return frozen_copy_reference(base.to(next(trained.model.parameters()).device))
+    device, chosen = precision.inference_placement(trained.config.train.precision)
+    return frozen_copy_reference(precision.ready_for_inference(load_causal_lm(trained.config.model), chosen, device))
 
 
 @torch.no_grad()

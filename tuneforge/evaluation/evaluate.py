@@ -1,37 +1,17 @@
-"""Evaluate a model on examples: loss/perplexity and generation metrics."""
+"""Evaluate a model on examples by generation: greedy answers scored against references. (Held-out loss of
+any objective is `tuneforge.engine.heldout.heldout_scores`.)"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
 
-from tuneforge.data.batching import collate
-from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import end_of_turn_ids, prompt_ids_for_generation
 from tuneforge.evaluation.generate import generate_all
 from tuneforge.evaluation.metrics import GENERATION_METRICS
-from tuneforge.models.parts import label_token_nll
-
-
-@torch.no_grad()
-def heldout_loss(model, examples: Sequence[TrainExample], pad_id: int, batch_size: int,
-                 autocast=nullcontext) -> dict[str, float]:
-    """Token-weighted mean NLL of the label tokens, and its perplexity."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    ordered = sorted(examples, key=len)
-    for start in range(0, len(ordered), batch_size):
-        with autocast():
-            nll, n = label_token_nll(model, collate(ordered[start: start + batch_size], pad_id))
-        total, count = total + float(nll), count + n
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
 @torch.no_grad()
