@@ -36,20 +36,32 @@ def write_chat_workload(path: Path, examples: int, seed: int) -> Path:
 
 
 def measure_matmul_peak(dtype_name: str, sizes: tuple[int, ...] = (1024, 2048, 3072), seconds: float = 2.0) -> float:
-    """Best sustained FLOP/s of square matmuls in `dtype_name` on this process's threads: the best over
-    several sizes, since one size alone can land on a slow blocking or a noisy moment."""
+    """Best sustained FLOP/s of square matmuls in `dtype_name` on the device the benchmark trains on (the
+    GPU when there is one, else this process's CPU threads): the best over several sizes, since one size
+    alone can land on a slow blocking or a noisy moment."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    cuda = torch.cuda.is_available()
+    if cuda:
+        sizes = (4096, 8192)
     best = 0.0
     for size in sizes:
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a, b = (torch.randn(size, size, dtype=dtype, device="cuda" if cuda else "cpu") for _ in range(2))
         torch.mm(a, b)
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2 * size**3 / (time.perf_counter() - started))
+            if cuda:  # ten products per timing, so launch latency does not count
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                for _ in range(10):
+                    torch.mm(a, b)
+                torch.cuda.synchronize()
+                best = max(best, 10 * 2 * size**3 / (time.perf_counter() - started))
+            else:
+                started = time.perf_counter()
+                torch.mm(a, b)
+                best = max(best, 2 * size**3 / (time.perf_counter() - started))
     return best
 
 
@@ -106,12 +118,23 @@ class SystemResult:
     step_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     peak_rss_bytes: int = 0
+    peak_memory_gib: float = 0.0  # max allocated on a GPU, the peak resident set on a CPU
     startup_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory_gib() -> float:
+    """What the tables call peak memory: max allocated on a GPU (the memory that limits a GPU run), the
+    process's peak resident set on a CPU. tuneforge's own metrics measure the same."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return peak_rss_bytes() / 2**30
 
 
 def run_worker(module: str, args: list[str], timeout: float) -> SystemResult:
@@ -159,7 +182,8 @@ def run_side_by_side(module: str, args, steps: int, write_data, batch_shapes, **
     precision = resolve_precision(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     work = Path(tempfile.mkdtemp(prefix=f"tuneforge-{module.replace('.', '-')}-"))
     data = write_data(work / "data.jsonl", steps * args.batch_size, args.seed)
-    spec = {"model": str(default_model_dir()), "data": str(data), "steps": steps, "batch_size": args.batch_size,
+    model = str(default_model_dir()) if args.model == "default" else str(Path(args.model).resolve())
+    spec = {"model": model, "data": str(data), "steps": steps, "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
             "work": str(work), **extra}
     spec_path = work / "spec.json"
@@ -182,6 +206,7 @@ def tuneforge_result(run_dir: Path, started_wall: float, **per_step: str) -> Sys
     first_step_began = rows[0]["time"] - rows[0]["step_time_s"]  # metrics rows are stamped when a step ends
     return SystemResult("tuneforge", True, step_times=[r["step_time_s"] for r in rows],
                         losses=[r["loss"] for r in rows], peak_rss_bytes=peak_rss_bytes(),
+                        peak_memory_gib=max(peak_memory_gib(), *(r.get("peak_memory_gib", 0.0) for r in rows)),
                         startup_s=first_step_began - started_wall,
                         extra={name: [r[key] for r in rows] for name, key in per_step.items()})
 
@@ -203,7 +228,7 @@ def trl_step_timer(started: float):
 
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self.began)
-            self.memory.append(peak_rss_bytes() / 2**30)
+            self.memory.append(peak_memory_gib())
 
     return StepTimer()
 
@@ -224,13 +249,15 @@ def tuneforge_config(spec: dict, *, objective: dict | None = None, checkpointing
 
 
 def peft_lora_model(spec: dict):
-    """The peer's model: the base in fp32 with the same LoRA, initialised from the same seed as tuneforge's."""
+    """The peer's model: the base in the run's precision (bf16 on a GPU, as TRL's docs load it; peft keeps the
+    adapter in fp32) with the same LoRA, initialised from the same seed as tuneforge's."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(spec["seed"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    dtype = torch.bfloat16 if spec["precision"] == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype)
     lora = spec["lora"]
     return get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
@@ -251,7 +278,7 @@ def print_machine_and_header(spec: dict, peak: float, workload: str, header: str
 
 
 def peer_parser(doc: str, systems: tuple[str, ...], *, full_steps: int, batch_size: int,
-                batch_help: str = "examples per step"):
+                batch_help: str = "examples per step", default_systems: tuple[str, ...] = ()):
     """The options every peer benchmark takes (and the hidden ones its workers are started with)."""
     import argparse
 
@@ -264,7 +291,10 @@ def peer_parser(doc: str, systems: tuple[str, ...], *, full_steps: int, batch_si
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument("--systems", default=",".join(systems))
+    parser.add_argument("--systems", default=",".join(default_systems or systems))
+    parser.add_argument("--model", default="default",
+                        help="a Hugging Face model directory (e.g. one written by `python -m bench.random_model`); "
+                             "default: the default model")
     parser.add_argument("--json", type=Path, help="also write all figures here")
     parser.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
@@ -282,13 +312,13 @@ def peer_main(args, workers: dict, full_steps: int, run_all, report) -> None:
 
 
 def print_system_rows(results: dict, summarise_row, leading) -> dict:
-    """One table row per system: its own leading columns, then MFU, peak RSS, final loss and startup."""
+    """One table row per system: its own leading columns, then MFU, peak memory, final loss and startup."""
     figures = {}
     for system, result in results.items():
         if not result.ok:
             print(f"{system:<10} failed: {result.error}")
             continue
         figures[system] = row = summarise_row(result)
-        print(f"{system:<10} {leading(row)} {100 * row['mfu']:5.1f}% {row['peak_rss_gib']:8.2f}G "
+        print(f"{system:<10} {leading(row)} {100 * row['mfu']:5.1f}% {row['peak_memory_gib']:8.2f}G "
               f"{row['final_loss']:11.4f} {row['startup_s']:7.1f}s")
     return figures

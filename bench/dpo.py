@@ -25,6 +25,7 @@ from bench.common import (
     ModelShape,
     SystemResult,
     lognormal_words,
+    peak_memory_gib,
     peak_rss_bytes,
     peer_main,
     peer_parser,
@@ -157,7 +158,7 @@ def trl_worker(spec: dict, out: Path) -> None:
     trainer.train()
     history = [row for row in trainer.state.log_history if "loss" in row]
     save_result(SystemResult("trl", True, step_times=timer.times, losses=[row["loss"] for row in history],
-                             peak_rss_bytes=peak_rss_bytes(),
+                             peak_rss_bytes=peak_rss_bytes(), peak_memory_gib=peak_memory_gib(),
                              startup_s=timer.first_step[0] if timer.first_step else 0.0,
                              extra={"trl": __import__("trl").__version__,
                                     "reward_accuracy": [row.get("rewards/accuracies") for row in history]}), out)
@@ -173,7 +174,7 @@ def report(run: dict, args: argparse.Namespace, steps: int) -> None:
                 f"disabled, {steps} steps x {spec['batch_size']} pairs, {real} tokens "
                 f"({100 * (1 - real / padded):.0f}% of a padded batch is padding), medians exclude {args.warmup} "
                 "warm-up steps")
-    header = f"{'system':<10} {'pairs/s':>8} {'tok/s':>8} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
+    header = f"{'system':<10} {'pairs/s':>8} {'tok/s':>8} {'s/step':>8} {'MFU':>6} {'peak mem':>9} " \
              f"{'final loss':>11} {'startup':>8}"
     print_machine_and_header(spec, peak, workload, header)
     def pairs_row(result):

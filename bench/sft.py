@@ -25,6 +25,7 @@ from bench.common import (
     SystemResult,
     lora_step_flops,
     median,
+    peak_memory_gib,
     peak_rss_bytes,
     peer_main,
     peer_parser,
@@ -41,12 +42,13 @@ from bench.common import (
 )
 
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
-SYSTEMS = ("tuneforge", "trl")
+SYSTEMS = ("tuneforge", "trl", "trl-liger")
 FULL_STEPS = 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = peer_parser(__doc__, SYSTEMS, full_steps=FULL_STEPS, batch_size=8)
+    parser = peer_parser(__doc__, SYSTEMS, full_steps=FULL_STEPS, batch_size=8,
+                         default_systems=SYSTEMS if _cuda() else ("tuneforge", "trl"))
     parser.add_argument("--checkpointing", action="store_true",
                         help="gradient checkpointing in both systems (a memory comparison; off is the fastest setting "
                              "for both, and TRL's own default, on, is overridden to match)")
@@ -98,7 +100,18 @@ def tuneforge_worker(spec: dict, out: Path) -> None:
     save_result(tuneforge_result(result.run_dir, started_wall, peak_memory_gib="peak_memory_gib"), out)
 
 
-def trl_worker(spec: dict, out: Path) -> None:
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def trl_liger_worker(spec: dict, out: Path) -> None:
+    """TRL with Liger's Triton kernels (fused RMSNorm, RoPE, SwiGLU and linear cross-entropy): CUDA only."""
+    trl_worker(spec, out, liger=True)
+
+
+def trl_worker(spec: dict, out: Path, liger: bool = False) -> None:
     import datasets
     import torch
     from trl import SFTConfig, SFTTrainer
@@ -114,8 +127,13 @@ def trl_worker(spec: dict, out: Path) -> None:
         output_dir=str(Path(spec["work"]) / "trl-run"), per_device_train_batch_size=spec["batch_size"],
         gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
         max_steps=spec["steps"], weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-        report_to=[], seed=spec["seed"], train_sampling_strategy="sequential", max_length=spec["max_seq_len"],
-        completion_only_loss=True, packing=False, padding_free=False, bf16=spec["precision"] == "bf16",
+        report_to=[], seed=spec["seed"], train_sampling_strategy="sequential",
+        max_length=None if torch.cuda.is_available() else spec["max_seq_len"], completion_only_loss=True,
+        packing=False, bf16=spec["precision"] == "bf16",
+        # On a GPU TRL's fastest is padding-free: the batch is one row with position ids restarting per
+        # example (pre-truncated data, so no max_length); transformers 5 builds the block-diagonal mask from
+        # them for SDPA as it does for tuneforge. On a CPU its documented setting is padded batches.
+        padding_free=torch.cuda.is_available(), use_liger_kernel=liger,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
         # TRL turns gradient checkpointing on by default; its fastest setting is off
         activation_checkpointing=spec["checkpointing"])
@@ -123,35 +141,44 @@ def trl_worker(spec: dict, out: Path) -> None:
                          callbacks=[timer])
     trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    save_result(SystemResult("trl", True, step_times=timer.times, losses=losses, peak_rss_bytes=peak_rss_bytes(),
+    save_result(SystemResult("trl-liger" if liger else "trl", True, step_times=timer.times, losses=losses,
+                             peak_rss_bytes=peak_rss_bytes(), peak_memory_gib=peak_memory_gib(),
                              startup_s=timer.first_step[0] if timer.first_step else 0.0,
                              extra={"trl": __import__("trl").__version__, "peak_memory_gib": timer.memory}), out)
 
 
-WORKERS = {"tuneforge": tuneforge_worker, "trl": trl_worker}
+WORKERS = {"tuneforge": tuneforge_worker, "trl": trl_worker, "trl-liger": trl_liger_worker}
 
 
 def report(run: dict, args: argparse.Namespace, steps: int) -> None:
     spec, batches, peak = run["spec"], run["batches"], run["peak_flops"]
     padded = sum(b["padded_tokens"] for b in batches)
     real = sum(b["tokens"] for b in batches)
-    workload = (f"default model, LoRA r{LORA['r']} all-linear, gradient checkpointing "
+    workload = (f"{model_name(spec)}, LoRA r{LORA['r']} all-linear, gradient checkpointing "
                 f"{'on' if spec['checkpointing'] else 'off'} in both, {steps} steps x batch {spec['batch_size']}, "
                 f"{real} tokens ({100 * (1 - real / padded):.0f}% of a padded batch is padding), "
                 f"medians exclude {args.warmup} warm-up steps")
-    header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak RSS':>9} " \
+    header = f"{'system':<10} {'tok/s':>8} {'label tok/s':>12} {'s/step':>8} {'MFU':>6} {'peak mem':>9} " \
              f"{'final loss':>11} {'startup':>8}"
     print_machine_and_header(spec, peak, workload, header)
     figures = print_system_rows(run["results"], lambda result: summarise(result, batches, peak, args.warmup),
                                 lambda row: f"{row['tokens_per_s']:8.1f} {row['label_tokens_per_s']:12.1f} "
                                             f"{row['step_s']:8.2f}")
-    if "tuneforge" in figures and "trl" in figures:
-        ours, theirs = figures["tuneforge"], figures["trl"]
-        gap = abs(ours["final_loss"] - theirs["final_loss"]) / max(abs(theirs["final_loss"]), 1e-12)
-        print(f"\nfinal loss differs by {100 * gap:.3f}% on identical batches")
-        print(f"speed ratio tuneforge/TRL: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+    for peer in ("trl", "trl-liger"):
+        if "tuneforge" in figures and peer in figures:
+            ours, theirs = figures["tuneforge"], figures[peer]
+            gap = abs(ours["final_loss"] - theirs["final_loss"]) / max(abs(theirs["final_loss"]), 1e-12)
+            print(f"\n{peer}: final loss differs by {100 * gap:.3f}% on identical batches")
+            print(f"speed ratio tuneforge/{peer}: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"spec": spec, "peak_flops": peak, "figures": figures}, indent=2))
+
+
+def model_name(spec: dict) -> str:
+    """'default model', or the benchmarked model directory's name (e.g. a random-weight llama3-8b)."""
+    from tuneforge.models.default import cached_dir
+
+    return "default model" if Path(spec["model"]) == cached_dir() else Path(spec["model"]).name
 
 
 def summarise(result: SystemResult, batches: list[dict], peak: float, warmup: int) -> dict:
@@ -160,7 +187,8 @@ def summarise(result: SystemResult, batches: list[dict], peak: float, warmup: in
     per_step = lambda key: median([batches[i][key] / times[i] for i in steady_steps])  # noqa: E731
     return {"tokens_per_s": per_step("tokens"), "label_tokens_per_s": per_step("label_tokens"),
             "step_s": median(steady(times, warmup)), "mfu": per_step("flops") / peak,
-            "peak_rss_gib": result.peak_rss_bytes / 2**30, "final_loss": result.losses[-1],
+            "peak_rss_gib": result.peak_rss_bytes / 2**30, "peak_memory_gib": result.peak_memory_gib,
+            "final_loss": result.losses[-1],
             "losses": result.losses, "startup_s": result.startup_s}
 
 

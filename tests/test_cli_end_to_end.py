@@ -79,7 +79,7 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(trained_run, tiny_mod
     from tuneforge.engine.trained import load_trained
 
     run_dir, _ = trained_run
-    ours = load_trained(run_dir).model
+    ours = load_trained(run_dir).model.cpu()  # on the GPU where there is one; compared on the CPU
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir / "adapter").eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.randint(0, 1000, (2, 12))

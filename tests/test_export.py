@@ -58,7 +58,7 @@ def test_merged_export_loads_without_tuneforge_or_peft_and_matches(tmp_path, tin
     subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
                    check=True, cwd=tmp_path)
     exported = torch.load(tmp_path / "out.pt")
-    unmerged = load_trained(run_dir, full_precision_base=True).model
+    unmerged = load_trained(run_dir, full_precision_base=True).model.cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         expected = unmerged(input_ids=ids).logits

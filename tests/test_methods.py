@@ -20,7 +20,7 @@ def test_full_finetuning_saves_a_plain_model(tmp_path, tiny_model_dir):
                    quiet=True)
     saved = AutoModelForCausalLM.from_pretrained(result.run_dir / "model").eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    ours = load_trained(result.run_dir).model
+    ours = load_trained(result.run_dir).model.cpu()  # on the GPU where there is one; compared on the CPU
     ids = torch.randint(0, 1000, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).logits, saved(input_ids=ids).logits, atol=0, rtol=0)

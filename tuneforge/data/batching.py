@@ -17,6 +17,16 @@ from tuneforge.data.render import IGNORE_INDEX, Encoded
 LENGTH_GROUP_FACTOR = 32  # micro-batches per length-sorted chunk; larger = less padding, less randomness
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on `device` (a no-op where it already is)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are (batches built on the CPU must go there before its forward)."""
+    return next(model.parameters()).device
+
+
 def batch_sequences(examples: Sequence[TrainExample]) -> list[Encoded]:
     """The sequences of a micro-batch in the order objectives read them: every example's first sequence, then
     for preference pairs every rejected one, so sequence i < B is the chosen side of pair i and B + i its

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from tuneforge.data.batching import collate
+from tuneforge.data.batching import collate, model_device, to_device
 from tuneforge.data.dataset import TrainExample
 from tuneforge.objectives import LossContext, Objective
 from tuneforge.objectives.base import ObjectiveParams
@@ -30,10 +30,12 @@ def heldout_scores(model, objective: Objective, params: ObjectiveParams, example
     ctx = LossContext(num_label_tokens=sum(e.num_label_tokens for e in ordered), num_examples=len(ordered),
                       params=params, reference=reference)
     scores: dict[str, float] = {"loss": 0.0}
+    device = model_device(model)
     try:
         for start in range(0, len(ordered), batch_size):
+            batch = to_device(collate(ordered[start: start + batch_size], pad_id), device)
             with autocast():
-                out = objective.loss(model, collate(ordered[start: start + batch_size], pad_id), ctx)
+                out = objective.loss(model, batch, ctx)
             scores["loss"] += float(out.loss)
             for key, value in out.metrics.items():
                 scores[key] = scores.get(key, 0.0) + value

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 
 from tuneforge.config import TrainConfig
-from tuneforge.data.batching import StepPlan, collate, collate_packed, collate_pairs_packed, count_label_tokens
+from tuneforge.data.batching import (
+    StepPlan,
+    collate,
+    collate_packed,
+    collate_pairs_packed,
+    count_label_tokens,
+    to_device,
+)
 from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
@@ -101,7 +108,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     collate_fn = collate
     if inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
-    batches = [_to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
+    batches = [to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
                for micro in window]
     ctx = window_context(batches, inputs.objective_params, inputs.reference)
     loss_total = torch.zeros((), device=inputs.device)
@@ -173,6 +180,3 @@ def peak_memory_gib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

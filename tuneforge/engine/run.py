@@ -63,7 +63,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     run_dir = resolve_run_dir(loaded)
     resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
     prepared = prepare_data(loaded, console, objective)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = precision.pick_device()
     model, chosen = _build_model(cfg, method, params, device, console, objective)
     autocast = precision.autocast_factory(chosen, device)
     # made before any checkpoint is restored, so it is the model before training
@@ -111,7 +111,12 @@ def _build_model(cfg, method, params, device: torch.device, console: RunConsole,
     weights in the chosen precision, on the device."""
     chosen = precision.resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
-    model = method.apply(load_causal_lm(cfg.model, **method.load_base_kwargs(params, precision.dtype(chosen))), params)
+    load_kwargs = method.load_base_kwargs(params, precision.dtype(chosen))
+    if chosen == "bf16":
+        # the checkpoint's own dtype: a bf16 checkpoint is not widened to fp32 in memory only to be narrowed
+        # again (an 8B model would pass through 32 GB); trainable weights are widened to fp32 below, exactly
+        load_kwargs.setdefault("dtype", "auto")
+    model = method.apply(load_causal_lm(cfg.model, **load_kwargs), params)
     if objective.attach:
         objective.attach(model)
     precision.cast_frozen_weights(model, chosen)

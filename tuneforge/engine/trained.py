@@ -89,7 +89,7 @@ def _reference(trained: TrainedRun):
 def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) -> tuple[list[dict], dict]:
     """A reward run's score of each completion in a file: prompt/completion (or any SFT format) records get
     one reward each; preference pairs get both, and the share of pairs whose chosen scores higher."""
-    from tuneforge.data.batching import collate
+    from tuneforge.data.batching import collate, model_device, to_device
     from tuneforge.objectives.reward import sequence_rewards
 
     if get_objective(trained.config.objective.name).name != "reward":
@@ -101,7 +101,8 @@ def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) 
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start: start + batch_size]
         with trained.autocast():
-            rewards = sequence_rewards(trained.model, collate(chunk, trained.tokenizer.pad_token_id)).float().tolist()
+            batch = to_device(collate(chunk, trained.tokenizer.pad_token_id), model_device(trained.model))
+            rewards = sequence_rewards(trained.model, batch).float().tolist()
         for index, item in enumerate(chunk):
             row = {"where": item.example.location, "reward": rewards[index]}
             if item.rejected is not None:

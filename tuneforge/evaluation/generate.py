@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from tuneforge.data.batching import model_device
+
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
@@ -20,8 +22,10 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
         attention[row, width - len(prompt):] = 1
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                            eos_token_id=sorted(stop_ids), pad_token_id=pad, use_cache=True, **sampling)
+    device = model_device(model)
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                            max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
+                            use_cache=True, **sampling)
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
 
 
