@@ -100,8 +100,11 @@ def test_unknown_objective_suggests():
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml")),
                          ids=lambda p: p.name)
 def test_every_example_config_is_valid(path):
-    from tuneforge.objectives import validate_objective_params
+    from tuneforge.engine.rollout import resolve_rewards
+    from tuneforge.objectives import get_objective, validate_objective_params
 
     loaded = load_config(path)
     validate_method_params(loaded.run.method)
-    validate_objective_params(loaded.run.objective)
+    params = validate_objective_params(loaded.run.objective)
+    if get_objective(loaded.run.objective.name).data == "prompts":  # online RL: its reward functions import
+        assert resolve_rewards(params, "objective")

@@ -61,6 +61,8 @@ class LoopInputs:
     objective_params: ObjectiveParams = field(default_factory=ObjectiveParams)
     reference: Callable[[], AbstractContextManager] | None = None  # the frozen reference, for objectives needing one
     lr_scale: Callable[[str], float] | None = None  # per-parameter learning-rate multiplier from the method
+    # online objectives: the window's prompts -> sampled sequences, their advantages, rollout figures
+    rollout: Callable | None = None
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
@@ -94,8 +96,8 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
                 checkpoint.save_checkpoint(inputs.checkpoint_dir, state.step, model, optimizer, state.as_json(),
                                            cfg.keep_last)
             if state.stopped_early:
-                inputs.console.info(f"early stopping at step {state.step}: eval loss did not improve for "
-                                    f"{cfg.early_stopping_patience} evaluations")
+                inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
+                                    f"improve for {cfg.early_stopping_patience} evaluations")
                 break
     finally:
         inputs.console.stop_training()
@@ -108,8 +110,14 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     collate_fn = collate
     if inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
-    batches = [to_device(collate_fn([inputs.examples[i] for i in micro], inputs.pad_id), inputs.device)
-               for micro in window]
+    micro_batches = [[inputs.examples[i] for i in micro] for micro in window]
+    rollout_metrics: dict[str, float] = {}
+    if inputs.rollout is not None:
+        micro_batches, advantages, rollout_metrics = inputs.rollout(micro_batches)
+    batches = [to_device(collate_fn(examples, inputs.pad_id), inputs.device) for examples in micro_batches]
+    if inputs.rollout is not None:
+        for batch, advantage in zip(batches, advantages, strict=True):
+            batch["advantages"] = advantage.to(inputs.device)
     ctx = window_context(batches, inputs.objective_params, inputs.reference)
     loss_total = torch.zeros((), device=inputs.device)
     metrics: dict[str, float] = {}
@@ -131,7 +139,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(int(b["num_tokens"]) for b in batches)
     return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
-            "label_tokens": ctx.num_label_tokens, "skipped": skipped, **metrics}
+            "label_tokens": ctx.num_label_tokens, "skipped": skipped, **rollout_metrics, **metrics}
 
 
 def window_context(batches: Sequence[dict[str, torch.Tensor]], params: ObjectiveParams,
@@ -156,8 +164,10 @@ def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
     inputs.metrics.log(state.step, "eval", result)
     shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in result.items())
     inputs.console.info(f"eval at step {state.step}: {shown}")
-    if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
-        state.best_eval_loss, state.evals_without_improvement = result["loss"], 0
+    # lower is better: the held-out loss, or minus the held-out reward of an online objective
+    monitored = result["loss"] if "loss" in result else -result["reward"]
+    if state.best_eval_loss is None or monitored < state.best_eval_loss:
+        state.best_eval_loss, state.evals_without_improvement = monitored, 0
         return
     state.evals_without_improvement += 1
     patience = inputs.cfg.early_stopping_patience

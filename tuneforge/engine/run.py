@@ -19,6 +19,7 @@ from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint, precision
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
+from tuneforge.engine.rollout import Rollouts, heldout_rewards, resolve_rewards
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.errors import CheckpointError, ConfigError, DataError, RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
@@ -57,6 +58,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     params = validate_method_params(cfg.method, loaded.where("method"))
     objective = get_objective(cfg.objective.name)
     objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
+    rewards = resolve_rewards(objective_params, loaded.where("objective")) if objective.data == "prompts" else []
     if cfg.train.packing and not method.supports_packing:
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
@@ -77,7 +79,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
               "parameters": total, "data": prepared.stats}
     _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
-    evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference)
+    evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference, rewards)
     eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
     metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
     started = time.perf_counter()
@@ -86,7 +88,9 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
                             autocast, metrics, console, run_dir / CHECKPOINTS,
                             evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
                             objective_params=objective_params, reference=reference,
-                            lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None)
+                            lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
+                            rollout=Rollouts(model, prepared.tokenizer, prepared.chat, objective, objective_params,
+                                             rewards, autocast) if rewards else None)
         state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)
@@ -166,6 +170,14 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
 
 def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> None:
     """Preference objectives train on pairs and the others on single examples; a mismatch names its record."""
+    if objective.data == "prompts":
+        wrong = next((e for e in examples if e.is_pair or e.prompt_and_reference() is None), None)
+        if wrong is not None:
+            raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' samples completions of "
+                            "prompts, so each record needs a prompt (and its reference answer for the rewards)",
+                            "give records with prompt and completion (the reference), or messages ending in an "
+                            "assistant turn")
+        return
     wants_pairs = objective.data == "pairs"
     wrong = next((e for e in examples if e.is_pair != wants_pairs), None)
     if wrong is not None and wants_pairs:
@@ -182,11 +194,20 @@ def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> Non
                           "  fix: remove data.train_on_prompt")
 
 
-def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, params, reference):
+def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, params, reference, rewards):
     def evaluate(generate: bool) -> tuple[dict, list[dict]]:
         scores: dict = {}
         samples: list[dict] = []
         if not prepared.test:
+            return scores, samples
+        if rewards:  # an online objective: the mean reward of greedy completions (its loss needs rollouts)
+            scores, samples = heldout_rewards(model, prepared.tokenizer, prepared.test_raw, rewards,
+                                              chat=prepared.chat, batch_size=cfg.eval.batch_size,
+                                              max_new_tokens=params.max_new_tokens, autocast=autocast)
+            if generate:
+                scores.update(generation_metrics(
+                    model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                    batch_size=cfg.eval.batch_size, max_new_tokens=params.max_new_tokens, autocast=autocast)[0])
             return scores, samples
         if "loss" in cfg.eval.metrics or not generate:
             scores.update(heldout_scores(model, objective, params, prepared.test, prepared.tokenizer.pad_token_id,

@@ -80,6 +80,10 @@ class RunConsole:
         status = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}  {values['tokens_per_s']:.0f} tok/s"
         if "reward_accuracy" in values:
             status += f"  reward acc {values['reward_accuracy']:.2f} margin {values['reward_margin']:.3f}"
+        if "reward_mean" in values:  # online RL: the sampled completions' reward, and the drift from the reference
+            status += f"  reward {values['reward_mean']:.3f} ± {values['reward_std']:.3f}"
+            status += f"  kl {values['kl']:.4f}" if "kl" in values else ""
+            status += f"  length {values['completion_length']:.1f}"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, status=status)
         else:

@@ -10,9 +10,11 @@ from tuneforge.data.batching import model_device
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
-                   stop_ids: set[int], temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
-    """Left-pad the prompts, decode all at once, return the new text of each (special tokens removed)."""
+def sample_ids(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, stop_ids: set[int],
+               temperature: float = 0.0, top_p: float = 1.0) -> list[list[int]]:
+    """Left-pad the prompts and decode all at once with the KV cache (greedy at temperature 0, else sampling
+    with nucleus `top_p` and no top-k); per prompt, its new tokens through the first stop token (which is
+    kept, so a trained completion learns to end) or all `max_new_tokens` when none came."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     input_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -26,7 +28,19 @@ def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
     output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                             max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
                             use_cache=True, **sampling)
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in output]
+    completions = []
+    for row in output[:, width:].tolist():
+        end = next((i for i, token in enumerate(row) if token in stop_ids), None)
+        completions.append(row if end is None else row[: end + 1])
+    return completions
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
+                   stop_ids: set[int], temperature: float = 0.0, top_p: float = 1.0) -> list[str]:
+    """The new text of each prompt (special tokens removed)."""
+    ids = sample_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+                     temperature=temperature, top_p=top_p)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
 
 
 def generate_all(model, tokenizer, prompts: Sequence[list[int]], *, batch_size: int, max_new_tokens: int,

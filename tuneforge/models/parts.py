@@ -33,9 +33,9 @@ def label_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sequence (in `batch_sequences` order): the summed log-probability of its label tokens, and how many
-    label tokens it has. Works on padded and packed batches alike through `sequence_ids`."""
+def label_token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of every label token, and the index of the sequence it belongs to (in
+    `batch_sequences` order). Works on padded and packed batches alike through `sequence_ids`."""
     if "label_positions" in batch:  # a layout that names each label's predicting position
         hidden = final_hidden_states(model, batch)
         logits = output_head(model)(hidden.flatten(0, 1)[batch["label_positions"]]).float()
@@ -43,7 +43,13 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     else:
         logits, targets, trained = _label_logits(model, batch)
         owner = batch["sequence_ids"][:, 1:][trained]
-    token_logps = -F.cross_entropy(logits, targets, reduction="none")
+    return -F.cross_entropy(logits, targets, reduction="none"), owner
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence (in `batch_sequences` order): the summed log-probability of its label tokens, and how many
+    label tokens it has."""
+    token_logps, owner = label_token_logps(model, batch)
     count = int(batch["num_sequences"])
     sums = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(0, owner, token_logps)
     tokens = torch.zeros(count, dtype=token_logps.dtype, device=token_logps.device).index_add(

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from tuneforge.config import NamedParams, registry_lookup, validate_named_params
-from tuneforge.objectives import preference, reward, sft
+from tuneforge.objectives import preference, reward, rl, sft
 from tuneforge.objectives.base import LossContext, LossOutput, Objective
 
-REGISTRY: dict[str, Objective] = {o.name: o for o in (sft.OBJECTIVE, *preference.OBJECTIVES, reward.OBJECTIVE)}
+REGISTRY: dict[str, Objective] = {o.name: o for o in (sft.OBJECTIVE, *preference.OBJECTIVES, reward.OBJECTIVE,
+                                                    *rl.OBJECTIVES)}
 
 __all__ = ["REGISTRY", "LossContext", "LossOutput", "Objective", "get_objective", "validate_objective_params"]
 

@@ -41,10 +41,12 @@ class Objective:
     summary: str
     loss: Callable[..., LossOutput]  # (model, batch, ctx) -> LossOutput
     params: type[ObjectiveParams] = ObjectiveParams
-    data: Literal["sft", "pairs"] = "sft"  # what records it trains on
+    data: Literal["sft", "pairs", "prompts"] = "sft"  # what records it trains on ("prompts": online, sampled)
     needs_reference: bool = False
     # an objective that trains parts of its own (a reward head): attach them to the model before training,
     # and save / load them next to what the method saves
     attach: Callable | None = None  # (model) -> None
     save: Callable | None = None  # (model, run_dir) -> None
     load: Callable | None = None  # (model, run_dir) -> None
+    # an online objective: the advantage of each sampled completion from the rewards [prompts, group]
+    advantages: Callable | None = None  # (rewards, params) -> advantages

@@ -1,0 +1,173 @@
+"""Online RL (grpo, rloo): reward functions, the KL estimate, sampling, rollouts turned into training
+sequences, the policy-gradient loss's value and gradient, and runs end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import lora_tiny, tiny_config, write_jsonl
+from tuneforge.api import train
+from tuneforge.cli import app
+from tuneforge.config import IGNORE_INDEX
+from tuneforge.data.batching import collate, collate_packed
+from tuneforge.data.dataset import TrainExample
+from tuneforge.data.formats import Example
+from tuneforge.data.render import Encoded, end_of_turn_ids
+from tuneforge.engine.rollout import Rollouts, resolve_rewards
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.evaluation.generate import sample_ids
+from tuneforge.evaluation.rewards import exact_match, length_penalty, number_match, number_only, resolve_reward, score
+from tuneforge.models.parts import label_token_logps
+from tuneforge.objectives import REGISTRY, LossContext
+from tuneforge.objectives.rl import GrpoParams, kl_k3, policy_gradient_loss
+
+SUMS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(16)]
+
+
+def test_built_in_rewards():
+    completions = ["27", " 27. ", "13 + 14 = 27", "The answer is 26", "twenty-seven"]
+    refs = ["27"] * 5
+    assert exact_match(completions, refs, [""] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert number_match(completions, refs, [""] * 5) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert number_only(completions, refs, [""] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert length_penalty(["a b c", ""], [None, None], ["", ""]) == [-0.03, -0.0]
+    assert exact_match(["x"], [None], [""]) == [0.0]
+    totals, parts = score([("exact_match", exact_match, 1.0), ("number_match", number_match, 0.5)],
+                          completions[:3], refs[:3], [""] * 3)
+    assert totals == [1.5, 1.5, 0.5] and set(parts) == {"exact_match", "number_match"}
+
+
+def test_rewards_by_dotted_path_and_clear_errors(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def short(completions, references, prompts):\n"
+                                            "    return [1.0 if len(c) < 3 else 0.0 for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_reward("my_rewards.short", "k")(["ab", "abcd"], [None, None], ["", ""]) == [1.0, 0.0]
+    assert resolve_reward("my_rewards:short", "k") is resolve_reward("my_rewards.short", "k")
+    for name, message in [("exakt_match", "unknown reward"), ("no_such_module.fn", "cannot import"),
+                          ("my_rewards.missing", "has no function")]:
+        with pytest.raises(ConfigError, match=message) as info:
+            resolve_reward(name, "config key 'objective.rewards[0]'")
+        assert "objective.rewards[0]" in str(info.value) and "fix:" in str(info.value)
+
+
+def test_kl_k3_matches_hand_computed_values():
+    logps, ref = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.2)])
+    # r = log(0.25/0.5) = -ln 2: exp(r) - r - 1 = 0.5 + ln 2 - 1
+    torch.testing.assert_close(kl_k3(logps, ref), torch.tensor([0.5 + math.log(2) - 1, 0.0]))
+
+
+def test_sampling_keeps_the_stop_token_and_cuts_after_it(tokenizer):
+    model = lora_tiny(tokenizer, seed=3).eval()
+    stop = end_of_turn_ids(tokenizer)
+    prompts = [[1, 5, 9], [1, 7]]
+    greedy = sample_ids(model, tokenizer, prompts, max_new_tokens=5, stop_ids=stop)
+    for row in greedy:
+        assert 1 <= len(row) <= 5
+        assert all(token not in stop for token in row[:-1])
+    # sampling with a fixed seed is reproducible
+    torch.manual_seed(0)
+    first = sample_ids(model, tokenizer, prompts, max_new_tokens=5, stop_ids=stop, temperature=1.0, top_p=0.9)
+    torch.manual_seed(0)
+    assert sample_ids(model, tokenizer, prompts, max_new_tokens=5, stop_ids=stop, temperature=1.0,
+                      top_p=0.9) == first
+
+
+def _prompt_examples(n: int) -> list[TrainExample]:
+    examples = []
+    for i, record in enumerate(SUMS[:n]):
+        example = Example("sums.jsonl", i + 1, ({"role": "user", "content": record["prompt"]},
+                                                 {"role": "assistant", "content": record["completion"]}),
+                          prompt_turns=1)
+        examples.append(TrainExample(i, example, Encoded([1, 2], [IGNORE_INDEX, 2], (1,))))
+    return examples
+
+
+def test_rollouts_train_only_the_sampled_completion(tokenizer):
+    model = lora_tiny(tokenizer, seed=1)
+    params = GrpoParams(group_size=3, max_new_tokens=4, rewards=["length_penalty"])
+    rollouts = Rollouts(model, tokenizer, True, REGISTRY["grpo"], params, resolve_rewards(params, "objective"))
+    torch.manual_seed(0)
+    window = [_prompt_examples(2), _prompt_examples(4)[2:]]
+    sequences, advantages, metrics = rollouts(window)
+    assert [len(s) for s in sequences] == [6, 6] and [a.shape for a in advantages] == [(6,), (6,)]
+    for group in sequences:
+        for index, item in enumerate(group):
+            labels = item.encoded.labels
+            prompt_length = labels.index(next(x for x in labels if x != IGNORE_INDEX))
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": item.example.messages[0]["content"]}],
+                                                   add_generation_prompt=True, tokenize=False)
+            assert tokenizer.decode(item.encoded.input_ids[:prompt_length]) == prompt
+            assert labels[prompt_length:] == item.encoded.input_ids[prompt_length:]  # the completion, all trained
+            assert 1 <= len(labels) - prompt_length <= 4
+            assert item.sample_id == window[sequences.index(group)][index // 3].sample_id
+    assert model.training  # sampling happened in eval mode, and training mode is back
+    # group advantages: each group of 3 sums to zero
+    for advantage in advantages:
+        torch.testing.assert_close(advantage.view(-1, 3).sum(dim=1), torch.zeros(2), atol=1e-5, rtol=0)
+    assert {"reward_mean", "reward_std", "completion_length", "unfinished_fraction"} <= set(metrics)
+
+
+def test_policy_gradient_loss_value_and_gradient(tokenizer):
+    """Ratio 1 with one step per rollout: the loss is −mean(A) over completion tokens and its gradient is
+    that of −Σ A·log π / n; with β the k3 KL to the reference is added (0 at the start)."""
+    model = lora_tiny(tokenizer, seed=2)
+    examples = _prompt_examples(3)
+    ids, labels = [1, 5, 9, 4, 7], [IGNORE_INDEX, 5, 9, 4, 7]
+    rolled = [TrainExample(e.sample_id, e.example, Encoded(ids[: 3 + i], labels[: 3 + i], (2 + i,)))
+              for i, e in enumerate(examples)]
+    advantages = torch.tensor([1.0, -0.5, 0.25])
+    for layout in (collate, collate_packed):
+        batch = layout(rolled, tokenizer.pad_token_id) | {"advantages": advantages}
+        n = sum(sum(1 for label in r.encoded.labels[1:] if label != IGNORE_INDEX) for r in rolled)
+        ctx = LossContext(num_label_tokens=n, params=GrpoParams(beta=0.0))
+        model.zero_grad()
+        out = policy_gradient_loss(model, batch, ctx)
+        out.loss.backward()
+        ours = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        logps, owner = label_token_logps(model, batch)
+        assert math.isclose(float(out.loss), float(-(advantages[owner]).sum() / n), abs_tol=1e-6)
+        model.zero_grad()
+        (-(advantages[owner] * logps).sum() / n).backward()
+        for a, b in zip(ours, [p.grad for p in model.parameters() if p.requires_grad], strict=True):
+            torch.testing.assert_close(a, b)
+        assert out.metrics["clip_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("objective", ["grpo", "rloo"])
+def test_online_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective):
+    config = tiny_config(tmp_path, tiny_model_dir,
+                         objective={"name": objective, "group_size": 4, "max_new_tokens": 5,
+                                    "rewards": ["exact_match", {"name": "length_penalty", "weight": 0.5}]},
+                         data={"train": str(write_jsonl(tmp_path / "sums.jsonl", SUMS)),
+                               "test": str(write_jsonl(tmp_path / "sums-test.jsonl", SUMS[:4]))},
+                         train={"max_steps": 3, "batch_size": 2, "packing": True},
+                         eval={"metrics": ["exact_match"], "compare_base": True})
+    result = train(config, quiet=True)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert len(steps) == 3
+    for key in ("reward_mean", "reward_std", "kl", "clip_fraction", "completion_length", "reward_length_penalty"):
+        assert all(math.isfinite(r[key]) for r in steps), key
+    assert steps[0]["label_tokens"] == sum(1 for _ in range(2 * 4)) * steps[0]["completion_length"]
+    for scores in (result.eval_before, result.eval_after):
+        assert {"reward", "reward_exact_match", "reward_length_penalty", "exact_match"} <= set(scores)
+    saved = json.loads((result.run_dir / "eval.json").read_text())
+    assert "reward" in saved["samples"][0]
+
+
+def test_online_objective_config_errors_fail_before_loading(tmp_path, tiny_model_dir):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
+    config = tiny_config(tmp_path, tiny_model_dir, objective={"name": "grpo"}, data={"train": str(pairs), "test": None})
+    with pytest.raises(DataError, match="samples completions of prompts"):
+        train(config, quiet=True)
+    config = tiny_config(tmp_path, tiny_model_dir, objective={"name": "grpo", "rewards": ["exakt_match"]})
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 2 and "unknown reward 'exakt_match'" in result.output
+    assert "objective" in result.output and not (tmp_path / "run").exists()
