@@ -19,6 +19,7 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded, end_of_turn_ids
 from tuneforge.engine.rollout import Rollouts, resolve_rewards
+from tuneforge.engine.trained import evaluate_run, load_trained
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.evaluation.generate import sample_ids
 from tuneforge.evaluation.rewards import exact_match, length_penalty, number_match, number_only, resolve_reward, score
@@ -158,6 +159,8 @@ def test_online_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective)
         assert {"reward", "reward_exact_match", "reward_length_penalty", "exact_match"} <= set(scores)
     saved = json.loads((result.run_dir / "eval.json").read_text())
     assert "reward" in saved["samples"][0]
+    scores, samples = evaluate_run(load_trained(result.run_dir), str(tmp_path / "sums-test.jsonl"), ["exact_match"])
+    assert scores["reward"] == result.eval_after["reward"] and len(samples) == 4  # `tuneforge eval` agrees
 
 
 def test_online_objective_config_errors_fail_before_loading(tmp_path, tiny_model_dir):

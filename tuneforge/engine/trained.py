@@ -12,6 +12,7 @@ from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.heldout import heldout_scores
+from tuneforge.engine.rollout import heldout_rewards, resolve_rewards
 from tuneforge.errors import RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import get_method, validate_method_params
@@ -63,6 +64,16 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
     examples = load_examples(data_cfg.train, seed=0)[:max_examples]
     objective = get_objective(trained.config.objective.name)
     scores: dict = {}
+    chat = use_chat_template(trained.tokenizer, data_cfg.template)
+    if objective.data == "prompts":  # online RL: the held-out reward of greedy answers, then any text metrics
+        params = validate_objective_params(trained.config.objective)
+        scores, samples = heldout_rewards(trained.model, trained.tokenizer, examples,
+                                          resolve_rewards(params, "objective"), chat=chat, batch_size=batch_size,
+                                          max_new_tokens=params.max_new_tokens, autocast=trained.autocast)
+        scores.update(generation_metrics(trained.model, trained.tokenizer, examples, metrics, chat=chat,
+                                         batch_size=batch_size, max_new_tokens=params.max_new_tokens,
+                                         autocast=trained.autocast)[0])
+        return scores, samples
     if "loss" in metrics:
         encoded, _ = encode_examples(examples, trained.tokenizer, data_cfg)
         reference = _reference(trained) if objective.needs_reference else None
@@ -70,9 +81,8 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
                                      encoded, trained.tokenizer.pad_token_id, batch_size, trained.autocast,
                                      reference))
     generated, samples = generation_metrics(
-        trained.model, trained.tokenizer, examples, metrics, chat=use_chat_template(trained.tokenizer,
-                                                                                     data_cfg.template),
-        batch_size=batch_size, max_new_tokens=max_new_tokens, autocast=trained.autocast)
+        trained.model, trained.tokenizer, examples, metrics, chat=chat, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, autocast=trained.autocast)
     scores.update(generated)
     return scores, samples
 

@@ -77,6 +77,9 @@ class RewardSpec(BaseModel):
                                   "dotted path to your function")
     weight: float = 1.0
 
+    def __repr__(self) -> str:  # as `tuneforge methods` lists defaults
+        return self.name if self.weight == 1.0 else f"{self.name}×{self.weight:g}"
+
 
 class OnlineParams(ObjectiveParams):
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
