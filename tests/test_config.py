@@ -100,7 +100,7 @@ def test_unknown_objective_suggests():
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml")),
                          ids=lambda p: p.name)
 def test_every_example_config_is_valid(path):
-    from tuneforge.engine.rollout import resolve_rewards
+    from tuneforge.engine.trained import resolve_rewards
     from tuneforge.objectives import get_objective, validate_objective_params
 
     loaded = load_config(path)

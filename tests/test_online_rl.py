@@ -3,6 +3,7 @@ sequences, the policy-gradient loss's value and gradient, and runs end to end on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -18,14 +19,14 @@ from tuneforge.data.batching import collate, collate_packed
 from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded, end_of_turn_ids
-from tuneforge.engine.rollout import Rollouts, resolve_rewards
-from tuneforge.engine.trained import evaluate_run, load_trained
-from tuneforge.errors import ConfigError, DataError
+from tuneforge.engine.rollout import Rollouts
+from tuneforge.engine.trained import evaluate_run, load_trained, resolve_rewards
+from tuneforge.errors import ConfigError, DataError, TuneforgeError
 from tuneforge.evaluation.generate import sample_ids
 from tuneforge.evaluation.rewards import exact_match, length_penalty, number_match, number_only, resolve_reward, score
 from tuneforge.models.parts import label_token_logps
 from tuneforge.objectives import REGISTRY, LossContext
-from tuneforge.objectives.rl import GrpoParams, kl_k3, policy_gradient_loss
+from tuneforge.objectives.rl import GrpoParams, kl_k3, policy_gradient_loss, prepare_policy_gradient
 
 SUMS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(16)]
 
@@ -94,8 +95,10 @@ def test_rollouts_train_only_the_sampled_completion(tokenizer):
     rollouts = Rollouts(model, tokenizer, True, REGISTRY["grpo"], params, resolve_rewards(params, "objective"))
     torch.manual_seed(0)
     window = [_prompt_examples(2), _prompt_examples(4)[2:]]
-    sequences, advantages, metrics = rollouts(window)
+    sequences, extras, metrics = rollouts(window)
+    advantages = [extra["advantages"] for extra in extras]
     assert [len(s) for s in sequences] == [6, 6] and [a.shape for a in advantages] == [(6,), (6,)]
+    assert [extra["rewards"].shape for extra in extras] == [(6,), (6,)]
     for group in sequences:
         for index, item in enumerate(group):
             labels = item.encoded.labels
@@ -139,10 +142,41 @@ def test_policy_gradient_loss_value_and_gradient(tokenizer):
         assert out.metrics["clip_fraction"] == 0.0
 
 
-@pytest.mark.parametrize("objective", ["grpo", "rloo"])
-def test_online_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective):
+def test_several_updates_per_rollout_keep_the_sampling_policy(tokenizer):
+    """With updates > 1 the window's sampling-policy and reference log-probs are computed once, before the
+    first update, so later updates see a real ratio (and the clip can act)."""
+    model = lora_tiny(tokenizer, seed=4)
+    rolled = [TrainExample(e.sample_id, e.example, Encoded([1, 5, 9, 4], [IGNORE_INDEX, 5, 9, 4], (3,)))
+              for e in _prompt_examples(2)]
+    batch = collate_packed(rolled, tokenizer.pad_token_id) | {"advantages": torch.tensor([1.0, -1.0])}
+
+    @contextlib.contextmanager
+    def reference():
+        with model.disable_adapter():
+            yield model
+
+    for updates, stored in ((1, set()), (2, {"old_logps", "ref_logps"})):
+        prepared = dict(batch)
+        ctx = LossContext(num_label_tokens=6, params=GrpoParams(updates=updates), reference=reference)
+        with torch.no_grad():
+            prepare_policy_gradient(model, [prepared], ctx)
+        assert set(prepared) - set(batch) == stored
+    with torch.no_grad():
+        torch.testing.assert_close(prepared["old_logps"], label_token_logps(model, batch)[0])
+        with model.disable_adapter():
+            torch.testing.assert_close(prepared["ref_logps"], label_token_logps(model, batch)[0])
+    with torch.no_grad():  # the policy moves: the ratio to the stored log-probs is no longer 1
+        for p in (p for p in model.parameters() if p.requires_grad):
+            p.add_(0.05 * torch.randn_like(p))
+    moved = policy_gradient_loss(model, prepared, ctx).loss
+    at_one = policy_gradient_loss(model, {k: v for k, v in prepared.items() if k != "old_logps"}, ctx).loss
+    assert abs(float(moved - at_one)) > 1e-4  # only the surrogate differs: its ratio is no longer 1
+
+
+@pytest.mark.parametrize(("objective", "updates"), [("grpo", 1), ("rloo", 1), ("grpo", 2), ("ppo", 2)])
+def test_online_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective, updates):
     config = tiny_config(tmp_path, tiny_model_dir,
-                         objective={"name": objective, "group_size": 4, "max_new_tokens": 5,
+                         objective={"name": objective, "group_size": 4, "max_new_tokens": 5, "updates": updates,
                                     "rewards": ["exact_match", {"name": "length_penalty", "weight": 0.5}]},
                          data={"train": str(write_jsonl(tmp_path / "sums.jsonl", SUMS)),
                                "test": str(write_jsonl(tmp_path / "sums-test.jsonl", SUMS[:4]))},
@@ -154,6 +188,9 @@ def test_online_objectives_train_end_to_end(tmp_path, tiny_model_dir, objective)
     assert len(steps) == 3
     for key in ("reward_mean", "reward_std", "kl", "clip_fraction", "completion_length", "reward_length_penalty"):
         assert all(math.isfinite(r[key]) for r in steps), key
+    if objective == "ppo":
+        assert all(math.isfinite(r["value_loss"]) for r in steps)
+        assert (result.run_dir / "value_head.safetensors").exists()
     assert steps[0]["label_tokens"] == sum(1 for _ in range(2 * 4)) * steps[0]["completion_length"]
     for scores in (result.eval_before, result.eval_after):
         assert {"reward", "reward_exact_match", "reward_length_penalty", "exact_match"} <= set(scores)
@@ -174,3 +211,39 @@ def test_online_objective_config_errors_fail_before_loading(tmp_path, tiny_model
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "unknown reward 'exakt_match'" in result.output
     assert "objective" in result.output and not (tmp_path / "run").exists()
+
+
+def test_a_reward_model_run_as_the_reward(tmp_path, tiny_model_dir):
+    """{model: RUN} scores completions with a trained reward model, the same scores `reward score` gives;
+    a run that is not a reward model is refused when the config is read."""
+    from tuneforge.engine.trained import RewardModelScore, score_rewards
+
+    pairs = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
+              "rejected": "no" if i % 2 == 0 else "yes"} for i in range(8)]
+    (tmp_path / "rm").mkdir()
+    (tmp_path / "sft").mkdir()
+    rm_config = tiny_config(tmp_path / "rm", tiny_model_dir, objective={"name": "reward"},
+                            data={"train": str(write_jsonl(tmp_path / "pairs.jsonl", pairs)), "test": None},
+                            train={"max_steps": 3, "lr": 5e-3})
+    rm = train(rm_config, quiet=True).run_dir
+    singles = [{"prompt": f"Is {i} even?", "completion": c} for i in range(3) for c in ("yes", "no")]
+    rows, _ = score_rewards(load_trained(rm), str(write_jsonl(tmp_path / "singles.jsonl", singles)))
+    scorer = RewardModelScore(str(rm), "objective.rewards[0]")
+    scores = scorer([s["completion"] for s in singles], [None] * 6, [s["prompt"] for s in singles])
+    assert scores == pytest.approx([r["reward"] for r in rows], abs=1e-5)
+    assert len(set(round(s, 6) for s in scores)) > 1  # the head was trained: not every score the same
+
+    config = tiny_config(tmp_path, tiny_model_dir,
+                         objective={"name": "grpo", "group_size": 2, "max_new_tokens": 3,
+                                    "rewards": [{"model": str(rm)}, {"name": "length_penalty", "weight": 0.1}]},
+                         data={"train": str(write_jsonl(tmp_path / "sums.jsonl", SUMS)), "test": None},
+                         train={"max_steps": 1, "batch_size": 2})
+    result = train(config, quiet=True)
+    row = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(row["reward_mean"]) and math.isfinite(row["reward_model"])
+
+    sft_run = train(tiny_config(tmp_path / "sft", tiny_model_dir), quiet=True).run_dir
+    with pytest.raises(TuneforgeError, match="did not train a reward model"):
+        RewardModelScore(str(sft_run), "objective.rewards[0]")
+    with pytest.raises(ConfigError, match=r"objective.rewards\[0\].model"):
+        RewardModelScore(str(tmp_path / "nowhere"), "objective.rewards[0]")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
+from tuneforge.config import IGNORE_INDEX
 from tuneforge.objectives.preference import bradley_terry_loss, kto_loss
 from tuneforge.objectives.rl import (
     clipped_policy_loss,
@@ -14,6 +16,8 @@ from tuneforge.objectives.rl import (
     generalized_advantages,
     group_advantages,
     leave_one_out_advantages,
+    per_sequence,
+    token_rewards,
 )
 
 
@@ -78,3 +82,69 @@ def test_ppo_clipped_losses_by_hand():
     value_loss = clipped_value_loss(t(1.0, 0.0), t(0.5, 0.5), t(2.0, 0.0), clip=0.2)
     # first: unclipped (1-2)^2=1, clipped 0.7 -> (0.7-2)^2=1.69 -> max 1.69; second: 0 vs (0.3)^2=0.09
     assert value_loss.tolist() == pytest.approx([0.5 * 1.69, 0.5 * 0.09])
+
+
+def test_ppo_token_rewards_by_hand():
+    """−β·(log π − log π_ref) per token, plus the score at each sequence's last token (rows padded with 0)."""
+    kl = t(0.1, 0.2, 0.0, 0.3, 0.0, 0.0).reshape(2, 3)
+    rewards = token_rewards(t(1.0, -1.0), kl.clone(), torch.tensor([2, 1]), beta=0.5)
+    torch.testing.assert_close(rewards, t(-0.05, -0.1 + 1.0, 0.0, -0.15 - 1.0, 0.0, 0.0).reshape(2, 3))
+
+
+def test_per_sequence_round_trip():
+    values = t(1.0, 2.0, 3.0, 4.0, 5.0)
+    owner = torch.tensor([1, 0, 1, 1, 0])  # tokens of two sequences, interleaved; order kept within each
+    rows, back = per_sequence(values, owner, 3)
+    assert rows.tolist() == [[2.0, 5.0, 0.0], [1.0, 3.0, 4.0], [0.0, 0.0, 0.0]]
+    assert back(rows * 10).tolist() == [10.0, 20.0, 30.0, 40.0, 50.0]
+
+
+def test_ppo_loss_value_and_window_preparation(tokenizer):
+    """prepare_ppo: GAE over each completion's tokens with the KL-penalised reward, whitened over the window;
+    ppo_loss at the sampling policy: the policy term is −mean(A) and the value term vf_coef·½(V − R)²."""
+    from tests.conftest import lora_tiny
+    from tuneforge.data.batching import collate_packed
+    from tuneforge.data.dataset import TrainExample
+    from tuneforge.data.formats import Example
+    from tuneforge.data.render import Encoded
+    from tuneforge.objectives import LossContext
+    from tuneforge.objectives.rl import PpoParams, _attach_value_head, ppo_loss, prepare_ppo
+
+    model = lora_tiny(tokenizer, seed=3)
+    _attach_value_head(model)
+    torch.nn.init.normal_(model.value_head.weight, std=0.1)
+    example = Example("t", 1, messages=({"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}),
+                      prompt_turns=1)
+    rolled = [TrainExample(0, example, Encoded([1, 5, 9, 4], [IGNORE_INDEX, 5, 9, 4], (3,))),
+              TrainExample(0, example, Encoded([1, 7, 2], [IGNORE_INDEX, 7, 2], (2,)))]
+    batch = collate_packed(rolled, tokenizer.pad_token_id) | {"rewards": t(1.0, 0.0)}
+    params = PpoParams(beta=0.1, gamma=1.0, lam=1.0, vf_coef=0.5)
+
+    @contextlib.contextmanager
+    def reference():
+        with model.disable_adapter():
+            yield model
+
+    ctx = LossContext(num_label_tokens=5, params=params, reference=reference)
+    with torch.no_grad():
+        figures = prepare_ppo(model, [batch], ctx)
+    # λ = γ = 1: the return of a token is the sum of the rewards from it to the end (the score minus β·KL)
+    kl = batch["old_logps"] - _reference(model, batch)
+    owner = torch.tensor([0, 0, 0, 1, 1])
+    step = -0.1 * kl + torch.tensor([0, 0, 1.0, 0, 0])
+    expected_returns = torch.stack([step[i:owner.eq(owner[i]).nonzero().max() + 1].sum() for i in range(5)])
+    torch.testing.assert_close(batch["returns"], expected_returns, atol=1e-5, rtol=0)
+    raw = expected_returns - batch["old_values"]
+    torch.testing.assert_close(batch["advantages"], (raw - raw.mean()) / (raw.std() + 1e-8), atol=1e-4, rtol=0)
+    assert figures["kl"] == pytest.approx(float(kl.mean()), abs=1e-6)
+    out = ppo_loss(model, batch, ctx)
+    value_term = 0.5 * 0.5 * ((batch["old_values"] - batch["returns"]) ** 2).sum() / 5
+    assert float(out.loss) == pytest.approx(float(-batch["advantages"].sum() / 5 + value_term), abs=1e-5)
+    assert out.metrics["clip_fraction"] == 0.0
+
+
+def _reference(model, batch):
+    from tuneforge.models.parts import label_token_logps
+
+    with torch.no_grad(), model.disable_adapter():
+        return label_token_logps(model, batch)[0]

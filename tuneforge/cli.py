@@ -19,6 +19,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect datasets before train
 app.add_typer(data_app, name="data")
 reward_app = typer.Typer(no_args_is_help=True, help="Use a trained reward model.")
 app.add_typer(reward_app, name="reward")
+feedback_app = typer.Typer(no_args_is_help=True, help="Collect human feedback in the browser; export it as data.")
+app.add_typer(feedback_app, name="feedback")
 
 ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML)")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides such as train.lr=1e-4 method.r=16")]
@@ -154,13 +156,18 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
     from tuneforge.config import load_config
     from tuneforge.data.check import check_split, marked_text
     from tuneforge.data.dataset import load_examples
+    from tuneforge.engine.datakind import check_data_kind, objective_examples
     from tuneforge.models.load import load_tokenizer
+    from tuneforge.objectives import get_objective
 
     loaded = load_config(config, overrides or [])
     cfg = loaded.run
+    objective = get_objective(cfg.objective.name)
     splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)}
     if cfg.data.test:
         splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path)
+    check_data_kind([e for examples in splits.values() for e in examples], objective, loaded)
+    splits = {split: objective_examples(examples, objective) for split, examples in splits.items()}
     tokenizer = load_tokenizer(cfg.model)
     failed = False
     for split, examples in splits.items():
@@ -263,6 +270,79 @@ def reward_score(run_dir: Annotated[Path, typer.Argument(help="a finished run of
         print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
     if output:
         output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+DbOption = Annotated[Path, typer.Option(help="the feedback database (SQLite)")]
+
+
+@feedback_app.command("serve")
+@user_errors
+def feedback_serve(model: Annotated[str, typer.Option(help="a finished run directory, 'default', or a model "
+                                                           "directory; its responses are judged")],
+                   prompts: Annotated[str, typer.Option(help="JSONL of {\"prompt\": ...} (or messages) to answer")],
+                   model_b: Annotated[str | None, typer.Option(help="a second run or model: each prompt gets one "
+                                                                    "response from each")] = None,
+                   db: DbOption = Path("feedback.db"), host: str = "127.0.0.1", port: int = 8765,
+                   max_new_tokens: int = 128,
+                   temperature: Annotated[float, typer.Option(help="sampling temperature (one model: must be > 0 "
+                                                                   "so its two responses differ)")] = 0.8,
+                   top_p: float = 0.95) -> None:
+    """Start the review page: reviewers pick the better of two responses (or a tie), rate them 1-5 and may
+    write a better answer. Everything is saved in --db as it happens; stop with Ctrl-C."""
+    from tuneforge.engine.serving import load_responder
+    from tuneforge.feedback.app import FeedbackApp, load_prompts, model_sampler
+    from tuneforge.feedback.store import FeedbackStore
+
+    if model_b is None and temperature <= 0:
+        raise ConfigError("--temperature 0 with one model would show the same response twice\n  fix: give a "
+                          "temperature above 0, or a second model with --model-b")
+    conversations = load_prompts(prompts)
+    store = FeedbackStore(db)
+    responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
+    sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    app_ = FeedbackApp(store, conversations, sampler)
+    try:
+        app_.serve(host, port, on_ready=lambda url: print(f"feedback page: {url}  ({len(conversations)} prompts, "
+                                                          f"saving to {db}); Ctrl-C stops", flush=True))
+    except KeyboardInterrupt:
+        print("stopped; every saved judgement is in the database")
+    except OSError as exc:
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror}\n  fix: choose another "
+                          "--port, or stop what uses it") from None
+
+
+@feedback_app.command("export")
+@user_errors
+def feedback_export(db: DbOption = Path("feedback.db"),
+                    out: Annotated[Path, typer.Option(help="directory for the JSONL files")] = Path("feedback"),
+                    ) -> None:
+    """Write preferences.jsonl (for reward / dpo), rated.jsonl (for kto) and sft.jsonl (from corrections)."""
+    from tuneforge.feedback.store import FeedbackStore, export
+
+    counts = export(_existing_store(db, FeedbackStore), out)
+    skipped = counts.pop("skipped_empty")
+    for name, count in counts.items():
+        print(f"{out / name}: {count} records")
+    if skipped:
+        print(f"skipped {skipped} records with an empty response (a model's empty answer is judged, not trained on)")
+
+
+@feedback_app.command("stats")
+@user_errors
+def feedback_stats(db: DbOption = Path("feedback.db")) -> None:
+    """Counts per reviewer and choice, position bias, and agreement between reviewers."""
+    from tuneforge.feedback.store import FeedbackStore, stats
+
+    for name, value in stats(_existing_store(db, FeedbackStore)).items():
+        shown = f"{value:.3f}" if isinstance(value, float) else ("n/a" if value is None else value)
+        print(f"{name.replace('_', ' ')}: {shown}")
+
+
+def _existing_store(db: Path, store_type):
+    if not db.is_file():
+        raise ConfigError(f"--db {db}: no such feedback database\n  fix: give the file `tuneforge feedback serve "
+                          "--db` wrote")
+    return store_type(db)
 
 
 @app.command()

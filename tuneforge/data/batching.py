@@ -186,9 +186,12 @@ def _first_label(sequence: Encoded) -> int:
 
 
 def _batch_facts(examples: Sequence[TrainExample], sequences: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-    return {"sample_ids": torch.tensor([e.sample_id for e in examples]),
-            "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
-            "num_tokens": torch.tensor(sum(len(s) for s in sequences))}
+    facts = {"sample_ids": torch.tensor([e.sample_id for e in examples]),
+             "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
+             "num_tokens": torch.tensor(sum(len(s) for s in sequences))}
+    if examples[0].example.is_rated:  # KTO: each example's label
+        facts["desirable"] = torch.tensor([bool(e.example.desirable) for e in examples])
+    return facts
 
 
 def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:

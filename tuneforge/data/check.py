@@ -49,6 +49,10 @@ def marked_text(item: TrainExample, tokenizer) -> str:
     """Plain-text rendering with trained runs wrapped in ⟦ ⟧; a preference pair shows both sides."""
     texts = ["".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
                      for text, trained in trained_segments(sequence, tokenizer)) for sequence in item.sequences]
+    if item.example.is_rated:
+        label = "desirable" if item.example.desirable else "undesirable"
+        reference = "[KL reference point: another record's completion, scored but not trained toward]"
+        return f"[{label}]\n{texts[0]}" + (f"\n{reference}\n{texts[1]}" if len(texts) > 1 else "")
     if len(texts) == 1:
         return texts[0]
     return f"[chosen]\n{texts[0]}\n[rejected]\n{texts[1]}"

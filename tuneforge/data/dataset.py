@@ -104,7 +104,7 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     stats = EncodeStats(examples=len(examples))
     kept: list[TrainExample] = []
     # the rejected sides of preference pairs are encoded in the same call, after all the examples
-    pairs = [i for i, e in enumerate(examples) if e.is_pair]
+    pairs = [i for i, e in enumerate(examples) if e.rejected]  # pairs, and rated examples with their KL side
     all_encoded = _encode_cached([*examples, *(examples[i].rejected_side() for i in pairs)], tokenizer, chat, cfg)
     rejected = dict(zip(pairs, all_encoded[len(examples):], strict=True))
     for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded[:len(examples)], strict=True)):

@@ -1,8 +1,9 @@
 """Record formats: detect them, validate each record, and normalise it to an `Example`.
 
 An `Example` is either a conversation (a list of role/content messages; what is trained is every
-assistant turn), a plain text (every token trained), or a preference pair: a prompt with a chosen and a
-rejected response, each a conversation whose trained part is the response. Validation happens here, before any tokenizer
+assistant turn), a plain text (every token trained), a preference pair: a prompt with a chosen and a
+rejected response, each a conversation whose trained part is the response, or a rated completion (KTO): a
+prompt and one response labelled desirable or not. Validation happens here, before any tokenizer
 or model is loaded, so a bad record stops a run in a second with its file:line and field.
 """
 
@@ -18,6 +19,7 @@ SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "a
                   "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
 FORMAT_KEYS = {
     "preference": ("prompt", "chosen", "rejected"),
+    "rated": ("prompt", "completion", "label"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
@@ -25,7 +27,7 @@ FORMAT_KEYS = {
     "text": ("text",),
 }
 FORMAT_HELP = ("messages | conversations (ShareGPT) | prompt + completion | instruction + output (Alpaca) | text | "
-               "prompt + chosen + rejected (preference pairs)")
+               "prompt + chosen + rejected (preference pairs) | prompt + completion + label (rated, for kto)")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Example:
     text: str | None = None
     rejected: tuple[dict[str, str], ...] = field(default=())  # a preference pair: prompt + rejected response
     prompt_turns: int = 0  # messages[:prompt_turns] are the prompt; assistant turns in it are not trained
+    desirable: bool | None = None  # a rated completion (KTO): its label; None for every other record
 
     @property
     def location(self) -> str:
@@ -49,7 +52,11 @@ class Example:
 
     @property
     def is_pair(self) -> bool:
-        return bool(self.rejected)
+        return bool(self.rejected) and self.desirable is None
+
+    @property
+    def is_rated(self) -> bool:
+        return self.desirable is not None
 
     def rejected_side(self) -> Example:
         """The rejected conversation as an example of its own (same origin, same prompt)."""
@@ -184,6 +191,36 @@ def _from_preference(record: RawRecord) -> Example:
                    prompt_turns=len(prompt))
 
 
+def _from_rated(record: RawRecord) -> Example:
+    """{"prompt", "completion", "label"}: a response rated good (true) or bad (false), for KTO. Prompt and
+    completion are strings or message lists, as in preference pairs."""
+    prompt = _turns_or_text(record, "prompt", "user")
+    completion = _turns_or_text(record, "completion", "assistant")
+    label = record.data["label"]
+    if not isinstance(label, bool):
+        raise DataError(record.path, record.where, "label", f"expected true or false, got {label!r:.40}",
+                        "set 'label' to true for a desirable completion and false for an undesirable one")
+    if prompt[-1]["role"] != "user" or completion[0]["role"] != "assistant":
+        raise DataError(record.path, record.where, "completion", "the prompt must end with a user turn and the "
+                        "completion start with an assistant turn", "make 'completion' the assistant's answer")
+    _check_turn_order(RawRecord(record.path, record.where, {}), "prompt", [*prompt, *completion])
+    return Example(record.path, record.where, messages=tuple(prompt + completion), prompt_turns=len(prompt),
+                   desirable=label)
+
+
+def with_kl_completions(examples: list[Example]) -> list[Example]:
+    """KTO's reference point (Ethayarajh et al., 2024) is the policy's KL to the reference on completions
+    that do not answer the prompt: each rated example gets, as its second sequence, its own prompt with the
+    next record's completion (as TRL pairs them), computed with it in one forward and never trained toward."""
+    out = []
+    for index, example in enumerate(examples):
+        other = examples[(index + 1) % len(examples)]
+        mismatched = example.messages[:example.prompt_turns] + other.messages[other.prompt_turns:]
+        out.append(Example(example.source, example.where, messages=example.messages, rejected=mismatched,
+                           prompt_turns=example.prompt_turns, desirable=example.desirable))
+    return out
+
+
 def _turns_or_text(record: RawRecord, key: str, role: str) -> list[dict[str, str]]:
     """A field that is either plain text (one turn with `role`) or a list of role/content messages."""
     if isinstance(record.data.get(key), list):
@@ -198,9 +235,29 @@ def _from_text(record: RawRecord) -> Example:
 
 _NORMALISERS = {
     "preference": _from_preference,
+    "rated": _from_rated,
     "messages": _from_messages,
     "sharegpt": _from_sharegpt,
     "prompt_completion": _from_prompt_completion,
     "alpaca": _from_alpaca,
     "text": _from_text,
 }
+
+
+def prompt_of(record: RawRecord) -> list[dict[str, str]]:
+    """The conversation a model should answer: `prompt` (text or messages), or `messages` up to the last user
+    turn (so SFT or preference files serve as prompt files too)."""
+    data = record.data
+    if not isinstance(data, dict) or not ({"prompt", "messages"} & set(data)):
+        raise DataError(record.path, record.where, None, "a prompt record needs 'prompt' (text or messages) or "
+                        "'messages'", "write records like {\"prompt\": \"What is 2 + 2?\"}")
+    if "prompt" in data:
+        turns = _turns_or_text(record, "prompt", "user")
+    else:
+        turns = list(_messages_from(record, "messages", "role", "content", {r: r for r in ROLES},
+                                    require_assistant=False).messages)
+    last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise DataError(record.path, record.where, "prompt" if "prompt" in data else "messages",
+                        "has no user turn to answer", "end the conversation with the user's message")
+    return turns[: last_user + 1]

@@ -63,6 +63,7 @@ class LoopInputs:
     lr_scale: Callable[[str], float] | None = None  # per-parameter learning-rate multiplier from the method
     # online objectives: the window's prompts -> sampled sequences, their advantages, rollout figures
     rollout: Callable | None = None
+    updates: int = 1  # optimizer steps per rollout (PPO epochs)
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
@@ -111,14 +112,36 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     if inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
     micro_batches = [[inputs.examples[i] for i in micro] for micro in window]
-    rollout_metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     if inputs.rollout is not None:
-        micro_batches, advantages, rollout_metrics = inputs.rollout(micro_batches)
+        micro_batches, extras, metrics = inputs.rollout(micro_batches)
     batches = [to_device(collate_fn(examples, inputs.pad_id), inputs.device) for examples in micro_batches]
     if inputs.rollout is not None:
-        for batch, advantage in zip(batches, advantages, strict=True):
-            batch["advantages"] = advantage.to(inputs.device)
+        for batch, extra in zip(batches, extras, strict=True):
+            batch.update(to_device(extra, inputs.device))
     ctx = window_context(batches, inputs.objective_params, inputs.reference)
+    if inputs.objective.prepare is not None:
+        with torch.no_grad(), inputs.autocast():
+            metrics |= inputs.objective.prepare(inputs.model, batches, ctx)
+    # an online objective may take several optimizer steps on one rollout (PPO epochs); figures are their mean
+    updates = inputs.updates
+    losses, summed, grad_norms, skipped = [], {}, [], False
+    for _ in range(updates):
+        loss, update_metrics, grad_norm, update_skipped = _update(inputs, optimizer, batches, ctx, lr)
+        losses.append(loss)
+        grad_norms.append(grad_norm)
+        skipped |= update_skipped
+        for key, value in update_metrics.items():
+            summed[key] = summed.get(key, 0.0) + value / updates
+    tokens = sum(int(b["num_tokens"]) for b in batches)
+    return {"loss": sum(losses) / updates, "grad_norm": sum(grad_norms) / updates, "lr": lr, "tokens": tokens,
+            "label_tokens": ctx.num_label_tokens, "skipped": skipped, **metrics, **summed}
+
+
+def _update(inputs: LoopInputs, optimizer: torch.optim.Optimizer, batches: list[dict[str, torch.Tensor]],
+            ctx: LossContext, lr: float) -> tuple[float, dict[str, float], float, bool]:
+    """Forward and backward over the window's micro-batches, then one optimizer step unless the loss or the
+    gradient is not finite (such a step never reaches the weights)."""
     loss_total = torch.zeros((), device=inputs.device)
     metrics: dict[str, float] = {}
     for batch in batches:
@@ -133,13 +156,11 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
     loss = float(loss_total)
     skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
-    if not skipped:  # a non-finite loss or gradient never reaches the weights
+    if not skipped:
         set_lr(optimizer, lr)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = sum(int(b["num_tokens"]) for b in batches)
-    return {"loss": loss, "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
-            "label_tokens": ctx.num_label_tokens, "skipped": skipped, **rollout_metrics, **metrics}
+    return loss, metrics, grad_norm, skipped
 
 
 def window_context(batches: Sequence[dict[str, torch.Tensor]], params: ObjectiveParams,

@@ -1,4 +1,4 @@
-"""Rollouts for online objectives (grpo, rloo): sample a group of completions per prompt with the current
+"""Rollouts for online objectives (grpo, rloo, ppo): sample a group of completions per prompt with the current
 policy, score them with the reward functions, and turn them into ordinary training sequences (prompt
 untrained, completion trained) with one advantage each. Also the held-out reward of a model.
 
@@ -19,23 +19,18 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import IGNORE_INDEX, Encoded, end_of_turn_ids, prompt_ids_for_generation
 from tuneforge.evaluation.generate import generate_all, sample_ids
-from tuneforge.evaluation.rewards import RewardFn, resolve_reward, score
+from tuneforge.evaluation.rewards import RewardFn, score
 from tuneforge.objectives import Objective
 from tuneforge.objectives.rl import OnlineParams
 
 Rewards = list[tuple[str, RewardFn, float]]
 
 
-def resolve_rewards(params: OnlineParams, where: str) -> Rewards:
-    """The configured reward functions, imported now so a wrong name fails before any data or weights load."""
-    return [(spec.name, resolve_reward(spec.name, f"{where}.rewards[{i}]"), spec.weight)
-            for i, spec in enumerate(params.rewards)]
-
-
 @dataclass
 class Rollouts:
     """Called by the loop with a window's micro-batches of prompt examples; returns the sampled sequences
-    per micro-batch, each micro-batch's advantages (one per sequence) and the window's rollout figures."""
+    per micro-batch, each micro-batch's per-sequence tensors (`rewards`, and `advantages` when the objective
+    derives them from the group's rewards) and the window's rollout figures."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -46,9 +41,9 @@ class Rollouts:
     autocast: object = nullcontext
     _prompts: dict[int, tuple[list[int], str]] = field(default_factory=dict)
 
-    def __call__(self, window: list[list[TrainExample]]) -> tuple[list[list[TrainExample]], list[torch.Tensor],
-                                                                    dict[str, float]]:
-        sequences, advantages = [], []
+    def __call__(self, window: list[list[TrainExample]]) -> tuple[list[list[TrainExample]],
+                                                                    list[dict[str, torch.Tensor]], dict[str, float]]:
+        sequences, extras = [], []
         totals: list[float] = []
         parts: dict[str, list[float]] = {}
         lengths: list[int] = []
@@ -56,8 +51,12 @@ class Rollouts:
         for examples in window:
             rolled, rewards, by_fn, finished = self._rollout(examples)
             sequences.append(rolled)
-            grouped = torch.tensor(rewards, dtype=torch.float32).view(len(examples), self.params.group_size)
-            advantages.append(self.objective.advantages(grouped, self.params).flatten())
+            flat = torch.tensor(rewards, dtype=torch.float32)
+            extra = {"rewards": flat}
+            if self.objective.advantages is not None:
+                grouped = flat.view(len(examples), self.params.group_size)
+                extra["advantages"] = self.objective.advantages(grouped, self.params).flatten()
+            extras.append(extra)
             totals += rewards
             for name, values in by_fn.items():
                 parts.setdefault(name, []).extend(values)
@@ -66,8 +65,8 @@ class Rollouts:
         metrics = {"reward_mean": statistics.fmean(totals), "reward_std": statistics.pstdev(totals),
                    "completion_length": statistics.fmean(lengths), "unfinished_fraction": unfinished / len(totals)}
         if len(parts) > 1:
-            metrics |= {f"reward_{name.rsplit('.', 1)[-1]}": statistics.fmean(v) for name, v in parts.items()}
-        return sequences, advantages, metrics
+            metrics |= {f"reward_{metric_name(name)}": statistics.fmean(v) for name, v in parts.items()}
+        return sequences, extras, metrics
 
     def _prompt(self, example: TrainExample) -> tuple[list[int], str]:
         if example.sample_id not in self._prompts:
@@ -89,8 +88,8 @@ class Rollouts:
         finally:
             self.model.train(was_training)
         texts = [self.tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions]
-        prompt_texts = [self.tokenizer.decode(p, skip_special_tokens=True) for p, _ in prompts]
-        rewards, by_fn = score(self.rewards, texts, [r for _, r in prompts], prompt_texts)
+        asked = [prompt_text(e.example) for e in examples for _ in range(group)]
+        rewards, by_fn = score(self.rewards, texts, [r for _, r in prompts], asked)
         rolled = []
         for index, ((prompt, _), completion) in enumerate(zip(prompts, completions, strict=True)):
             source = examples[index // group]
@@ -99,6 +98,16 @@ class Rollouts:
             rolled.append(TrainExample(source.sample_id, source.example, encoded))
         finished = [bool(c) and c[-1] in stop_ids for c in completions]
         return rolled, rewards, by_fn, finished
+
+
+def metric_name(label: str) -> str:
+    """A reward's name in the logs: a function's own name, or `model` for a reward model."""
+    return "model" if label.startswith("model:") else label.rsplit(".", 1)[-1]
+
+
+def prompt_text(example: Example) -> str:
+    """What a reward function is told the prompt was: the last user message."""
+    return example.prompt_and_reference()[0][-1]["content"]
 
 
 @torch.no_grad()
@@ -118,10 +127,11 @@ def heldout_rewards(model, tokenizer, examples: Sequence[Example], rewards: Rewa
     finally:
         model.train(was_training)
     references = [r for _, r in pairs]
-    totals, parts = score(rewards, texts, references, [tokenizer.decode(p, skip_special_tokens=True) for p, _ in pairs])
+    asked = [prompt_text(e) for e in examples if e.prompt_and_reference() is not None]
+    totals, parts = score(rewards, texts, references, asked)
     scores = {"reward": statistics.fmean(totals)}
     if len(parts) > 1:
-        scores |= {f"reward_{name.rsplit('.', 1)[-1]}": statistics.fmean(v) for name, v in parts.items()}
+        scores |= {f"reward_{metric_name(name)}": statistics.fmean(v) for name, v in parts.items()}
     samples = [{"prediction": text, "reference": reference, "reward": value}
                for text, reference, value in zip(texts, references, totals, strict=True)]
     return scores, samples

@@ -17,11 +17,13 @@ from tuneforge.config import LoadedConfig, dump_yaml
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint, precision
+from tuneforge.engine.datakind import check_data_kind, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
-from tuneforge.engine.rollout import Rollouts, heldout_rewards, resolve_rewards
+from tuneforge.engine.rollout import Rollouts, heldout_rewards
 from tuneforge.engine.tracking import MetricsLog, RunConsole
-from tuneforge.errors import CheckpointError, ConfigError, DataError, RunDirError
+from tuneforge.engine.trained import resolve_rewards
+from tuneforge.errors import CheckpointError, ConfigError, RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import get_method, trainable_summary, validate_method_params
 from tuneforge.models.load import load_causal_lm, load_tokenizer
@@ -58,7 +60,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
     params = validate_method_params(cfg.method, loaded.where("method"))
     objective = get_objective(cfg.objective.name)
     objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
-    rewards = resolve_rewards(objective_params, loaded.where("objective")) if objective.data == "prompts" else []
+    rewards = (resolve_rewards(objective_params, loaded.where("objective"), loaded.resolve_path)
+               if objective.data == "prompts" else [])
     if cfg.train.packing and not method.supports_packing:
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
@@ -90,7 +93,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
                             objective_params=objective_params, reference=reference,
                             lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
                             rollout=Rollouts(model, prepared.tokenizer, prepared.chat, objective, objective_params,
-                                             rewards, autocast) if rewards else None)
+                                             rewards, autocast) if rewards else None,
+                            updates=getattr(objective_params, "updates", 1))
         state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
         wall = time.perf_counter() - started
         method.save(model, run_dir)
@@ -150,6 +154,7 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     train_raw = load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)
     test_raw = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path) if cfg.data.test else []
     check_data_kind(train_raw + test_raw, objective, loaded)
+    train_raw, test_raw = objective_examples(train_raw, objective), objective_examples(test_raw, objective)
     tokenizer = load_tokenizer(cfg.model)
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
@@ -166,32 +171,6 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
                          f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
     return Prepared(train, test, test_raw, tokenizer, chat,
                     {"train": summary, "test": test_stats.summary() if test_stats else None})
-
-
-def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> None:
-    """Preference objectives train on pairs and the others on single examples; a mismatch names its record."""
-    if objective.data == "prompts":
-        wrong = next((e for e in examples if e.is_pair or e.prompt_and_reference() is None), None)
-        if wrong is not None:
-            raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' samples completions of "
-                            "prompts, so each record needs a prompt (and its reference answer for the rewards)",
-                            "give records with prompt and completion (the reference), or messages ending in an "
-                            "assistant turn")
-        return
-    wants_pairs = objective.data == "pairs"
-    wrong = next((e for e in examples if e.is_pair != wants_pairs), None)
-    if wrong is not None and wants_pairs:
-        raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' trains on preference pairs, "
-                        "but this record is not one", "give records with prompt, chosen and rejected, or use "
-                        "objective: sft")
-    if wrong is not None:
-        raise DataError(wrong.source, wrong.where, None, f"this record is a preference pair (prompt/chosen/rejected), "
-                        f"but objective '{objective.name}' does not train on pairs",
-                        "use a preference objective (objective: dpo, ipo, cdpo, simpo, orpo or reward)")
-    if wants_pairs and loaded.run.data.train_on_prompt:
-        raise ConfigError(f"{loaded.where('data', 'train_on_prompt')}: data.train_on_prompt does not apply to "
-                          "preference objectives (only the responses are compared)\n"
-                          "  fix: remove data.train_on_prompt")
 
 
 def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, params, reference, rewards):

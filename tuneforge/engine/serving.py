@@ -84,3 +84,41 @@ def _adapter_config(name: str, path: Path) -> RunConfig:
         raise ConfigError(f"run '{name}' ({path}) has no peft adapter to load\n  fix: give finished runs of lora, "
                           "dora, qlora, ia3, prompt, prefix or ptuning")
     return load_config(path / "config.yaml").run
+
+
+@dataclass
+class Responder:
+    """A model that answers conversations: a finished run (base + what it trained) or a base model."""
+
+    name: str
+    model: object
+    tokenizer: object
+    chat: bool
+    autocast: object
+
+    def reply(self, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int = 128, temperature: float = 0.0,
+              top_p: float = 1.0) -> list[str]:
+        prompts = [generation_prompt_ids(self.tokenizer, list(c), chat=self.chat) for c in conversations]
+        with self.autocast():
+            return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  stop_ids=end_of_turn_ids(self.tokenizer), temperature=temperature, top_p=top_p)
+
+
+def load_responder(spec: str | Path) -> Responder:
+    """A run directory (anything `tuneforge train` finished) or a model: 'default', a local Hugging Face
+    model directory, or a hub id."""
+    from tuneforge.config import ModelConfig
+    from tuneforge.engine.trained import load_trained
+    from tuneforge.models.load import load_tokenizer
+
+    path = Path(spec)
+    if (path / "config.yaml").is_file():
+        trained = load_trained(path)
+        return Responder(path.name, trained.model, trained.tokenizer,
+                         use_chat_template(trained.tokenizer, trained.config.data.template), trained.autocast)
+    cfg = ModelConfig(path=str(spec))
+    device, chosen = precision.inference_placement("auto")
+    model = precision.ready_for_inference(load_causal_lm(cfg, precision.dtype(chosen)), chosen, device)
+    tokenizer = load_tokenizer(cfg)
+    return Responder(str(spec), model, tokenizer, use_chat_template(tokenizer, "auto"),
+                     precision.autocast_factory(chosen, device))

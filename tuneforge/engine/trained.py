@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tuneforge.config import DataConfig, DatasetSpec, RunConfig, load_config
-from tuneforge.data.dataset import encode_examples, load_examples
-from tuneforge.data.render import use_chat_template
+from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
+from tuneforge.data.formats import Example
+from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
+from tuneforge.engine.datakind import objective_examples
 from tuneforge.engine.heldout import heldout_scores
-from tuneforge.engine.rollout import heldout_rewards, resolve_rewards
-from tuneforge.errors import RunDirError
+from tuneforge.engine.rollout import Rewards, heldout_rewards
+from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
+from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.base import adapter_disabled_reference, frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import get_objective, validate_objective_params
+from tuneforge.objectives.rl import OnlineParams
 
 
 @dataclass
@@ -61,8 +66,8 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
                  max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
     """Loss and generation metrics of a trained run on a dataset file in any supported format."""
     data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
-    examples = load_examples(data_cfg.train, seed=0)[:max_examples]
     objective = get_objective(trained.config.objective.name)
+    examples = objective_examples(load_examples(data_cfg.train, seed=0)[:max_examples], objective)
     scores: dict = {}
     chat = use_chat_template(trained.tokenizer, data_cfg.template)
     if objective.data == "prompts":  # online RL: the held-out reward of greedy answers, then any text metrics
@@ -95,24 +100,37 @@ def _reference(trained: TrainedRun):
     return frozen_copy_reference(precision.ready_for_inference(load_causal_lm(trained.config.model), chosen, device))
 
 
+def _require_reward_run(trained_or_cfg, run_dir: Path) -> None:
+    if get_objective(trained_or_cfg.objective.name).name != "reward":
+        raise RunDirError(f"{run_dir} did not train a reward model (objective "
+                          f"'{trained_or_cfg.objective.name}')\n  fix: score with a run of objective: reward")
+
+
 @torch.no_grad()
-def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) -> tuple[list[dict], dict]:
-    """A reward run's score of each completion in a file: prompt/completion (or any SFT format) records get
-    one reward each; preference pairs get both, and the share of pairs whose chosen scores higher."""
+def sequence_scores(trained: TrainedRun, encoded: Sequence[TrainExample], batch_size: int = 16) -> list[float]:
+    """A reward run's score of every sequence of the encoded examples, in `batch_sequences` order per chunk."""
     from tuneforge.data.batching import collate, model_device, to_device
     from tuneforge.objectives.reward import sequence_rewards
 
-    if get_objective(trained.config.objective.name).name != "reward":
-        raise RunDirError(f"{trained.run_dir} did not train a reward model (objective "
-                          f"'{trained.config.objective.name}')\n  fix: score with a run of objective: reward")
+    scores: list[float] = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start: start + batch_size]
+        with trained.autocast():
+            batch = to_device(collate(chunk, trained.tokenizer.pad_token_id), model_device(trained.model))
+            scores += sequence_rewards(trained.model, batch).float().tolist()
+    return scores
+
+
+def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) -> tuple[list[dict], dict]:
+    """A reward run's score of each completion in a file: prompt/completion (or any SFT format) records get
+    one reward each; preference pairs get both, and the share of pairs whose chosen scores higher."""
+    _require_reward_run(trained.config, trained.run_dir)
     data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
     encoded, _ = encode_examples(load_examples(data_cfg.train, seed=0), trained.tokenizer, data_cfg)
     rows: list[dict] = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start: start + batch_size]
-        with trained.autocast():
-            batch = to_device(collate(chunk, trained.tokenizer.pad_token_id), model_device(trained.model))
-            rewards = sequence_rewards(trained.model, batch).float().tolist()
+        rewards = sequence_scores(trained, chunk, batch_size)
         for index, item in enumerate(chunk):
             row = {"where": item.example.location, "reward": rewards[index]}
             if item.rejected is not None:
@@ -124,3 +142,40 @@ def score_rewards(trained: TrainedRun, data_path: str, *, batch_size: int = 16) 
     if pairs:
         summary["pair_accuracy"] = sum(r["chosen"] > r["rejected"] for r in pairs) / len(pairs)
     return rows, summary
+
+
+class RewardModelScore:
+    """A trained reward model as an online-RL reward: the score of each completion as the answer to its
+    prompt (one user turn, rendered with the reward run's own template). The run is checked when the config
+    is read and its weights load on the first rollout."""
+
+    def __init__(self, run_dir: str, where: str):
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "config.yaml").is_file():
+            raise ConfigError(f"{where}.model: {run_dir} is not a finished run directory\n  fix: give the directory "
+                              "a `tuneforge train` run of objective: reward wrote")
+        _require_reward_run(load_config(self.run_dir / "config.yaml").run, self.run_dir)
+        self._trained: TrainedRun | None = None
+
+    def __call__(self, completions: list[str], references: list, prompts: list[str]) -> list[float]:
+        if self._trained is None:
+            self._trained = load_trained(self.run_dir)
+        trained = self._trained
+        examples = [Example("rollout", i, messages=({"role": "user", "content": p},
+                                                    {"role": "assistant", "content": c}), prompt_turns=1)
+                    for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        chat = use_chat_template(trained.tokenizer, trained.config.data.template)
+        encoded = [TrainExample(i, e, enc) for i, (e, enc) in
+                   enumerate(zip(examples, encode_batch(examples, trained.tokenizer, chat=chat), strict=True))]
+        return sequence_scores(trained, encoded)
+
+
+def resolve_rewards(params: OnlineParams, where: str, resolve_path=lambda path: path) -> Rewards:
+    """The configured reward functions and reward models, checked now so a wrong name or run fails before any
+    data or weights load; model paths are relative to the config file."""
+    rewards = []
+    for i, spec in enumerate(params.rewards):
+        key = f"{where}.rewards[{i}]"
+        fn = RewardModelScore(resolve_path(spec.model), key) if spec.model else resolve_reward(spec.name, key)
+        rewards.append((spec.label, fn, spec.weight))
+    return rewards

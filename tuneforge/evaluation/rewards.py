@@ -1,12 +1,13 @@
 """Reward functions for online RL and held-out reward: verifiers and shaping terms, built in or the user's own.
 
 A reward function takes the sampled completions, the references (the record's answer, or None) and the
-prompts, all as text, and returns one float per completion:
+prompts (each record's last user message), all as text, and returns one float per completion:
 
     def my_reward(completions: list[str], references: list[str | None], prompts: list[str]) -> list[float]
 
 Config names a built-in (`exact_match`) or a function by dotted path (`mypackage.rewards.my_reward` or
-`mypackage.rewards:my_reward`), each with a weight; a completion's reward is the weighted sum.
+`mypackage.rewards:my_reward`), each with a weight; a completion's reward is the weighted sum. A trained
+reward model serves as a reward too (`{model: RUN_DIR}`, `engine.trained.RewardModelScore`).
 """
 
 from __future__ import annotations

@@ -36,14 +36,44 @@ def label_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
 def label_token_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-probability of every label token, and the index of the sequence it belongs to (in
     `batch_sequences` order). Works on padded and packed batches alike through `sequence_ids`."""
+    hidden, targets, owner = label_hidden_states(model, batch)
+    return -F.cross_entropy(output_head(model)(hidden).float(), targets, reduction="none"), owner
+
+
+def label_hidden_states(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The final hidden state [labels, hidden] at each position that predicts a label token (the state that
+    has read everything before that token: what a value head scores), the label tokens, and the index of
+    the sequence each belongs to. Label tokens come in order within each sequence."""
+    hidden = final_hidden_states(model, batch)
     if "label_positions" in batch:  # a layout that names each label's predicting position
-        hidden = final_hidden_states(model, batch)
-        logits = output_head(model)(hidden.flatten(0, 1)[batch["label_positions"]]).float()
-        targets, owner = batch["label_targets"], batch["label_owner"]
-    else:
-        logits, targets, trained = _label_logits(model, batch)
-        owner = batch["sequence_ids"][:, 1:][trained]
-    return -F.cross_entropy(logits, targets, reduction="none"), owner
+        return hidden.flatten(0, 1)[batch["label_positions"]], batch["label_targets"], batch["label_owner"]
+    targets = batch["labels"][:, 1:]
+    trained = targets != IGNORE_INDEX
+    return hidden[:, :-1][trained], targets[trained], batch["sequence_ids"][:, 1:][trained]
+
+
+def attach_scalar_head(model, name: str) -> None:
+    """A zero-initialised linear head from the hidden size to one number (a reward, a value), as
+    `model.<name>`; zero, so every output starts equal."""
+    weight = model.get_output_embeddings().weight
+    head = torch.nn.Linear(weight.shape[1], 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    setattr(model, name, head.to(weight.device))
+
+
+def save_scalar_head(model, name: str, path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in getattr(model, name).state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_scalar_head(model, name: str, path) -> None:
+    from safetensors.torch import load_file
+
+    attach_scalar_head(model, name)
+    getattr(model, name).load_state_dict(load_file(str(path)))
 
 
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

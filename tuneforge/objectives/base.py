@@ -41,7 +41,8 @@ class Objective:
     summary: str
     loss: Callable[..., LossOutput]  # (model, batch, ctx) -> LossOutput
     params: type[ObjectiveParams] = ObjectiveParams
-    data: Literal["sft", "pairs", "prompts"] = "sft"  # what records it trains on ("prompts": online, sampled)
+    # what records it trains on: "pairs" (preference), "rated" (KTO), "prompts" (online, sampled)
+    data: Literal["sft", "pairs", "rated", "prompts"] = "sft"
     needs_reference: bool = False
     # an objective that trains parts of its own (a reward head): attach them to the model before training,
     # and save / load them next to what the method saves
@@ -50,3 +51,6 @@ class Objective:
     load: Callable | None = None  # (model, run_dir) -> None
     # an online objective: the advantage of each sampled completion from the rewards [prompts, group]
     advantages: Callable | None = None  # (rewards, params) -> advantages
+    # an online objective's no-grad work on a window's sampled batches before its updates (old log-probs,
+    # values, per-token advantages), written into the batches; returns figures to log
+    prepare: Callable | None = None  # (model, batches, ctx) -> dict[str, float]

@@ -1,4 +1,4 @@
-"""Preference objectives on (prompt, chosen, rejected) pairs: the DPO family.
+"""Preference objectives on (prompt, chosen, rejected) pairs, the DPO family, and KTO on rated completions.
 
 Each loss is a short pure function of per-pair log-probabilities (summed over the response tokens, or
 their per-token mean where the method length-normalises), returning one loss per pair. The objective
@@ -92,6 +92,12 @@ class SimpoParams(ObjectiveParams):
     gamma: float = Field(1.0, ge=0, description="target reward margin")
 
 
+class KtoParams(BetaParams):
+    desirable_weight: float = Field(1.0, gt=0, description="λ_D: weight of desirable examples (raise it when "
+                                                            "they are the fewer)")
+    undesirable_weight: float = Field(1.0, gt=0, description="λ_U: weight of undesirable examples")
+
+
 class OrpoParams(ObjectiveParams):
     beta: float = Field(0.1, gt=0, description="weight λ of the odds-ratio term against the SFT term")
 
@@ -165,6 +171,24 @@ def _reference_free(loss: Callable[[PairLogps, ObjectiveParams], torch.Tensor]):
     return objective
 
 
+def _kto(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
+    """KTO on rated completions. Each example's second sequence is its prompt with another record's
+    completion (`data.formats.with_kl_completions`); their mean log-ratio is the micro-batch's estimate of
+    KL(π‖π_ref), the reference point (detached, as in the paper)."""
+    policy, reference = pair_logps(model, batch), reference_pair_logps(batch, ctx)
+    params: KtoParams = ctx.params
+    ratio = policy.chosen - reference.chosen
+    kl = (policy.rejected - reference.rejected).detach().mean().clamp(min=0)
+    desirable = batch["desirable"]
+    losses = kto_loss(ratio, desirable, kl, params.beta, params.desirable_weight, params.undesirable_weight)
+    n = max(ctx.num_examples, 1)
+    # the implicit reward against the reference point, signed so that agreeing with the label is positive
+    signed = torch.where(desirable, 1.0, -1.0) * params.beta * (ratio.detach() - kl)
+    metrics = {"reward_accuracy": float((signed > 0).sum()) / n, "reward_margin": float(signed.sum()) / n,
+               "kl": float(kl) * len(ratio) / n}
+    return LossOutput(losses.sum() / n, metrics)
+
+
 OBJECTIVES = (
     Objective("dpo", "direct preference optimisation against the frozen reference", _with_reference(
         lambda p, r, a: dpo_loss(p.chosen - r.chosen, p.rejected - r.rejected, a.beta)),
@@ -179,4 +203,6 @@ OBJECTIVES = (
         lambda p, a: simpo_loss(p.chosen_mean, p.rejected_mean, a.beta, a.gamma)), SimpoParams, data="pairs"),
     Objective("orpo", "reference-free SFT + odds-ratio preference loss", _reference_free(
         lambda p, a: orpo_loss(p.chosen_mean, p.rejected_mean, a.beta)), OrpoParams, data="pairs"),
+    Objective("kto", "Kahneman-Tversky optimisation on unpaired completions rated good or bad", _kto, KtoParams,
+              data="rated", needs_reference=True),
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.models.parts import final_hidden_states
+from tuneforge.models.parts import attach_scalar_head, final_hidden_states, load_scalar_head, save_scalar_head
 from tuneforge.objectives.base import LossContext, LossOutput, Objective, ObjectiveParams
 from tuneforge.objectives.preference import bradley_terry_loss, pair_output
 
@@ -18,12 +18,7 @@ HEAD_FILE = "reward_head.safetensors"
 
 
 def attach_head(model) -> None:
-    """A zero-initialised linear head from the hidden size to one reward (zero: every reward starts equal)."""
-    hidden = model.get_output_embeddings().weight.shape[1]
-    head = torch.nn.Linear(hidden, 1)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    model.reward_head = head.to(model.get_output_embeddings().weight.device)
+    attach_scalar_head(model, "reward_head")
 
 
 def sequence_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,17 +35,11 @@ def reward_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> Loss
 
 
 def save_head(model, run_dir) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.reward_head.state_dict().items()}
-    save_file(state, str(Path(run_dir) / HEAD_FILE))
+    save_scalar_head(model, "reward_head", Path(run_dir) / HEAD_FILE)
 
 
 def load_head(model, run_dir) -> None:
-    from safetensors.torch import load_file
-
-    attach_head(model)
-    model.reward_head.load_state_dict(load_file(str(Path(run_dir) / HEAD_FILE)))
+    load_scalar_head(model, "reward_head", Path(run_dir) / HEAD_FILE)
 
 
 OBJECTIVE = Objective("reward", "reward model: scalar head, Bradley-Terry loss on preference pairs", reward_loss,

@@ -8,10 +8,19 @@ sequences then train like any batch: the loss below reads each sequence's advant
 
 from __future__ import annotations
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pathlib import Path
 
-from tuneforge.models.parts import label_token_logps
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tuneforge.models.parts import (
+    attach_scalar_head,
+    label_hidden_states,
+    label_token_logps,
+    load_scalar_head,
+    output_head,
+    save_scalar_head,
+)
 from tuneforge.objectives.base import LossContext, LossOutput, Objective, ObjectiveParams
 
 
@@ -73,23 +82,37 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 class RewardSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="a built-in (exact_match, number_match, number_only, length_penalty) or a "
-                                  "dotted path to your function")
+    name: str | None = Field(None, description="a built-in (exact_match, number_match, number_only, "
+                                               "length_penalty) or a dotted path to your function")
+    model: str | None = Field(None, description="a finished run of objective: reward, whose score is the reward")
     weight: float = 1.0
 
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpec:
+        if (self.name is None) == (self.model is None):
+            raise ValueError("give a reward function's `name` or a reward model run's `model`, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or f"model:{self.model}"
+
     def __repr__(self) -> str:  # as `tuneforge methods` lists defaults
-        return self.name if self.weight == 1.0 else f"{self.name}×{self.weight:g}"
+        return self.label if self.weight == 1.0 else f"{self.label}×{self.weight:g}"
 
 
 class OnlineParams(ObjectiveParams):
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
-                                      description="reward functions, each a name or {name, weight}; summed")
+                                      description="reward functions and reward models, each a name, {name, "
+                                                  "weight} or {model: RUN_DIR, weight}; summed")
     group_size: int = Field(8, ge=2, description="completions sampled per prompt")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts")
     max_new_tokens: int = Field(32, ge=1, description="the most tokens a completion may have")
     beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the reference (0: no reference)")
     clip: float = Field(0.2, gt=0, description="PPO ratio clip ε")
+    updates: int = Field(1, ge=1, description="optimizer steps on each rollout (PPO epochs); above 1 the "
+                                              "ratio to the sampling policy moves and the clip acts")
 
     @field_validator("rewards", mode="before")
     @classmethod
@@ -114,14 +137,132 @@ def policy_gradient_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext
     n = max(ctx.num_label_tokens, 1)
     metrics = {"clip_fraction": float(clipped.sum()) / n}
     if params.beta > 0:
-        if ctx.reference is None:
-            raise RuntimeError("a KL penalty needs a reference model, and the engine gave none")
-        with torch.no_grad(), ctx.reference() as reference:
-            ref_logps, _ = label_token_logps(reference, batch)
+        ref_logps = batch["ref_logps"] if "ref_logps" in batch else _reference_logps(batch, ctx)
         kl = kl_k3(logps, ref_logps)
         per_token = per_token + params.beta * kl
         metrics["kl"] = float(kl.detach().sum()) / n
     return LossOutput(per_token.sum() / n, metrics)
+
+
+def _reference_logps(batch: dict[str, torch.Tensor], ctx: LossContext) -> torch.Tensor:
+    if ctx.reference is None:
+        raise RuntimeError("a KL penalty needs a reference model, and the engine gave none")
+    with torch.no_grad(), ctx.reference() as reference:
+        return label_token_logps(reference, batch)[0]
+
+
+def prepare_policy_gradient(model, batches: list[dict[str, torch.Tensor]], ctx: LossContext) -> dict[str, float]:
+    """With several updates per rollout: the sampling policy's log-probs (the ratio's denominator) and the
+    reference's, computed once instead of at every update."""
+    if ctx.params.updates > 1:
+        for batch in batches:
+            batch["old_logps"] = label_token_logps(model, batch)[0]
+            if ctx.params.beta > 0:
+                batch["ref_logps"] = _reference_logps(batch, ctx)
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------- PPO
+
+
+class PpoParams(OnlineParams):
+    group_size: int = Field(4, ge=1, description="completions sampled per prompt")
+    beta: float = Field(0.05, ge=0, description="per-token KL penalty to the reference, in the reward")
+    updates: int = Field(2, ge=1, description="optimizer steps on each rollout (PPO epochs)")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    value_clip: float = Field(0.2, gt=0, description="how far a value may move from its rollout estimate")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount per token")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    whiten: bool = Field(True, description="normalise the window's advantages to mean 0, std 1")
+
+
+VALUE_HEAD = "value_head"
+VALUE_FILE = "value_head.safetensors"
+
+
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, lengths: torch.Tensor, beta: float) -> torch.Tensor:
+    """InstructGPT's per-token reward (Ouyang et al., 2022) over [sequences, steps]: −β (log π − log π_ref)
+    at every completion token (`kl` holds the differences, zero past each end), plus the sequence's score at
+    its last token (`lengths` tokens long)."""
+    rewards = -beta * kl
+    rows = torch.nonzero(lengths > 0).squeeze(-1)
+    rewards[rows, lengths[rows] - 1] += scores[rows].to(rewards.dtype)
+    return rewards
+
+
+def per_sequence(values: torch.Tensor, owner: torch.Tensor, count: int):
+    """Token values [labels] laid out as [sequences, longest] rows (zero after each sequence's end), and a
+    function that takes such rows back to the token order."""
+    order = torch.sort(owner, stable=True).indices
+    sorted_owner = owner[order]
+    counts = torch.bincount(owner, minlength=count)
+    position = torch.arange(len(owner), device=owner.device) - (torch.cumsum(counts, 0) - counts)[sorted_owner]
+    rows = values.new_zeros(count, int(counts.max()) if len(owner) else 0)
+    rows[sorted_owner, position] = values[order]
+
+    def back(matrix: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(values)
+        out[order] = matrix[sorted_owner, position].to(values.dtype)
+        return out
+
+    return rows, back
+
+
+def _policy_and_values(model, batch: dict[str, torch.Tensor]):
+    hidden, targets, owner = label_hidden_states(model, batch)
+    logps = -torch.nn.functional.cross_entropy(output_head(model)(hidden).float(), targets, reduction="none")
+    values = getattr(model, VALUE_HEAD)(hidden).squeeze(-1).float()
+    return logps, values, owner
+
+
+def prepare_ppo(model, batches: list[dict[str, torch.Tensor]], ctx: LossContext) -> dict[str, float]:
+    """Per completion token: the sampling policy's log-prob and value, the reference's log-prob, the
+    KL-penalised reward, and GAE advantages and returns; advantages whitened over the window."""
+    params: PpoParams = ctx.params
+    advantages, kls = [], []
+    for batch in batches:
+        logps, values, owner = _policy_and_values(model, batch)
+        ref_logps = _reference_logps(batch, ctx)
+        count = int(batch["num_sequences"])
+        kl_rows, back = per_sequence(logps - ref_logps, owner, count)
+        value_rows, _ = per_sequence(values, owner, count)
+        reward_rows = token_rewards(batch["rewards"], kl_rows, torch.bincount(owner, minlength=count), params.beta)
+        advantage_rows, return_rows = generalized_advantages(reward_rows, value_rows, gamma=params.gamma,
+                                                              lam=params.lam)
+        batch.update(old_logps=logps, old_values=values, returns=back(return_rows), advantages=back(advantage_rows))
+        advantages.append(batch["advantages"])
+        kls.append(logps - ref_logps)
+    every = torch.cat(advantages)
+    if params.whiten and every.numel() > 1:
+        mean, std = every.mean(), every.std()
+        for batch in batches:
+            batch["advantages"] = (batch["advantages"] - mean) / (std + 1e-8)
+    return {"kl": float(torch.cat(kls).mean())}
+
+
+def ppo_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
+    """PPO's clipped policy loss plus vf_coef times its clipped value loss, per completion token, averaged
+    over the window's completion tokens; the KL to the reference is already in the rewards."""
+    params: PpoParams = ctx.params
+    logps, values, _ = _policy_and_values(model, batch)
+    policy, clipped = clipped_policy_loss(logps, batch["old_logps"], batch["advantages"], params.clip)
+    value = clipped_value_loss(values, batch["old_values"], batch["returns"], params.value_clip)
+    n = max(ctx.num_label_tokens, 1)
+    metrics = {"clip_fraction": float(clipped.sum()) / n, "policy_loss": float(policy.detach().sum()) / n,
+               "value_loss": float(value.detach().sum()) / n}
+    return LossOutput((policy + params.vf_coef * value).sum() / n, metrics)
+
+
+def _attach_value_head(model) -> None:
+    attach_scalar_head(model, VALUE_HEAD)
+
+
+def _save_value_head(model, run_dir) -> None:
+    save_scalar_head(model, VALUE_HEAD, Path(run_dir) / VALUE_FILE)
+
+
+def _load_value_head(model, run_dir) -> None:
+    load_scalar_head(model, VALUE_HEAD, Path(run_dir) / VALUE_FILE)
 
 
 def _grpo_advantages(rewards: torch.Tensor, params: GrpoParams) -> torch.Tensor:
@@ -134,7 +275,12 @@ def _rloo_advantages(rewards: torch.Tensor, params: OnlineParams) -> torch.Tenso
 
 OBJECTIVES = (
     Objective("grpo", "group-relative policy optimisation: sampled groups per prompt, scored by reward functions",
-              policy_gradient_loss, GrpoParams, data="prompts", needs_reference=True, advantages=_grpo_advantages),
+              policy_gradient_loss, GrpoParams, data="prompts", needs_reference=True, advantages=_grpo_advantages,
+              prepare=prepare_policy_gradient),
     Objective("rloo", "REINFORCE leave-one-out: each completion against the mean of its group's others",
-              policy_gradient_loss, OnlineParams, data="prompts", needs_reference=True, advantages=_rloo_advantages),
+              policy_gradient_loss, OnlineParams, data="prompts", needs_reference=True, advantages=_rloo_advantages,
+              prepare=prepare_policy_gradient),
+    Objective("ppo", "PPO: value head, GAE, clipped policy and value losses, KL penalty in the reward",
+              ppo_loss, PpoParams, data="prompts", needs_reference=True, attach=_attach_value_head,
+              save=_save_value_head, load=_load_value_head, prepare=prepare_ppo),
 )

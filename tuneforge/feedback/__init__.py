@@ -1,0 +1,1 @@
+"""The human-feedback web app: a review page, its SQLite store, and export to training data."""
