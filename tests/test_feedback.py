@@ -143,8 +143,8 @@ def start_server(model: Path, prompts: Path, db: Path, port: int) -> subprocess.
     return server
 
 
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGINT)
+def stop_server(server: subprocess.Popen, how: signal.Signals) -> None:
+    server.send_signal(how)
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 0 and "stopped" in output, output
 
@@ -223,7 +223,7 @@ def test_feedback_loop_in_the_browser(tmp_path, tiny_model_dir, browser):
                                                  ("tie", {"correction": "Tea is a drink."})])
         bob = vote_in_page(browser, url, "bob", [("choose-left", {})])
     finally:
-        stop_server(server)
+        stop_server(server, signal.SIGINT)  # Ctrl-C
     assert bob[0]["id"] == ann[0]["id"]  # items others judged come first, so reviewers overlap
 
     server = start_server(tiny_model_dir, prompts, db, port)  # a restart keeps every vote and every item
@@ -239,7 +239,7 @@ def test_feedback_loop_in_the_browser(tmp_path, tiny_model_dir, browser):
         WebDriverWait(browser, 30).until(lambda d: "judged 4 of 4" in d.find_element(By.ID, "progress").text)
         assert browser.find_element(By.ID, "done").is_displayed()
     finally:
-        stop_server(server)
+        stop_server(server, signal.SIGTERM)  # a service manager's stop
 
     store = FeedbackStore(db)
     assert len(store.items()) == 4 and len(store.judgements()) == 5

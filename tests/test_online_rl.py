@@ -146,9 +146,10 @@ def test_several_updates_per_rollout_keep_the_sampling_policy(tokenizer):
     """With updates > 1 the window's sampling-policy and reference log-probs are computed once, before the
     first update, so later updates see a real ratio (and the clip can act)."""
     model = lora_tiny(tokenizer, seed=4)
-    rolled = [TrainExample(e.sample_id, e.example, Encoded([1, 5, 9, 4], [IGNORE_INDEX, 5, 9, 4], (3,)))
-              for e in _prompt_examples(2)]
-    batch = collate_packed(rolled, tokenizer.pad_token_id) | {"advantages": torch.tensor([1.0, -1.0])}
+    ids = ([1, 5, 9, 4], [1, 7, 2, 8])
+    rolled = [TrainExample(e.sample_id, e.example, Encoded(list(i), [IGNORE_INDEX, *i[1:]], (3,)))
+              for e, i in zip(_prompt_examples(2), ids, strict=True)]
+    batch = collate_packed(rolled, tokenizer.pad_token_id) | {"advantages": torch.tensor([1.0, 0.5])}
 
     @contextlib.contextmanager
     def reference():

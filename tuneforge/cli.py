@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -301,6 +302,7 @@ def feedback_serve(model: Annotated[str, typer.Option(help="a finished run direc
     responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
     sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     app_ = FeedbackApp(store, conversations, sampler)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the server as Ctrl-C does
     try:
         app_.serve(host, port, on_ready=lambda url: print(f"feedback page: {url}  ({len(conversations)} prompts, "
                                                           f"saving to {db}); Ctrl-C stops", flush=True))
@@ -336,6 +338,10 @@ def feedback_stats(db: DbOption = Path("feedback.db")) -> None:
     for name, value in stats(_existing_store(db, FeedbackStore)).items():
         shown = f"{value:.3f}" if isinstance(value, float) else ("n/a" if value is None else value)
         print(f"{name.replace('_', ' ')}: {shown}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _existing_store(db: Path, store_type):

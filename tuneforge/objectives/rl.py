@@ -2,8 +2,10 @@
 from its paper tested against values computed by hand, and the objectives built from them.
 
 The engine samples completions for each prompt (`engine/rollout.py`), scores them with the configured
-reward functions, and hands the objective's `advantages` the rewards as [prompts, group]. The sampled
-sequences then train like any batch: the loss below reads each sequence's advantage from the batch.
+reward functions, and hands the objective's `advantages` the rewards as [prompts, group] (grpo, rloo: one
+advantage per completion). The sampled sequences then train like any batch. An objective's `prepare` does
+the no-grad work on the window before its updates: the sampling policy's and the reference's log-probs
+(and for ppo the values, the KL-penalised per-token rewards and their GAE advantages and returns).
 """
 
 from __future__ import annotations
