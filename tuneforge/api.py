@@ -24,14 +24,15 @@ QUICK = ["train.max_steps=12", "train.batch_size=8", "eval.max_examples=30", "ev
 
 
 def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, resume: bool = False,
-          quiet: bool = False) -> RunResult:
+          force: bool = False, quiet: bool = False) -> RunResult:
     """Fine-tune as the config says and return where the run went and what it measured.
 
     `config` is a YAML path, a dict of the same shape, or an already loaded config; `overrides` are
-    `section.key=value` strings as on the command line.
+    `section.key=value` strings as on the command line. `force` lets a resume continue although the data,
+    training config or tokenizer differ from the checkpoint's.
     """
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
-    result = run(loaded, resume=resume, quiet=quiet)
+    result = run(loaded, resume=resume, force=force, quiet=quiet)
     plot_loss(result.run_dir)
     return result
 

@@ -45,11 +45,13 @@ def user_errors(command):
 @user_errors
 def train(config: ConfigArg, overrides: OverridesArg = None,
           resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint")] = False,
+          force: Annotated[bool, typer.Option(help="with --resume: continue although the data, training config "
+                                                   "or tokenizer changed")] = False,
           quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
     """Fine-tune as the config says; writes a run directory."""
     from tuneforge.api import train as run_training
 
-    result = run_training(config, overrides or [], resume=resume, quiet=quiet)
+    result = run_training(config, overrides or [], resume=resume, force=force, quiet=quiet)
     print(f"run directory: {result.run_dir}")
     _print_before_after(result.eval_before, result.eval_after)
 

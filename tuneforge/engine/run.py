@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.config import LoadedConfig, dump_yaml
+from tuneforge.config import LoadedConfig, dump_yaml, load_config
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint, precision
 from tuneforge.engine.datakind import check_data_kind, objective_examples
 from tuneforge.engine.heldout import heldout_scores
+from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
 from tuneforge.engine.rollout import Rollouts, heldout_rewards
 from tuneforge.engine.tracking import MetricsLog, RunConsole
@@ -53,7 +54,7 @@ class Prepared:
     stats: dict
 
 
-def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> RunResult:
+def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quiet: bool = False) -> RunResult:
     cfg = loaded.run
     console = RunConsole(quiet=quiet)
     method = get_method(cfg.method.name)
@@ -66,52 +67,56 @@ def run(loaded: LoadedConfig, *, resume: bool = False, quiet: bool = False) -> R
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
     run_dir = resolve_run_dir(loaded)
-    resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
-    prepared = prepare_data(loaded, console, objective)
-    device = precision.pick_device()
-    model, chosen = _build_model(cfg, method, params, device, console, objective)
-    autocast = precision.autocast_factory(chosen, device)
-    # made before any checkpoint is restored, so it is the model before training
-    reference = method.reference(model) if objective.needs_reference else None
+    with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
+        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
+        prepared = prepare_data(loaded, console, objective)
+        fingerprint = _fingerprint(cfg, prepared)
+        if resume_from is not None:
+            _check_same_run(run_dir, resume_from, cfg, fingerprint, force, console)
+        device = precision.pick_device()
+        model, chosen = _build_model(cfg, method, params, device, console, objective)
+        autocast = precision.autocast_factory(chosen, device)
+        # made before any checkpoint is restored, so it is the model before training
+        reference = method.reference(model) if objective.needs_reference else None
 
-    _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
-    trainable, total = trainable_summary(model)
-    status = {"fingerprint": _fingerprint(cfg, prepared), "precision": chosen, "trainable_parameters": trainable,
-              "parameters": total, "data": prepared.stats}
-    _write_json(run_dir / RUN_FILE, {"status": "training", **status})
+        _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+        trainable, total = trainable_summary(model)
+        status = {"fingerprint": fingerprint, "precision": chosen, "trainable_parameters": trainable,
+                  "parameters": total, "data": prepared.stats}
+        _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
-    evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference, rewards)
-    eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
-    metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
-    started = time.perf_counter()
-    try:
-        inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
-                            autocast, metrics, console, run_dir / CHECKPOINTS,
-                            evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
-                            objective_params=objective_params, reference=reference,
-                            lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
-                            rollout=Rollouts(model, prepared.tokenizer, prepared.chat, objective, objective_params,
-                                             rewards, autocast) if rewards else None,
-                            updates=getattr(objective_params, "updates", 1))
-        state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
-        wall = time.perf_counter() - started
-        method.save(model, run_dir)
-        if objective.save:
-            objective.save(model, run_dir)
-        eval_after, samples = evaluate(generate=True)
-        if eval_after:
-            metrics.log(state.step, "final_eval", eval_after)
-    finally:
-        metrics.close()
-    if resume_from is not None:
-        eval_before = _read_json(run_dir / EVAL_FILE).get("before", {})
-    _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
-    summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
-               "stopped_early": state.stopped_early}
-    _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary})
-    return RunResult(run_dir, state.step, summary, eval_before, eval_after)
+        evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference, rewards)
+        eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
+        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
+        started = time.perf_counter()
+        try:
+            inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
+                                autocast, metrics, console, run_dir / CHECKPOINTS,
+                                evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
+                                objective_params=objective_params, reference=reference,
+                                lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
+                                rollout=Rollouts(model, prepared.tokenizer, prepared.chat, objective, objective_params,
+                                                 rewards, autocast) if rewards else None,
+                                updates=getattr(objective_params, "updates", 1))
+            state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
+            wall = time.perf_counter() - started
+            method.save(model, run_dir)
+            if objective.save:
+                objective.save(model, run_dir)
+            eval_after, samples = evaluate(generate=True)
+            if eval_after:
+                metrics.log(state.step, "final_eval", eval_after)
+        finally:
+            metrics.close()
+        if resume_from is not None:
+            eval_before = _read_json(run_dir / EVAL_FILE).get("before", {})
+        _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
+        summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
+                   "stopped_early": state.stopped_early}
+        _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary})
+        return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 
 def _build_model(cfg, method, params, device: torch.device, console: RunConsole, objective: Objective):
@@ -243,9 +248,48 @@ def _fingerprint(cfg, prepared: Prepared) -> dict:
         for sequence in item.sequences:  # a preference pair's rejected side is data too
             data.update(json.dumps(sequence.input_ids).encode())
             data.update(json.dumps(sequence.labels).encode())
-    training = cfg.model_dump(mode="json", exclude={"eval", "output"})
+    tokenizer = prepared.tokenizer.backend_tokenizer.to_str() + json.dumps(prepared.tokenizer.special_tokens_map,
+                                                                           sort_keys=True)
     return {"data_sha256": data.hexdigest(),
-            "config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()}
+            "config_sha256": hashlib.sha256(json.dumps(_training_config(cfg), sort_keys=True).encode()).hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()}
+
+
+def _training_config(cfg) -> dict:
+    """What decides the trained weights: everything but evaluation and output settings."""
+    return cfg.model_dump(mode="json", exclude={"eval", "output"})
+
+
+def _check_same_run(run_dir: Path, checkpoint_dir: Path, cfg, fingerprint: dict, force: bool,
+                    console: RunConsole) -> None:
+    """A resume continues the run that wrote the checkpoint: the same data, training config and tokenizer,
+    or it stops naming what changed (unless forced)."""
+    saved = _read_json(checkpoint_dir / "state.json").get("fingerprint", {})
+    changed = [name for name in ("data", "config", "tokenizer")
+               if f"{name}_sha256" in saved and saved[f"{name}_sha256"] != fingerprint[f"{name}_sha256"]]
+    if not changed:
+        return
+    details = []
+    if "data" in changed:
+        details.append("the training data (its tokens or labels) changed")
+    if "config" in changed:
+        keys = _changed_keys(_training_config(load_config(run_dir / "config.yaml").run), _training_config(cfg))
+        details.append("config keys changed: " + (", ".join(keys) or "(a default value)"))
+    if "tokenizer" in changed:
+        details.append("the tokenizer changed")
+    message = f"--resume: this is not the run in {run_dir}: " + "; ".join(details)
+    if force:
+        console.info(f"warning: {message}; continuing because of --force")
+        return
+    raise CheckpointError(f"{message}\n  fix: resume with the original config and data, start a new run in "
+                          "another output.dir, or pass --force to continue with the changes")
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for name in sorted(set(old) | set(new))
+                for key in _changed_keys(old.get(name), new.get(name), f"{prefix}{name}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
 
 
 def _step_of(path: Path | None) -> int | None:
