@@ -41,7 +41,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
         files = sorted(p.name for p in staging.iterdir())
         for name in files:
             _fsync(staging / name)
-        _write_json(staging / MANIFEST, {"step": step, "files": {n: _sha256(staging / n) for n in files}})
+        _write_json(staging / MANIFEST, {"step": step, "files": {n: sha256_of(staging / n) for n in files}})
         _fsync(staging / MANIFEST)
         if final.exists():
             shutil.rmtree(final)
@@ -70,7 +70,7 @@ def verify(path: Path) -> str | None:
     for name, digest in files.items():
         if not (path / name).is_file():
             return f"missing {name}"
-        if _sha256(path / name) != digest:
+        if sha256_of(path / name) != digest:
             return f"{name} does not match its sha256"
     return None
 
@@ -143,7 +143,7 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -115,7 +115,9 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
         summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
                    "stopped_early": state.stopped_early}
-        _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary})
+        weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p)
+                   for p in sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
+        _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary, "weights_sha256": weights})
         return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 

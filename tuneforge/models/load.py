@@ -51,10 +51,22 @@ def load_causal_lm(cfg: ModelConfig, dtype=None, **extra):
 
     if "quantization_config" in extra:
         extra.setdefault("device_map", {"": 0} if torch.cuda.is_available() else "cpu")
-    model = _from_pretrained(AutoModelForCausalLM, resolve_model_path(cfg), cfg, dtype=dtype or torch.float32,
+    path = resolve_model_path(cfg)
+    _refuse_pickle_only(path, cfg)
+    # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is loaded
+    model = _from_pretrained(AutoModelForCausalLM, path, cfg, dtype=dtype or torch.float32, use_safetensors=True,
                              **extra)
     model.config.use_cache = False
     return model
+
+
+def _refuse_pickle_only(path: str, cfg: ModelConfig) -> None:
+    local = Path(path)
+    if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("*.bin")):
+        raise ModelError(f"model '{cfg.path}' has only pickled weights ({next(local.glob('*.bin')).name}); "
+                         "tuneforge loads safetensors only, since unpickling a file can run any code in it\n  fix: "
+                         "convert it once where you trust the file: AutoModelForCausalLM.from_pretrained(DIR)"
+                         ".save_pretrained(NEW_DIR) writes safetensors")
 
 
 def _from_pretrained(factory, path: str, cfg: ModelConfig, **kwargs):
