@@ -93,6 +93,8 @@ class TrainConfig(Strict):
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    nonfinite: Literal["skip", "stop"] = Field("skip", description="a step whose loss or gradient is NaN or inf: "
+                                               "skip it (weights unchanged, logged) or stop the run")
     seed: int = 42
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "

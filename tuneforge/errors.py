@@ -42,5 +42,9 @@ class CheckpointError(TuneforgeError):
     """A checkpoint or run directory cannot be used as asked."""
 
 
+class TrainingError(TuneforgeError):
+    """Training cannot go on as configured (a non-finite loss under train.nonfinite: stop)."""
+
+
 class RunDirError(TuneforgeError):
     """The output directory cannot be written as asked."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tuneforge.errors import CheckpointError
+from tuneforge.errors import CheckpointError, TrainingError
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -26,14 +26,16 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep_last: int) -> Path:
+    weights = trainable_state(model)
+    tensors, meta = _flatten_optimizer(optimizer)
+    require_finite({**weights, **tensors}, f"the checkpoint of step {step}")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     staging = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        save_file(trainable_state(model), staging / "trainable.safetensors")
-        tensors, meta = _flatten_optimizer(optimizer)
+        save_file(weights, staging / "trainable.safetensors")
         save_file(tensors, staging / "optimizer.safetensors")
         save_file({"torch_cpu": torch.get_rng_state()} | _cuda_rng(), staging / "rng.safetensors")
         _write_json(staging / "optimizer.json", meta)
@@ -52,6 +54,15 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
         raise
     _prune(root, keep_last)
     return final
+
+
+def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Nothing NaN or inf is ever saved: the previous good checkpoint stays the newest."""
+    bad = next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise TrainingError(f"not saving {what}: '{bad}' holds NaN or inf values\n  fix: lower train.lr, keep "
+                            "train.max_grad_norm set, or train in fp32; --resume continues from the last good "
+                            "checkpoint")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

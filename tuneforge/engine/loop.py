@@ -27,6 +27,7 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.errors import TrainingError
 from tuneforge.objectives import LossContext, Objective
 from tuneforge.objectives.base import ObjectiveParams
 
@@ -89,6 +90,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
             tokens_seen += values["tokens"]
             if values.pop("skipped"):
                 state.skipped_steps += 1
+                _non_finite(inputs, state, plan.window(step), values)
             values["epoch"] = plan.epoch_of(step)
             _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
             if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
@@ -168,6 +170,23 @@ def window_context(batches: Sequence[dict[str, torch.Tensor]], params: Objective
     """The loss context of a window of micro-batches: its label-token and example counts normalise the loss."""
     return LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches),
                        num_examples=sum(int(b["num_examples"]) for b in batches), params=params, reference=reference)
+
+
+def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[int]], values: dict) -> None:
+    """A step whose loss or gradient was NaN or inf never reached the weights; say which step and samples,
+    then go on or stop as `train.nonfinite` says (the last checkpoint stays the last good state)."""
+    samples = [inputs.examples[i].sample_id for micro in window for i in micro]
+    where = ", ".join(inputs.examples[i].example.location for micro in window for i in micro[:3])
+    message = (f"step {state.step}: the loss ({values['loss']}) or gradient norm ({values['grad_norm']}) is not "
+               f"finite, on samples {samples} ({where} ...)")
+    values["nonfinite_samples"] = samples
+    if inputs.cfg.nonfinite == "stop":
+        inputs.metrics.log(state.step, "nonfinite", {"loss": values["loss"], "grad_norm": values["grad_norm"],
+                                                      "samples": samples})
+        raise TrainingError(f"{message}; stopped (train.nonfinite: stop), the weights were not updated\n  fix: "
+                            "lower train.lr, keep train.max_grad_norm set, check those records, or set "
+                            "train.nonfinite: skip; --resume continues from the last checkpoint")
+    inputs.console.info(f"warning: {message}; step skipped, the weights were not updated")
 
 
 def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, tokens_seen: int, started: float,

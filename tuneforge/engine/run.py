@@ -102,6 +102,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
                                 updates=getattr(objective_params, "updates", 1))
             state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
             wall = time.perf_counter() - started
+            checkpoint.require_finite(checkpoint.trainable_state(model), "the trained weights")
             method.save(model, run_dir)
             if objective.save:
                 objective.save(model, run_dir)
