@@ -120,7 +120,7 @@ def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str,
             raise DataError(record.path, record.where, where, f"expected an object, got {type(turn).__name__}",
                             f"each turn needs '{role_key}' and '{content_key}'")
         role = turn.get(role_key)
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise DataError(record.path, record.where, f"{where}.{role_key}", f"unknown role {role!r}",
                             f"use one of: {', '.join(sorted(roles))}")
         content = turn.get(content_key)
