@@ -1,0 +1,36 @@
+"""Promise 7: an unknown key or an invalid value in the config fails at once, with the key path and the
+nearest valid name, before PyTorch or any model is loaded and before anything is written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CHECK = """
+import sys
+from tuneforge.cli import main
+sys.argv = ["tuneforge", "train", sys.argv[1], *sys.argv[2:]]
+try:
+    main()
+except SystemExit as exc:
+    print("exit", exc.code, "torch imported:", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(("body", "overrides", "expected"), [
+    ("train: {batch_sise: 4}", [], "unknown key 'train.batch_sise'\n  fix: did you mean 'train.batch_size'?"),
+    ("train: {lr: -1}", [], "train.lr"),
+    ("train: {max_steps: 2}", ["train.precison=fp32"], "did you mean 'train.precision'?"),
+])
+def test_config_errors_fail_before_torch_loads(tmp_path, body, overrides, expected):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"model: default\nmethod: {{name: lora}}\ndata: {{train: quickstart:train}}\n{body}\n"
+                      f"output: {{dir: {tmp_path / 'run'}}}\n")
+    result = subprocess.run([sys.executable, "-c", CHECK, str(config), *overrides], capture_output=True, text=True,
+                            check=False, env={"PYTHONPATH": str(Path(__file__).parents[2]), "PATH": ""})
+    assert expected in result.stderr, result.stderr
+    assert "exit 2 torch imported: False" in result.stderr
+    assert not (tmp_path / "run").exists()
