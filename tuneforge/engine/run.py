@@ -226,6 +226,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
         if status == "complete":
             raise CheckpointError(f"--resume: the run in {run_dir} is already complete\n  fix: start a new run "
                                   "with another output.dir, or set output.overwrite=true")
+        checkpoint.remove_unfinished(run_dir / CHECKPOINTS)
         found, skipped = checkpoint.latest_checkpoint(run_dir / CHECKPOINTS)
         if found is None:
             detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
