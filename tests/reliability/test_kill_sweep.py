@@ -6,11 +6,9 @@ checkpoint); `make test-slow` runs the sweep over 20 random kill points."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,27 +16,10 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
+from tests.reliability.killing import ENV, kill_at, resume, train_command
 
-ROOT = Path(__file__).parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 SECTIONS = {"train": {"max_steps": 30, "save_every": 1, "keep_last": 2, "batch_size": 4, "grad_accum": 2},
             "eval": {"metrics": ["loss"]}}
-# a driver that kills its own process at the n-th call of one of the checkpoint writer's steps
-KILL_INSIDE = """
-import os, signal, sys
-from tuneforge.engine import checkpoint
-from tuneforge.cli import main
-name, nth = sys.argv[1], int(sys.argv[2])
-real, calls = getattr(checkpoint, name), {"n": 0}
-def killer(*args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-setattr(checkpoint, name, killer)
-sys.argv = ["tuneforge", "train", *sys.argv[3:]]
-main()
-"""
 
 
 def write_config(directory: Path, model_dir: Path) -> Path:
@@ -48,17 +29,13 @@ def write_config(directory: Path, model_dir: Path) -> Path:
     return path
 
 
-def train_command(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tuneforge.cli", "train", str(config), "--quiet", *extra]
-
-
 def adapter(config: Path) -> bytes:
     return (config.parent / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
 def finish(config: Path) -> str:
     """Resume until the run completes; returns how it went on."""
-    result = subprocess.run(train_command(config, "--resume"), env=ENV, capture_output=True, text=True, check=False)
+    result = resume(config)
     if result.returncode == 0:
         return "resumed"
     assert "no complete checkpoint" in result.stderr or "does not exist" in result.stderr, result.stderr
@@ -92,8 +69,7 @@ def reference(tmp_path_factory, tiny_model_dir) -> tuple[bytes, float, float]:
                          ids=["files-written-no-manifest", "renamed-not-synced"])
 def test_kill_inside_a_checkpoint_write(tmp_path, tiny_model_dir, reference, step, nth):
     config = write_config(tmp_path / "run-dir", tiny_model_dir)
-    killed = subprocess.run([sys.executable, "-c", KILL_INSIDE, step, str(nth), str(config), "--quiet"], env=ENV,
-                            capture_output=True, check=False)
+    killed = kill_at(f"tuneforge.engine.checkpoint:{step}", nth, config)
     assert killed.returncode == -9
     checkpoints = config.parent / "run" / "checkpoints"
     if step == "_fsync":  # killed while the files were being synced, before the manifest: a staging dir

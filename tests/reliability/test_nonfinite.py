@@ -48,7 +48,7 @@ def test_skip_logs_the_step_and_samples_and_keeps_the_weights(tmp_path, tiny_mod
     config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 4, "save_every": 1, "keep_last": 4})
     result = train(config, quiet=True)
     step2 = next(r for r in rows(result.run_dir) if r["kind"] == "train" and r["step"] == 2)
-    assert math.isnan(step2["loss"]) and len(step2["nonfinite_samples"]) == 4
+    assert math.isnan(step2["loss"]) and step2["nonfinite"] and len(step2["samples"]) == 4
     assert "step 2: the loss (nan)" in capsys.readouterr().out
     assert json.loads((result.run_dir / "run.json").read_text())["train"]["skipped_steps"] == 1
     before, after = weights(result.run_dir, 1), weights(result.run_dir, 2)

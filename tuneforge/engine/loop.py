@@ -26,6 +26,7 @@ from tuneforge.data.batching import (
 from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
+from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.errors import TrainingError
 from tuneforge.objectives import LossContext, Objective
@@ -80,24 +81,34 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     model.train()
     inputs.console.start_training(total, state.step)
     started, tokens_seen, first_step = time.perf_counter(), 0, state.step
+
+    def guard(doing: str) -> AbstractContextManager:
+        return resource_guard(doing, inputs.checkpoint_dir, cfg)
+
     try:
         for step in range(state.step, total):
-            step_started = time.perf_counter()
-            values = train_step(inputs, optimizer, plan.window(step), lr_at(step, total, cfg))
+            step_started, window = time.perf_counter(), plan.window(step)
+            with guard(f"in training step {step + 1}"):
+                values = train_step(inputs, optimizer, window, lr_at(step, total, cfg))
             values["step_time_s"] = time.perf_counter() - step_started
             values["peak_memory_gib"] = peak_memory_gib(inputs.device)
             state.step = step + 1
             tokens_seen += values["tokens"]
             if values.pop("skipped"):
                 state.skipped_steps += 1
-                _non_finite(inputs, state, plan.window(step), values)
+                _non_finite(inputs, state, window, values)
             values["epoch"] = plan.epoch_of(step)
-            _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
+            # the records this step trained on, in order: a resumed run's steps can be checked against these
+            values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
+            with guard(f"logging step {state.step}"):
+                _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
             if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
-                _evaluate(inputs, state)
+                with guard(f"evaluating at step {state.step}"):
+                    _evaluate(inputs, state)
             if _periodic(state.step, cfg.save_every, total) or state.stopped_early:
-                checkpoint.save_checkpoint(inputs.checkpoint_dir, state.step, model, optimizer, state.as_json(),
-                                           cfg.keep_last)
+                with guard(f"writing the checkpoint of step {state.step}"):
+                    checkpoint.save_checkpoint(inputs.checkpoint_dir, state.step, model, optimizer,
+                                               state.as_json(), cfg.keep_last)
             if state.stopped_early:
                 inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
                                     f"improve for {cfg.early_stopping_patience} evaluations")
@@ -179,7 +190,7 @@ def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[int]], v
     where = ", ".join(inputs.examples[i].example.location for micro in window for i in micro[:3])
     message = (f"step {state.step}: the loss ({values['loss']}) or gradient norm ({values['grad_norm']}) is not "
                f"finite, on samples {samples} ({where} ...)")
-    values["nonfinite_samples"] = samples
+    values["nonfinite"] = True
     if inputs.cfg.nonfinite == "stop":
         inputs.metrics.log(state.step, "nonfinite", {"loss": values["loss"], "grad_norm": values["grad_norm"],
                                                       "samples": samples})

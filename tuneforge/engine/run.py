@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tuneforge.engine.datakind import check_data_kind, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
+from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.rollout import Rollouts, heldout_rewards
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import resolve_rewards
@@ -67,6 +69,10 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
     run_dir = resolve_run_dir(loaded)
+
+    def guard(doing: str) -> AbstractContextManager:  # out of memory or disk: say what to change
+        return resource_guard(doing, run_dir / CHECKPOINTS, cfg.train)
+
     with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
         resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
         prepared = prepare_data(loaded, console, objective)
@@ -74,21 +80,26 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         if resume_from is not None:
             _check_same_run(run_dir, resume_from, cfg, fingerprint, force, console)
         device = precision.pick_device()
-        model, chosen = _build_model(cfg, method, params, device, console, objective)
+        with guard("loading the model"):
+            model, chosen = _build_model(cfg, method, params, device, console, objective)
         autocast = precision.autocast_factory(chosen, device)
         # made before any checkpoint is restored, so it is the model before training
         reference = method.reference(model) if objective.needs_reference else None
 
-        _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
         trainable, total = trainable_summary(model)
         status = {"fingerprint": fingerprint, "precision": chosen, "trainable_parameters": trainable,
                   "parameters": total, "data": prepared.stats}
-        _write_json(run_dir / RUN_FILE, {"status": "training", **status})
+        with guard("creating the run directory"):
+            _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+            _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
         evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference, rewards)
-        eval_before = _evaluate_base(evaluate, run_dir, console) if cfg.eval.compare_base and not resume_from else {}
+        eval_before = {}
+        if cfg.eval.compare_base and not resume_from:
+            with guard("evaluating the base model"):
+                eval_before = _evaluate_base(evaluate, run_dir, console)
         metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
         started = time.perf_counter()
         try:
@@ -103,22 +114,26 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
             state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
             wall = time.perf_counter() - started
             checkpoint.require_finite(checkpoint.trainable_state(model), "the trained weights")
-            method.save(model, run_dir)
-            if objective.save:
-                objective.save(model, run_dir)
-            eval_after, samples = evaluate(generate=True)
-            if eval_after:
-                metrics.log(state.step, "final_eval", eval_after)
+            with guard("saving the trained weights"):
+                method.save(model, run_dir)
+                if objective.save:
+                    objective.save(model, run_dir)
+            with guard("evaluating the trained model"):
+                eval_after, samples = evaluate(generate=True)
+                if eval_after:
+                    metrics.log(state.step, "final_eval", eval_after)
         finally:
             metrics.close()
         if resume_from is not None:
             eval_before = _read_json(run_dir / EVAL_FILE).get("before", {})
-        _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
         summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
                    "stopped_early": state.stopped_early}
-        weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p)
-                   for p in sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
-        _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary, "weights_sha256": weights})
+        with guard("writing the run's results"):
+            _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
+            weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p) for p in
+                       sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
+            _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
+                                             "weights_sha256": weights})
         return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 
