@@ -83,3 +83,11 @@ def test_export_command_needs_merge_for_adapters_and_refuses_a_full_directory(tm
     assert runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"]).exit_code == 0
     again = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"])
     assert again.exit_code == 2 and "not empty" in again.output
+    # --overwrite replaces an earlier export, but never a directory tuneforge did not write (promise 10)
+    assert runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge",
+                               "--overwrite"]).exit_code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "mine"), "--merge", "--overwrite"])
+    assert refused.exit_code == 2 and "did not write" in refused.output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

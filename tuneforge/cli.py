@@ -50,9 +50,14 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
           quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
     """Fine-tune as the config says; writes a run directory."""
     from tuneforge.config import load_config
+    from tuneforge.methods import validate_method_params
+    from tuneforge.objectives import validate_objective_params
 
-    # the schema first, before PyTorch is imported (2 s): a typo in the config fails in a fraction of a second
+    # the whole schema first, the method's and objective's own keys included, before PyTorch is imported
+    # (2 s): a typo in the config fails in a fraction of a second
     loaded = load_config(config, overrides or [])
+    validate_method_params(loaded.run.method, loaded.where("method"))
+    validate_objective_params(loaded.run.objective, loaded.where("objective"))
     from tuneforge.api import train as run_training
 
     result = run_training(loaded, resume=resume, force=force, quiet=quiet)
@@ -308,7 +313,10 @@ def feedback_serve(model: Annotated[str, typer.Option(help="a finished run direc
     responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
     sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     app_ = FeedbackApp(store, conversations, sampler)
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the server as Ctrl-C does
+    # a service manager's stop ends the server as Ctrl-C does; SIGINT is set too, as a shell starting the
+    # server in the background (`... &`) leaves it ignored
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _interrupt)
     try:
         app_.serve(host, port, on_ready=lambda url: print(f"feedback page: {url}  ({len(conversations)} prompts, "
                                                           f"saving to {db}); Ctrl-C stops", flush=True))

@@ -24,6 +24,12 @@ except SystemExit as exc:
     ("train: {batch_sise: 4}", [], "unknown key 'train.batch_sise'\n  fix: did you mean 'train.batch_size'?"),
     ("train: {lr: -1}", [], "train.lr"),
     ("train: {max_steps: 2}", ["train.precison=fp32"], "did you mean 'train.precision'?"),
+    # a method's or objective's own keys are checked before PyTorch loads too
+    ("train: {max_steps: 2}", ["method.rank=8"], "unknown key 'method.rank' for method 'lora'\n  fix: did you "
+                                                 "mean 'method.r'?"),
+    ("objective: {name: dpo, beta: -1}", [], "'objective.beta' = -1: Input should be greater than 0"),
+    ("objective: {name: grpo, rewards: [number_match], group_sise: 4}", [], "did you mean 'objective.group_size'?"),
+    ("train: {max_steps: 2}", ["method.name=lorra"], "unknown method 'lorra'"),
 ])
 def test_config_errors_fail_before_torch_loads(tmp_path, body, overrides, expected):
     config = tmp_path / "bad.yaml"

@@ -18,7 +18,7 @@ from tests.conftest import tiny_config
 from tests.reliability.killing import ENV, resume, train_command
 
 TRAIN = {"max_steps": 6, "save_every": 1, "keep_last": 10, "batch_size": 8}
-# caps the process's address space 8 MiB above what it uses (less than a step needs), at the start of the nth training step
+# at the start of the nth training step, caps the address space 8 MiB above what is in use (a step needs more)
 CAP_MEMORY = """
 import resource, sys
 from tuneforge.engine import loop

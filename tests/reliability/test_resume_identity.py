@@ -47,3 +47,21 @@ def test_changed_data_is_named_and_force_continues(interrupted, tmp_path):
     result = CliRunner().invoke(app, ["train", str(path), "--resume", "--force", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "continuing because of --force" in result.output
+
+
+def test_a_changed_tokenizer_is_named(tmp_path, tiny_model_dir):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = tiny_config(tmp_path, model_dir, train={"max_steps": 2, "save_every": 1})
+    train(config, quiet=True)
+    status = tmp_path / "run" / "run.json"
+    status.write_text(json.dumps(json.loads(status.read_text()) | {"status": "training"}))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)  # same path, same data tokens, one token more
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|tuneforge-extra|>"]})
+    tokenizer.save_pretrained(model_dir)
+    with pytest.raises(CheckpointError, match="the tokenizer changed") as err:
+        train(config, resume=True, quiet=True)
+    assert "training data" not in str(err.value) and "config keys" not in str(err.value)

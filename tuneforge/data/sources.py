@@ -31,7 +31,7 @@ def resolve_source(path: str) -> Path:
     if path.startswith(BUNDLED_PREFIX):
         name = path[len(BUNDLED_PREFIX):]
         bundled = BUNDLED_DIR / f"{name}.jsonl"
-        if not bundled.is_file():
+        if not bundled.is_file() or bundled.parent != BUNDLED_DIR:  # a plain name: no way out of the directory
             choices = sorted(p.stem for p in BUNDLED_DIR.glob("*.jsonl"))
             raise DataError(path, None, None, "no such bundled dataset",
                             f"use one of: {', '.join(BUNDLED_PREFIX + c for c in choices)}")

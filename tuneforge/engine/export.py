@@ -3,17 +3,21 @@ that transformers loads with no tuneforge or peft installed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from tuneforge.engine.paths import refuse_unsafe_replace
 from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.methods import get_method
 from tuneforge.methods.base import unchanged
 from tuneforge.models import no_progress_bars
+
+MARKER = "tuneforge_export.json"  # says the directory is an export, which --overwrite may replace
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
@@ -21,6 +25,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
+    refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
     trained = load_trained(run_dir, full_precision_base=True)
     method = get_method(trained.config.method.name)
     if method.merge is None:
@@ -38,6 +43,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
         with no_progress_bars():
             model.save_pretrained(staging, safe_serialization=True)
         trained.tokenizer.save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method.name}, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.replace(out_dir)

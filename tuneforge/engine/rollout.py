@@ -21,7 +21,7 @@ from tuneforge.data.render import IGNORE_INDEX, Encoded, end_of_turn_ids, prompt
 from tuneforge.evaluation.generate import generate_all, sample_ids
 from tuneforge.evaluation.rewards import RewardFn, score
 from tuneforge.objectives import Objective
-from tuneforge.objectives.rl import OnlineParams
+from tuneforge.objectives.params import OnlineParams
 
 Rewards = list[tuple[str, RewardFn, float]]
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from tuneforge.config import LoadedConfig, dump_yaml, load_config
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
-from tuneforge.engine import checkpoint, precision
+from tuneforge.engine import checkpoint, paths, precision
 from tuneforge.engine.datakind import check_data_kind, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.lock import run_lock
@@ -74,7 +75,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         return resource_guard(doing, run_dir / CHECKPOINTS, cfg.train)
 
     with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
-        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite)
+        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite, _inputs(loaded))
         prepared = prepare_data(loaded, console, objective)
         fingerprint = _fingerprint(cfg, prepared)
         if resume_from is not None:
@@ -231,8 +232,10 @@ def resolve_run_dir(loaded: LoadedConfig) -> Path:
     return Path("runs") / name
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[Path] = ()) -> Path | None:
     """Decide, before anything is written, whether this run starts fresh or resumes; None = fresh."""
+    if resume or not overwrite:
+        paths.refuse_escaping_links(run_dir, "run directory")
     if resume:
         if not run_dir.is_dir():
             raise CheckpointError(f"--resume: run directory {run_dir} does not exist\n  fix: start the run without "
@@ -252,7 +255,17 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RunDirError(f"output directory {run_dir} already holds a run\n  fix: pass --resume to continue it, "
                           "set output.overwrite=true to replace it, or choose another output.dir")
+    if overwrite:
+        paths.refuse_unsafe_replace(run_dir, RUN_FILE, "output.dir", inputs)
     return None
+
+
+def _inputs(loaded: LoadedConfig) -> list[Path]:
+    """The files a run reads that must survive it: the config, the data, a local model."""
+    cfg = loaded.run
+    specs = [*cfg.data.train, *(cfg.data.test or [])]
+    candidates = [loaded.source, *(loaded.resolve_path(s.path) for s in specs), loaded.resolve_path(cfg.model.path)]
+    return [Path(c) for c in candidates if c is not None and Path(c).exists()]
 
 
 def _create_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:

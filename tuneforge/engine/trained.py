@@ -23,7 +23,7 @@ from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.base import adapter_disabled_reference, frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import get_objective, validate_objective_params
-from tuneforge.objectives.rl import OnlineParams
+from tuneforge.objectives.params import OnlineParams
 
 
 @dataclass

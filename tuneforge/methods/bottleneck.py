@@ -16,14 +16,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from tuneforge.methods.base import Method, MethodParams, run_subdir
 from tuneforge.methods.selective import decoder_layers, load_tensors, save_trainable
 
 ADAPTER_DIR = "bottleneck"
-ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}
 
 
 class AdapterParams(MethodParams):
@@ -33,29 +31,9 @@ class AdapterParams(MethodParams):
     nonlinearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
 
 
-class Bottleneck(torch.nn.Module):
-    """Wraps a sub-layer: output + up(act(down(output))), on the first element when the output is a tuple."""
-
-    def __init__(self, inner: torch.nn.Module, hidden: int, width: int, nonlinearity: str):
-        super().__init__()
-        self.inner = inner
-        self.down = torch.nn.Linear(hidden, width)
-        self.act = ACTIVATIONS[nonlinearity]()
-        self.up = torch.nn.Linear(width, hidden)
-        torch.nn.init.zeros_(self.up.weight)
-        torch.nn.init.zeros_(self.up.bias)
-        self.enabled = True
-
-    def forward(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        if not self.enabled:
-            return out
-        hidden = out[0] if isinstance(out, tuple) else out
-        adapted = hidden + self.up(self.act(self.down(hidden)))
-        return (adapted, *out[1:]) if isinstance(out, tuple) else adapted
-
-
 def apply(model, params: AdapterParams):
+    from tuneforge.models.parts import Bottleneck  # PyTorch only when a model is built: configs check fast
+
     for param in model.parameters():
         param.requires_grad_(False)
     hidden = model.config.hidden_size
@@ -70,7 +48,9 @@ def apply(model, params: AdapterParams):
     return model
 
 
-def adapters(model) -> list[Bottleneck]:
+def adapters(model) -> list:
+    from tuneforge.models.parts import Bottleneck
+
     return [m for m in model.modules() if isinstance(m, Bottleneck)]
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
 
 from tuneforge.errors import ConfigError
 from tuneforge.methods.base import Method, MethodParams, run_subdir, unchanged
+
+if TYPE_CHECKING:
+    import torch
 
 TRAINED_DIR = "trained"
 TENSORS = "trained.safetensors"
@@ -36,6 +39,8 @@ class BitfitParams(MethodParams):
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The model's stack of decoder layers (Llama, Mistral, Qwen, Gemma, Phi-3 ... keep it at model.model.layers)."""
+    import torch  # PyTorch only when a model is built: configs check without it
+
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)\n"
@@ -60,6 +65,8 @@ def apply_freeze(model, params: FreezeParams):
 
 
 def apply_bitfit(model, params: BitfitParams):
+    import torch  # PyTorch only when a model is built: configs check without it
+
     for param in model.parameters():
         param.requires_grad_(False)
     for layer in decoder_layers(model):
@@ -95,6 +102,7 @@ def load(run_dir, load_base):
 
 def load_tensors(model, folder: Path) -> None:
     """Put saved tensors into the model by name, creating a parameter the model lacks (a bitfit bias)."""
+    import torch  # PyTorch only when a model is built: configs check without it
     from safetensors.torch import load_file
 
     modules = dict(model.named_modules())

@@ -93,3 +93,28 @@ def _label_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
     targets = batch["labels"][:, 1:]
     trained = targets != IGNORE_INDEX
     return output_head(model)(hidden[:, :-1][trained]).float(), targets[trained], trained
+
+
+ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}
+
+
+class Bottleneck(torch.nn.Module):
+    """Wraps a sub-layer: output + up(act(down(output))), on the first element when the output is a tuple."""
+
+    def __init__(self, inner: torch.nn.Module, hidden: int, width: int, nonlinearity: str):
+        super().__init__()
+        self.inner = inner
+        self.down = torch.nn.Linear(hidden, width)
+        self.act = ACTIVATIONS[nonlinearity]()
+        self.up = torch.nn.Linear(width, hidden)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+        self.enabled = True
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        if not self.enabled:
+            return out
+        hidden = out[0] if isinstance(out, tuple) else out
+        adapted = hidden + self.up(self.act(self.down(hidden)))
+        return (adapted, *out[1:]) if isinstance(out, tuple) else adapted

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-
-class ObjectiveParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from tuneforge.objectives.params import ObjectiveParams
 
 
 @dataclass(frozen=True)

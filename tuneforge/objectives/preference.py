@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from tuneforge.models.parts import sequence_logps
-from tuneforge.objectives.base import LossContext, LossOutput, Objective, ObjectiveParams
+from tuneforge.objectives.base import LossContext, LossOutput, Objective
+from tuneforge.objectives.params import BetaParams, CdpoParams, KtoParams, ObjectiveParams, OrpoParams, SimpoParams
 
 # ----------------------------------------------------------------------------------------- the losses
 
@@ -77,29 +77,6 @@ def kto_loss(ratio: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor | fl
 
 
 # ----------------------------------------------------------------------------------------- parameters
-
-
-class BetaParams(ObjectiveParams):
-    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference (higher = stay closer)")
-
-
-class CdpoParams(BetaParams):
-    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="assumed probability that a label is flipped")
-
-
-class SimpoParams(ObjectiveParams):
-    beta: float = Field(2.0, gt=0, description="reward scale")
-    gamma: float = Field(1.0, ge=0, description="target reward margin")
-
-
-class KtoParams(BetaParams):
-    desirable_weight: float = Field(1.0, gt=0, description="λ_D: weight of desirable examples (raise it when "
-                                                            "they are the fewer)")
-    undesirable_weight: float = Field(1.0, gt=0, description="λ_U: weight of undesirable examples")
-
-
-class OrpoParams(ObjectiveParams):
-    beta: float = Field(0.1, gt=0, description="weight λ of the odds-ratio term against the SFT term")
 
 
 # ----------------------------------------------------------------------------------------- wrappers

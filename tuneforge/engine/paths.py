@@ -1,0 +1,56 @@
+"""Where tuneforge may write and what it may delete. A run writes only inside its run directory, and a
+symlink there that leads out of it is refused (a symlinked `checkpoints` would let pruning delete another
+directory's files). Replacing a directory (`output.overwrite`, `export --overwrite`) deletes it, so only a
+directory tuneforge wrote is replaced: never a filesystem root, the home directory, the working directory or
+one above it, a directory holding the run's own inputs, or one without tuneforge's marker file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tuneforge.errors import RunDirError
+
+
+def refuse_escaping_links(root: Path, what: str) -> None:
+    """Every symlink under `root` must lead to a place inside it."""
+    if not root.is_dir():
+        return
+    inside = root.resolve()
+    for path in _walk(root):
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise RunDirError(f"{path} is a symlink to {path.resolve()}, outside the {what} {root}; tuneforge "
+                              "writes and prunes files there and will not follow it\n  fix: remove the link; to "
+                              "keep the run on another disk, set output.dir to a directory on that disk")
+
+
+def refuse_unsafe_replace(directory: Path, marker: str, what: str, inputs: Iterable[str | Path] = ()) -> None:
+    """Before `directory` is deleted to be written again: it must be a directory tuneforge wrote (it holds
+    `marker`, or nothing), not a root, home or working directory, and hold none of the run's inputs."""
+    if directory.is_symlink():
+        raise RunDirError(f"{what} {directory} is a symlink; replacing it would delete what it points to\n  fix: "
+                          "set the path to the real directory, or remove the link")
+    if not directory.exists():
+        return
+    resolved = directory.resolve()
+    protected = {Path(resolved.anchor), Path.home().resolve()}
+    if resolved in protected or Path.cwd().resolve().is_relative_to(resolved):
+        raise RunDirError(f"{what} {directory} is {resolved}, a root, home or working directory; replacing it "
+                          "would delete everything in it\n  fix: choose a directory of its own for the output")
+    for item in inputs:
+        if Path(item).resolve().is_relative_to(resolved):
+            raise RunDirError(f"{what} {directory} holds {item}, an input of this run; replacing it would delete "
+                              "it\n  fix: move the input out of it, or choose another output directory")
+    entries = [p.name for p in directory.iterdir()]
+    if entries and marker not in entries:
+        raise RunDirError(f"{what} {directory} holds files tuneforge did not write (no {marker}; it holds "
+                          f"{', '.join(sorted(entries)[:3])}{' ...' if len(entries) > 3 else ''}); replacing it "
+                          "would delete them\n  fix: choose another directory, or empty this one yourself")
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    """Every path under root, without descending into symlinked directories."""
+    for path in root.iterdir():
+        yield path
+        if path.is_dir() and not path.is_symlink():
+            yield from _walk(path)

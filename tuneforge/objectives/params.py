@@ -1,0 +1,97 @@
+"""The parameters of every objective, apart from the objectives themselves so that a config's
+`objective:` keys are checked without importing PyTorch (a typo fails in a fraction of a second, before
+anything loads). `PARAMS` maps each registered objective to its schema; the registry takes it from here."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ObjectiveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BetaParams(ObjectiveParams):
+    beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference (higher = stay closer)")
+
+
+class CdpoParams(BetaParams):
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="assumed probability that a label is flipped")
+
+
+class SimpoParams(ObjectiveParams):
+    beta: float = Field(2.0, gt=0, description="reward scale")
+    gamma: float = Field(1.0, ge=0, description="target reward margin")
+
+
+class KtoParams(BetaParams):
+    desirable_weight: float = Field(1.0, gt=0, description="λ_D: weight of desirable examples (raise it when "
+                                                            "they are the fewer)")
+    undesirable_weight: float = Field(1.0, gt=0, description="λ_U: weight of undesirable examples")
+
+
+class OrpoParams(ObjectiveParams):
+    beta: float = Field(0.1, gt=0, description="weight λ of the odds-ratio term against the SFT term")
+
+
+class RewardSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="a built-in (exact_match, number_match, number_only, "
+                                               "length_penalty) or a dotted path to your function")
+    model: str | None = Field(None, description="a finished run of objective: reward, whose score is the reward")
+    weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpec:
+        if (self.name is None) == (self.model is None):
+            raise ValueError("give a reward function's `name` or a reward model run's `model`, not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or f"model:{self.model}"
+
+    def __repr__(self) -> str:  # as `tuneforge methods` lists defaults
+        return self.label if self.weight == 1.0 else f"{self.label}×{self.weight:g}"
+
+
+class OnlineParams(ObjectiveParams):
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")],
+                                      description="reward functions and reward models, each a name, {name, "
+                                                  "weight} or {model: RUN_DIR, weight}; summed")
+    group_size: int = Field(8, ge=2, description="completions sampled per prompt")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the rollouts")
+    max_new_tokens: int = Field(32, ge=1, description="the most tokens a completion may have")
+    beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the reference (0: no reference)")
+    clip: float = Field(0.2, gt=0, description="PPO ratio clip ε")
+    updates: int = Field(1, ge=1, description="optimizer steps on each rollout (PPO epochs); above 1 the "
+                                              "ratio to the sampling policy moves and the clip acts")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _names(cls, value):
+        items = value if isinstance(value, list) else [value]
+        return [{"name": item} if isinstance(item, str) else item for item in items]
+
+
+class GrpoParams(OnlineParams):
+    scale_rewards: bool = Field(True, description="divide advantages by the group's reward std (false: Dr. GRPO)")
+
+
+class PpoParams(OnlineParams):
+    group_size: int = Field(4, ge=1, description="completions sampled per prompt")
+    beta: float = Field(0.05, ge=0, description="per-token KL penalty to the reference, in the reward")
+    updates: int = Field(2, ge=1, description="optimizer steps on each rollout (PPO epochs)")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    value_clip: float = Field(0.2, gt=0, description="how far a value may move from its rollout estimate")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount per token")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    whiten: bool = Field(True, description="normalise the window's advantages to mean 0, std 1")
+
+
+PARAMS: dict[str, type[ObjectiveParams]] = {
+    "sft": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
+    "orpo": OrpoParams, "kto": KtoParams, "reward": ObjectiveParams, "grpo": GrpoParams, "rloo": OnlineParams,
+    "ppo": PpoParams,
+}
