@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_config, write_jsonl
@@ -103,26 +97,6 @@ def read_rows(run_dir: Path) -> list[dict]:
     from tuneforge.engine.tracking import read_metrics
 
     return read_metrics(run_dir)
-
-
-def test_kill_9_then_resume_gives_same_adapter(tmp_path, tiny_model_dir):
-    sections = {"train": {"max_steps": 60, "save_every": 5, "batch_size": 4, "keep_last": 3}}
-    full = run_in(tmp_path, "full", tiny_model_dir, **sections)
-    (tmp_path / "killed").mkdir()
-    config_path = tmp_path / "killed" / "run.yaml"
-    config_path.write_text(yaml.safe_dump(tiny_config(tmp_path / "killed", tiny_model_dir, **sections)))
-    command = [sys.executable, "-m", "tuneforge.cli", "train", str(config_path), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    checkpoints = tmp_path / "killed" / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(checkpoints.glob("step-*")):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "killed" / "run" / "adapter").exists(), "run finished before it could be killed"
-    subprocess.run([*command, "--resume"], check=True, env=env, capture_output=True)
-    assert adapter_bytes(tmp_path / "killed" / "run") == adapter_bytes(full.run_dir)
 
 
 def test_checkpoint_keeps_last_k_and_writes_manifest(tmp_path, tiny_model_dir):

@@ -1,7 +1,7 @@
 """Promise 1: crash anywhere, lose nothing. A run is killed with SIGKILL at random moments (and at chosen
 points inside a checkpoint write), then resumed until it finishes; the final adapter is bitwise equal to
 the uninterrupted run's. A kill before the first checkpoint leaves nothing to resume, and the run is simply
-started again. CI runs the kills inside a checkpoint write (and `tests/test_engine.py` one kill after a
+started again. CI runs the kills inside a checkpoint write (and `test_same_samples.py` kills after a
 checkpoint); `make test-slow` runs the sweep over 20 random kill points."""
 
 from __future__ import annotations
