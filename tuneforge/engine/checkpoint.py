@@ -86,13 +86,11 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def remove_unfinished(root: Path) -> int:
+def remove_unfinished(root: Path) -> None:
     """Delete the staging directories of writes a killed run never finished (the caller holds the run's
-    lock, so no live writer owns them); returns how many there were."""
-    unfinished = list(root.glob(f".tmp-{PREFIX}*")) if root.is_dir() else []
-    for path in unfinished:
+    lock, so no live writer owns them)."""
+    for path in root.glob(f".tmp-{PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
-    return len(unfinished)
 
 
 def latest_checkpoint(root: Path) -> tuple[Path | None, list[str]]:

@@ -94,12 +94,12 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
             values["peak_memory_gib"] = peak_memory_gib(inputs.device)
             state.step = step + 1
             tokens_seen += values["tokens"]
-            if values.pop("skipped"):
-                state.skipped_steps += 1
-                _non_finite(inputs, state, window, values)
             values["epoch"] = plan.epoch_of(step)
             # the records this step trained on, in order: a resumed run's steps can be checked against these
             values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
+            if values.pop("skipped"):
+                state.skipped_steps += 1
+                _non_finite(inputs, state, window, values)
             with guard(f"logging step {state.step}"):
                 _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
             if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
@@ -186,14 +186,13 @@ def window_context(batches: Sequence[dict[str, torch.Tensor]], params: Objective
 def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[int]], values: dict) -> None:
     """A step whose loss or gradient was NaN or inf never reached the weights; say which step and samples,
     then go on or stop as `train.nonfinite` says (the last checkpoint stays the last good state)."""
-    samples = [inputs.examples[i].sample_id for micro in window for i in micro]
     where = ", ".join(inputs.examples[i].example.location for micro in window for i in micro[:3])
     message = (f"step {state.step}: the loss ({values['loss']}) or gradient norm ({values['grad_norm']}) is not "
-               f"finite, on samples {samples} ({where} ...)")
+               f"finite, on samples {values['samples']} ({where} ...)")
     values["nonfinite"] = True
     if inputs.cfg.nonfinite == "stop":
         inputs.metrics.log(state.step, "nonfinite", {"loss": values["loss"], "grad_norm": values["grad_norm"],
-                                                      "samples": samples})
+                                                      "samples": values["samples"]})
         raise TrainingError(f"{message}; stopped (train.nonfinite: stop), the weights were not updated\n  fix: "
                             "lower train.lr, keep train.max_grad_norm set, check those records, or set "
                             "train.nonfinite: skip; --resume continues from the last checkpoint")

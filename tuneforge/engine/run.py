@@ -75,7 +75,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         return resource_guard(doing, run_dir / CHECKPOINTS, cfg.train)
 
     with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
-        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite, _inputs(loaded))
+        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite,
+                                     _inputs(loaded) if cfg.output.overwrite and not resume else ())
         prepared = prepare_data(loaded, console, objective)
         fingerprint = _fingerprint(cfg, prepared)
         if resume_from is not None:
@@ -234,9 +235,8 @@ def resolve_run_dir(loaded: LoadedConfig) -> Path:
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[Path] = ()) -> Path | None:
     """Decide, before anything is written, whether this run starts fresh or resumes; None = fresh."""
-    if resume or not overwrite:
-        paths.refuse_escaping_links(run_dir, "run directory")
     if resume:
+        paths.refuse_escaping_links(run_dir, "run directory")  # before anything in it is deleted or written
         if not run_dir.is_dir():
             raise CheckpointError(f"--resume: run directory {run_dir} does not exist\n  fix: start the run without "
                                   "--resume, or set output.dir to the run to continue")
