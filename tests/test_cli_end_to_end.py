@@ -76,17 +76,23 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(trained_run, tiny_mod
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.engine.precision import autocast_factory, ready_for_inference
     from tuneforge.engine.trained import load_trained
 
     run_dir, _ = trained_run
-    ours = load_trained(run_dir).model.cpu()  # on the GPU where there is one; compared on the CPU
-    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run_dir / "adapter").eval()
+    trained = load_trained(run_dir)  # in the run's precision (fp32, or bf16 frozen weights under autocast)
+    ours = trained.model.cpu()  # on the GPU where there is one; compared on the CPU
+    chosen = trained.config.train.precision
+    # peft's own loading of the saved adapter, placed in the same precision
+    plain = ready_for_inference(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                                          run_dir / "adapter"), chosen, torch.device("cpu"))
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     ids = torch.randint(0, 1000, (2, 12))
-    with torch.no_grad():
+    with torch.no_grad(), autocast_factory(chosen, torch.device("cpu"))():
         expected = plain(input_ids=ids).logits
         torch.testing.assert_close(ours(input_ids=ids).logits, expected, atol=0, rtol=0)
-        assert not torch.allclose(base(input_ids=ids).logits, expected)  # the adapter changed the model
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, expected.float())  # the adapter changed the model
 
 
 def test_data_check_marks_trained_tokens(tmp_path, tiny_model_dir):

@@ -18,7 +18,7 @@ GOOD = json.dumps({"prompt": "hi", "completion": "there"})
 CASES = {
     "malformed_json": ([GOOD, '{"prompt": "a", "completion": ', GOOD], 2, None, "malformed JSON"),
     "missing_field": ([GOOD, GOOD, json.dumps({"prompt": "a", "completion": None})], 3, "completion", "missing"),
-    "wrong_type": ([GOOD, json.dumps({"prompt": ["a"], "completion": "b"})], 2, "prompt", "expected a string"),
+    "wrong_type": ([GOOD, json.dumps({"prompt": 5, "completion": "b"})], 2, "prompt", "expected a string"),
     "empty_completion": ([GOOD, json.dumps({"prompt": "a", "completion": "  "})], 2, "completion", "is empty"),
     "unknown_format": ([json.dumps({"question": "a", "answer": "b"})], 1, None, "cannot tell the record format"),
     "not_an_object": ([GOOD, "[1, 2]"], 2, None, "expected a JSON object"),

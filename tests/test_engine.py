@@ -121,11 +121,24 @@ def test_lr_schedules():
     assert lr_at(3, 4, TrainConfig(lr=0.1, schedule="constant")) == 0.1
 
 
-def test_early_stopping_stops_on_eval_loss(tmp_path, tiny_model_dir):
-    # a huge learning rate makes held-out loss worse after the first evaluation
-    result = train(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 40, "lr": 3.0, "eval_every": 2,
-                                                                "early_stopping_patience": 2}), quiet=True)
-    assert result.train["stopped_early"] and result.steps < 40
+def test_early_stopping_stops_when_the_held_out_loss_stops_improving(tmp_path, tiny_model_dir, monkeypatch):
+    # the evaluator's scores are scripted, so no CPU's rounding decides whether a loss rises: 1.0, then an
+    # improvement (0.9), then two evaluations without one -> stop at the 4th evaluation (step 8)
+    import tuneforge.engine.run as run_module
+
+    scripted = iter([1.0, 0.9, 0.95, 0.9])
+
+    def scores(*args, **kwargs):
+        return {"loss": next(scripted, 0.5)}  # 0.5: the final evaluation after training
+
+    monkeypatch.setattr(run_module, "heldout_scores", scores)
+    result = train(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 40, "eval_every": 2,
+                                                                "early_stopping_patience": 2},
+                               eval={"metrics": ["loss"]}), quiet=True)
+    assert result.train["stopped_early"] and result.steps == 8
+    evals = [r for r in read_rows(result.run_dir) if r["kind"] == "eval"]
+    assert [(r["step"], r["loss"]) for r in evals] == [(2, 1.0), (4, 0.9), (6, 0.95), (8, 0.9)]
+    assert (result.run_dir / "checkpoints" / "step-00000008").is_dir()  # the state it stopped at is saved
 
 
 def test_epoch_order_shuffles_by_seed_and_epoch_unless_told_not_to():

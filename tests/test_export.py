@@ -42,8 +42,8 @@ with torch.no_grad():
 """
 
 
-def trained_run(tmp_path, model_dir, method: dict):
-    config = tiny_config(tmp_path, model_dir, train={"max_steps": 3, "lr": 2e-2, "schedule": "constant"},
+def trained_run(tmp_path, model_dir, method: dict, **train_keys):
+    config = tiny_config(tmp_path, model_dir, train={"max_steps": 3, "lr": 2e-2, "schedule": "constant", **train_keys},
                          eval={"metrics": ["loss"]})
     config["method"] = method
     return train(config, quiet=True).run_dir
@@ -52,18 +52,46 @@ def trained_run(tmp_path, model_dir, method: dict):
 @pytest.mark.parametrize("name", sorted(MERGEABLE))
 def test_merged_export_loads_without_tuneforge_or_peft_and_matches(tmp_path, tiny_model_dir, name):
     run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE[name])
-    out = export_run(run_dir, tmp_path / "export", merge=True)
-    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
-    torch.save(ids, tmp_path / "ids.pt")
-    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(out), str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
-                   check=True, cwd=tmp_path)
-    exported = torch.load(tmp_path / "out.pt")
-    unmerged = load_trained(run_dir, full_precision_base=True).model.cpu()
+    exported = plain_logits(tmp_path, export_run(run_dir, tmp_path / "export", merge=True))
+    # the trained model in fp32, whatever precision the run trained in: what the export promises
+    unmerged = load_trained(run_dir, full_precision_base=True, precision_override="fp32").model.cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
-        expected = unmerged(input_ids=ids).logits
-        assert (base(input_ids=ids).logits - expected).abs().max() > 1e-3  # training changed the model
+        expected = unmerged(input_ids=IDS).logits
+        assert (base(input_ids=IDS).logits - expected).abs().max() > 1e-3  # training changed the model
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+
+
+IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def plain_logits(tmp_path, export_dir):
+    """The export's logits on IDS, computed in a process where neither peft nor tuneforge can be imported."""
+    torch.save(IDS, tmp_path / "ids.pt")
+    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(export_dir), str(tmp_path / "ids.pt"),
+                    str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
+    return torch.load(tmp_path / "out.pt")
+
+
+def test_a_bf16_run_merges_onto_the_base_as_stored(tmp_path, tiny_model_dir):
+    """A run trained with bf16 frozen weights exports the fp32 base plus its adapter: the tensors LoRA never
+    touches are the base's, bit for bit, and the logits are peft's own merge of the saved adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE["lora"], precision="bf16")
+    export = export_run(run_dir, tmp_path / "export", merge=True)
+    base_tensors = load_file(next(tiny_model_dir.glob("*.safetensors")))
+    exported_tensors = load_file(next(export.glob("*.safetensors")))
+    untouched = [n for n in base_tensors if not n.endswith(("proj.weight",))]
+    assert "model.embed_tokens.weight" in untouched
+    for name in untouched:
+        assert torch.equal(exported_tensors[name], base_tensors[name]), name
+    peft_merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                            run_dir / "adapter").merge_and_unload().eval()
+    with torch.no_grad():
+        expected = peft_merged(input_ids=IDS).logits
+    torch.testing.assert_close(plain_logits(tmp_path, export), expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("method", [{"name": "prompt", "num_virtual_tokens": 2},

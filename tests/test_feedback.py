@@ -21,7 +21,8 @@ from tests.conftest import tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.data.formats import prompt_of
 from tuneforge.data.sources import RawRecord
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.feedback.app import FeedbackApp, load_reviewers
 from tuneforge.feedback.store import FeedbackStore, Judgement, export, fleiss_kappa, pairwise_agreement, stats
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
@@ -120,6 +121,141 @@ def test_prompt_records():
     assert prompt_of(RawRecord("p.jsonl", 2, {"messages": messages})) == messages[:1]  # SFT data serves too
     with pytest.raises(DataError, match=r"p\.jsonl:3"):
         prompt_of(RawRecord("p.jsonl", 3, {"question": "hi"}))
+
+
+# ------------------------------------------------------------------- the server against hostile clients
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    """The feedback server in this process, on a free port, with canned responses (no model)."""
+    store = store_with_items(tmp_path, 3)
+    app = FeedbackApp(store, [item.prompt for item in store.items()], lambda prompt: (("x", "y"), ("m", "m")))
+    server = app.server("127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield app, server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def call(port: int, method: str, path: str, body=None, headers: dict | None = None, raw: bytes | None = None):
+    """(status, JSON answer) of one request, with the headers a same-origin page sends unless overridden."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    sent = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", **(headers or {})}
+    payload = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    if payload is not None and "Content-Length" not in sent:
+        sent["Content-Length"] = str(len(payload))
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for key, value in sent.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    if payload is not None and int(sent.get("Content-Length", 0)) <= 1 << 20:
+        connection.send(payload)
+    response = connection.getresponse()
+    answer = json.loads(response.read() or b"{}")
+    connection.close()
+    return response.status, answer
+
+
+def token_of(port: int, name: str) -> dict:
+    status, answer = call(port, "POST", "/api/join", {"name": name})
+    assert status == 200, answer
+    return {"Authorization": f"Bearer {answer['token']}"}
+
+
+def test_nobody_writes_as_someone_else(live_server):
+    app, port = live_server
+    ann, bob = token_of(port, "ann"), token_of(port, "bob")
+    assert call(port, "POST", "/api/judge", {"item_id": 1, "choice": "1"}, ann)[0] == 200
+    # the name is ann's now: a join without her token, a judgement naming her, or no token at all are refused
+    assert call(port, "POST", "/api/join", {"name": "ann"})[0] == 403
+    assert call(port, "POST", "/api/join", {"name": "ann", "token": "guess" * 8})[0] == 403
+    assert call(port, "POST", "/api/judge", {"item_id": 1, "choice": "2", "reviewer": "ann"}, bob)[0] == 403
+    assert call(port, "POST", "/api/judge", {"item_id": 1, "choice": "2"})[0] == 401
+    assert call(port, "GET", "/api/next")[0] == 401
+    # bob's own vote goes under bob, whatever the body says
+    assert call(port, "POST", "/api/judge", {"item_id": 1, "choice": "2"}, bob)[0] == 200
+    assert {(j.reviewer, j.choice) for j in app.store.judgements()} == {("ann", "1"), ("bob", "2")}
+    # ann, in her own browser (with her token), continues
+    again = call(port, "POST", "/api/join", {"name": "ann", "token": ann["Authorization"].split()[1]})
+    assert again[0] == 200 and call(port, "GET", "/api/next", headers=ann)[1]["judged"] == 1
+
+
+def test_other_origins_and_rebound_names_are_refused(live_server):
+    app, port = live_server
+    ann = token_of(port, "ann")
+    vote = {"item_id": 1, "choice": "1"}
+    assert call(port, "POST", "/api/judge", vote, {**ann, "Origin": "http://localhost:9999"})[0] == 403
+    assert call(port, "POST", "/api/judge", vote, {**ann, "Host": "evil.example"})[0] == 421
+    assert call(port, "GET", "/", headers={"Host": f"evil.example:{port}"})[0] == 421  # DNS rebinding
+    # what a cross-origin `no-cors` fetch or a form can send: not JSON
+    assert call(port, "POST", "/api/judge", vote, {**ann, "Content-Type": "text/plain"})[0] == 415
+    assert call(port, "POST", "/api/judge", vote, {**ann, "Content-Type": "application/x-www-form-urlencoded"}
+                )[0] == 415
+    assert app.store.judgements() == []
+    assert call(port, "POST", "/api/judge", vote, {**ann, "Origin": f"http://127.0.0.1:{port}"})[0] == 200
+
+
+MALFORMED = [  # (body or raw bytes, extra headers, status, words of the reason)
+    ([1, 2], {}, 400, "JSON object"),
+    ({"item_id": 1, "ratings": "5"}, {}, 400, "ratings"),
+    ({"item_id": 1, "correction": {"a": 1}}, {}, 400, "correction"),
+    ({"item_id": 1, "choice": "1", "shown_first": 3}, {}, 400, "shown_first"),
+    ({"item_id": 10**30, "choice": "1"}, {}, 400, "item_id"),
+    ({"item_id": "1", "choice": "1"}, {}, 400, "item_id"),
+    ({"item_id": True, "choice": "1"}, {}, 400, "item_id"),
+    ({"item_id": 1, "ratings": {"1": 3.7}}, {}, 400, "ratings.1"),
+    ({"item_id": 1, "ratings": {"1": 9}}, {}, 400, "ratings.1"),
+    ({"item_id": 1, "ratings": {"3": 4}}, {}, 400, "ratings"),
+    ({"item_id": 1, "choice": "1", "reviewer": None}, {}, 403, "your own name"),
+    ({"item_id": 1, "choice": "left"}, {}, 400, "choice"),
+    ({"item_id": 99, "choice": "1"}, {}, 400, "no item"),
+    ({"item_id": 1}, {}, 400, "a choice, a rating or a correction"),
+    ({"item_id": 1, "choice": "1", "admin": True}, {}, 400, "unknown fields"),
+    ({"item_id": 1, "correction": "x" * 20_000}, {}, 413, "limit"),
+    (b"\xff\xfe{", {}, 400, "UTF-8 JSON"),
+    (b"[" * 30_000 + b"]" * 30_000, {}, 400, "UTF-8 JSON"),
+    (b"{}", {"Content-Length": str(10**12)}, 413, "limit"),
+    (b"{" + b" " * (1 << 20) + b"}", {}, 413, "limit"),
+    (b"{}", {"Content-Length": "-5"}, 411, "Content-Length"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "reason"), MALFORMED,
+                         ids=[f"{i}-{case[3].split()[0]}" for i, case in enumerate(MALFORMED)])
+def test_malformed_bodies_are_refused_with_a_reason(live_server, body, headers, status, reason):
+    app, port = live_server
+    ann = token_of(port, "ann")
+    raw = body if isinstance(body, bytes) else None
+    got, answer = call(port, "POST", "/api/judge", None if raw else body, {**ann, **headers}, raw=raw)
+    assert (got, reason in answer.get("error", "")) == (status, True), answer
+    assert app.store.judgements() == []  # nothing half-saved
+    assert call(port, "GET", "/api/next", headers=ann)[0] == 200  # and the server still answers
+
+
+def test_a_closed_reviewer_list(tmp_path, live_server):
+    app, port = live_server
+    listing = tmp_path / "reviewers.txt"
+    listing.write_text("# name token\nann ann-secret-0123456789\n")
+    app.reviewers = load_reviewers(str(listing))
+    assert call(port, "POST", "/api/join", {"name": "bob"})[0] == 403  # not on the list
+    assert call(port, "POST", "/api/join", {"name": "ann", "token": "wrong-token-0123456"})[0] == 403
+    status, _ = call(port, "POST", "/api/join", {"name": "ann", "token": "ann-secret-0123456789"})
+    assert status == 200 and call(port, "GET", "/api/config")[1] == {"closed": True}
+    listing.write_text("ann short\n")
+    with pytest.raises(ConfigError, match=r"reviewers.txt:1"):
+        load_reviewers(str(listing))
+
+
+def test_a_file_that_is_not_a_feedback_database_is_named(tmp_path):
+    other = tmp_path / "notes.db"
+    other.write_text("not sqlite at all\n" * 100)
+    with pytest.raises(ConfigError, match="not a tuneforge feedback database"):
+        FeedbackStore(other)
+    assert other.read_text() == "not sqlite at all\n" * 100  # untouched
 
 
 # ------------------------------------------------------------------------------ the browser, end to end
@@ -269,3 +405,58 @@ def test_feedback_loop_in_the_browser(tmp_path, tiny_model_dir, browser):
                          train={"max_steps": 2, "batch_size": 2})
     run = train(config, quiet=True)
     assert run.steps == 2 and (run.run_dir / "adapter").is_dir()
+
+
+EVIL_PAGE = """<!doctype html><html><body><form id="f" method="POST" action="{target}/api/judge">
+<input name="item_id" value="1"><input name="choice" value="2"></form><p id="out"></p><script>
+const vote = JSON.stringify({{item_id: 1, choice: "2"}});
+const attempts = [
+  fetch("{target}/api/judge", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+                                body: vote}}),
+  fetch("{target}/api/judge", {{method: "POST", headers: {{"Content-Type": "application/json",
+                                "Authorization": "Bearer {token}"}}, body: vote}}),
+];
+Promise.allSettled(attempts).then((results) => {{
+  document.getElementById("out").textContent = "done " + results.map((r) => r.status).join(",");
+}});
+</script></body></html>"""
+
+
+def test_in_the_browser_other_pages_cannot_vote_and_names_cannot_be_taken(tmp_path, live_server, browser):
+    """A page from another origin, even one that knows a reviewer's token, cannot write a vote (no-cors
+    text/plain, a CORS request with the token, a form post); a second browser cannot take a reviewer's name."""
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app, port = live_server
+    target = f"http://127.0.0.1:{port}"
+    shown = vote_in_page(browser, target + "/", "ann", [("choose-left", {})])
+    token = browser.execute_script("return localStorage.getItem('tuneforge-token:ann')")
+    assert app.store.reviewer_of(token) == "ann"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text(EVIL_PAGE.format(target=target, token=token))
+    evil = HTTPServer(("127.0.0.1", 0), lambda *a: SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "site")))
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://localhost:{evil.server_address[1]}/index.html")
+        WebDriverWait(browser, 30).until(lambda d: "done" in d.find_element(By.ID, "out").text)
+        browser.find_element(By.ID, "f").submit()
+        WebDriverWait(browser, 30).until(lambda d: "/api/judge" in d.current_url)
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    left_slot = shown[0]["left"]["slot"]
+    assert [(j.reviewer, j.choice) for j in app.store.judgements()] == [("ann", str(left_slot))]
+
+    browser.get(target + "/")
+    browser.execute_script("localStorage.clear()")  # another browser: ann's token is not here
+    browser.refresh()
+    field = browser.find_element(By.ID, "reviewer")
+    field.clear()
+    field.send_keys("ann")
+    browser.find_element(By.ID, "start").click()
+    WebDriverWait(browser, 30).until(lambda d: "taken" in d.find_element(By.ID, "status").text)
+    assert not browser.find_element(By.ID, "work").is_displayed()
+    assert len(app.store.judgements()) == 1

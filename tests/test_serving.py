@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import write_jsonl
+from tests.conftest import TEST_PRECISION, write_jsonl
 from tuneforge.api import load_adapter_set, train
 from tuneforge.cli import app
 from tuneforge.errors import ConfigError
@@ -19,7 +19,7 @@ def constant_task_run(tmp_path, model_dir, name: str, answer: str):
     config = {"model": str(model_dir), "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
               "data": {"train": str(data), "max_seq_len": 64},
               "train": {"max_steps": 25, "batch_size": 8, "lr": 1e-2, "schedule": "constant", "seed": 1,
-                        "precision": "fp32"},
+                        "precision": TEST_PRECISION},
               "eval": {"metrics": []}, "output": {"dir": str(tmp_path / name), "tensorboard": False}}
     return train(config, quiet=True).run_dir
 

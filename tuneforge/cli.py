@@ -167,19 +167,16 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
     """Validate the data and show what will be trained, before any model weights load."""
     from tuneforge.config import load_config
     from tuneforge.data.check import check_split, marked_text
-    from tuneforge.data.dataset import load_examples
-    from tuneforge.engine.datakind import check_data_kind, objective_examples
+    from tuneforge.engine.datakind import load_splits
     from tuneforge.models.load import load_tokenizer
     from tuneforge.objectives import get_objective
 
     loaded = load_config(config, overrides or [])
     cfg = loaded.run
-    objective = get_objective(cfg.objective.name)
-    splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)}
-    if cfg.data.test:
-        splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path)
-    check_data_kind([e for examples in splits.values() for e in examples], objective, loaded)
-    splits = {split: objective_examples(examples, objective) for split, examples in splits.items()}
+    notes: list[str] = []
+    splits = load_splits(loaded, get_objective(cfg.objective.name), notes)
+    for note in notes:
+        print(note)
     tokenizer = load_tokenizer(cfg.model)
     failed = False
     for split, examples in splits.items():
@@ -191,6 +188,10 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
               f"({100 * stats['label_tokens'] / max(stats['tokens'], 1):.1f}%); length min {stats['length_min']} "
               f"mean {stats['length_mean']} p50 {stats['length_p50']} p95 {stats['length_p95']} "
               f"max {stats['length_max']}")
+        if report.stats.control_lookalikes:
+            where, spelling = report.stats.control_lookalikes[0]
+            print(f"  note: {len(report.stats.control_lookalikes)} examples quote a control token's spelling (first: "
+                  f"{where}: {spelling!r}); it is encoded as plain text, never as the control token")
         if report.stats.missing_end_of_turn:
             print(f"  warning: {len(report.stats.missing_end_of_turn)} examples do not train an end-of-turn token, "
                   f"e.g. {report.stats.missing_end_of_turn[0]}; the model may not learn to stop")
@@ -298,21 +299,25 @@ def feedback_serve(model: Annotated[str, typer.Option(help="a finished run direc
                    max_new_tokens: int = 128,
                    temperature: Annotated[float, typer.Option(help="sampling temperature (one model: must be > 0 "
                                                                    "so its two responses differ)")] = 0.8,
-                   top_p: float = 0.95) -> None:
+                   top_p: float = 0.95,
+                   reviewers: Annotated[Path | None, typer.Option(help="a closed list of reviewers: `name token` "
+                                                                       "lines; without it, the first to use a name "
+                                                                       "takes it")] = None) -> None:
     """Start the review page: reviewers pick the better of two responses (or a tie), rate them 1-5 and may
     write a better answer. Everything is saved in --db as it happens; stop with Ctrl-C."""
     from tuneforge.engine.serving import load_responder
-    from tuneforge.feedback.app import FeedbackApp, load_prompts, model_sampler
+    from tuneforge.feedback.app import FeedbackApp, load_prompts, load_reviewers, model_sampler
     from tuneforge.feedback.store import FeedbackStore
 
     if model_b is None and temperature <= 0:
         raise ConfigError("--temperature 0 with one model would show the same response twice\n  fix: give a "
                           "temperature above 0, or a second model with --model-b")
+    closed_list = load_reviewers(str(reviewers)) if reviewers else None
     conversations = load_prompts(prompts)
     store = FeedbackStore(db)
     responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
     sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    app_ = FeedbackApp(store, conversations, sampler)
+    app_ = FeedbackApp(store, conversations, sampler, closed_list)
     # a service manager's stop ends the server as Ctrl-C does; SIGINT is set too, as a shell starting the
     # server in the background (`... &`) leaves it ignored
     for stop in (signal.SIGTERM, signal.SIGINT):

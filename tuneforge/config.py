@@ -46,14 +46,17 @@ class NamedParams(BaseModel):
         return dict(self.model_extra or {})
 
 
-RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "preference"]
+RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "preference", "rated"]
 
 
 class DatasetSpec(Strict):
-    path: str = Field(description="file (.jsonl .json .csv .parquet), a `save_to_disk` directory, or quickstart:NAME")
+    path: str = Field(description="file (.jsonl .json .csv .parquet, or .gz of the first three), a `save_to_disk` "
+                      "directory, or quickstart:NAME")
     weight: float = Field(1.0, gt=0, description="size multiplier in a mixture: 2 repeats, 0.5 samples half")
     format: RecordFormat = "auto"
     split: str | None = Field(None, description="split of a saved DatasetDict")
+    columns: dict[str, str] = Field(default_factory=dict, description="the file's names for tuneforge's fields, "
+                                    "e.g. {prompt: question, completion: answer}")
 
 
 def _as_dataset_list(value: Any) -> Any:
@@ -74,6 +77,8 @@ class DataConfig(Strict):
     overlong: Literal["truncate", "drop", "error"] = "truncate"
     max_drop_fraction: float = Field(0.01, ge=0, le=1)
     train_on_prompt: bool = False
+    bad_records: Literal["error", "skip"] = Field("error", description="a record that cannot be read or is "
+                                                  "malformed: stop (default), or skip it and report how many")
     cache: bool = Field(True, description="keep tokenized data under $TUNEFORGE_HOME/cache; reruns skip tokenizing")
 
     _lists = field_validator("train", "test", mode="before")(_as_dataset_list)

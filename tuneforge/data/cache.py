@@ -23,7 +23,7 @@ from tuneforge.config import tuneforge_home
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded
 
-FORMAT_VERSION = 2  # bump when the encoding of labels changes, so old entries are not reused
+FORMAT_VERSION = 3  # bump when the encoding of labels changes, so old entries are not reused
 ARRAYS = ("ids", "labels", "lengths", "turn_ends", "turn_counts")
 
 

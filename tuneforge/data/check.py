@@ -32,17 +32,16 @@ def check_split(split: str, examples: list[Example], tokenizer, cfg: DataConfig,
 
 
 def trained_segments(sequence: Encoded, tokenizer) -> list[tuple[str, bool]]:
-    """A sequence's text cut into (text, trained?) runs, decoded token by token."""
-    segments: list[tuple[str, bool]] = []
-    ids, labels = sequence.input_ids, sequence.labels
-    for token_id, label in zip(ids, labels, strict=True):
-        piece = tokenizer.decode([token_id], skip_special_tokens=False)
+    """A sequence's text cut into (text, trained?) runs, each run decoded whole (a character spread over
+    several byte-level tokens, as most non-ASCII text is, decodes only with all of them)."""
+    runs: list[tuple[list[int], bool]] = []
+    for token_id, label in zip(sequence.input_ids, sequence.labels, strict=True):
         trained = label != IGNORE_INDEX
-        if segments and segments[-1][1] == trained:
-            segments[-1] = (segments[-1][0] + piece, trained)
+        if runs and runs[-1][1] == trained:
+            runs[-1][0].append(token_id)
         else:
-            segments.append((piece, trained))
-    return segments
+            runs.append(([token_id], trained))
+    return [(tokenizer.decode(ids, skip_special_tokens=False), trained) for ids, trained in runs]
 
 
 def marked_text(item: TrainExample, tokenizer) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data import cache
-from tuneforge.data.formats import Example, detect_format, normalise
-from tuneforge.data.render import Encoded, encode_batch, end_of_turn_ids, use_chat_template
-from tuneforge.data.sources import read_records
+from tuneforge.data.formats import Example, detect_format, normalise, unused_keys
+from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
+from tuneforge.data.sources import RawRecord, read_records
 from tuneforge.errors import DataError
 
 
@@ -52,6 +52,8 @@ class EncodeStats:
     lengths: list[int] = field(default_factory=list)
     label_tokens: int = 0
     missing_end_of_turn: list[str] = field(default_factory=list)
+    # where a record quotes a control token's spelling (kept as plain text): (location, the spelling)
+    control_lookalikes: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> dict:
         lengths = sorted(self.lengths) or [0]
@@ -62,12 +64,17 @@ class EncodeStats:
             "length_p50": lengths[len(lengths) // 2], "length_p95": lengths[min(len(lengths) - 1,
                                                                                   int(len(lengths) * 0.95))],
             "length_max": lengths[-1], "missing_end_of_turn": len(self.missing_end_of_turn),
+            "control_lookalikes": len(self.control_lookalikes),
         }
 
 
-def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str) -> list[Example]:
-    """Read and validate every record of every dataset, then form the weighted mixture."""
-    parts = [_load_one(spec, resolve(spec.path)) for spec in specs]
+def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str, *,
+                  bad_records: str = "error", notes: list[str] | None = None) -> list[Example]:
+    """Read and validate every record of every dataset, then form the weighted mixture. `bad_records: skip`
+    leaves out records that cannot be read or are malformed; what was skipped, and keys no format reads, are
+    appended to `notes` for the caller to show."""
+    notes = [] if notes is None else notes
+    parts = [_load_one(spec, resolve(spec.path), bad_records, notes) for spec in specs]
     if len(parts) == 1 and specs[0].weight == 1.0:
         return parts[0]
     rng = random.Random(seed)
@@ -77,15 +84,46 @@ def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[st
     return mixed
 
 
-def _load_one(spec: DatasetSpec, path: str) -> list[Example]:
-    examples = []
+def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str]) -> list[Example]:
+    examples, skipped, unused = [], [], None
     fmt = None if spec.format == "auto" else spec.format
     for record in read_records(path, spec.split):
-        fmt = fmt or detect_format(record)
-        examples.append(normalise(record, fmt))
+        try:
+            record = _mapped(record, spec.columns)
+            fmt = fmt or detect_format(record)
+            examples.append(normalise(record, fmt))
+        except DataError as exc:
+            if bad_records != "skip":
+                raise
+            skipped.append(str(exc).splitlines()[0])
+            continue
+        if unused is None and unused_keys(record, fmt):
+            unused = (record.where, unused_keys(record, fmt))
+    shown = path if not examples else examples[0].source
+    if skipped:
+        notes.append(f"warning: {shown}: skipped {len(skipped)} bad records (data.bad_records: skip), first: "
+                     + "; ".join(skipped[:3]))
+    if unused:
+        notes.append(f"warning: {shown}:{unused[0]}: keys {unused[1]} are not read by the {fmt} format (first "
+                     "such record); if one holds what should be trained, map it with `columns:` or set `format:`")
     if not examples:
-        raise DataError(path, None, None, "contains no records", "add records, or remove this dataset entry")
+        problem = f"contains no usable records ({len(skipped)} skipped)" if skipped else "contains no records"
+        raise DataError(path, None, None, problem, "add records, or remove this dataset entry")
     return examples
+
+
+def _mapped(record: RawRecord, columns: dict[str, str]) -> RawRecord:
+    """The record with the file's column names renamed to the fields tuneforge reads (`columns:`)."""
+    if not columns or not isinstance(record.data, dict):
+        return record
+    data = dict(record.data)
+    for field_name, column in columns.items():
+        if column not in data:
+            raise DataError(record.path, record.where, column, f"no such column (columns: {{{field_name}: "
+                            f"{column}}}); the record has {sorted(map(str, data))[:12]}",
+                            "fix the dataset's `columns:` mapping")
+        data[field_name] = data.pop(column)
+    return RawRecord(record.path, record.where, data)
 
 
 def _scale(examples: list[Example], weight: float, rng: random.Random) -> list[Example]:
@@ -108,6 +146,9 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     all_encoded = _encode_cached([*examples, *(examples[i].rejected_side() for i in pairs)], tokenizer, chat, cfg)
     rejected = dict(zip(pairs, all_encoded[len(examples):], strict=True))
     for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded[:len(examples)], strict=True)):
+        quoted = control_lookalikes([*example.messages, *example.rejected, {"content": example.text}], tokenizer)
+        if quoted:
+            stats.control_lookalikes.append((example.location, quoted[0]))
         for sequence in (encoded, rejected.get(sample_id)):
             if sequence is not None:
                 _note_missing_end(example, sequence, stops, stats)
@@ -166,14 +207,19 @@ def _cut(encoded: Encoded, length: int) -> Encoded:
 
 
 def check_drop_fraction(stats: EncodeStats, cfg: DataConfig, examples: Sequence[Example]) -> None:
+    # under truncate, an example is dropped only when its prompt alone fills max_seq_len (nothing trained is left)
+    if cfg.overlong == "truncate":
+        why, other = "their prompt alone fills", "shorten those prompts"
+    else:
+        why, other = "they are longer than", "set data.overlong: truncate"
     if not stats.kept:
         where = examples[0].source if examples else "data"
-        raise DataError(where, None, None, "no example is left to train on after the length policy",
-                        f"raise data.max_seq_len (now {cfg.max_seq_len})")
+        raise DataError(where, None, None, f"no example is left to train on: {why} data.max_seq_len="
+                        f"{cfg.max_seq_len}", f"raise data.max_seq_len (now {cfg.max_seq_len})")
     fraction = stats.dropped / max(stats.examples, 1)
     if fraction > cfg.max_drop_fraction:
         raise DataError(examples[0].source, None, None,
-                        f"{stats.dropped} of {stats.examples} examples ({fraction:.1%}) would be dropped as longer "
-                        f"than data.max_seq_len={cfg.max_seq_len}, more than data.max_drop_fraction="
+                        f"{stats.dropped} of {stats.examples} examples ({fraction:.1%}) would be dropped: {why} "
+                        f"data.max_seq_len={cfg.max_seq_len}; more than data.max_drop_fraction="
                         f"{cfg.max_drop_fraction:.1%}",
-                        "raise data.max_seq_len, set data.overlong: truncate, or raise data.max_drop_fraction")
+                        f"raise data.max_seq_len, {other}, or raise data.max_drop_fraction")

@@ -9,25 +9,48 @@ or model is loaded, so a bad record stops a run in a second with its file:line a
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import DataError
 
-ROLES = ("system", "user", "assistant")
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool",
+                "function": "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
-FORMAT_KEYS = {
-    "preference": ("prompt", "chosen", "rejected"),
-    "rated": ("prompt", "completion", "label"),
+                  "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+LABEL_KEYS = ("label", "kto_tag", "tag")  # a rated record's verdict: TRL/tuneforge, LLaMA-Factory, others
+FORMAT_KEYS = {  # detection order: a record with a verdict is rated whatever its layout; pairs before SFT
+    "rated": (),
+    "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
 }
+# the keys each format reads; others are reported once per file, since a key tuneforge does not read may be
+# one the data's author meant (a label, a score, a system prompt)
+USED_KEYS = {
+    "rated": {"prompt", "completion", "messages", "conversations", "instruction", "input", "output", "system",
+              "tools", *LABEL_KEYS},
+    "preference": {"prompt", "chosen", "rejected", "instruction", "input", "system", "conversations", "messages",
+                   "tools"},
+    "messages": {"messages", "tools"},
+    "sharegpt": {"conversations", "system", "tools"},
+    "prompt_completion": {"prompt", "completion"},
+    "alpaca": {"instruction", "input", "output", "system", "history"},
+    "text": {"text"},
+}
+# bookkeeping keys published datasets carry next to the data (ShareGPT ids, UltraFeedback's prompt_id, OpenAI's
+# parallel_tool_calls switch): not reported as unread
+METADATA_KEYS = {"id", "idx", "prompt_id", "source", "dataset", "category", "lang", "language", "parallel_tool_calls"}
 FORMAT_HELP = ("messages | conversations (ShareGPT) | prompt + completion | instruction + output (Alpaca) | text | "
-               "prompt + chosen + rejected (preference pairs) | prompt + completion + label (rated, for kto)")
+               "chosen + rejected, with prompt or in full conversations (preference pairs, HH-RLHF) | any of the SFT "
+               "layouts plus label / kto_tag (rated, for kto)")
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 @dataclass(frozen=True)
@@ -71,23 +94,44 @@ class Example:
 
 
 def detect_format(record: RawRecord) -> str:
-    data = record.data
-    if not isinstance(data, dict):
-        raise DataError(record.path, record.where, None, f"expected a JSON object, got {type(data).__name__}",
-                        "each record must be an object such as {\"prompt\": ..., \"completion\": ...}")
+    data = _record_object(record)
+    if any(k in data for k in LABEL_KEYS) and _sft_layout(data) is not None:
+        return "rated"
     for name, keys in FORMAT_KEYS.items():
-        if all(k in data for k in keys):
+        if keys and all(k in data for k in keys):
             return name
     raise DataError(record.path, record.where, None,
-                    f"cannot tell the record format from its keys {sorted(data)}",
-                    f"use one of: {FORMAT_HELP}; or set `format:` on the dataset entry")
+                    f"cannot tell the record format from its keys {sorted(map(str, data))[:12]}",
+                    f"use one of: {FORMAT_HELP}; or set `format:` or `columns:` on the dataset entry")
 
 
 def normalise(record: RawRecord, fmt: str) -> Example:
-    if not isinstance(record.data, dict):
-        raise DataError(record.path, record.where, None, f"expected a JSON object, got {type(record.data).__name__}",
-                        "each record must be an object")
+    _record_object(record)
     return _NORMALISERS[fmt](record)
+
+
+def unused_keys(record: RawRecord, fmt: str) -> list[str]:
+    """The record's keys that its format does not read (ids and similar bookkeeping aside)."""
+    return sorted(str(k) for k in record.data if k not in USED_KEYS[fmt] and k not in METADATA_KEYS)
+
+
+def _record_object(record: RawRecord) -> dict:
+    from tuneforge.data.sources import Malformed
+
+    data = record.data
+    if isinstance(data, Malformed):
+        raise DataError(record.path, record.where, None, data.problem, data.fix)
+    if not isinstance(data, dict):
+        raise DataError(record.path, record.where, None, f"expected a JSON object, got {type(data).__name__}",
+                        "each record must be an object such as {\"prompt\": ..., \"completion\": ...}")
+    return data
+
+
+def _sft_layout(data: dict) -> str | None:
+    for name in ("messages", "sharegpt", "prompt_completion", "alpaca"):
+        if all(k in data for k in FORMAT_KEYS[name]):
+            return name
+    return None
 
 
 def _require_text(record: RawRecord, key: str, *, allow_empty: bool = False, optional: bool = False) -> str:
@@ -108,32 +152,87 @@ def _require_text(record: RawRecord, key: str, *, allow_empty: bool = False, opt
 
 
 def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str, roles: dict[str, str], *,
-                   require_assistant: bool = True) -> Example:
-    turns = record.data.get(key)
+                   require_assistant: bool = True, turns=None) -> Example:
+    turns = record.data.get(key) if turns is None else turns
     if not isinstance(turns, list) or not turns:
-        raise DataError(record.path, record.where, key, f"expected a non-empty list of turns, got {turns!r:.60}",
-                        f"make '{key}' a list like [{{\"{role_key}\": ..., \"{content_key}\": ...}}]")
-    messages = []
-    for index, turn in enumerate(turns):
-        where = f"{key}[{index}]"
-        if not isinstance(turn, dict):
-            raise DataError(record.path, record.where, where, f"expected an object, got {type(turn).__name__}",
-                            f"each turn needs '{role_key}' and '{content_key}'")
-        role = turn.get(role_key)
-        if not isinstance(role, str) or role not in roles:
-            raise DataError(record.path, record.where, f"{where}.{role_key}", f"unknown role {role!r}",
-                            f"use one of: {', '.join(sorted(roles))}")
-        content = turn.get(content_key)
-        if not isinstance(content, str):
-            raise DataError(record.path, record.where, f"{where}.{content_key}",
-                            f"expected a string, got {type(content).__name__}", f"make '{content_key}' a string")
-        if roles[role] == "assistant" and not content.strip():
-            raise DataError(record.path, record.where, f"{where}.{content_key}", "assistant turn is empty",
-                            "give the assistant turn some text, or remove the record")
-        messages.append({"role": roles[role], "content": content})
+        raise DataError(record.path, record.where, key, f"expected a non-empty list of turns, got "
+                        f"{_excerpt(turns)}", f"make '{key}' a list like [{{\"{role_key}\": ..., "
+                        f"\"{content_key}\": ...}}]")
+    messages = [_turn(record, f"{key}[{index}]", turn, role_key, content_key, roles)
+                for index, turn in enumerate(turns)]
     if require_assistant:
         _check_turn_order(record, key, messages)
     return Example(record.path, record.where, messages=tuple(messages))
+
+
+def _turn(record: RawRecord, where: str, turn, role_key: str, content_key: str, roles: dict[str, str]) -> dict:
+    """One message as {role, content}; an assistant's tool calls (OpenAI `tool_calls`, ShareGPT
+    `function_call`) become `<tool_call>` JSON text in its content, the layout Hermes and Qwen models use."""
+    if not isinstance(turn, dict):
+        raise DataError(record.path, record.where, where, f"expected an object, got {type(turn).__name__}",
+                        f"each turn needs '{role_key}' and '{content_key}'")
+    role = turn.get(role_key)
+    if not isinstance(role, str) or role not in roles:
+        raise DataError(record.path, record.where, f"{where}.{role_key}", f"unknown role {_excerpt(role)}",
+                        f"use one of: {', '.join(sorted(roles))}")
+    content = turn.get(content_key)
+    calls = turn.get("tool_calls")
+    if role == "function_call":  # ShareGPT: the value is the call as JSON
+        calls, content = [_parsed_call(record, f"{where}.{content_key}", content)], ""
+    if content is None and calls:
+        content = ""
+    if not isinstance(content, str):
+        raise DataError(record.path, record.where, f"{where}.{content_key}",
+                        f"expected a string, got {type(content).__name__}", f"make '{content_key}' a string")
+    if calls is not None:
+        content = _with_tool_calls(record, f"{where}.tool_calls", content, calls)
+    if roles[role] == "assistant" and not content.strip():
+        raise DataError(record.path, record.where, f"{where}.{content_key}", "assistant turn is empty",
+                        "give the assistant turn some text, or remove the record")
+    return {"role": roles[role], "content": content}
+
+
+def _parsed_call(record: RawRecord, where: str, value) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise DataError(record.path, record.where, where, "a function call must be JSON text like "
+                            '{"name": ..., "arguments": {...}}', "fix the JSON of this call") from None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise DataError(record.path, record.where, where, f"a function call needs a 'name', got {_excerpt(value)}",
+                        'write the call as {"name": ..., "arguments": {...}}')
+    return {"function": {"name": value["name"], "arguments": value.get("arguments", {})}}
+
+
+def _with_tool_calls(record: RawRecord, where: str, content: str, calls) -> str:
+    if not isinstance(calls, list):
+        raise DataError(record.path, record.where, where, f"expected a list of calls, got {_excerpt(calls)}",
+                        "write tool_calls as [{\"type\": \"function\", \"function\": {\"name\": ..., "
+                        "\"arguments\": ...}}]")
+    texts = []
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(record.path, record.where, f"{where}[{index}]", "a tool call needs function.name",
+                            "write each call as {\"type\": \"function\", \"function\": {\"name\": ..., "
+                            "\"arguments\": ...}}")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):  # OpenAI sends the arguments as JSON text
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                raise DataError(record.path, record.where, f"{where}[{index}].function.arguments",
+                                "not valid JSON", "write the arguments as a JSON object") from None
+        call_json = json.dumps({"name": function["name"], "arguments": arguments}, ensure_ascii=False)
+        texts.append(f"{TOOL_CALL_OPEN}\n{call_json}\n{TOOL_CALL_CLOSE}")
+    return "\n".join(filter(None, [content.strip(), *texts]))
+
+
+def _excerpt(value) -> str:
+    """A short, clearly cut rendering of a value from the data for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_turn_order(record: RawRecord, key: str, messages: list[dict[str, str]]) -> None:
@@ -147,65 +246,191 @@ def _check_turn_order(record: RawRecord, key: str, messages: list[dict[str, str]
                         "put the user's message before the first assistant turn")
 
 
+def _with_tools(record: RawRecord, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Function definitions (`tools`, a list or its JSON text) join the system turn, so the model sees what it
+    may call; the layout follows Hermes / Qwen (`<tools>` JSON)."""
+    tools = record.data.get("tools")
+    if tools in (None, "", []):
+        return messages
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            raise DataError(record.path, record.where, "tools", "not valid JSON",
+                            "give tools as a list of function definitions (or its JSON text)") from None
+    if not isinstance(tools, list):
+        raise DataError(record.path, record.where, "tools", f"expected a list, got {type(tools).__name__}",
+                        "give tools as a list of function definitions")
+    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+    text = (f"You may call these tools. For each call, answer with {TOOL_CALL_OPEN}{{\"name\": ..., \"arguments\": "
+            f"...}}{TOOL_CALL_CLOSE}.\n<tools>\n{listing}\n</tools>")
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _conversation(record: RawRecord, layout: str) -> list[dict[str, str]]:
+    """The messages of a record in one of the SFT layouts, every assistant turn to be trained."""
+    if layout == "messages":
+        messages = list(_messages_from(record, "messages", "role", "content", OPENAI_ROLES).messages)
+    elif layout == "sharegpt":
+        messages = list(_messages_from(record, "conversations", "from", "value", SHAREGPT_ROLES).messages)
+        system = _require_text(record, "system", allow_empty=True, optional=True)
+        if system.strip() and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+    elif layout == "prompt_completion":
+        prompt, completion = _turns_or_text(record, "prompt", "user"), _turns_or_text(record, "completion", "assistant")
+        if completion[0]["role"] != "assistant":
+            raise DataError(record.path, record.where, "completion", "the completion must start with an assistant "
+                            "turn", "make 'completion' the assistant's answer to the prompt")
+        messages = [*prompt, *completion]
+        _check_turn_order(record, "prompt", messages)
+    else:
+        messages = _alpaca_messages(record)
+    return _with_tools(record, messages)
+
+
+def _alpaca_messages(record: RawRecord, response_key: str | None = "output") -> list[dict[str, str]]:
+    """Alpaca's system, history (earlier [instruction, response] pairs), instruction + input, and output."""
+    instruction = _require_text(record, "instruction")
+    extra_input = _require_text(record, "input", allow_empty=True, optional=True)
+    system = _require_text(record, "system", allow_empty=True, optional=True)
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    history = record.data.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, list | tuple) and len(h) == 2 and
+                                                all(isinstance(x, str) for x in h) for h in history):
+        raise DataError(record.path, record.where, "history", "expected a list of [instruction, response] pairs",
+                        "write history as [[\"earlier question\", \"earlier answer\"], ...]")
+    for question, answer in history:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    messages.append({"role": "user", "content": f"{instruction}\n\n{extra_input}" if extra_input.strip()
+                     else instruction})
+    if response_key is not None:
+        messages.append({"role": "assistant", "content": _require_text(record, response_key)})
+    return messages
+
+
 def _from_messages(record: RawRecord) -> Example:
-    return _messages_from(record, "messages", "role", "content", {r: r for r in ROLES})
+    return Example(record.path, record.where, messages=tuple(_conversation(record, "messages")))
 
 
 def _from_sharegpt(record: RawRecord) -> Example:
-    return _messages_from(record, "conversations", "from", "value", SHAREGPT_ROLES)
+    return Example(record.path, record.where, messages=tuple(_conversation(record, "sharegpt")))
 
 
 def _from_prompt_completion(record: RawRecord) -> Example:
-    prompt = _require_text(record, "prompt")
-    completion = _require_text(record, "completion")
-    messages = ({"role": "user", "content": prompt}, {"role": "assistant", "content": completion})
-    return Example(record.path, record.where, messages=messages)
+    return Example(record.path, record.where, messages=tuple(_conversation(record, "prompt_completion")))
 
 
 def _from_alpaca(record: RawRecord) -> Example:
-    instruction = _require_text(record, "instruction")
-    extra_input = _require_text(record, "input", allow_empty=True, optional=True)
-    output = _require_text(record, "output")
-    system = _require_text(record, "system", allow_empty=True, optional=True)
-    user = f"{instruction}\n\n{extra_input}" if extra_input.strip() else instruction
-    messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return Example(record.path, record.where, messages=tuple(messages))
+    return Example(record.path, record.where, messages=tuple(_conversation(record, "alpaca")))
+
+
+# ----------------------------------------------------------------------------------- preference pairs
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
 def _from_preference(record: RawRecord) -> Example:
-    """{"prompt", "chosen", "rejected"}: each a string, or a list of messages (the prompt's last turn from the
-    user, the responses' turns from the assistant)."""
-    prompt = _turns_or_text(record, "prompt", "user")
-    if prompt[-1]["role"] != "user":
-        raise DataError(record.path, record.where, "prompt", "the prompt must end with a user turn",
-                        "end 'prompt' with the user's message that the responses answer")
-    chosen, rejected = _turns_or_text(record, "chosen", "assistant"), _turns_or_text(record, "rejected", "assistant")
+    """A prompt with a chosen and a rejected response. The responses are text, one message, a list of
+    assistant messages, or whole conversations that include the prompt (UltraFeedback-binarized, TRL's
+    implicit prompt, Anthropic HH-RLHF transcripts): then the turns both share are the prompt."""
+    chosen, rejected = _response_turns(record, "chosen"), _response_turns(record, "rejected")
+    if chosen[0]["role"] != "assistant" or rejected[0]["role"] != "assistant":
+        prompt, chosen, rejected = _split_shared_prompt(record, chosen, rejected)
+    else:
+        prompt = _preference_prompt(record)
     for key, turns in (("chosen", chosen), ("rejected", rejected)):
         if turns[0]["role"] != "assistant":
             raise DataError(record.path, record.where, key, "the response must start with an assistant turn",
                             f"make '{key}' the assistant's answer to the prompt")
-    prompt_record = RawRecord(record.path, record.where, {"messages": [*prompt, *chosen]})
-    _check_turn_order(prompt_record, "prompt", [*prompt, *chosen])
+    if prompt[-1]["role"] not in ("user", "tool"):
+        raise DataError(record.path, record.where, "prompt", "the prompt must end with a user turn",
+                        "end 'prompt' with the user's message that the responses answer")
+    _check_turn_order(record, "prompt", [*prompt, *chosen])
+    prompt = _with_tools(record, prompt)
     return Example(record.path, record.where, messages=tuple(prompt + chosen), rejected=tuple(prompt + rejected),
                    prompt_turns=len(prompt))
 
 
+def _response_turns(record: RawRecord, key: str) -> list[dict[str, str]]:
+    value = record.data.get(key)
+    if isinstance(value, str) and HH_TURN.match(value):
+        return _hh_turns(record, key, value)
+    if isinstance(value, dict):  # one message (LLaMA-Factory's ShareGPT pairs: {"from": "gpt", "value": ...})
+        role_key, content_key, roles = (("from", "value", SHAREGPT_ROLES) if "from" in value
+                                        else ("role", "content", OPENAI_ROLES))
+        return [_turn(record, key, value, role_key, content_key, roles)]
+    if isinstance(value, list):
+        return list(_messages_from(record, key, "role", "content", OPENAI_ROLES, require_assistant=False).messages)
+    return [{"role": "assistant", "content": _require_text(record, key)}]
+
+
+def _hh_turns(record: RawRecord, key: str, transcript: str) -> list[dict[str, str]]:
+    """An Anthropic HH-RLHF transcript ("\\n\\nHuman: ...\\n\\nAssistant: ...") as messages."""
+    parts = HH_TURN.split(transcript)[1:]  # ["Human", text, "Assistant", text, ...]
+    return [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
+            for speaker, text in zip(parts[::2], parts[1::2], strict=True)]
+
+
+def _split_shared_prompt(record: RawRecord, chosen: list[dict], rejected: list[dict]):
+    """(prompt, chosen response, rejected response) from two whole conversations: the prompt is the longest
+    shared run of turns that ends with a user (or tool) turn."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and chosen[shared - 1]["role"] not in ("user", "tool"):
+        shared -= 1
+    if not shared or shared == len(chosen) or shared == len(rejected):
+        raise DataError(record.path, record.where, "chosen", "the chosen and rejected conversations do not share "
+                        "a prompt followed by different answers", "give both the same turns up to the user's last "
+                        "message, then each its own answer (or give 'prompt' and the answers alone)")
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def _preference_prompt(record: RawRecord) -> list[dict[str, str]]:
+    data = record.data
+    if "prompt" in data:
+        return _turns_or_text(record, "prompt", "user")
+    if "instruction" in data:  # LLaMA-Factory's Alpaca-style pairs
+        return _alpaca_messages(record, response_key=None)
+    for key, role_key, content_key, roles in (("conversations", "from", "value", SHAREGPT_ROLES),
+                                              ("messages", "role", "content", OPENAI_ROLES)):
+        if key in data:
+            return list(_messages_from(record, key, role_key, content_key, roles, require_assistant=False).messages)
+    raise DataError(record.path, record.where, "prompt", "missing: the responses are answers alone, so the record "
+                    "needs the prompt they answer", "add 'prompt' (or give chosen and rejected as whole "
+                    "conversations that include it)")
+
+
+# ----------------------------------------------------------------------------------- rated (KTO)
+
+
 def _from_rated(record: RawRecord) -> Example:
-    """{"prompt", "completion", "label"}: a response rated good (true) or bad (false), for KTO. Prompt and
-    completion are strings or message lists, as in preference pairs."""
-    prompt = _turns_or_text(record, "prompt", "user")
-    completion = _turns_or_text(record, "completion", "assistant")
-    label = record.data["label"]
-    if not isinstance(label, bool):
-        raise DataError(record.path, record.where, "label", f"expected true or false, got {label!r:.40}",
-                        "set 'label' to true for a desirable completion and false for an undesirable one")
-    if prompt[-1]["role"] != "user" or completion[0]["role"] != "assistant":
-        raise DataError(record.path, record.where, "completion", "the prompt must end with a user turn and the "
-                        "completion start with an assistant turn", "make 'completion' the assistant's answer")
-    _check_turn_order(RawRecord(record.path, record.where, {}), "prompt", [*prompt, *completion])
-    return Example(record.path, record.where, messages=tuple(prompt + completion), prompt_turns=len(prompt),
+    """One response rated desirable or not, for KTO: {prompt, completion, label} as TRL writes it, or any SFT
+    layout plus a verdict (`label`, or `kto_tag` as LLaMA-Factory writes it); the last assistant turn is the
+    rated completion, what comes before it the prompt."""
+    key = next((k for k in LABEL_KEYS if k in record.data), None)
+    label = _verdict(record, key)
+    layout = _sft_layout(record.data)
+    if layout is None:
+        raise DataError(record.path, record.where, None, "a rated record needs a conversation as well as its "
+                        "verdict", "give prompt + completion, messages, conversations or instruction + output")
+    messages = _conversation(record, layout)
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return Example(record.path, record.where, messages=tuple(messages[: last + 1]), prompt_turns=last,
                    desirable=label)
+
+
+def _verdict(record: RawRecord, key: str | None) -> bool:
+    value = record.data.get(key) if key else None
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # CSV has no booleans
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise DataError(record.path, record.where, key or "label", f"expected true or false, got {_excerpt(value)}",
+                        f"set '{key or 'label'}' to true for a desirable completion and false for an undesirable "
+                        "one")
+    return value
 
 
 def with_kl_completions(examples: list[Example]) -> list[Example]:
@@ -224,8 +449,7 @@ def with_kl_completions(examples: list[Example]) -> list[Example]:
 def _turns_or_text(record: RawRecord, key: str, role: str) -> list[dict[str, str]]:
     """A field that is either plain text (one turn with `role`) or a list of role/content messages."""
     if isinstance(record.data.get(key), list):
-        return list(_messages_from(record, key, "role", "content", {r: r for r in ROLES},
-                                   require_assistant=False).messages)
+        return list(_messages_from(record, key, "role", "content", OPENAI_ROLES, require_assistant=False).messages)
     return [{"role": role, "content": _require_text(record, key)}]
 
 
@@ -247,14 +471,14 @@ _NORMALISERS = {
 def prompt_of(record: RawRecord) -> list[dict[str, str]]:
     """The conversation a model should answer: `prompt` (text or messages), or `messages` up to the last user
     turn (so SFT or preference files serve as prompt files too)."""
-    data = record.data
-    if not isinstance(data, dict) or not ({"prompt", "messages"} & set(data)):
+    data = _record_object(record)
+    if not ({"prompt", "messages"} & set(data)):
         raise DataError(record.path, record.where, None, "a prompt record needs 'prompt' (text or messages) or "
                         "'messages'", "write records like {\"prompt\": \"What is 2 + 2?\"}")
     if "prompt" in data:
         turns = _turns_or_text(record, "prompt", "user")
     else:
-        turns = list(_messages_from(record, "messages", "role", "content", {r: r for r in ROLES},
+        turns = list(_messages_from(record, "messages", "role", "content", OPENAI_ROLES,
                                     require_assistant=False).messages)
     last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
     if last_user is None:

@@ -7,18 +7,26 @@ whatever follows (we check that, and refuse templates that do not). The trained 
 rendered text without trailing whitespace, so the end-of-turn token (`<|im_end|>`, `<|eot_id|>`, EOS...)
 is trained and the newline the template puts after it is not. Character spans map to tokens through
 the fast tokenizer's offsets; labels never depend on token ids, so pad == eos cannot mask the EOS.
+
+Text in the data is text: a message whose content contains a control token's spelling (`<|im_end|>`, say)
+is encoded as the ordinary tokens of those characters, never as the control token, so a record cannot
+forge turns, and an assistant turn that quotes a marker does not train the model to emit it. Only the
+template's own markers become control tokens (RELIABILITY.md, promise 15).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tuneforge.config import IGNORE_INDEX
 from tuneforge.data.formats import Example
 from tuneforge.errors import TemplateError
 
-__all__ = ["IGNORE_INDEX", "Encoded", "encode_batch", "encode_example", "end_of_turn_ids", "use_chat_template"]
+__all__ = ["IGNORE_INDEX", "Encoded", "control_lookalikes", "encode_batch", "encode_example", "end_of_turn_ids",
+           "use_chat_template"]
 
 
 @dataclass(frozen=True)
@@ -128,15 +136,37 @@ def _encode_chats(examples: Sequence[Example], tokenizer) -> list[Encoded]:
     if not examples:
         return []
     rendered = [_spans_from_renders(e, *r) for e, r in zip(examples, _renders(examples, tokenizer), strict=True)]
+    quoting = {i for i, e in enumerate(examples) if control_lookalikes(e.messages, tokenizer)}
+    if quoting:  # the rare records that quote a control token's spelling: their content is encoded as text
+        plain = [i for i in range(len(examples)) if i not in quoting]
+        encoded = dict(zip(plain, _encode_chats([examples[i] for i in plain], tokenizer), strict=True))
+        for i in quoting:
+            text, spans = rendered[i]
+            ids, offsets = _encode_with_text_content(tokenizer, text, examples[i].messages, examples[i].location)
+            encoded[i] = _label_spans(ids, offsets, spans)
+        return [encoded[i] for i in range(len(examples))]
     texts = [text for text, _ in rendered]
     backend = tokenizer.backend_tokenizer
     if backend.truncation is not None or backend.padding is not None:  # keep transformers' handling of those
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=False)
         return [_label_spans(ids, offsets, spans)
                 for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], rendered, strict=True)]
-    return [_label_spans_of(encoding, spans)
-            for encoding, (_, spans) in zip(backend.encode_batch(texts, add_special_tokens=False), rendered,
-                                            strict=True)]
+    with _control_tokens_parsed(tokenizer, True):  # the template's markers (the data has none here)
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+    return [_label_spans_of(encoding, spans) for encoding, (_, spans) in zip(encodings, rendered, strict=True)]
+
+
+@contextmanager
+def _control_tokens_parsed(tokenizer, parsed: bool) -> Iterator[None]:
+    """Whether the tokenizer turns control-token spellings into control tokens, for the duration (transformers
+    leaves the switch where the last call set it, so it is set and restored around each use here)."""
+    backend = tokenizer.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = not parsed
+    try:
+        yield
+    finally:
+        backend.encode_special_tokens = before
 
 
 def _label_spans_of(encoding, spans: list[tuple[int, int]]) -> Encoded:
@@ -187,8 +217,8 @@ def _encode_plain_pair(example: Example, tokenizer) -> Encoded:
         raise TemplateError(f"{example.location}: a conversation with roles {roles} needs a chat template, but "
                             "the data is rendered as plain text\n  fix: use a tokenizer with a chat template "
                             "(data.template: chat), or prompt/completion records")
-    prompt_ids = tokenizer(example.messages[0]["content"], add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(example.messages[1]["content"], add_special_tokens=False)["input_ids"]
+    prompt_ids = _text_ids(tokenizer, example.messages[0]["content"], add_special_tokens=True)
+    completion_ids = _text_ids(tokenizer, example.messages[1]["content"], add_special_tokens=False)
     completion_ids = [*completion_ids, tokenizer.eos_token_id]
     ids = prompt_ids + completion_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + completion_ids
@@ -196,8 +226,74 @@ def _encode_plain_pair(example: Example, tokenizer) -> Encoded:
 
 
 def _encode_text(text: str, tokenizer) -> Encoded:
-    ids = [*tokenizer(text, add_special_tokens=True)["input_ids"], tokenizer.eos_token_id]
+    ids = [*_text_ids(tokenizer, text, add_special_tokens=True), tokenizer.eos_token_id]
     return Encoded(ids, list(ids), (len(ids) - 1,))
+
+
+def _text_ids(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
+    """Token ids of data text, a control token's spelling in it encoded as ordinary text (BOS and the like
+    are still added when asked for)."""
+    with _control_tokens_parsed(tokenizer, False):
+        return tokenizer.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def _control_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching the spelling of any of the tokenizer's control (special) tokens, longest first; kept on
+    the tokenizer object, and made again when tokens were added since."""
+    added = tokenizer.added_tokens_decoder
+    cached = getattr(tokenizer, "_tuneforge_control_pattern", None)
+    if cached is not None and cached[0] == len(added):
+        return cached[1]
+    spellings = sorted({t.content for t in added.values() if t.special and t.content}, key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, spellings))) if spellings else None
+    tokenizer._tuneforge_control_pattern = (len(added), pattern)
+    return pattern
+
+
+def control_lookalikes(messages: Sequence[dict[str, str]], tokenizer) -> list[str]:
+    """The control-token spellings that appear in the messages' text (data, not the template's markers)."""
+    pattern = _control_pattern(tokenizer)
+    if pattern is None:
+        return []
+    return [m.group(0) for message in messages for m in pattern.finditer(message.get("content") or "")]
+
+
+def _encode_with_text_content(tokenizer, text: str, messages: Sequence[dict[str, str]],
+                              location: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and character offsets of a rendered conversation in which only the template's own markers are
+    control tokens. A tokenizer splits its input at control tokens and encodes the pieces between them
+    independently, so cutting at the template's markers only and encoding each piece with control-token
+    matching off gives what the whole text would give if the quoted spellings were ordinary text."""
+    spans, cursor = [], 0
+    for message in messages:
+        content = message.get("content") or ""
+        at = text.find(content, cursor) if content else cursor
+        if at < 0:
+            quoted = control_lookalikes([message], tokenizer) or ["?"]
+            raise TemplateError(f"{location}: a message quotes a control token ({quoted[0]!r}), and the chat "
+                                "template changes the message text, so tuneforge cannot keep the quote as plain "
+                                "text\n  fix: remove the control-token text from that record, or use a chat "
+                                "template that renders contents unchanged")
+        spans.append((at, at + len(content)))
+        cursor = at + len(content)
+    markers = [m for m in _control_pattern(tokenizer).finditer(text)
+               if not any(start <= m.start() < end for start, end in spans)]
+    pieces, start = [], 0
+    for marker in markers:
+        pieces.append((start, marker.start()))
+        start = marker.end()
+    pieces.append((start, len(text)))
+    with _control_tokens_parsed(tokenizer, False):
+        encoded = tokenizer.backend_tokenizer.encode_batch([text[a:b] for a, b in pieces], add_special_tokens=False)
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for index, (piece_start, _) in enumerate(pieces):
+        ids += encoded[index].ids
+        offsets += [(piece_start + a, piece_start + b) for a, b in encoded[index].offsets]
+        if index < len(markers):
+            ids.append(tokenizer.convert_tokens_to_ids(markers[index].group(0)))
+            offsets.append((markers[index].start(), markers[index].end()))
+    return ids, offsets
 
 
 def generation_prompt_ids(tokenizer, messages, *, chat: bool) -> list[int]:
@@ -205,8 +301,11 @@ def generation_prompt_ids(tokenizer, messages, *, chat: bool) -> list[int]:
     user message is the plain-text prompt (the same layout as plain-rendered training pairs)."""
     if chat:
         text = render_chat(tokenizer, messages, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(messages[-1]["content"], add_special_tokens=True)["input_ids"]
+        if control_lookalikes(messages, tokenizer):
+            return _encode_with_text_content(tokenizer, text, messages, "the prompt")[0]
+        with _control_tokens_parsed(tokenizer, True):
+            return tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    return _text_ids(tokenizer, messages[-1]["content"], add_special_tokens=True)
 
 
 def prompt_ids_for_generation(example: Example, tokenizer, *, chat: bool) -> tuple[list[int], str] | None:

@@ -1,17 +1,20 @@
 """Reading raw records from files, keeping where each one came from (file and line, or row).
 
 Every reader yields `RawRecord`s whose `where` is what an error message should print after the file
-name: a line number for JSON Lines, JSON and CSV, `row N` for Parquet and saved HF datasets.
+name: a line number for JSON Lines, JSON and CSV, `row N` for Parquet and saved HF datasets. A UTF-8 byte
+order mark is dropped, and `.jsonl.gz`, `.json.gz` and `.csv.gz` are read as they are.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tuneforge.errors import DataError
 
@@ -44,51 +47,89 @@ def resolve_source(path: str) -> Path:
 
 
 def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
-    """Yield every record of a dataset file or saved dataset directory, in order."""
+    """Yield every record of a dataset file or saved dataset directory, in order. A record that cannot be read
+    (a malformed JSON line, bytes that are not UTF-8) comes as a `Malformed` datum, so that the caller decides
+    whether it stops the run (the default) or is skipped (`data.bad_records: skip`)."""
     source = resolve_source(path)
     shown = path if path.startswith(BUNDLED_PREFIX) else str(source)
     if source.is_dir():
         yield from _read_saved_dataset(source, shown, split)
         return
-    reader = _READERS.get(source.suffix.lower())
+    suffixes = [s.lower() for s in source.suffixes[-2:]]
+    compressed = bool(suffixes) and suffixes[-1] == ".gz"
+    kind = suffixes[-2] if compressed and len(suffixes) == 2 else (suffixes[-1] if suffixes else "")
+    reader = _READERS.get(kind)
     if reader is None:
-        raise DataError(shown, None, None, f"unsupported file type '{source.suffix}'",
-                        "use .jsonl, .json, .csv, .parquet or a directory written by datasets' save_to_disk")
-    yield from reader(source, shown)
+        raise DataError(shown, None, None, f"unsupported file type '{''.join(source.suffixes[-2:]) or source.name}'",
+                        "use .jsonl, .json, .csv, .parquet (the first three also gzipped, .jsonl.gz), or a "
+                        "directory written by datasets' save_to_disk")
+    yield from reader(source, shown, compressed)
 
 
-def _read_jsonl(source: Path, shown: str) -> Iterator[RawRecord]:
-    with source.open("r", encoding="utf-8", errors="strict") as handle:
-        lineno = 0
-        while True:
-            lineno += 1
-            try:
-                line = handle.readline()
-            except UnicodeDecodeError as exc:
-                raise DataError(shown, lineno, None, f"not valid UTF-8 ({exc.reason})",
-                                "save the file as UTF-8") from None
-            if not line:
-                return
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(shown, lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})",
-                                "each line must be one complete JSON object") from None
-            yield RawRecord(shown, lineno, data)
+@dataclass(frozen=True)
+class Malformed:
+    """A record that could not be read: what was wrong and how to fix it."""
+
+    problem: str
+    fix: str
 
 
-def _read_json(source: Path, shown: str) -> Iterator[RawRecord]:
+def _open_binary(source: Path, compressed: bool) -> BinaryIO:
+    return gzip.open(source, "rb") if compressed else source.open("rb")
+
+
+def _read_all_text(source: Path, shown: str, compressed: bool) -> str:
+    """The whole file as text (a UTF-8 BOM dropped); bytes that are not UTF-8 are named by their line."""
     try:
-        text = source.read_text(encoding="utf-8")
+        with _open_binary(source, compressed) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise DataError(shown, None, None, f"cannot read the file: {exc}", "check the file (re-compress it)") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DataError(shown, None, None, f"not valid UTF-8 ({exc.reason})", "save the file as UTF-8") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(shown, line, None, f"not valid UTF-8 ({exc.reason}, byte {exc.start} of the file)",
+                        "save the file as UTF-8") from None
+
+
+def _read_jsonl(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    """Line by line, each decoded on its own, so an error names its own line."""
+    try:
+        with _open_binary(source, compressed) as handle:
+            for lineno, raw in enumerate(handle, 1):
+                data = _json_line(raw, lineno == 1)
+                if data is not None:
+                    yield RawRecord(shown, lineno, data)
+    except (OSError, EOFError) as exc:
+        raise DataError(shown, None, None, f"cannot read the file: {exc}", "check the file (re-compress it)") from None
+
+
+def _json_line(raw: bytes, first: bool) -> Any:
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        return Malformed(f"not valid UTF-8 ({exc.reason} at byte {exc.start} of the line)", "save the file as UTF-8")
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Malformed(f"malformed JSON: {exc.msg} (column {exc.colno})",
+                         "each line must be one complete JSON object")
+    except RecursionError:
+        return Malformed("JSON nested too deeply to read", "flatten the record")
+
+
+def _read_json(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    text = _read_all_text(source, shown, compressed)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(shown, exc.lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})",
                         "the file must be a JSON array of objects (or use .jsonl, one object per line)") from None
+    except RecursionError:
+        raise DataError(shown, None, None, "JSON nested too deeply to read", "flatten the records") from None
     if not isinstance(data, list):
         raise DataError(shown, 1, None, f"expected a JSON array of records, got a {type(data).__name__}",
                         "wrap the records in [ ... ] or write them as JSON Lines (.jsonl)")
@@ -109,21 +150,21 @@ def _array_item_lines(text: str) -> Iterator[int]:
         _, index = decoder.raw_decode(text, index)
 
 
-def _read_csv(source: Path, shown: str) -> Iterator[RawRecord]:
-    with source.open("r", encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            for row in reader:
-                if None in row:
-                    raise DataError(shown, reader.line_num, None, "more values than header columns",
-                                    "quote values that contain commas")
-                yield RawRecord(shown, reader.line_num, dict(row))
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(shown, reader.line_num, None, f"malformed CSV: {exc}",
-                            "fix the quoting on that line, and save the file as UTF-8") from None
+def _read_csv(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    reader = csv.DictReader(io.StringIO(_read_all_text(source, shown, compressed), newline=""))
+    try:
+        for row in reader:
+            if None in row:
+                yield RawRecord(shown, reader.line_num, Malformed("more values than header columns",
+                                                                  "quote values that contain commas"))
+                continue
+            yield RawRecord(shown, reader.line_num, dict(row))
+    except csv.Error as exc:
+        raise DataError(shown, reader.line_num, None, f"malformed CSV: {exc}",
+                        "fix the quoting on that line") from None
 
 
-def _read_parquet(source: Path, shown: str) -> Iterator[RawRecord]:
+def _read_parquet(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -162,10 +162,13 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    """The file's digest, read through one small buffer: it also runs after an out-of-memory error, to name the
+    intact checkpoint, when a fresh megabyte per read may not be had."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 16)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
     return digest.hexdigest()
 
 

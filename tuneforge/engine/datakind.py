@@ -4,6 +4,7 @@ sees them (KTO's rated completions gain their KL reference side)."""
 from __future__ import annotations
 
 from tuneforge.config import LoadedConfig
+from tuneforge.data.dataset import load_examples
 from tuneforge.data.formats import with_kl_completions
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.objectives import Objective
@@ -47,6 +48,20 @@ def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> Non
         raise ConfigError(f"{loaded.where('data', 'train_on_prompt')}: data.train_on_prompt does not apply to "
                           "preference objectives (only the responses are compared)\n"
                           "  fix: remove data.train_on_prompt")
+
+
+def load_splits(loaded: LoadedConfig, objective: Objective, notes: list[str]) -> dict[str, list]:
+    """Every record of the train (and test) data read and checked against what the objective trains on, as
+    the objective sees them; no tokenizer or model is needed. Warnings (skipped records, keys nothing reads)
+    are appended to `notes`. `tuneforge train` and `tuneforge data check` read data through here."""
+    cfg = loaded.run
+    splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path,
+                                     bad_records=cfg.data.bad_records, notes=notes)}
+    if cfg.data.test:
+        splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path,
+                                       bad_records=cfg.data.bad_records, notes=notes)
+    check_data_kind([e for examples in splits.values() for e in examples], objective, loaded)
+    return {split: objective_examples(examples, objective) for split, examples in splits.items()}
 
 
 def objective_examples(examples: list, objective: Objective) -> list:

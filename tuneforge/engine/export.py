@@ -26,7 +26,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
-    trained = load_trained(run_dir, full_precision_base=True)
+    # the base as stored, widened to fp32, whatever precision training ran in: merging into bf16-rounded weights
+    # would change every tensor, those the method never touched included
+    trained = load_trained(run_dir, full_precision_base=True, precision_override="fp32")
     method = get_method(trained.config.method.name)
     if method.merge is None:
         raise ConfigError(f"method '{method.name}' cannot be merged into the base weights (it adds computation the "

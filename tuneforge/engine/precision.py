@@ -84,10 +84,11 @@ def inference_placement(requested: str) -> tuple[torch.device, str]:
 
 
 def ready_for_inference(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
-    """Weights in the precision, on the device, in eval mode."""
+    """Weights in the precision (a method's trained parameters, which require grad until now, stay fp32 as in
+    training), on the device, in eval mode, nothing requiring grad."""
     cast_frozen_weights(model, precision)
     move_to(model, device)
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,10 +29,26 @@ class ResourceError(TrainingError):
     """The machine ran out of memory or disk; the message says what to change."""
 
 
+# oneDNN (bf16 matmuls on the CPU) reports a failed allocation only as this; other causes are possible, so it
+# counts as out of memory when memory is indeed short at that moment
+_ONEDNN_TEXT = "could not create a primitive"
+
+
 def out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return True
-    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _OOM_TEXT)
+    if not isinstance(exc, RuntimeError):
+        return False
+    return any(text in str(exc) for text in _OOM_TEXT) or (_ONEDNN_TEXT in str(exc) and _memory_is_short())
+
+
+def _memory_is_short(probe_bytes: int = 64 << 20) -> bool:
+    """Whether 64 MiB more can be had now (the failed step's tensors are freed by the time this runs)."""
+    try:
+        bytearray(probe_bytes)
+    except MemoryError:
+        return True
+    return False
 
 
 def out_of_disk(exc: BaseException) -> bool:
@@ -49,6 +66,8 @@ def resource_guard(doing: str, checkpoints: Path, cfg: TrainConfig) -> Iterator[
     except Exception as exc:
         if isinstance(exc, ResourceError) or not (out_of_memory(exc) or out_of_disk(exc)):
             raise
+        # the failed step's tensors live on in the traceback's frames; free them before checking checkpoints
+        traceback.clear_frames(exc.__traceback__)
         raise ResourceError(_message(exc, doing, checkpoints, cfg)) from exc
 
 

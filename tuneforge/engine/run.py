@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from tuneforge.config import LoadedConfig, dump_yaml, load_config
-from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
+from tuneforge.data.dataset import TrainExample, encode_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint, paths, precision
-from tuneforge.engine.datakind import check_data_kind, objective_examples
+from tuneforge.engine.datakind import load_splits
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopInputs, LoopState, train_loop
@@ -176,10 +176,11 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
     cfg = loaded.run
     objective = objective or get_objective(cfg.objective.name)
-    train_raw = load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path)
-    test_raw = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path) if cfg.data.test else []
-    check_data_kind(train_raw + test_raw, objective, loaded)
-    train_raw, test_raw = objective_examples(train_raw, objective), objective_examples(test_raw, objective)
+    notes: list[str] = []
+    splits = load_splits(loaded, objective, notes)
+    train_raw, test_raw = splits["train"], splits.get("test", [])
+    for note in notes if console else ():
+        console.info(note)
     tokenizer = load_tokenizer(cfg.model)
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)

@@ -71,9 +71,10 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
                                                                  precision.dtype(chosen)))
     (name, path), *others = named.items()
     with quiet_peft():
-        model = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), adapter_name=name)
+        # is_trainable: each adapter's weights are trained ones, kept in the dtype they trained in
+        model = PeftModel.from_pretrained(base, str(path / ADAPTER_DIR), adapter_name=name, is_trainable=True)
         for name, path in others:
-            model.load_adapter(str(path / ADAPTER_DIR), adapter_name=name)
+            model.load_adapter(str(path / ADAPTER_DIR), adapter_name=name, is_trainable=True)
     precision.ready_for_inference(model, chosen, device)
     tokenizer = AutoTokenizer.from_pretrained(next(iter(named.values())) / "tokenizer")
     return AdapterSet(model, tokenizer, configs, precision.autocast_factory(chosen, device))

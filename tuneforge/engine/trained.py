@@ -35,9 +35,10 @@ class TrainedRun:
     autocast: object
 
 
-def load_trained(run_dir: str | Path, *, full_precision_base: bool = False) -> TrainedRun:
-    """A finished run's model, ready for inference. `full_precision_base` loads the base unquantized even for
-    a quantized method (qlora), as merging and exporting need."""
+def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, precision_override: str | None = None
+                 ) -> TrainedRun:
+    """A finished run's model, ready for inference in the run's precision (or `precision_override`).
+    `full_precision_base` loads the base unquantized even for a quantized method (qlora), as merging needs."""
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
@@ -50,7 +51,7 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False) -> T
     if not (run_dir / method.output_subdir).is_dir():
         raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
                           "`tuneforge train <config> --resume`, or use a finished run")
-    device, chosen = precision.inference_placement(cfg.train.precision)
+    device, chosen = precision.inference_placement(precision_override or cfg.train.precision)
     base_kwargs = {} if full_precision_base else method.load_base_kwargs(validate_method_params(cfg.method),
                                                                          precision.dtype(chosen))
     model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))

@@ -5,25 +5,38 @@ samples of the one model. Items are sampled ahead in a background thread (one mo
 stored before any page sees them, so a restarted server shows the same responses and never samples a prompt
 twice. The page shows the two responses in random order; what is saved names the response, not the side.
 
-The server is the standard library's threaded HTTP server: a page and three JSON endpoints, for a handful of
-reviewers on a local network, needs nothing more.
+The server is the standard library's threaded HTTP server: a page and a few JSON endpoints, for a handful of
+reviewers on a local network, needs nothing more. What it guards against (RELIABILITY.md, promise 14):
+- writing as someone else: a reviewer's first visit claims the name and the server issues a secret token,
+  kept by that browser; every later request carries it (`Authorization: Bearer`), and the name a judgement
+  is saved under is the token's, never one the request names. `--reviewers FILE` closes the list instead:
+  only the names in the file, each with the token written next to it;
+- other web pages: a browser page from another origin, or a DNS name rebound to this machine, is refused by
+  the Origin and Host checks; writes must be `application/json`, which no cross-origin form or no-cors fetch
+  can send without a preflight this server never answers;
+- malformed or huge bodies: each field is checked (type, range, length) and refused with 400 and the reason;
+  bodies over 64 KiB are refused before they are read; no request can drop the connection with a traceback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
+import secrets
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import parse_qs, urlparse
+from pathlib import Path
+from urllib.parse import urlparse
 
 from tuneforge.data.formats import prompt_of
 from tuneforge.data.sources import read_records
-from tuneforge.errors import DataError
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.feedback.store import FeedbackStore, Judgement, stats
 
 Sample = Callable[[list[dict]], tuple[tuple[str, str], tuple[str, str]]]  # prompt -> (responses, model names)
@@ -36,11 +49,48 @@ def load_prompts(path: str) -> list[list[dict]]:
     return prompts
 
 
+MAX_BODY = 64 * 1024  # bytes of a request body; a judgement with a long correction is a few KiB
+MAX_CORRECTION = 16_000  # characters of a written answer
+MAX_NAME = 64
+JUDGE_KEYS = {"item_id", "choice", "shown_first", "ratings", "correction", "reviewer"}
+
+
+class Refused(Exception):
+    """A request the server answers with `status` and a reason, never a traceback."""
+
+    def __init__(self, status: HTTPStatus, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def load_reviewers(path: str) -> dict[str, str]:
+    """A closed reviewer list: one `name token` per line (# comments allowed); tokens of 16 characters or more."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--reviewers {path}: cannot read it ({exc})\n  fix: give a UTF-8 text file of "
+                          "`name token` lines") from None
+    reviewers: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[1]) < 16 or len(parts[0]) > MAX_NAME or parts[0] in reviewers:
+            raise ConfigError(f"--reviewers {path}:{number}: expected `name token` with a unique name of at most "
+                              f"{MAX_NAME} characters and a token of 16 or more\n  fix: e.g. `ann "
+                              f"{secrets.token_urlsafe(18)}`")
+        reviewers[parts[0]] = parts[1]
+    if not reviewers:
+        raise ConfigError(f"--reviewers {path}: lists nobody\n  fix: add `name token` lines")
+    return reviewers
+
+
 @dataclass
 class FeedbackApp:
     store: FeedbackStore
     prompts: list[list[dict]]
     sample: Sample
+    reviewers: dict[str, str] | None = None  # a closed list of names and their tokens; None: names are claimed
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -60,6 +110,22 @@ class FeedbackApp:
                 return
             self.ensure_item(prompt)
 
+    def join(self, body: dict) -> dict:
+        """A reviewer starts: a new name is claimed and gets a token; a taken one needs its token."""
+        _only_keys(body, {"name", "token"})
+        name = _text(body.get("name"), "name", MAX_NAME, required=True).strip()
+        token = _text(body.get("token"), "token", 200)
+        if self.reviewers is not None:
+            if name not in self.reviewers or not token or not secrets.compare_digest(self.reviewers[name], token):
+                raise Refused(HTTPStatus.FORBIDDEN, "this name and token are not on the server's reviewer list")
+            self.store.claim_reviewer(name, token)
+            return {"name": name, "token": token}
+        token = token or secrets.token_urlsafe(24)
+        if not self.store.claim_reviewer(name, token):
+            raise Refused(HTTPStatus.FORBIDDEN, f"the name {name!r} is taken by another reviewer; continue in the "
+                                                "browser where you started, or choose another name")
+        return {"name": name, "token": token}
+
     def next_for(self, reviewer: str) -> dict:
         item = self.store.next_item_for(reviewer)
         while item is None:
@@ -75,21 +141,40 @@ class FeedbackApp:
                          "left": {"slot": order[0], "text": item.responses[order[0] - 1]},
                          "right": {"slot": order[1], "text": item.responses[order[1] - 1]}}}
 
-    def judge(self, body: dict) -> dict:
+    def judge(self, reviewer: str, body: dict) -> dict:
+        """Save the authenticated reviewer's judgement; a body naming another reviewer is refused."""
+        _only_keys(body, JUDGE_KEYS)
+        if "reviewer" in body and body["reviewer"] != reviewer:
+            raise Refused(HTTPStatus.FORBIDDEN, "a judgement is saved under your own name only")
         ratings = body.get("ratings") or {}
+        if not isinstance(ratings, dict) or set(ratings) - {"1", "2"}:
+            raise Refused(HTTPStatus.BAD_REQUEST, "ratings must be an object with keys \"1\" and \"2\"")
         judgement = Judgement(
-            item_id=int(body["item_id"]), reviewer=str(body.get("reviewer", "")),
-            choice=_choice(body.get("choice")), shown_first=_slot(body.get("shown_first")),
-            ratings=(_rating(ratings.get("1")), _rating(ratings.get("2"))), correction=body.get("correction"))
-        self.store.judge(judgement)
-        return {"saved": True, "judged": self.store.count_for(judgement.reviewer)}
+            item_id=_integer(body.get("item_id"), "item_id", range(1, 2**62)), reviewer=reviewer,
+            choice=_choice(body.get("choice")), shown_first=_optional_integer(body.get("shown_first"), "shown_first",
+                                                                              range(1, 3)),
+            ratings=(_optional_integer(ratings.get("1"), "ratings.1", range(1, 6)),
+                     _optional_integer(ratings.get("2"), "ratings.2", range(1, 6))),
+            correction=_text(body.get("correction"), "correction", MAX_CORRECTION))
+        try:
+            self.store.judge(judgement)
+        except ValueError as exc:
+            raise Refused(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        return {"saved": True, "judged": self.store.count_for(reviewer)}
+
+    def server(self, host: str, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer((host, port), _handler(self, host))
+        server.daemon_threads = True
+        return server
 
     def serve(self, host: str, port: int, *, on_ready: Callable[[str], None] = print) -> None:
         filler = threading.Thread(target=self.fill, name="feedback-sampler", daemon=True)
         filler.start()
-        server = ThreadingHTTPServer((host, port), _handler(self))
-        server.daemon_threads = True
-        on_ready(f"http://{host}:{server.server_address[1]}/")
+        server = self.server(host, port)
+        if not _loopback(host):
+            print(f"warning: listening on {host}, so anyone who can reach this machine can open the page; names "
+                  "are protected by their tokens, but consider --reviewers FILE for a closed list", file=sys.stderr)
+        on_ready(f"http://{_url_host(host)}:{server.server_address[1]}/")
         try:
             server.serve_forever()
         finally:
@@ -97,54 +182,152 @@ class FeedbackApp:
             server.server_close()
 
 
+def _only_keys(body: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Refused(HTTPStatus.BAD_REQUEST, f"unknown fields {unknown}; allowed: {sorted(allowed)}")
+
+
 def _choice(value) -> str | None:
-    if value in (None, ""):
+    if value is None or value == "":
         return None
-    if str(value) not in ("1", "2", "tie"):
-        raise ValueError(f"choice must be 1, 2 or tie, not {value!r}")
+    if isinstance(value, bool) or str(value) not in ("1", "2", "tie") or not isinstance(value, int | str):
+        raise Refused(HTTPStatus.BAD_REQUEST, f"choice must be 1, 2, \"tie\" or null, not {_shown(value)}")
     return str(value)
 
 
-def _slot(value) -> int | None:
-    return None if value in (None, "") else int(value)
+def _integer(value, name: str, allowed: range) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise Refused(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number from {allowed.start} to "
+                                              f"{allowed.stop - 1}, not {_shown(value)}")
+    return value
 
 
-def _rating(value) -> int | None:
-    if value in (None, ""):
+def _optional_integer(value, name: str, allowed: range) -> int | None:
+    return None if value is None or value == "" else _integer(value, name, allowed)
+
+
+def _text(value, name: str, limit: int, *, required: bool = False) -> str | None:
+    if value is None and not required:
         return None
-    if int(value) not in range(1, 6):
-        raise ValueError(f"a rating is 1 to 5, not {value!r}")
-    return int(value)
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise Refused(HTTPStatus.BAD_REQUEST, f"{name} must be {'non-empty ' if required else ''}text, "
+                                              f"not {_shown(value)}")
+    if len(value) > limit:
+        raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} is {len(value)} characters; the limit is {limit}")
+    return value
 
 
-def _handler(app: FeedbackApp) -> type[BaseHTTPRequestHandler]:
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _allowed_hosts(bound: str, port: int) -> set[str]:
+    """The Host headers this server answers: its own address and loopback names; any other name reaching it
+    (a rebound DNS name) is refused."""
+    names = {"127.0.0.1", "localhost", "[::1]", _url_host(bound)}
+    if not _loopback(bound):  # bound to every interface or one address: that address, and the machine's names
+        import socket
+
+        names |= {socket.gethostname(), socket.getfqdn()}
+    return {f"{name}:{port}" for name in names} | {name for name in names if port == 80}
+
+
+def _handler(app: FeedbackApp, bound: str) -> type[BaseHTTPRequestHandler]:
     page = resources.files("tuneforge.feedback").joinpath("page.html").read_bytes()
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 30  # seconds a client may take to send its request (a stalled body ends the connection)
+
         def do_GET(self) -> None:
+            self._answer(self._get)
+
+        def do_POST(self) -> None:
+            self._answer(self._post)
+
+        def _answer(self, route: Callable[[], None]) -> None:
+            try:
+                self._check_host_and_origin()
+                route()
+            except Refused as exc:
+                self._json(exc.status, {"error": str(exc)})
+            except Exception as exc:  # a bug: the reviewer gets an answer, the console the cause
+                print(f"feedback server: {type(exc).__name__}: {exc} on {self.command} {self.path[:200]}",
+                      file=sys.stderr)
+                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; the console says more"})
+
+        def _check_host_and_origin(self) -> None:
+            port = self.server.server_address[1]
+            allowed = _allowed_hosts(bound, port)
+            if self.headers.get("Host", "") not in allowed:
+                raise Refused(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only its own address")
+            origin = self.headers.get("Origin")
+            if origin is not None and origin.removeprefix("http://") not in allowed:
+                raise Refused(HTTPStatus.FORBIDDEN, "requests from other web pages are refused")
+
+        def _get(self) -> None:
             url = urlparse(self.path)
             if url.path == "/":
                 self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
+            elif url.path == "/api/config":
+                self._json(HTTPStatus.OK, {"closed": app.reviewers is not None})
             elif url.path == "/api/next":
-                reviewer = parse_qs(url.query).get("reviewer", [""])[0].strip()
-                if not reviewer:
-                    self._json(HTTPStatus.BAD_REQUEST, {"error": "give your name first"})
-                else:
-                    self._json(HTTPStatus.OK, app.next_for(reviewer))
+                self._json(HTTPStatus.OK, app.next_for(self._reviewer()))
             elif url.path == "/api/stats":
+                self._reviewer()
                 self._json(HTTPStatus.OK, stats(app.store))
             else:
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {url.path}"})
+                raise Refused(HTTPStatus.NOT_FOUND, f"no page {url.path[:100]}")
 
-        def do_POST(self) -> None:
-            if urlparse(self.path).path != "/api/judge":
-                self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
-                return
+        def _post(self) -> None:
+            path = urlparse(self.path).path
+            if path not in ("/api/join", "/api/judge"):
+                raise Refused(HTTPStatus.NOT_FOUND, f"no endpoint {path[:100]}")
+            body = self._body()
+            if path == "/api/join":
+                self._json(HTTPStatus.OK, app.join(body))
+            else:
+                self._json(HTTPStatus.OK, app.judge(self._reviewer(), body))
+
+        def _reviewer(self) -> str:
+            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+            reviewer = app.store.reviewer_of(token) if scheme == "Bearer" and token else None
+            if reviewer is None:
+                raise Refused(HTTPStatus.UNAUTHORIZED, "start with your name first (no valid reviewer token)")
+            return reviewer
+
+        def _body(self) -> dict:
+            if self.headers.get_content_type() != "application/json":
+                raise Refused(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
+            length = self.headers.get("Content-Length", "")
+            if not length.isdigit():
+                raise Refused(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
+            if int(length) > MAX_BODY:
+                self.close_connection = True  # the unread body must not be taken for the next request
+                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is {length} bytes; the limit is "
+                                                                   f"{MAX_BODY}")
+            raw = self.rfile.read(int(length))
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                self._json(HTTPStatus.OK, app.judge(body))
-            except (ValueError, KeyError, TypeError) as exc:
-                self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                body = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise Refused(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON") from None
+            if not isinstance(body, dict):
+                raise Refused(HTTPStatus.BAD_REQUEST, f"the body must be a JSON object, not {type(body).__name__}")
+            return body
 
         def _json(self, status: HTTPStatus, data: dict) -> None:
             self._send(status, json.dumps(data).encode(), "application/json")
@@ -154,6 +337,8 @@ def _handler(app: FeedbackApp) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", "frame-ancestors 'none'")  # no page may frame this one
             self.end_headers()
             self.wfile.write(body)
 

@@ -8,6 +8,8 @@ own connection; each write is one transaction.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import sqlite3
@@ -43,6 +45,11 @@ CREATE TABLE IF NOT EXISTS judgements (
     updated REAL NOT NULL,
     UNIQUE (item_id, reviewer)            -- a reviewer who judges an item again revises their judgement
 );
+CREATE TABLE IF NOT EXISTS reviewers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,           -- the secret the server issued to whoever took the name (never stored)
+    created REAL NOT NULL
+);
 """
 
 
@@ -70,9 +77,14 @@ class FeedbackStore:
         if not self.path.parent.is_dir():
             raise ConfigError(f"--db {self.path}: the directory {self.path.parent} does not exist\n  fix: create it, "
                               "or give another path")
-        with closing(self._open()) as db:
-            db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
-            db.executescript(SCHEMA)
+        try:
+            with closing(self._open()) as db:
+                db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
+                db.executescript(SCHEMA)
+                db.execute("SELECT id, prompt_key, response_1 FROM items LIMIT 0")  # an older file of another shape
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"--db {self.path}: not a tuneforge feedback database ({exc})\n  fix: give the file "
+                              "`tuneforge feedback serve --db` wrote, or a new path to start one") from None
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -126,6 +138,25 @@ class FeedbackStore:
         with self.connect() as db:
             rows = db.execute("SELECT id, prompt, response_1, response_2, model_1, model_2 FROM items ORDER BY id")
             return [_item(row) for row in rows.fetchall()]
+
+    # -------------------------------------------------------------------------------------- reviewers
+
+    def claim_reviewer(self, name: str, token: str) -> bool:
+        """Give `name` to whoever holds `token`, unless someone took the name first; True when it is theirs now
+        (taken now, or taken before with the same token)."""
+        with self.connect(write=True) as db:
+            row = db.execute("SELECT token_sha256 FROM reviewers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO reviewers (name, token_sha256, created) VALUES (?, ?, ?)",
+                           (name, token_digest(token), time.time()))
+                return True
+        return hmac.compare_digest(row[0], token_digest(token))
+
+    def reviewer_of(self, token: str) -> str | None:
+        """The name whose token this is, or None."""
+        with self.connect() as db:
+            row = db.execute("SELECT name FROM reviewers WHERE token_sha256 = ?", (token_digest(token),)).fetchone()
+        return row[0] if row else None
 
     # ------------------------------------------------------------------------------------- judgements
 
@@ -242,6 +273,10 @@ def fleiss_kappa(votes_per_item: list[list[str]]) -> float | None:
     everything = sum(totals.values())
     chance = sum((n / everything) ** 2 for n in totals.values())
     return None if chance == 1 else (observed - chance) / (1 - chance)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _key(prompt: Sequence[dict]) -> str:

@@ -45,7 +45,7 @@ class Method:
     params: type[MethodParams]
     apply: Callable  # (model, params) -> model with only the trained parameters requiring grad
     save: Callable  # (model, run_dir) -> None; writes run_dir/<output_subdir>
-    load: Callable  # (run_dir, load_base: () -> model) -> trained model
+    load: Callable  # (run_dir, load_base: () -> model) -> trained model, its trained parameters requiring grad
     output_subdir: str
     # (model) -> a function opening the frozen reference model: the model as it is now, before training
     reference: Callable[..., Callable[[], AbstractContextManager]] = frozen_copy_reference

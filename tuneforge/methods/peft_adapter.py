@@ -42,10 +42,18 @@ def save(model, run_dir) -> None:
 
 
 def load(run_dir, load_base):
-    from peft import PeftModel
+    """The base with the saved adapter; the adapter's weights are marked as the trained ones (requiring grad),
+    so they keep the dtype they trained in. peft's `is_trainable` refuses prompt-learning adapters, whose
+    prompt encoder is marked here instead."""
+    from peft import PeftConfig, PeftModel
 
+    folder = run_subdir(run_dir, ADAPTER_DIR)
+    prompt_learning = PeftConfig.from_pretrained(folder).is_prompt_learning
     with quiet_peft():
-        return PeftModel.from_pretrained(load_base(), run_subdir(run_dir, ADAPTER_DIR))
+        model = PeftModel.from_pretrained(load_base(), folder, is_trainable=not prompt_learning)
+    if prompt_learning:
+        model.prompt_encoder.requires_grad_(True)
+    return model
 
 
 @contextmanager

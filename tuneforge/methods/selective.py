@@ -115,6 +115,7 @@ def load_tensors(model, folder: Path) -> None:
         else:
             with torch.no_grad():
                 current.copy_(tensor)
+            current.requires_grad_(True)  # a trained tensor: it keeps the dtype it trained in
 
 
 def bitfit_merged(model):

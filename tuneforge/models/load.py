@@ -57,6 +57,9 @@ def load_causal_lm(cfg: ModelConfig, dtype=None, **extra):
     model = _from_pretrained(AutoModelForCausalLM, path, cfg, dtype=dtype or torch.float32, use_safetensors=True,
                              **extra)
     model.config.use_cache = False
+    # frozen until a method chooses what it trains: `requires_grad` then marks the trained parameters, which
+    # stay fp32 when the frozen ones are cast to bf16 (in training and when a trained run is loaded again)
+    model.requires_grad_(False)
     return model
 
 
