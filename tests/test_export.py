@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -30,16 +31,18 @@ MERGEABLE = {
 
 PLAIN_LOAD = """
 import sys
-sys.modules["peft"] = None  # neither library may be used to load the export
+sys.modules["peft"] = None  # neither library may be used to load the exports
 sys.modules["tuneforge"] = None
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
-AutoTokenizer.from_pretrained(sys.argv[1])
-ids = torch.load(sys.argv[2])
-with torch.no_grad():
-    torch.save(model(input_ids=ids).logits, sys.argv[3])
+ids = torch.load(sys.argv[1])
+for export, out in zip(sys.argv[2::2], sys.argv[3::2]):
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    AutoTokenizer.from_pretrained(export)
+    with torch.no_grad():
+        torch.save(model(input_ids=ids).logits, out)
 """
+IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
 
 
 def trained_run(tmp_path, model_dir, method: dict, **train_keys):
@@ -49,10 +52,28 @@ def trained_run(tmp_path, model_dir, method: dict, **train_keys):
     return train(config, quiet=True).run_dir
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_model_dir) -> dict[str, tuple]:
+    """Every mergeable method trained (in the test precision), and LoRA trained with bf16 frozen weights,
+    each exported; their logits on IDS computed in one process where neither peft nor tuneforge can be
+    imported. name -> (run directory, export directory, logits)."""
+    root = tmp_path_factory.mktemp("exports")
+    cases = {**{name: (method, {}) for name, method in MERGEABLE.items()},
+             "lora-bf16": (MERGEABLE["lora"], {"precision": "bf16"})}
+    made = {}
+    for name, (method, train_keys) in cases.items():
+        (root / name).mkdir()
+        run_dir = trained_run(root / name, tiny_model_dir, method, **train_keys)
+        made[name] = (run_dir, export_run(run_dir, root / name / "export", merge=True))
+    torch.save(IDS, root / "ids.pt")
+    arguments = [str(a) for name, (_, export) in made.items() for a in (export, root / f"{name}.pt")]
+    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(root / "ids.pt"), *arguments], check=True, cwd=root)
+    return {name: (run_dir, export, torch.load(root / f"{name}.pt")) for name, (run_dir, export) in made.items()}
+
+
 @pytest.mark.parametrize("name", sorted(MERGEABLE))
-def test_merged_export_loads_without_tuneforge_or_peft_and_matches(tmp_path, tiny_model_dir, name):
-    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE[name])
-    exported = plain_logits(tmp_path, export_run(run_dir, tmp_path / "export", merge=True))
+def test_merged_export_loads_without_tuneforge_or_peft_and_matches(exports, tiny_model_dir, name):
+    run_dir, _, exported = exports[name]
     # the trained model in fp32, whatever precision the run trained in: what the export promises
     unmerged = load_trained(run_dir, full_precision_base=True, precision_override="fp32").model.cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -62,28 +83,17 @@ def test_merged_export_loads_without_tuneforge_or_peft_and_matches(tmp_path, tin
     torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
 
 
-IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
-
-
-def plain_logits(tmp_path, export_dir):
-    """The export's logits on IDS, computed in a process where neither peft nor tuneforge can be imported."""
-    torch.save(IDS, tmp_path / "ids.pt")
-    subprocess.run([sys.executable, "-c", PLAIN_LOAD, str(export_dir), str(tmp_path / "ids.pt"),
-                    str(tmp_path / "out.pt")], check=True, cwd=tmp_path)
-    return torch.load(tmp_path / "out.pt")
-
-
-def test_a_bf16_run_merges_onto_the_base_as_stored(tmp_path, tiny_model_dir):
+def test_a_bf16_run_merges_onto_the_base_as_stored(exports, tiny_model_dir):
     """A run trained with bf16 frozen weights exports the fp32 base plus its adapter: the tensors LoRA never
     touches are the base's, bit for bit, and the logits are peft's own merge of the saved adapter."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE["lora"], precision="bf16")
-    export = export_run(run_dir, tmp_path / "export", merge=True)
+    run_dir, export, exported = exports["lora-bf16"]
+    assert json.loads((run_dir / "run.json").read_text())["precision"] == "bf16"
     base_tensors = load_file(next(tiny_model_dir.glob("*.safetensors")))
     exported_tensors = load_file(next(export.glob("*.safetensors")))
-    untouched = [n for n in base_tensors if not n.endswith(("proj.weight",))]
+    untouched = [n for n in base_tensors if not n.endswith("proj.weight")]
     assert "model.embed_tokens.weight" in untouched
     for name in untouched:
         assert torch.equal(exported_tensors[name], base_tensors[name]), name
@@ -91,7 +101,7 @@ def test_a_bf16_run_merges_onto_the_base_as_stored(tmp_path, tiny_model_dir):
                                             run_dir / "adapter").merge_and_unload().eval()
     with torch.no_grad():
         expected = peft_merged(input_ids=IDS).logits
-    torch.testing.assert_close(plain_logits(tmp_path, export), expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("method", [{"name": "prompt", "num_virtual_tokens": 2},

@@ -41,4 +41,12 @@ def kill_at(target: str, nth: int, config: Path) -> subprocess.CompletedProcess:
 
 
 def resume(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(train_command(config, "--resume"), env=ENV, capture_output=True, text=True, check=False)
+    """`tuneforge train CONFIG --resume`, run in this process through the command line's own entry (what is
+    tested is the resumed state, not a process start: a fresh interpreter costs ~8 s of imports)."""
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(config), "--quiet", "--resume"])
+    return subprocess.CompletedProcess(["tuneforge", "train", str(config), "--resume"], result.exit_code,
+                                       result.stdout, result.stderr)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_config
+from tests.reliability.conftest import run_config
 from tests.reliability.killing import ENV, kill_at, resume, train_command
 
 SECTIONS = {"train": {"max_steps": 30, "save_every": 1, "keep_last": 2, "batch_size": 4, "grad_accum": 2},
@@ -54,7 +55,7 @@ def first_checkpoint(config: Path, process: subprocess.Popen) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir) -> tuple[bytes, float, float]:
+def sweep_reference(tmp_path_factory, tiny_model_dir) -> tuple[bytes, float, float]:
     """The uninterrupted run's adapter, its start-up time (to the first checkpoint) and its training time."""
     config = write_config(tmp_path_factory.mktemp("reference") / "full", tiny_model_dir)
     started = time.perf_counter()
@@ -68,7 +69,7 @@ def reference(tmp_path_factory, tiny_model_dir) -> tuple[bytes, float, float]:
 @pytest.mark.parametrize(("step", "nth"), [("_fsync", 7), ("_fsync_dir", 3)],
                          ids=["files-written-no-manifest", "renamed-not-synced"])
 def test_kill_inside_a_checkpoint_write(tmp_path, tiny_model_dir, reference, step, nth):
-    config = write_config(tmp_path / "run-dir", tiny_model_dir)
+    config = run_config(tmp_path / "run-dir", tiny_model_dir, keep_last=2)
     killed = kill_at(f"tuneforge.engine.checkpoint:{step}", nth, config)
     assert killed.returncode == -9
     checkpoints = config.parent / "run" / "checkpoints"
@@ -76,7 +77,7 @@ def test_kill_inside_a_checkpoint_write(tmp_path, tiny_model_dir, reference, ste
         assert list(checkpoints.glob(".tmp-step-*"))
     assert finish(config) == "resumed"
     assert not list(checkpoints.glob(".tmp-step-*"))  # the unfinished write was cleaned up on resume
-    assert adapter(config) == reference[0]
+    assert adapter(config) == adapter(reference)
 
 
 def sweep(tmp_path: Path, model_dir: Path, reference: tuple[bytes, float, float], points: int, seed: int) -> dict:
@@ -105,7 +106,7 @@ def sweep(tmp_path: Path, model_dir: Path, reference: tuple[bytes, float, float]
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # about 30 s a kill point on 2 cores
-def test_random_kill_sweep(tmp_path, tiny_model_dir, reference):
-    counts = sweep(tmp_path, tiny_model_dir, reference, points=20, seed=2)
+def test_random_kill_sweep(tmp_path, tiny_model_dir, sweep_reference):
+    counts = sweep(tmp_path, tiny_model_dir, sweep_reference, points=20, seed=2)
     print(f"20 kill points: {counts}")
     assert counts["resumed"] >= 10  # most kills land in training, so resuming is what is tested

@@ -12,12 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import tiny_config
-from tests.reliability.killing import ENV, resume, train_command
+from tests.reliability.conftest import adapter_of, run_config
+from tests.reliability.killing import ENV, resume
 
-TRAIN = {"max_steps": 6, "save_every": 1, "keep_last": 10, "batch_size": 8}
 # at the start of the nth training step, caps the address space 8 MiB above what is in use (a step needs more)
 CAP_MEMORY = """
 import resource, sys
@@ -34,27 +32,6 @@ loop.train_step = capped
 sys.argv = ["tuneforge", "train", *sys.argv[2:]]
 main()
 """
-
-
-def run_config(directory: Path, model_dir: Path, output: Path | None = None) -> Path:
-    directory.mkdir(exist_ok=True)
-    config = tiny_config(directory, model_dir, train=TRAIN, eval={"metrics": ["loss"]})
-    if output is not None:
-        config["output"]["dir"] = str(output)
-    path = directory / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def adapter_of(run_dir: Path) -> bytes:
-    return (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir) -> Path:
-    config = run_config(tmp_path_factory.mktemp("reference"), tiny_model_dir)
-    subprocess.run(train_command(config), env=ENV, check=True, capture_output=True)
-    return config.parent / "run"
 
 
 def assert_left_resumable(checkpoints: Path, newest: str) -> None:
@@ -75,13 +52,13 @@ def test_out_of_memory_in_a_step(tmp_path, tiny_model_dir, reference):
                             capture_output=True, text=True, check=False)
     assert failed.returncode == 2, failed.stderr
     assert "out of memory in training step 3" in failed.stderr
-    assert "lower train.batch_size (now 8)" in failed.stderr and "gradient_checkpointing" in failed.stderr
+    assert "lower train.batch_size (now 5)" in failed.stderr and "gradient_checkpointing" in failed.stderr
     assert "--resume continues from step-00000002, which is intact" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert_left_resumable(config.parent / "run" / "checkpoints", "step-00000002")
     resumed = resume(config)
     assert resumed.returncode == 0, resumed.stderr
-    assert adapter_of(config.parent / "run") == adapter_of(reference)
+    assert adapter_of(config.parent / "run") == adapter_of(reference.parent / "run")
 
 
 def _can_mount_tmpfs() -> bool:
@@ -113,9 +90,10 @@ def test_disk_full_during_a_checkpoint_write(tmp_path, tiny_model_dir, reference
     out.mkdir()
     config = run_config(tmp_path / "config", tiny_model_dir, output=disk / "run")
     # room for everything a run writes before its checkpoints, and two and a half checkpoints
-    checkpoint = sum(_pages(f) for f in (reference / "checkpoints").iterdir() if f.is_dir() for f in f.iterdir())
-    checkpoint //= len(list((reference / "checkpoints").iterdir()))
-    before = sum(_pages(f) for f in reference.rglob("*") if f.is_file() and "checkpoints" not in f.parts
+    finished = reference.parent / "run"
+    checkpoint = sum(_pages(f) for f in (finished / "checkpoints").iterdir() if f.is_dir() for f in f.iterdir())
+    checkpoint //= len(list((finished / "checkpoints").iterdir()))
+    before = sum(_pages(f) for f in finished.rglob("*") if f.is_file() and "checkpoints" not in f.parts
                  and "adapter" not in f.parts and f.name not in ("loss.png", "eval.json"))
     size = before + checkpoint * 5 // 2
     env = {**ENV, "SIZE": str(size), "DISK": str(disk), "CONFIG": str(config), "OUT": str(out),
@@ -130,7 +108,7 @@ def test_disk_full_during_a_checkpoint_write(tmp_path, tiny_model_dir, reference
     assert newest in ("step-00000001", "step-00000002")
     assert_left_resumable(out / "checkpoints", newest)
     assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
-    assert (out / "adapter_model.safetensors").read_bytes() == adapter_of(reference)
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter_of(reference.parent / "run")
 
 
 def _pages(path: Path) -> int:

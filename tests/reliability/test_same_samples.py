@@ -3,48 +3,25 @@ trained on, in order; a run killed with SIGKILL (between two micro-batches of an
 an epoch boundary) and resumed trains the same records at every step as the uninterrupted run, and ends on
 the same adapter, bitwise.
 
-24 records in micro-batches of 5 give 5 micro-batches an epoch; with 2 a window an epoch is 3 steps, the
-third holding one micro-batch, so the cuts below also cross a short window and a reshuffle."""
+The runs are the shared reference's (tests/reliability/conftest.py), so the cuts below also cross a short
+window and a reshuffle."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import tiny_config
-from tests.reliability.killing import ENV, kill_at, resume, train_command
+from tests.reliability.conftest import adapter_of, run_config
+from tests.reliability.killing import kill_at, resume
 
-TRAIN = {"max_steps": 7, "batch_size": 5, "grad_accum": 2, "keep_last": 10}
 BACKWARD = "torch:Tensor.backward"  # called once per micro-batch
-
-
-def run_config(directory: Path, model_dir: Path, save_every: int) -> Path:
-    directory.mkdir()
-    path = directory / "run.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(directory, model_dir, train={**TRAIN, "save_every": save_every},
-                                               eval={"metrics": ["loss"]})))
-    return path
 
 
 def steps(config: Path) -> list[tuple[int, int, list[int]]]:
     from tuneforge.engine.tracking import read_metrics
 
     return [(r["step"], r["epoch"], r["samples"]) for r in read_metrics(config.parent / "run") if r["kind"] == "train"]
-
-
-def adapter(config: Path) -> bytes:
-    return (config.parent / "run" / "adapter" / "adapter_model.safetensors").read_bytes()
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir) -> Path:
-    import subprocess
-
-    config = run_config(tmp_path_factory.mktemp("reference") / "full", tiny_model_dir, save_every=2)
-    subprocess.run(train_command(config), env=ENV, check=True, capture_output=True)
-    return config
 
 
 def test_every_step_names_its_samples_and_epochs_reshuffle(reference):
@@ -66,7 +43,7 @@ CUTS = {
 @pytest.mark.parametrize("cut", CUTS)
 def test_resume_trains_the_same_samples_at_every_step(tmp_path, tiny_model_dir, reference, cut):
     save_every, nth, newest = CUTS[cut]
-    config = run_config(tmp_path / "cut", tiny_model_dir, save_every)
+    config = run_config(tmp_path / "cut", tiny_model_dir, save_every=save_every)
     killed = kill_at(BACKWARD, nth, config)
     assert killed.returncode == -9, killed.stderr
     checkpoints = sorted(p.name for p in (config.parent / "run" / "checkpoints").glob("step-*"))
@@ -75,4 +52,4 @@ def test_resume_trains_the_same_samples_at_every_step(tmp_path, tiny_model_dir, 
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {newest}" in resumed.stdout
     assert steps(config) == steps(reference)
-    assert adapter(config) == adapter(reference)
+    assert adapter_of(config.parent / "run") == adapter_of(reference.parent / "run")
