@@ -71,15 +71,16 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
              data: Annotated[str, typer.Option(help="dataset file in any supported format")],
              metrics: Annotated[str, typer.Option(help="comma list of loss, exact_match, rouge, bleu")] =
              "loss,exact_match,rouge,bleu",
-             batch_size: int = 16, max_new_tokens: int = 64,
-             max_examples: Annotated[int | None, typer.Option(help="evaluate only the first N")] = None,
+             batch_size: Annotated[int, typer.Option(min=1)] = 16,
+             max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+             max_examples: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N")] = None,
              output: Annotated[Path | None, typer.Option(help="also write scores and samples as JSON")] = None,
              ) -> None:
     """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU."""
-    from tuneforge.config import EvalConfig
+    from tuneforge.config import parse_metrics
     from tuneforge.engine.trained import evaluate_run, load_trained
 
-    wanted = EvalConfig(metrics=metrics).metrics
+    wanted = parse_metrics(metrics, "--metrics")
     trained = load_trained(run_dir)
     scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    max_examples=max_examples)
@@ -95,10 +96,15 @@ def chat(run_dirs: Annotated[list[Path], typer.Argument(help="finished run direc
                                                            "one base share it (switch with /use NAME)")],
          message: Annotated[list[str] | None, typer.Option(help="send these messages and exit (no prompt)")] = None,
          adapter: Annotated[str | None, typer.Option(help="with several runs: the one to start with")] = None,
-         max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+         max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+         temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+         top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
          system: Annotated[str | None, typer.Option(help="system prompt")] = None) -> None:
     """Talk to a tuned model. Empty line or Ctrl-D quits; /reset clears the conversation; /use NAME switches
     adapter (the base model stays loaded)."""
+    empty = next((i for i, text in enumerate(message or [], 1) if not text.strip()), None)
+    if empty is not None:
+        raise ConfigError(f"--message number {empty} is empty\n  fix: give each --message some text")
     reply, names = _responder(run_dirs, max_new_tokens, temperature, top_p)
     current = adapter or names[0]
     if current not in names:

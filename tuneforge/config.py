@@ -27,7 +27,8 @@ IGNORE_INDEX = -100  # label value of a token that is not trained (torch cross_e
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a usable setting (an infinite learning rate or epoch count): refused with the key
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Strict):
@@ -85,8 +86,8 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="passes over the data (a fraction is allowed)")
+    max_steps: int | None = Field(None, ge=1, le=10**9, description="overrides epochs when set")
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
@@ -100,7 +101,7 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     nonfinite: Literal["skip", "stop"] = Field("skip", description="a step whose loss or gradient is NaN or inf: "
                                                "skip it (weights unchanged, logged) or stop the run")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="seeds every random choice (NumPy's range)")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, "
                                          "about a third more compute")
@@ -130,6 +131,20 @@ class EvalConfig(Strict):
     @classmethod
     def _split_string(cls, value: Any) -> Any:
         return [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
+
+
+def parse_metrics(text: str, where: str) -> list[str]:
+    """A comma list of metric names (the command line's --metrics), each checked."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    valid = list(Metric.__args__)
+    for name in names:
+        if name not in valid:
+            hint = closest_name(name, valid)
+            raise ConfigError(f"{where}: unknown metric {name!r}\n  fix: " + (f"did you mean '{hint}'? " if hint
+                              else "") + f"choose from {', '.join(valid)}")
+    if not names:
+        raise ConfigError(f"{where}: no metric given\n  fix: choose from {', '.join(valid)}")
+    return names
 
 
 class OutputConfig(Strict):
@@ -205,22 +220,47 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Loa
         run = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, path, lines, overrides)) from None
+    run.model.path = _model_path_from(run.model.path, base)
     return LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
+
+
+def _model_path_from(value: str, base: Path) -> str:
+    """A relative model path, like a data path, is relative to the config file's directory: `./x` and `../x`
+    always, any other relative path when it exists there (otherwise it is a hub id such as org/name)."""
+    if value == "default" or Path(value).expanduser().is_absolute() or value.startswith("~"):
+        return value
+    candidate = base / value
+    return str(candidate) if value.startswith(("./", "../")) or candidate.exists() else value
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a page or two; anything near this is not one
+MAX_CONFIG_NODES = 100_000  # values in the config once YAML aliases are expanded
 
 
 def _read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found\n  fix: pass the path of a YAML run config, e.g. "
                           "examples/quickstart.yaml")
-    text = path.read_text(encoding="utf-8")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes is not a run config (the limit is "
+                          f"{MAX_CONFIG_BYTES})\n  fix: pass the YAML run config, e.g. examples/quickstart.yaml")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start} is not UTF-8)\n  fix: pass the YAML "
+                          "run config, saved as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_alias_bombs(node, path)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}\n  fix: correct the YAML "
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}\n  fix: correct the YAML "
                           "syntax at that line") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply to be a run config\n  fix: pass the YAML run "
+                          "config, e.g. examples/quickstart.yaml") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -229,6 +269,26 @@ def _read_yaml(path: Path) -> tuple[dict, dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
     _collect_lines(node, (), lines)
     return raw, lines
+
+
+def _refuse_alias_bombs(node: Any, path: Path) -> None:
+    """YAML aliases can make a 1 KB file stand for billions of values; count the values with every alias
+    expanded (each node's count once, so this takes time linear in the file) and refuse more than a config
+    could need."""
+    sizes: dict[int, int] = {}
+
+    def size(item: Any) -> int:
+        if id(item) not in sizes:
+            sizes[id(item)] = 1  # a node that contains itself counts once
+            children = item.value if isinstance(item.value, list) else []
+            flat = [part for child in children for part in (child if isinstance(child, tuple) else (child,))]
+            sizes[id(item)] = 1 + sum(size(child) for child in flat)
+        return sizes[id(item)]
+
+    if node is not None and size(node) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path}: with its YAML aliases expanded the config holds over {MAX_CONFIG_NODES:,} "
+                          "values, far more than a run config has\n  fix: write the values out instead of "
+                          "nesting aliases of aliases")
 
 
 def _collect_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data import cache
-from tuneforge.data.formats import Example, detect_format, normalise, unused_keys
+from tuneforge.data.formats import Example, detect_format, normalise, shown_keys, unused_keys
 from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
 from tuneforge.errors import DataError
@@ -120,7 +120,7 @@ def _mapped(record: RawRecord, columns: dict[str, str]) -> RawRecord:
     for field_name, column in columns.items():
         if column not in data:
             raise DataError(record.path, record.where, column, f"no such column (columns: {{{field_name}: "
-                            f"{column}}}); the record has {sorted(map(str, data))[:12]}",
+                            f"{column}}}); the record has {shown_keys(data)}",
                             "fix the dataset's `columns:` mapping")
         data[field_name] = data.pop(column)
     return RawRecord(record.path, record.where, data)

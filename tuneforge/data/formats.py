@@ -100,9 +100,21 @@ def detect_format(record: RawRecord) -> str:
     for name, keys in FORMAT_KEYS.items():
         if keys and all(k in data for k in keys):
             return name
-    raise DataError(record.path, record.where, None,
-                    f"cannot tell the record format from its keys {sorted(map(str, data))[:12]}",
-                    f"use one of: {FORMAT_HELP}; or set `format:` or `columns:` on the dataset entry")
+    raise DataError(record.path, record.where, None, f"cannot tell the record format from its keys "
+                    f"{shown_keys(data)}", f"use one of: {FORMAT_HELP}; or set `format:` or `columns:` on the "
+                    "dataset entry")
+
+
+FIELD_NAME = re.compile(r"[A-Za-z_][\w .-]{0,39}")
+
+
+def shown_keys(data: dict) -> str:
+    """A record's keys for an error message: names that look like field names, at most 12; anything else (a
+    file that is not data at all: a CSV 'header' that is really a line of some other file) is not echoed."""
+    names = sorted(str(k) for k in data)
+    fields = [n for n in names if FIELD_NAME.fullmatch(n)][:12]
+    hidden = len(names) - len(fields)
+    return str(fields) + (f" and {hidden} more not shown (not field names; is this a data file?)" if hidden else "")
 
 
 def normalise(record: RawRecord, fmt: str) -> Example:
@@ -124,7 +136,29 @@ def _record_object(record: RawRecord) -> dict:
     if not isinstance(data, dict):
         raise DataError(record.path, record.where, None, f"expected a JSON object, got {type(data).__name__}",
                         "each record must be an object such as {\"prompt\": ..., \"completion\": ...}")
+    _require_valid_unicode(record, data)
     return data
+
+
+def _require_valid_unicode(record: RawRecord, data: dict) -> None:
+    """JSON can spell a lone surrogate (\\ud800), which is no character: no tokenizer can encode it."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        field = next((str(k) for k, v in data.items() if not _encodes(v)), None)
+        raise DataError(record.path, record.where, field, "holds a lone surrogate (a \\ud800-\\udfff escape "
+                        "without its pair), which is not a character", "fix the escape, or remove the record"
+                        ) from None
+    except (TypeError, ValueError, RecursionError):
+        pass  # values JSON cannot hold (from Parquet or datasets): the fields' own checks name them
+
+
+def _encodes(value) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return True
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False
 
 
 def _sft_layout(data: dict) -> str | None:

@@ -10,7 +10,7 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.objectives import Objective
 
 
-def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> None:
+def check_data_kind(examples, objective: Objective, loaded: LoadedConfig | None = None) -> None:
     """Each objective trains on its own kind of record (pairs, rated completions, prompts, or plain examples);
     a mismatch names its record. A rated record never trains as plain SFT data: its completion may be a
     bad one."""
@@ -44,7 +44,7 @@ def check_data_kind(examples, objective: Objective, loaded: LoadedConfig) -> Non
         raise DataError(wrong.source, wrong.where, None, f"this record is a preference pair (prompt/chosen/rejected), "
                         f"but objective '{objective.name}' does not train on pairs",
                         "use a preference objective (objective: dpo, ipo, cdpo, simpo, orpo or reward)")
-    if wants_pairs and loaded.run.data.train_on_prompt:
+    if wants_pairs and loaded is not None and loaded.run.data.train_on_prompt:
         raise ConfigError(f"{loaded.where('data', 'train_on_prompt')}: data.train_on_prompt does not apply to "
                           "preference objectives (only the responses are compared)\n"
                           "  fix: remove data.train_on_prompt")

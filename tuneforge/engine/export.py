@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.engine.paths import refuse_unsafe_replace
+from tuneforge.engine.paths import refuse_unsafe_replace, require_writable_dir
 from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.methods import get_method
@@ -23,6 +23,7 @@ MARKER = "tuneforge_export.json"  # says the directory is an export, which --ove
 def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
     """Fold what the run trained into the base weights and write the plain model, atomically."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    require_writable_dir(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])

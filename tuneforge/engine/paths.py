@@ -54,3 +54,23 @@ def _walk(root: Path) -> Iterable[Path]:
         yield path
         if path.is_dir() and not path.is_symlink():
             yield from _walk(path)
+
+
+def require_writable_dir(directory: Path, what: str) -> None:
+    """Before anything slow runs: `directory` is a directory or can become one, and files can be written there.
+    Tried for real (a file made and removed in the directory, or in its nearest existing parent), since
+    permission bits do not tell about a read-only mount, and root ignores them."""
+    import tempfile
+
+    if directory.exists() and not directory.is_dir():
+        raise RunDirError(f"{what} {directory} is a file, not a directory\n  fix: choose a directory path")
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise RunDirError(f"{what} {directory}: {existing} is a file, so no directory can be made under it\n  fix: "
+                          "choose a directory path")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tuneforge-probe-"):
+            pass
+    except OSError as exc:
+        raise RunDirError(f"{what} {directory}: cannot write in {existing} ({exc.strerror})\n  fix: choose a "
+                          "directory you can write to") from None

@@ -236,6 +236,7 @@ def resolve_run_dir(loaded: LoadedConfig) -> Path:
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[Path] = ()) -> Path | None:
     """Decide, before anything is written, whether this run starts fresh or resumes; None = fresh."""
+    paths.require_writable_dir(run_dir, "output.dir")
     if resume:
         paths.refuse_escaping_links(run_dir, "run directory")  # before anything in it is deleted or written
         if not run_dir.is_dir():
@@ -283,9 +284,12 @@ def _fingerprint(cfg, prepared: Prepared) -> dict:
             data.update(json.dumps(sequence.labels).encode())
     tokenizer = prepared.tokenizer.backend_tokenizer.to_str() + json.dumps(prepared.tokenizer.special_tokens_map,
                                                                            sort_keys=True)
+    training = _training_config(cfg)
     return {"data_sha256": data.hexdigest(),
-            "config_sha256": hashlib.sha256(json.dumps(_training_config(cfg), sort_keys=True).encode()).hexdigest(),
-            "tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest()}
+            "config_sha256": hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest(),
+            "tokenizer_sha256": hashlib.sha256(tokenizer.encode()).hexdigest(),
+            # the settings themselves, so a resume can name what changed even if config.yaml was edited
+            "training_config": training}
 
 
 def _training_config(cfg) -> dict:
@@ -306,7 +310,8 @@ def _check_same_run(run_dir: Path, checkpoint_dir: Path, cfg, fingerprint: dict,
     if "data" in changed:
         details.append("the training data (its tokens or labels) changed")
     if "config" in changed:
-        keys = _changed_keys(_training_config(load_config(run_dir / "config.yaml").run), _training_config(cfg))
+        before = saved.get("training_config") or _training_config(load_config(run_dir / "config.yaml").run)
+        keys = _changed_keys(before, _training_config(cfg))
         details.append("config keys changed: " + (", ".join(keys) or "(a default value)"))
     if "tokenizer" in changed:
         details.append("the tokenizer changed")

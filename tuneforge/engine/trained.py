@@ -13,7 +13,7 @@ from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.formats import Example
 from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
-from tuneforge.engine.datakind import objective_examples
+from tuneforge.engine.datakind import check_data_kind, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.rollout import Rewards, heldout_rewards
 from tuneforge.errors import ConfigError, RunDirError
@@ -68,7 +68,9 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
     """Loss and generation metrics of a trained run on a dataset file in any supported format."""
     data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
     objective = get_objective(trained.config.objective.name)
-    examples = objective_examples(load_examples(data_cfg.train, seed=0)[:max_examples], objective)
+    records = load_examples(data_cfg.train, seed=0)[:max_examples]
+    check_data_kind(records, objective)  # as training does: an SFT run is not scored on pairs or rated data
+    examples = objective_examples(records, objective)
     scores: dict = {}
     chat = use_chat_template(trained.tokenizer, data_cfg.template)
     if objective.data == "prompts":  # online RL: the held-out reward of greedy answers, then any text metrics

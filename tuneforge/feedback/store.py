@@ -20,6 +20,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneforge.engine.paths import require_writable_dir
 from tuneforge.errors import ConfigError
 
 SCHEMA = """
@@ -224,6 +225,7 @@ def export(store: FeedbackStore, out_dir: Path) -> dict[str, int]:
         kept = [r for r in records if all(str(r.get(k, "x")).strip() for k in ("chosen", "rejected", "completion"))]
         skipped += len(records) - len(kept)
         files[name] = kept
+    require_writable_dir(out_dir, "--out")
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in files.items():
         _write_jsonl(out_dir / name, records)
