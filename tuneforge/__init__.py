@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# A run's console shows tuneforge's own lines. Libraries' notices that need no action from the user (on a
+# bf16-capable CPU bitsandbytes warns at import that an optional kernel package is missing) are hidden unless
+# TUNEFORGE_LIBRARY_LOGS=1.
+if os.environ.get("TUNEFORGE_LIBRARY_LOGS") != "1":
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 if TYPE_CHECKING:
     from tuneforge.api import load_adapter_set, train

@@ -5,7 +5,9 @@ cached as a safetensors Hugging Face directory under $TUNEFORGE_HOME (default ~/
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import tempfile
@@ -66,18 +68,14 @@ def _convert(target: Path) -> None:
     directory, name = gguf_location()
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"converting the default model once from {name} into {target} (about 30 s) ...", flush=True)
-    verbosity, tqdm_disable = hf_logging.get_verbosity(), os.environ.get("TQDM_DISABLE")
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF dequantizer and the shard writer draw their own tqdm bars
-    try:
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-        tokenizer = load_default_tokenizer()
+    try:  # the GGUF dequantizer draws its own tqdm bars on stderr, whatever transformers' settings say
+        with no_progress_bars(), contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+            tokenizer = load_default_tokenizer()
     finally:
         hf_logging.set_verbosity(verbosity)
-        if tqdm_disable is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_disable
     # The weights are dequantized to fp32: the result is a plain model, not a GGUF-quantized one.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
