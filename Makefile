@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tuneforge-installed
 # pip cannot pull a multi-GB CUDA build on a machine without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-bf16 test-slow bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# the numerical tests again with the precision forced to bf16 (the tests pin fp32; DESIGN.md, "Tests")
+test-bf16: $(STAMP)
+	TUNEFORGE_TEST_PRECISION=bf16 $(VENV)/bin/pytest -q -m "numerical and not slow"
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow

@@ -186,16 +186,27 @@ def run_side_by_side(module: str, args, steps: int, write_data, batch_shapes, **
     spec = {"model": model, "data": str(data), "steps": steps, "batch_size": args.batch_size,
             "max_seq_len": args.max_seq_len, "lr": args.lr, "seed": args.seed, "precision": precision,
             "work": str(work), **extra}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
     batches = batch_shapes(spec)
     peak = measure_matmul_peak(precision)
+    run = {"spec": spec, "batches": batches, "peak_flops": peak, "results": _run_systems(module, args, spec, steps)}
+    if getattr(args, "against_fp32", False) and precision != "fp32":
+        # the same batches in fp32: how far each system's per-step losses stray from it in bf16
+        run["fp32_results"] = _run_systems(module, args, {**spec, "precision": "fp32"}, steps, suffix="-fp32")
+    return run
+
+
+def _run_systems(module: str, args, spec: dict, steps: int, suffix: str = "") -> dict:
+    work = Path(spec["work"])
+    spec = {**spec, "work": str(work / f"run{suffix}")}
+    Path(spec["work"]).mkdir(exist_ok=True)
+    spec_path = work / f"spec{suffix}.json"
+    spec_path.write_text(json.dumps(spec))
     results = {}
     for system in args.systems.split(","):
-        print(f"running {system} ({steps} steps) ...", flush=True)
+        print(f"running {system} in {spec['precision']} ({steps} steps) ...", flush=True)
         results[system] = run_worker(module, ["--worker", system, "--spec", str(spec_path), "--out",
-                                              str(work / f"{system}.json")], timeout=3600)
-    return {"spec": spec, "batches": batches, "peak_flops": peak, "results": results}
+                                              str(work / f"{system}{suffix}.json")], timeout=3600)
+    return results
 
 
 def tuneforge_result(run_dir: Path, started_wall: float, **per_step: str) -> SystemResult:
@@ -263,14 +274,34 @@ def peft_lora_model(spec: dict):
                                             target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
 
 
-def print_machine_and_header(spec: dict, peak: float, workload: str, header: str) -> None:
-    """The machine and workload lines of a peer benchmark's report, then its table header."""
+def machine_line() -> str:
+    """The machine a figure was measured on: the CPU's name and its bf16 instructions (or the GPU), threads,
+    torch."""
     import platform
+    from pathlib import Path
 
     import torch
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
+    if torch.cuda.is_available():
+        where = torch.cuda.get_device_name()
+    else:
+        try:
+            info = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            info = ""
+        name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                    platform.processor() or platform.machine())
+        flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+                         []))
+        bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
+        vector = "avx512f" if "avx512f" in flags else "avx2"
+        where = f"{name} ({', '.join(bf16) if bf16 else f'no bf16 instructions, {vector}'})"
+    return f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_machine_and_header(spec: dict, peak: float, workload: str, header: str) -> None:
+    """The machine and workload lines of a peer benchmark's report, then its table header."""
+    print(f"\n{machine_line()}; precision {spec['precision']}; measured {spec['precision']} matmul peak "
           f"{peak / 1e9:.1f} GFLOP/s")
     print(f"workload: {workload}\n")
     print(header)
@@ -296,6 +327,9 @@ def peer_parser(doc: str, systems: tuple[str, ...], *, full_steps: int, batch_si
                         help="a Hugging Face model directory (e.g. one written by `python -m bench.random_model`); "
                              "default: the default model")
     parser.add_argument("--json", type=Path, help="also write all figures here")
+    parser.add_argument("--against-fp32", action="store_true",
+                        help="in bf16, also run every system in fp32 on the same batches and report how far each "
+                             "one's per-step losses stray from its fp32 run")
     parser.add_argument("--worker", choices=systems, help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -12,6 +12,9 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_config
 from tuneforge.cli import app
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 runner = CliRunner()
 
 

@@ -19,6 +19,9 @@ from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import LossContext
 from tuneforge.objectives.sft import sft_loss
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 
 def accumulated_grads(model, items, batch_size: int, accum: int) -> dict[str, torch.Tensor]:
     """Gradients after one accumulation window of `accum` micro-batches of `batch_size`."""

@@ -19,6 +19,9 @@ from tuneforge.engine.export import export_run
 from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 MERGEABLE = {
     "lora": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
     "dora": {"name": "dora", "r": 4, "alpha": 8, "dropout": 0.0},
@@ -35,6 +38,7 @@ sys.modules["peft"] = None  # neither library may be used to load the exports
 sys.modules["tuneforge"] = None
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
 ids = torch.load(sys.argv[1])
 for export, out in zip(sys.argv[2::2], sys.argv[3::2]):
     model = AutoModelForCausalLM.from_pretrained(export).eval()

@@ -22,6 +22,9 @@ from tuneforge.models.parts import sequence_logps
 from tuneforge.objectives import REGISTRY
 from tuneforge.objectives.preference import KtoParams, kto_loss
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 
 def rated_records(n: int = 8) -> list[dict]:
     return [{"prompt": f"Is {i} even?", "completion": ("yes" if i % 2 == 0 else "no") if i % 3 else "maybe so",

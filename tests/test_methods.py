@@ -14,6 +14,9 @@ from tuneforge.engine.trained import evaluate_run, load_trained
 from tuneforge.methods import REGISTRY, trainable_summary
 from tuneforge.models.tiny import build_tiny_llama
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 
 def test_full_finetuning_saves_a_plain_model(tmp_path, tiny_model_dir):
     result = train(tiny_config(tmp_path, tiny_model_dir, method="full", train={"max_steps": 2, "lr": 1e-3}),

@@ -28,6 +28,9 @@ from tuneforge.models.parts import label_token_logps
 from tuneforge.objectives import REGISTRY, LossContext
 from tuneforge.objectives.rl import GrpoParams, kl_k3, policy_gradient_loss, prepare_policy_gradient
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 SUMS = [{"prompt": f"What is {i} + 1?", "completion": str(i + 1)} for i in range(16)]
 
 

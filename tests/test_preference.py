@@ -32,6 +32,9 @@ from tuneforge.objectives.preference import (
     simpo_loss,
 )
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))

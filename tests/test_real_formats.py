@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import tiny_config, write_jsonl
+from tests.test_label_masks import trained_runs
 from tuneforge.api import train
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.dataset import encode_examples, load_examples
-from tuneforge.data.render import IGNORE_INDEX
 from tuneforge.errors import DataError
 
 REAL = Path(__file__).parent / "data" / "real"
@@ -31,17 +31,7 @@ def load(name: str, **spec) -> tuple[list, list[str]]:
 def trained(example, tokenizer) -> list[list[str]]:
     """Per sequence of the example (chosen, then rejected), its trained runs of text."""
     [item], _ = encode_examples([example], tokenizer, DataConfig(train=["x"], max_seq_len=1024, cache=False))
-    runs_per_sequence = []
-    for sequence in item.sequences:
-        runs, current = [], []
-        for token_id, label in zip(sequence.input_ids, sequence.labels, strict=True):
-            if label != IGNORE_INDEX:
-                current.append(token_id)
-            elif current:
-                runs.append(tokenizer.decode(current))
-                current = []
-        runs_per_sequence.append(runs + ([tokenizer.decode(current)] if current else []))
-    return runs_per_sequence
+    return [trained_runs(sequence, tokenizer) for sequence in item.sequences]
 
 
 def test_stanford_alpaca(tokenizer):

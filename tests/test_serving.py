@@ -10,6 +10,9 @@ from tuneforge.api import load_adapter_set, train
 from tuneforge.cli import app
 from tuneforge.errors import ConfigError
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 QUESTION = "Which task is this?"
 
 

@@ -19,6 +19,9 @@ from tests.conftest import tiny_config
 from tests.reliability.conftest import run_config
 from tests.reliability.killing import ENV, kill_at, resume, train_command
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 SECTIONS = {"train": {"max_steps": 30, "save_every": 1, "keep_last": 2, "batch_size": 4, "grad_accum": 2},
             "eval": {"metrics": ["loss"]}}
 

@@ -20,6 +20,9 @@ from tuneforge.engine.optim import build_optimizer
 from tuneforge.errors import TrainingError
 from tuneforge.objectives import REGISTRY
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 
 def poison_sft(monkeypatch, calls: set[int]) -> None:
     """The SFT loss, made NaN on the given calls (one call per step here: one micro-batch a step)."""

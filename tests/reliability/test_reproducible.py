@@ -6,8 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from tests.conftest import tiny_config
 from tuneforge.api import train
+
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
 
 
 def recorded(run_dir) -> dict[str, str]:

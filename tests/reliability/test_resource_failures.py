@@ -16,11 +16,15 @@ import pytest
 from tests.reliability.conftest import adapter_of, run_config
 from tests.reliability.killing import ENV, resume
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 # at the start of the nth training step, caps the address space 8 MiB above what is in use (a step needs more)
 CAP_MEMORY = """
 import resource, sys
 from tuneforge.engine import loop
 from tuneforge.cli import main
+
 nth, calls, real = int(sys.argv[1]), {"n": 0}, loop.train_step
 def capped(*args, **kwargs):
     calls["n"] += 1

@@ -15,6 +15,9 @@ import pytest
 from tests.reliability.conftest import adapter_of, run_config
 from tests.reliability.killing import kill_at, resume
 
+# compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
+pytestmark = pytest.mark.numerical
+
 BACKWARD = "torch:Tensor.backward"  # called once per micro-batch
 
 

@@ -3,6 +3,16 @@
 
 On a CPU without bf16 instructions (e.g. AVX2 only) bf16 matmuls are emulated and many times slower
 than fp32, which is why 'auto' looks at the CPU flags rather than assuming bf16 pays.
+
+Objectives that compare the policy with a reference (DPO and family, KTO, the KL and ratio terms of
+GRPO/RLOO/PPO) need log π − log π_ref to be right, and under bf16 autocast it is rounding noise: an adapter's
+small change flips bf16 roundings throughout the network, and the two forwards' rounding errors (about 0.05
+per logit) do not cancel. On the default model with a LoRA whose B matrices are N(0, (2e-4)²), the summed
+log-ratio of a 60-token sequence is −0.0075 in fp32 and −0.039 (or +0.68, by seed) under bf16 autocast
+(`python -m bench.bf16_ratio`). Their forwards therefore compute in fp32 over the bf16-stored weights
+(`exact_ratios`): each frozen weight is widened as it is used, and never kept widened, so the weights still
+take half the memory; only the rounding of the stored weights remains (about 6% of the log-ratio there),
+the same for policy and reference. Generation (sampling, evaluation) stays in bf16.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -65,9 +76,9 @@ def cast_frozen_weights(model: torch.nn.Module, precision: str) -> None:
             module.cast_input_dtype_enabled = precision != "bf16"
 
 
-def dtype(precision: str) -> torch.dtype:
-    """The compute dtype of a precision setting."""
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+def dtype(precision: str, exact_ratios: bool = False) -> torch.dtype:
+    """The compute dtype of a precision setting (fp32 where the objective needs exact log-ratios)."""
+    return torch.bfloat16 if precision == "bf16" and not exact_ratios else torch.float32
 
 
 def move_to(model: torch.nn.Module, device: torch.device) -> None:
@@ -101,13 +112,67 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def autocast_factory(precision: str, device: torch.device):
-    """A zero-argument callable returning the autocast context for forward passes."""
+def autocast_factory(precision: str, device: torch.device, *, exact_ratios: bool = False):
+    """A zero-argument callable returning the context for forward passes: bf16 autocast, or with
+    `exact_ratios` (an objective that compares log-probabilities with a reference) fp32 compute over the
+    bf16 weights."""
     if precision == "bf16":
-        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+        return WidenedWeights if exact_ratios else partial(torch.autocast, device_type=device.type,
+                                                           dtype=torch.bfloat16)
     return nullcontext
 
 
-def describe(precision: str) -> str:
+def describe(precision: str, exact_ratios: bool = False) -> str:
+    if precision == "bf16" and exact_ratios:
+        return ("bf16 frozen weights, fp32 compute (the objective compares log-probabilities with a reference; "
+                "bf16 rounding would swamp the difference), fp32 trainable weights")
     return {"bf16": "bf16 frozen weights + bf16 autocast, fp32 trainable weights", "fp32": "fp32"}[precision]
+
+
+class WidenedWeights(TorchFunctionMode):
+    """Inside: any operation that meets a bf16 tensor (a frozen weight, or what was computed from one) computes
+    in fp32, widening the bf16 operands as it goes; a frozen weight's widened copy is not kept for backward
+    (`_linear_bf16_weight`). In-place operations are left alone (widening would write into a copy)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _meets_bf16(args, kwargs) or getattr(func, "__name__", "").endswith("_") or "out" in kwargs:
+            return func(*args, **kwargs)
+        if func is torch.nn.functional.linear:
+            return _linear_bf16_weight(*args, **kwargs)
+        return func(*_widened(args), **{k: _widened(v) for k, v in kwargs.items()})
+
+
+def _meets_bf16(args, kwargs) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in (*args, *kwargs.values()))
+
+
+def _widened(value):
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype == torch.bfloat16 else value
+    if isinstance(value, list | tuple):
+        return type(value)(_widened(v) for v in value)
+    return value
+
+
+def _linear_bf16_weight(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    if weight.dtype == torch.bfloat16 and not weight.requires_grad and (bias is None or not bias.requires_grad):
+        return _LinearBf16Weight.apply(input.float(), weight, None if bias is None else bias.float())
+    return torch.nn.functional.linear(*_widened((input, weight, bias)))
+
+
+class _LinearBf16Weight(torch.autograd.Function):
+    """y = x Wᵀ + b in fp32 with W stored in bf16; backward widens W again instead of keeping an fp32 copy of
+    every weight alive until then (which would double the weights' memory during a step)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias):
+        ctx.save_for_backward(weight)
+        return torch.nn.functional.linear(input, weight.float(), bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (weight,) = ctx.saved_tensors
+        grad_input = grad_output @ weight.float() if ctx.needs_input_grad[0] else None
+        return grad_input, None, None
 

@@ -84,7 +84,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         device = precision.pick_device()
         with guard("loading the model"):
             model, chosen = _build_model(cfg, method, params, device, console, objective)
-        autocast = precision.autocast_factory(chosen, device)
+        autocast = precision.autocast_factory(chosen, device)  # generation
+        scoring = precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference)  # the loss
         # made before any checkpoint is restored, so it is the model before training
         reference = method.reference(model) if objective.needs_reference else None
 
@@ -97,7 +98,8 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
             prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
             _write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
-        evaluate = _evaluator(model, prepared, cfg, autocast, objective, objective_params, reference, rewards)
+        evaluate = _evaluator(model, prepared, cfg, (autocast, scoring), objective, objective_params, reference,
+                              rewards)
         eval_before = {}
         if cfg.eval.compare_base and not resume_from:
             with guard("evaluating the base model"):
@@ -106,7 +108,7 @@ def run(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quie
         started = time.perf_counter()
         try:
             inputs = LoopInputs(model, objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, device,
-                                autocast, metrics, console, run_dir / CHECKPOINTS,
+                                scoring, metrics, console, run_dir / CHECKPOINTS,
                                 evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
                                 objective_params=objective_params, reference=reference,
                                 lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
@@ -144,7 +146,8 @@ def _build_model(cfg, method, params, device: torch.device, console: RunConsole,
     weights in the chosen precision, on the device."""
     chosen = precision.resolve_precision(cfg.train.precision, device)
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
-    load_kwargs = method.load_base_kwargs(params, precision.dtype(chosen))
+    # a quantized base dequantizes into this dtype (fp32 where the objective compares log-probabilities)
+    load_kwargs = method.load_base_kwargs(params, precision.dtype(chosen, objective.needs_reference))
     if chosen == "bf16":
         # the checkpoint's own dtype: a bf16 checkpoint is not widened to fp32 in memory only to be narrowed
         # again (an 8B model would pass through 32 GB); trainable weights are widened to fp32 below, exactly
@@ -158,7 +161,8 @@ def _build_model(cfg, method, params, device: torch.device, console: RunConsole,
     precision.move_to(model, device)
     trainable, total = trainable_summary(model)
     console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
-                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision {precision.describe(chosen)}")
+                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision "
+                 f"{precision.describe(chosen, objective.needs_reference)}")
     return model, chosen
 
 
@@ -199,7 +203,9 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
                     {"train": summary, "test": test_stats.summary() if test_stats else None})
 
 
-def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, params, reference, rewards):
+def _evaluator(model, prepared: Prepared, cfg, contexts, objective: Objective, params, reference, rewards):
+    autocast, scoring = contexts  # for generating, and for the objective's own held-out scores
+
     def evaluate(generate: bool) -> tuple[dict, list[dict]]:
         scores: dict = {}
         samples: list[dict] = []
@@ -216,7 +222,7 @@ def _evaluator(model, prepared: Prepared, cfg, autocast, objective: Objective, p
             return scores, samples
         if "loss" in cfg.eval.metrics or not generate:
             scores.update(heldout_scores(model, objective, params, prepared.test, prepared.tokenizer.pad_token_id,
-                                         cfg.eval.batch_size, autocast, reference))
+                                         cfg.eval.batch_size, scoring, reference))
         if generate:
             generated, samples = generation_metrics(
                 model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,

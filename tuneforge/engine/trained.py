@@ -32,7 +32,8 @@ class TrainedRun:
     config: RunConfig
     model: torch.nn.Module
     tokenizer: object
-    autocast: object
+    autocast: object  # for generation
+    scoring: object  # for the objective's own scores (exact log-ratios where it compares with a reference)
 
 
 def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, precision_override: str | None = None
@@ -52,15 +53,16 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
         raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
                           "`tuneforge train <config> --resume`, or use a finished run")
     device, chosen = precision.inference_placement(precision_override or cfg.train.precision)
-    base_kwargs = {} if full_precision_base else method.load_base_kwargs(validate_method_params(cfg.method),
-                                                                         precision.dtype(chosen))
-    model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
     objective = get_objective(cfg.objective.name)
+    base_kwargs = {} if full_precision_base else method.load_base_kwargs(
+        validate_method_params(cfg.method), precision.dtype(chosen, objective.needs_reference))
+    model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
     if objective.load:
         objective.load(model, run_dir)
     precision.ready_for_inference(model, chosen, device)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-    return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device))
+    return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device),
+                      precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference))
 
 
 def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
@@ -86,7 +88,7 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
         encoded, _ = encode_examples(examples, trained.tokenizer, data_cfg)
         reference = _reference(trained) if objective.needs_reference else None
         scores.update(heldout_scores(trained.model, objective, validate_objective_params(trained.config.objective),
-                                     encoded, trained.tokenizer.pad_token_id, batch_size, trained.autocast,
+                                     encoded, trained.tokenizer.pad_token_id, batch_size, trained.scoring,
                                      reference))
     generated, samples = generation_metrics(
         trained.model, trained.tokenizer, examples, metrics, chat=chat, batch_size=batch_size,
