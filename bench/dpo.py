@@ -25,6 +25,7 @@ from bench.common import (
     ModelShape,
     SystemResult,
     lognormal_words,
+    median,
     peak_memory_gib,
     peak_rss_bytes,
     peer_main,
@@ -34,6 +35,7 @@ from bench.common import (
     print_system_rows,
     run_side_by_side,
     save_result,
+    steady,
     trl_step_timer,
     tuneforge_config,
     tuneforge_result,
@@ -190,22 +192,24 @@ def report(run: dict, args: argparse.Namespace, steps: int) -> None:
               f"(first step {ours['losses'][0]:.6f} vs {theirs['losses'][0]:.6f})")
         print(f"speed ratio tuneforge/TRL (pairs/s): {ours['pairs_per_s'] / theirs['pairs_per_s']:.2f}x")
     if "fp32_results" in run:
-        print_deviation_from_fp32(run["results"], run["fp32_results"])
+        print_deviation_from_fp32(run["results"], run["fp32_results"], args.warmup)
     if args.json:
         args.json.write_text(json.dumps({"spec": spec, "peak_flops": peak, "figures": figures}, indent=2))
 
 
-def print_deviation_from_fp32(results: dict, fp32_results: dict) -> None:
+def print_deviation_from_fp32(results: dict, fp32_results: dict, warmup: int) -> None:
     """Each system's largest per-step loss deviation in bf16 from its own fp32 run, and the fp32 runs'
     agreement with each other (the bf16 rows are only meaningful if the fp32 rows agree)."""
-    print("\nper-step loss, bf16 against fp32 on the same batches:")
-    fp32 = {name: r.losses for name, r in fp32_results.items() if r.ok}
+    print("\nper-step loss, bf16 against fp32 on the same batches (s/step: median after warm-up):")
+    fp32 = {name: r for name, r in fp32_results.items() if r.ok}
     for name, result in results.items():
         if result.ok and name in fp32:
-            gaps = [abs(a - b) for a, b in zip(result.losses, fp32[name], strict=False)]
+            gaps = [abs(a - b) for a, b in zip(result.losses, fp32[name].losses, strict=False)]
             print(f"  {name:<10} largest deviation {max(gaps):.4f}   bf16 "
-                  f"{' '.join(f'{x:.4f}' for x in result.losses)}\n  {'':<10} {'':>25}   fp32 "
-                  f"{' '.join(f'{x:.4f}' for x in fp32[name])}")
+                  f"{' '.join(f'{x:.4f}' for x in result.losses)}  {median(steady(result.step_times, warmup)):6.2f} "
+                  f"s/step\n  {'':<10} {'':>25}   fp32 {' '.join(f'{x:.4f}' for x in fp32[name].losses)}  "
+                  f"{median(steady(fp32[name].step_times, warmup)):6.2f} s/step")
+    fp32 = {name: r.losses for name, r in fp32.items()}
     if len(fp32) > 1:
         first, *others = fp32.values()
         agreement = max(abs(a - b) for other in others for a, b in zip(first, other, strict=False))

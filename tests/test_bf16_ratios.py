@@ -1,7 +1,7 @@
 """In bf16, log π − log π_ref is the adapter's doing, not rounding (issue 13, finding 7). Objectives that
-compare the policy with a reference compute in fp32 over the bf16-stored weights, so on a model whose weights
-bf16 holds exactly (here: a tiny model rounded to bf16 once) bf16 and fp32 runs agree, step by step, for every
-such objective. On a real model only the rounding of the weights themselves remains: `python -m
+compare the policy with a reference compute their forwards in fp32 over the bf16-stored weights, so on a model
+whose weights bf16 holds exactly (here: a tiny model rounded to bf16 once) bf16 and fp32 give the same values
+for every such objective, and training trajectories that agree to bf16's gradient precision. On a real model only the rounding of the weights themselves remains: `python -m
 bench.bf16_ratio` measures it (about 6% of the log-ratio on the default model; bf16 autocast: 400% and worse).
 
 These tests pin nothing: they run each case in fp32 and in bf16 themselves (bf16 is emulated on AVX2-only
@@ -114,9 +114,12 @@ def test_reference_objectives_train_the_same_in_bf16_and_fp32(tmp_path, exact_mo
                              train={"max_steps": 3, "batch_size": 4, "lr": 5e-3, "precision": name},
                              method={"dropout": 0.0})
         runs[name] = [r for r in read_metrics(train(config, quiet=True).run_dir) if r["kind"] == "train"]
-    for fp32_row, bf16_row in zip(runs["fp32"], runs["bf16"], strict=True):
+    # the first step's values are the forward's alone: equal; later steps follow gradients that bf16 computes
+    # as bf16 training does (a bf16 matmul through each frozen weight), so they agree to bf16's precision
+    for step, (fp32_row, bf16_row) in enumerate(zip(runs["fp32"], runs["bf16"], strict=True)):
         for key in ("loss", "reward_margin"):
-            assert bf16_row[key] == pytest.approx(fp32_row[key], abs=1e-5), (key, runs)
+            tolerance = {"abs": 1e-5} if step == 0 else {"rel": 2e-2, "abs": 1e-4}
+            assert bf16_row[key] == pytest.approx(fp32_row[key], **tolerance), (step, key, runs)
     assert runs["fp32"][-1]["reward_margin"] != 0  # training moved the policy from the reference
 
 
