@@ -16,20 +16,20 @@ def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3}, eval={"metrics": ["loss", "exact_match"]})
     path = tmp_path / "compare.yaml"
     path.write_text(dump_yaml(load_config(config).run))
-    out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["compare", str(path), "--methods", "lora,prompt,bitfit", "--out", str(out)])
+    out = tmp_path / "report"  # two methods: one that merges, one that cannot (the report's columns differ)
+    result = CliRunner().invoke(app, ["compare", str(path), "--methods", "lora,prompt", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     rows = {r["method"]: r for r in report["rows"]}
-    assert set(rows) == {"lora", "prompt", "bitfit"}
+    assert set(rows) == {"lora", "prompt"}
     for name, row in rows.items():
         for column in COLUMNS:
             if column.key == "merged_latency_ms" and name == "prompt":
                 assert row[column.key] is None  # prompt tuning cannot merge
             else:
                 assert row[column.key] is not None, (name, column.key)
-    assert rows["bitfit"]["trainable"] < rows["lora"]["trainable"]
-    assert report["winners"]["trainable"] == "bitfit"
+    assert rows["prompt"]["trainable"] < rows["lora"]["trainable"]
+    assert report["winners"]["trainable"] == "prompt"
     for name in ("report.md", "report.html", "cost.png", "quality.png", "inference.png"):
         assert (out / name).stat().st_size > 0
     assert "| lora |" in (out / "report.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
-from tuneforge.methods.base import adapter_disabled_reference, frozen_copy_reference
+from tuneforge.methods.base import adapter_disabled_reference
 from tuneforge.models.load import load_causal_lm
 from tuneforge.objectives import get_objective, validate_objective_params
 from tuneforge.objectives.params import OnlineParams
@@ -98,11 +99,18 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
 
 
 def _reference(trained: TrainedRun):
-    """The model the run was trained against: the base inside an adapter model, else the base loaded again."""
+    """The model the run was trained against: the base inside an adapter model, else the base loaded again,
+    each weight in the dtype training's frozen copy had (the trained model's: fp32 where the method trained
+    it, the frozen precision elsewhere)."""
     if hasattr(trained.model, "disable_adapter"):
         return adapter_disabled_reference(trained.model)
-    device, chosen = precision.inference_placement(trained.config.train.precision)
-    return frozen_copy_reference(precision.ready_for_inference(load_causal_lm(trained.config.model), chosen, device))
+    base = load_causal_lm(trained.config.model)
+    dtypes = {name: param.dtype for name, param in trained.model.named_parameters()}
+    for name, param in base.named_parameters():
+        param.data = param.data.to(dtypes.get(name, param.dtype))
+    precision.move_to(base, next(trained.model.parameters()).device)
+    base.eval()  # frozen already (load_causal_lm), and nothing else holds it: no copy needed
+    return lambda: nullcontext(base)
 
 
 def _require_reward_run(trained_or_cfg, run_dir: Path) -> None:
