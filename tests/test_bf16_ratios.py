@@ -1,8 +1,9 @@
 """In bf16, log π − log π_ref is the adapter's doing, not rounding (issue 13, finding 7). Objectives that
 compare the policy with a reference compute their forwards in fp32 over the bf16-stored weights, so on a model
 whose weights bf16 holds exactly (here: a tiny model rounded to bf16 once) bf16 and fp32 give the same values
-for every such objective, and training trajectories that agree to bf16's gradient precision. On a real model only the rounding of the weights themselves remains: `python -m
-bench.bf16_ratio` measures it (about 6% of the log-ratio on the default model; bf16 autocast: 400% and worse).
+for every such objective, and training trajectories that agree to bf16's gradient precision. On a real model
+only the rounding of the stored weights remains: `python -m bench.bf16_ratio` measures it (about 6% of the
+log-ratio on the default model; bf16 autocast: 400% and worse).
 
 These tests pin nothing: they run each case in fp32 and in bf16 themselves (bf16 is emulated on AVX2-only
 CPUs, hence the tiny sizes)."""

@@ -105,8 +105,10 @@ def test_drop_fraction_guard(tmp_path, tokenizer):
     with pytest.raises(DataError, match=r"d.jsonl:1: example has \d+ tokens"):
         encode_examples(examples, tokenizer, cfg.model_copy(update={"overlong": "error"}))
     # the long prompts fill the window and cut every trained token away: truncating cannot save them
-    with pytest.raises(DataError, match=r"3 of 20 examples"):
+    with pytest.raises(DataError, match=r"3 of 20 examples") as err:
         encode_examples(examples, tokenizer, cfg.model_copy(update={"overlong": "truncate"}))
+    # the advice fits the setting: truncating is already on, so it says what truncating cannot fix
+    assert "prompt alone fills" in str(err.value) and "set data.overlong: truncate" not in str(err.value)
     long_answers = [{"prompt": "q", "completion": "word " * (200 if i < 3 else 2)} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in long_answers))
     examples = load_examples([DatasetSpec(path=str(path))], seed=0)

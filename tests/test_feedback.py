@@ -250,6 +250,15 @@ def test_a_closed_reviewer_list(tmp_path, live_server):
         load_reviewers(str(listing))
 
 
+def test_listening_beyond_loopback_warns_and_other_hosts_are_not_served():
+    from tuneforge.feedback.app import _allowed_hosts, exposure_warning
+
+    assert all(exposure_warning(host) is None for host in ("127.0.0.1", "::1", "localhost"))
+    assert all("anyone who can reach" in exposure_warning(host) for host in ("0.0.0.0", "192.168.1.5"))
+    assert "evil.example:8765" not in _allowed_hosts("0.0.0.0", 8765)
+    assert {"127.0.0.1:8765", "localhost:8765"} <= _allowed_hosts("127.0.0.1", 8765)
+
+
 def test_a_file_that_is_not_a_feedback_database_is_named(tmp_path):
     other = tmp_path / "notes.db"
     other.write_text("not sqlite at all\n" * 100)

@@ -171,9 +171,8 @@ class FeedbackApp:
         filler = threading.Thread(target=self.fill, name="feedback-sampler", daemon=True)
         filler.start()
         server = self.server(host, port)
-        if not _loopback(host):
-            print(f"warning: listening on {host}, so anyone who can reach this machine can open the page; names "
-                  "are protected by their tokens, but consider --reviewers FILE for a closed list", file=sys.stderr)
+        if exposure_warning(host):
+            print(exposure_warning(host), file=sys.stderr)
         on_ready(f"http://{_url_host(host)}:{server.server_address[1]}/")
         try:
             server.serve_forever()
@@ -221,6 +220,14 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str | None
 def _shown(value) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def exposure_warning(host: str) -> str | None:
+    """What to tell the person starting the server when it listens beyond this machine's loopback."""
+    if _loopback(host):
+        return None
+    return (f"warning: listening on {host}, so anyone who can reach this machine can open the page; names are "
+            "protected by their tokens, but consider --reviewers FILE for a closed list")
 
 
 def _loopback(host: str) -> bool:
