@@ -251,12 +251,18 @@ def test_a_closed_reviewer_list(tmp_path, live_server):
 
 
 def test_listening_beyond_loopback_warns_and_other_hosts_are_not_served():
-    from tuneforge.feedback.app import _allowed_hosts, exposure_warning
+    from tuneforge.feedback.app import _allowed_host, exposure_warning
 
     assert all(exposure_warning(host) is None for host in ("127.0.0.1", "::1", "localhost"))
     assert all("anyone who can reach" in exposure_warning(host) for host in ("0.0.0.0", "192.168.1.5"))
-    assert "evil.example:8765" not in _allowed_hosts("0.0.0.0", 8765)
-    assert {"127.0.0.1:8765", "localhost:8765"} <= _allowed_hosts("127.0.0.1", 8765)
+    # on loopback: loopback names only; beyond it, also the LAN addresses reviewers type; never a DNS name
+    # that is not this machine's (a rebinding page's), nor another port
+    assert _allowed_host("127.0.0.1:8765", "127.0.0.1", 8765) and _allowed_host("localhost:8765", "127.0.0.1", 8765)
+    assert _allowed_host("[::1]:8765", "127.0.0.1", 8765)
+    assert not _allowed_host("192.168.1.5:8765", "127.0.0.1", 8765)
+    assert _allowed_host("192.168.1.5:8765", "0.0.0.0", 8765) and _allowed_host("[fe80::1]:8765", "::", 8765)
+    for host in ("evil.example:8765", "evil.example", "127.0.0.1:9999", ""):
+        assert not _allowed_host(host, "0.0.0.0", 8765), host
 
 
 def test_a_file_that_is_not_a_feedback_database_is_named(tmp_path):

@@ -136,11 +136,19 @@ class WidenedWeights(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if not _meets_bf16(args, kwargs) or getattr(func, "__name__", "").endswith("_") or "out" in kwargs:
+        if not _meets_bf16(args, kwargs) or _in_place(func) or "out" in kwargs:
             return func(*args, **kwargs)
         if func is torch.nn.functional.linear:
             return _linear_bf16_weight(*args, **kwargs)
         return func(*_widened(args), **{k: _widened(v) for k, v in kwargs.items()})
+
+
+def _in_place(func) -> bool:
+    """`add_`, `copy_`, `__iadd__`, `__setitem__` ...: they write into their first operand."""
+    name = getattr(func, "__name__", "")
+    if name.startswith("__") and name.endswith("__"):
+        return name.startswith("__i") or name == "__setitem__"
+    return name.endswith("_")
 
 
 def _meets_bf16(args, kwargs) -> bool:

@@ -243,15 +243,23 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _allowed_hosts(bound: str, port: int) -> set[str]:
-    """The Host headers this server answers: its own address and loopback names; any other name reaching it
-    (a rebound DNS name) is refused."""
-    names = {"127.0.0.1", "localhost", "[::1]", _url_host(bound)}
-    if not _loopback(bound):  # bound to every interface or one address: that address, and the machine's names
-        import socket
+def _allowed_host(header: str, bound: str, port: int) -> bool:
+    """Whether a request's Host header names this server: loopback, the bound address, or, when it listens
+    beyond loopback, any IP address or this machine's own names. Any other DNS name reaching it is a name
+    rebound to this machine by someone else's page, and is refused."""
+    import socket
 
-        names |= {socket.gethostname(), socket.getfqdn()}
-    return {f"{name}:{port}" for name in names} | {name for name in names if port == 80}
+    host, _, given_port = header.rpartition(":") if not header.endswith("]") else (header, "", "")
+    if (given_port or "80") != str(port):
+        return False
+    host = host.strip("[]").lower()
+    if host in ("localhost", bound.strip("[]").lower()):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return not _loopback(bound) and host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return address.is_loopback or not _loopback(bound)
 
 
 def _handler(app: FeedbackApp, bound: str) -> type[BaseHTTPRequestHandler]:
@@ -278,12 +286,11 @@ def _handler(app: FeedbackApp, bound: str) -> type[BaseHTTPRequestHandler]:
                 self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; the console says more"})
 
         def _check_host_and_origin(self) -> None:
-            port = self.server.server_address[1]
-            allowed = _allowed_hosts(bound, port)
-            if self.headers.get("Host", "") not in allowed:
+            host = self.headers.get("Host", "")
+            if not _allowed_host(host, bound, self.server.server_address[1]):
                 raise Refused(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only its own address")
             origin = self.headers.get("Origin")
-            if origin is not None and origin.removeprefix("http://") not in allowed:
+            if origin is not None and origin != f"http://{host}":  # a page of another origin: never
                 raise Refused(HTTPStatus.FORBIDDEN, "requests from other web pages are refused")
 
         def _get(self) -> None:
