@@ -71,7 +71,7 @@ def test_unsupported_extension(tmp_path):
 
 @pytest.mark.parametrize("case", ["malformed_json", "empty_completion", "unknown_format"])
 def test_train_stops_before_weights_load(tmp_path, tiny_model_dir, monkeypatch, case):
-    import tuneforge.engine.run as run_module
+    import tuneforge.engine.session as run_module
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("model weights were loaded before the data was validated")

@@ -127,7 +127,7 @@ def test_lr_schedules():
 def test_early_stopping_stops_when_the_held_out_loss_stops_improving(tmp_path, tiny_model_dir, monkeypatch):
     # the evaluator's scores are scripted, so no CPU's rounding decides whether a loss rises: 1.0, then an
     # improvement (0.9), then two evaluations without one -> stop at the 4th evaluation (step 8)
-    import tuneforge.engine.run as run_module
+    import tuneforge.engine.session as run_module
 
     scripted = iter([1.0, 0.9, 0.95, 0.9])
 

@@ -134,7 +134,7 @@ def test_an_output_dir_that_is_a_file_or_under_one(tmp_path, tiny_model_dir):
 
 
 def test_an_output_dir_that_cannot_be_written_fails_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch):
-    import tuneforge.engine.run as run_module
+    import tuneforge.engine.session as run_module
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model loaded before the output directory was checked")
@@ -192,17 +192,3 @@ def test_a_resume_after_editing_the_run_config_names_the_key(tmp_path, tiny_mode
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(edited))
     refused(["train", str(tmp_path / "run" / "config.yaml"), "--resume"], "train.lr (0.001 -> 0.5)")
 
-
-def test_a_run_prints_tuneforge_lines_only(tmp_path, tiny_model_dir):
-    """No library notice (bitsandbytes' missing-kernel warning, transformers' progress bars) reaches the
-    console of a run; TUNEFORGE_LIBRARY_LOGS=1 lets library logs through."""
-    import os
-    import subprocess
-    import sys
-
-    path = config_file(tmp_path, tiny_model_dir, train={"max_steps": 1, "precision": "bf16"})
-    env = {k: v for k, v in os.environ.items() if k != "TUNEFORGE_LIBRARY_LOGS"}
-    result = subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(path), "--quiet"], env=env,
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "" and "it/s]" not in result.stdout

@@ -52,12 +52,14 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     from tuneforge.config import load_config
     from tuneforge.methods import validate_method_params
     from tuneforge.objectives import validate_objective_params
+    from tuneforge.strategies import validate_strategy_params
 
-    # the whole schema first, the method's and objective's own keys included, before PyTorch is imported
-    # (2 s): a typo in the config fails in a fraction of a second
+    # the whole schema first, the method's, objective's and strategy's own keys included, before PyTorch is
+    # imported (2 s): a typo in the config fails in a fraction of a second
     loaded = load_config(config, overrides or [])
     validate_method_params(loaded.run.method, loaded.where("method"))
     validate_objective_params(loaded.run.objective, loaded.where("objective"))
+    validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
     from tuneforge.api import train as run_training
 
     result = run_training(loaded, resume=resume, force=force, quiet=quiet)

@@ -157,6 +157,7 @@ class RunConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: NamedParams = Field(default_factory=lambda: NamedParams(name="lora"))
     objective: NamedParams = Field(default_factory=lambda: NamedParams(name="sft"))
+    strategy: NamedParams = Field(default_factory=lambda: NamedParams(name="single"))
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -170,7 +171,7 @@ class RunConfig(Strict):
         raw = dict(raw)
         if isinstance(raw.get("model"), str):
             raw["model"] = {"path": raw["model"]}
-        for key in ("method", "objective"):
+        for key in ("method", "objective", "strategy"):
             if isinstance(raw.get(key), str):
                 raw[key] = {"name": raw[key]}
         return raw
@@ -319,7 +320,7 @@ def _apply_override(raw: dict, override: str) -> None:
     node = raw
     for depth, key in enumerate(keys[:-1]):
         child = node.get(key)
-        if isinstance(child, str) and depth == 0 and key in ("method", "objective"):
+        if isinstance(child, str) and depth == 0 and key in ("method", "objective", "strategy"):
             child = {"name": child}
         elif isinstance(child, str) and depth == 0 and key == "model":
             child = {"path": child}
@@ -432,7 +433,7 @@ def redacted(value: Any) -> Any:
 def dump_yaml(run: RunConfig) -> str:
     """The resolved config as YAML, with secrets redacted, as written to the run directory."""
     data = run.model_dump(mode="json")
-    for key in ("method", "objective"):
+    for key in ("method", "objective", "strategy"):
         data[key] = {"name": data[key]["name"], **getattr(run, key).params()}
     return yaml.safe_dump(redacted(data), sort_keys=False)
 

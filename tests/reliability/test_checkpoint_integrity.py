@@ -12,8 +12,8 @@ from tests.conftest import lora_tiny
 from tuneforge.config import TrainConfig
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer
-from tuneforge.engine.run import _check_run_dir
 from tuneforge.errors import CheckpointError
+from tuneforge.strategies.single import _check_run_dir
 
 
 def flip_byte(path) -> None:

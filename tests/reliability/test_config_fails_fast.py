@@ -30,6 +30,10 @@ except SystemExit as exc:
     ("objective: {name: dpo, beta: -1}", [], "'objective.beta' = -1: Input should be greater than 0"),
     ("objective: {name: grpo, rewards: [number_match], group_sise: 4}", [], "did you mean 'objective.group_size'?"),
     ("train: {max_steps: 2}", ["method.name=lorra"], "unknown method 'lorra'"),
+    # and the strategy's
+    ("strategy: singel", [], "unknown strategy 'singel' (config key 'strategy.name')\n  fix: did you mean "
+                             "'single'?"),
+    ("strategy: {name: single, phases: 2}", [], "unknown key 'strategy.phases' for strategy 'single'"),
 ])
 def test_config_errors_fail_before_torch_loads(tmp_path, body, overrides, expected):
     config = tmp_path / "bad.yaml"

@@ -57,6 +57,10 @@ class Method:
 
     # (trained model) -> a plain transformers model with the training folded into its weights; None: cannot merge
     merge: Callable | None = None
+    # the learning rate this method wants relative to LoRA's, as its paper and peft's guides advise: few,
+    # sensitive trainable parameters (prompts, scaling vectors, biases) need larger steps, full fine-tuning far
+    # smaller ones; `tuneforge compare` scales the config's learning rate (tuned for LoRA) by it
+    relative_lr: float = 1.0
 
     def load_base_kwargs(self, params: MethodParams, compute_dtype) -> dict:
         return self.base_kwargs(params, compute_dtype) if self.base_kwargs else {}

@@ -31,4 +31,5 @@ def load(run_dir, load_base):
         return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
 
 
-METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR, merge=unchanged)
+METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR, merge=unchanged,
+                relative_lr=0.025)

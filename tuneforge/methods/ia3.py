@@ -24,4 +24,4 @@ def ia3_config(params: Ia3Params, model):
 
 
 METHOD = peft_method("ia3", "(IA)³: learned rescaling of keys, values and MLP activations", Ia3Params, ia3_config,
-                     mergeable=True)
+                     mergeable=True, relative_lr=5.0)

@@ -16,7 +16,7 @@ ADAPTER_DIR = "adapter"
 
 def peft_method(name: str, summary: str, params: type[MethodParams], make_config: Callable, *,
                 lr_scale: Callable | None = None, supports_packing: bool = True,
-                base_kwargs: Callable | None = None, mergeable: bool = False) -> Method:
+                base_kwargs: Callable | None = None, mergeable: bool = False, relative_lr: float = 1.0) -> Method:
     """A registry entry for a peft method; `make_config(params, model)` builds its peft config."""
 
     def apply(model, chosen: MethodParams):
@@ -27,7 +27,7 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
 
     return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
                   lr_scale=lr_scale, supports_packing=supports_packing, base_kwargs=base_kwargs,
-                  merge=merge_and_unload if mergeable else None)
+                  merge=merge_and_unload if mergeable else None, relative_lr=relative_lr)
 
 
 def merge_and_unload(model):

@@ -57,8 +57,8 @@ def ptuning_config(params: PtuningParams, model):
 
 
 PROMPT = peft_method("prompt", "soft prompt tuning: learned virtual input tokens (random or text init)",
-                     PromptParams, prompt_config, supports_packing=False)
+                     PromptParams, prompt_config, supports_packing=False, relative_lr=10.0)
 PREFIX = peft_method("prefix", "prefix tuning: learned keys and values at every layer", PrefixParams,
-                     prefix_config, supports_packing=False)
+                     prefix_config, supports_packing=False, relative_lr=5.0)
 PTUNING = peft_method("ptuning", "P-tuning: virtual tokens from a small trained prompt encoder", PtuningParams,
-                      ptuning_config, supports_packing=False)
+                      ptuning_config, supports_packing=False, relative_lr=5.0)

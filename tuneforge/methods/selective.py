@@ -131,6 +131,6 @@ def bitfit_merged(model):
 
 
 FREEZE = Method("freeze", "train only parameters matching patterns and/or the last k layers", FreezeParams,
-                apply_freeze, save, load, TRAINED_DIR, merge=unchanged)
+                apply_freeze, save, load, TRAINED_DIR, merge=unchanged, relative_lr=0.05)
 BITFIT = Method("bitfit", "train only bias terms (zero biases added where the model has none)", BitfitParams,
-                apply_bitfit, save, load, TRAINED_DIR, merge=bitfit_merged)
+                apply_bitfit, save, load, TRAINED_DIR, merge=bitfit_merged, relative_lr=5.0)

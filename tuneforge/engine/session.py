@@ -1,0 +1,198 @@
+"""The pieces every strategy assembles a training phase from, in the order that keeps the user's time safe:
+read what the config asks for (`read_recipe`: seconds, nothing loaded), read and tokenize the data
+(`prepare_data`), build the model once and keep it in memory (`open_session`: the method applied, weights in
+their precision, the frozen reference), then per phase an evaluator over the test data (`make_evaluator`) and
+the loop's inputs (`loop_inputs`) for `train_loop`. Nothing here writes a run directory: that policy belongs
+to the strategy (`strategies/single.py` for `tuneforge train`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import LoadedConfig
+from tuneforge.data.dataset import TrainExample, encode_examples
+from tuneforge.data.render import use_chat_template
+from tuneforge.engine import precision
+from tuneforge.engine.datakind import load_splits
+from tuneforge.engine.heldout import heldout_scores
+from tuneforge.engine.loop import LoopInputs
+from tuneforge.engine.rollout import Rollouts, heldout_rewards
+from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.engine.trained import resolve_rewards
+from tuneforge.errors import ConfigError
+from tuneforge.evaluation.evaluate import generation_metrics
+from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
+from tuneforge.methods.base import MethodParams
+from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.objectives import Objective, get_objective, validate_objective_params
+from tuneforge.objectives.params import ObjectiveParams
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the config asks to train, checked before anything loads: the method and objective with their
+    parameters, and the rewards of an online objective."""
+
+    method: Method
+    method_params: MethodParams
+    objective: Objective
+    objective_params: ObjectiveParams
+    rewards: list
+
+
+def read_recipe(loaded: LoadedConfig) -> Recipe:
+    cfg = loaded.run
+    method = get_method(cfg.method.name)
+    method_params = validate_method_params(cfg.method, loaded.where("method"))
+    objective = get_objective(cfg.objective.name)
+    objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
+    rewards = (resolve_rewards(objective_params, loaded.where("objective"), loaded.resolve_path)
+               if objective.data == "prompts" else [])
+    if cfg.train.packing and not method.supports_packing:
+        raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
+                          "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
+    return Recipe(method, method_params, objective, objective_params, rewards)
+
+
+@dataclass
+class Prepared:
+    train: list[TrainExample]
+    test: list[TrainExample]
+    test_raw: list
+    tokenizer: object
+    chat: bool
+    stats: dict
+
+
+def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
+                 objective: Objective | None = None) -> Prepared:
+    """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
+    cfg = loaded.run
+    objective = objective or get_objective(cfg.objective.name)
+    notes: list[str] = []
+    splits = load_splits(loaded, objective, notes)
+    train_raw, test_raw = splits["train"], splits.get("test", [])
+    for note in notes if console else ():
+        console.info(note)
+    tokenizer = load_tokenizer(cfg.model)
+    chat = use_chat_template(tokenizer, cfg.data.template)
+    train, stats = encode_examples(train_raw, tokenizer, cfg.data)
+    if cfg.eval.max_examples:
+        test_raw = test_raw[: cfg.eval.max_examples]
+    test, test_stats = encode_examples(test_raw, tokenizer, cfg.data) if test_raw else ([], None)
+    summary = stats.summary()
+    if console:
+        console.info(f"data: {summary['kept']} training examples ({summary['truncated']} truncated, "
+                     f"{summary['dropped']} dropped), {summary['tokens']} tokens, {summary['label_tokens']} trained; "
+                     f"{len(test)} test examples")
+        if stats.missing_end_of_turn:
+            console.info(f"warning: {len(stats.missing_end_of_turn)} examples do not train an end-of-turn token "
+                         f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
+    return Prepared(train, test, test_raw, tokenizer, chat,
+                    {"train": summary, "test": test_stats.summary() if test_stats else None})
+
+
+@dataclass
+class Session:
+    """The model being trained, kept in memory for every phase of a strategy, with the contexts its forwards
+    run under and the frozen reference (the model as it was before training)."""
+
+    recipe: Recipe
+    model: torch.nn.Module
+    device: torch.device
+    precision: str
+    autocast: Callable[[], AbstractContextManager]  # generation
+    scoring: Callable[[], AbstractContextManager]  # the objective's forwards (exact log-ratios where needed)
+    reference: Callable[[], AbstractContextManager] | None
+
+    def summary(self) -> dict:
+        trainable, total = trainable_summary(self.model)
+        return {"precision": self.precision, "trainable_parameters": trainable, "parameters": total}
+
+
+def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole) -> Session:
+    """The base model with the method applied (and any part the objective trains, e.g. a reward head),
+    weights in the chosen precision, on the device; the reference is made now, before any checkpoint is
+    restored, so it is the model before training."""
+    cfg, method, objective = loaded.run, recipe.method, recipe.objective
+    device = precision.pick_device()
+    chosen = precision.resolve_precision(cfg.train.precision, device)
+    torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
+    # a quantized base dequantizes into this dtype (fp32 where the objective compares log-probabilities)
+    load_kwargs = method.load_base_kwargs(recipe.method_params, precision.dtype(chosen, objective.needs_reference))
+    if chosen == "bf16":
+        # the checkpoint's own dtype: a bf16 checkpoint is not widened to fp32 in memory only to be narrowed
+        # again (an 8B model would pass through 32 GB); trainable weights are widened to fp32 below, exactly
+        load_kwargs.setdefault("dtype", "auto")
+    model = method.apply(load_causal_lm(cfg.model, **load_kwargs), recipe.method_params)
+    if objective.attach:
+        objective.attach(model)
+    precision.cast_frozen_weights(model, chosen)
+    if cfg.train.gradient_checkpointing:
+        precision.enable_gradient_checkpointing(model)
+    precision.move_to(model, device)
+    trainable, total = trainable_summary(model)
+    console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
+                 f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision "
+                 f"{precision.describe(chosen, objective.needs_reference)}")
+    return Session(recipe, model, device, chosen, precision.autocast_factory(chosen, device),
+                   precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference),
+                   method.reference(model) if objective.needs_reference else None)
+
+
+Evaluate = Callable[..., tuple[dict, list[dict]]]  # (generate: bool) -> (scores, samples)
+
+
+def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
+    """Scores of the model on the prepared test data: the objective's own held-out scores (loss, or the
+    held-out reward of an online objective), and with `generate` the generation metrics too."""
+    model, recipe = session.model, session.recipe
+    objective, params, rewards = recipe.objective, recipe.objective_params, recipe.rewards
+
+    def evaluate(generate: bool) -> tuple[dict, list[dict]]:
+        scores: dict = {}
+        samples: list[dict] = []
+        if not prepared.test:
+            return scores, samples
+        if rewards:  # an online objective: the mean reward of greedy completions (its loss needs rollouts)
+            scores, samples = heldout_rewards(model, prepared.tokenizer, prepared.test_raw, rewards,
+                                              chat=prepared.chat, batch_size=cfg.eval.batch_size,
+                                              max_new_tokens=params.max_new_tokens, autocast=session.autocast)
+            if generate:
+                scores.update(generation_metrics(
+                    model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                    batch_size=cfg.eval.batch_size, max_new_tokens=params.max_new_tokens,
+                    autocast=session.autocast)[0])
+            return scores, samples
+        if "loss" in cfg.eval.metrics or not generate:
+            scores.update(heldout_scores(model, objective, params, prepared.test, prepared.tokenizer.pad_token_id,
+                                         cfg.eval.batch_size, session.scoring, session.reference))
+        if generate:
+            generated, samples = generation_metrics(
+                model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, autocast=session.autocast)
+            scores.update(generated)
+        return scores, samples
+
+    return evaluate
+
+
+def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, console: RunConsole,
+                checkpoint_dir: Path, evaluate: Evaluate) -> LoopInputs:
+    """What `train_loop` needs for one phase on the session's model."""
+    recipe = session.recipe
+    method, params = recipe.method, recipe.method_params
+    return LoopInputs(
+        session.model, recipe.objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, session.device,
+        session.scoring, metrics, console, checkpoint_dir,
+        evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
+        objective_params=recipe.objective_params, reference=session.reference,
+        lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
+        rollout=Rollouts(session.model, prepared.tokenizer, prepared.chat, recipe.objective, recipe.objective_params,
+                         recipe.rewards, session.autocast) if recipe.rewards else None,
+        updates=getattr(recipe.objective_params, "updates", 1))
