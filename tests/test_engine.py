@@ -166,3 +166,42 @@ def test_packed_run_matches_padded_run(tmp_path, tiny_model_dir):
     losses = {name: [r["loss"] for r in read_rows(run.run_dir) if r["kind"] == "train"]
               for name, run in (("padded", padded), ("packed", packed))}
     assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-5)
+
+
+def test_a_strategys_penalty_joins_the_loss_once_per_step(tokenizer):
+    """A regularisation term (what EWC, L2-SP or FedProx add) is a function of the model that the loop adds to
+    any objective's loss once per optimizer step: the logged loss is objective + penalty, and the update
+    follows the gradient of both."""
+    from contextlib import nullcontext
+
+    from tests.conftest import lora_tiny
+    from tuneforge.data.formats import Example
+    from tuneforge.engine.loop import LoopInputs, train_step
+    from tuneforge.objectives import REGISTRY as OBJECTIVES
+
+    examples = [Example("d.jsonl", i + 1, messages=({"role": "user", "content": f"say {i}"},
+                                                    {"role": "assistant", "content": f"{i} {i}"}))
+                for i in range(4)]
+    items, _ = encode_examples(examples, tokenizer, DataConfig(train=["x"], cache=False))
+    model = lora_tiny(tokenizer, seed=5)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in named.items()}
+
+    def penalty(m):
+        return 0.5 * sum((p ** 2).sum() for p in m.parameters() if p.requires_grad)
+
+    expected_penalty = float(penalty(model))
+    grads = accumulated_grads(model, items, 2, 2)  # the objective's gradient over the window, by hand
+    batches = [collate(items[i:i + 2], tokenizer.pad_token_id) for i in (0, 2)]
+    ctx = LossContext(sum(count_label_tokens(b) for b in batches))
+    with torch.no_grad():
+        objective_loss = sum(float(sft_loss(model, b, ctx).loss) for b in batches)
+    model.zero_grad(set_to_none=True)
+    cfg = TrainConfig(batch_size=2, grad_accum=2, max_grad_norm=None, precision="fp32")
+    inputs = LoopInputs(model, OBJECTIVES["sft"], items, cfg, tokenizer.pad_token_id, torch.device("cpu"),
+                        nullcontext, None, None, Path("unused"), penalty=penalty)
+    values = train_step(inputs, torch.optim.SGD(named.values(), lr=1.0), [[0, 1], [2, 3]], lr=1.0)
+    assert values["penalty"] == pytest.approx(expected_penalty, rel=1e-5)
+    assert values["loss"] == pytest.approx(objective_loss + expected_penalty, rel=1e-5)
+    for name, param in named.items():  # SGD at lr 1: θ − (∇L + ∇P), and ∇P = θ
+        torch.testing.assert_close(param.detach(), start[name] - grads[name] - start[name], atol=1e-6, rtol=1e-5)

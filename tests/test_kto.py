@@ -15,7 +15,8 @@ from tuneforge.data.batching import collate, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import with_kl_completions
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.trained import evaluate_run, load_trained
+from tuneforge.engine.session import evaluate_run
+from tuneforge.engine.trained import load_trained
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps

@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_config
 from tuneforge.api import train
-from tuneforge.engine.trained import evaluate_run, load_trained
+from tuneforge.engine.session import evaluate_run
+from tuneforge.engine.trained import load_trained
 from tuneforge.methods import REGISTRY, trainable_summary
 from tuneforge.models.tiny import build_tiny_llama
 

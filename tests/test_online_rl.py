@@ -20,7 +20,8 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded, end_of_turn_ids
 from tuneforge.engine.rollout import Rollouts
-from tuneforge.engine.trained import evaluate_run, load_trained, resolve_rewards
+from tuneforge.engine.session import evaluate_run
+from tuneforge.engine.trained import load_trained, resolve_rewards
 from tuneforge.errors import ConfigError, DataError, TuneforgeError
 from tuneforge.evaluation.generate import sample_ids
 from tuneforge.evaluation.rewards import exact_match, length_penalty, number_match, number_only, resolve_reward, score

@@ -17,7 +17,8 @@ from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.batching import batch_sequences, collate, collate_packed, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.trained import evaluate_run, load_trained, score_rewards
+from tuneforge.engine.session import evaluate_run
+from tuneforge.engine.trained import load_trained, score_rewards
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps

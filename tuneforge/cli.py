@@ -80,7 +80,8 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
              ) -> None:
     """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU."""
     from tuneforge.config import parse_metrics
-    from tuneforge.engine.trained import evaluate_run, load_trained
+    from tuneforge.engine.session import evaluate_run
+    from tuneforge.engine.trained import load_trained
 
     wanted = parse_metrics(metrics, "--metrics")
     trained = load_trained(run_dir)

@@ -66,6 +66,9 @@ class LoopInputs:
     # online objectives: the window's prompts -> sampled sequences, their advantages, rollout figures
     rollout: Callable | None = None
     updates: int = 1  # optimizer steps per rollout (PPO epochs)
+    # a strategy's regularisation term on top of any objective's loss (EWC, L2-SP, FedProx): a function of the
+    # model, added once per optimizer step, the objective untouched
+    penalty: Callable[[torch.nn.Module], torch.Tensor] | None = None
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
@@ -164,6 +167,11 @@ def _update(inputs: LoopInputs, optimizer: torch.optim.Optimizer, batches: list[
         loss_total += out.loss.detach()
         for key, value in out.metrics.items():
             metrics[key] = metrics.get(key, 0.0) + value
+    if inputs.penalty is not None:
+        term = inputs.penalty(inputs.model)
+        term.backward()
+        loss_total += term.detach()
+        metrics["penalty"] = float(term)
     params = [p for p in inputs.model.parameters() if p.requires_grad]
     max_norm = inputs.cfg.max_grad_norm or math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.config import LoadedConfig
-from tuneforge.data.dataset import TrainExample, encode_examples
+from tuneforge.config import DatasetSpec, LoadedConfig
+from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
-from tuneforge.engine.datakind import load_splits
+from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.rollout import Rollouts, heldout_rewards
 from tuneforge.engine.tracking import MetricsLog, RunConsole
-from tuneforge.engine.trained import resolve_rewards
+from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
@@ -196,3 +196,26 @@ def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, 
         rollout=Rollouts(session.model, prepared.tokenizer, prepared.chat, recipe.objective, recipe.objective_params,
                          recipe.rewards, session.autocast) if recipe.rewards else None,
         updates=getattr(recipe.objective_params, "updates", 1))
+
+
+def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
+                 max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
+    """A finished run's scores on a dataset file in any supported format, by the evaluator training used
+    (`make_evaluator`): the objective's own held-out scores and the generation metrics asked for."""
+    cfg = trained.config.model_copy(deep=True)
+    cfg.eval = cfg.eval.model_copy(update={"metrics": metrics, "batch_size": batch_size,
+                                           "max_new_tokens": max_new_tokens})
+    method, objective = get_method(cfg.method.name), get_objective(cfg.objective.name)
+    records = load_examples([DatasetSpec(path=data_path)], seed=0)[:max_examples]
+    check_data_kind(records, objective)  # as training does: an SFT run is not scored on pairs or rated data
+    test_raw = objective_examples(records, objective)
+    test, _ = encode_examples(test_raw, trained.tokenizer, cfg.data, apply_drop_guard=False)
+    prepared = Prepared([], test, test_raw, trained.tokenizer, use_chat_template(trained.tokenizer,
+                                                                                 cfg.data.template), {})
+    params = validate_objective_params(cfg.objective)
+    rewards = resolve_rewards(params, "objective") if objective.data == "prompts" else []
+    recipe = Recipe(method, validate_method_params(cfg.method), objective, params, rewards)
+    model = trained.model
+    session = Session(recipe, model, next(model.parameters()).device, cfg.train.precision, trained.autocast,
+                      trained.scoring, reference_of(trained) if objective.needs_reference else None)
+    return make_evaluator(session, prepared, cfg)(generate=True)

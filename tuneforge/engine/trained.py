@@ -14,16 +14,13 @@ from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.formats import Example
 from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
-from tuneforge.engine.datakind import check_data_kind, objective_examples
-from tuneforge.engine.heldout import heldout_scores
-from tuneforge.engine.rollout import Rewards, heldout_rewards
+from tuneforge.engine.rollout import Rewards
 from tuneforge.errors import ConfigError, RunDirError
-from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
-from tuneforge.methods.base import adapter_disabled_reference
+from tuneforge.methods.base import frozen_copy_reference
 from tuneforge.models.load import load_causal_lm
-from tuneforge.objectives import get_objective, validate_objective_params
+from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams
 
 
@@ -66,44 +63,14 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
                       precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference))
 
 
-def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
-                 max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
-    """Loss and generation metrics of a trained run on a dataset file in any supported format."""
-    data_cfg: DataConfig = trained.config.data.model_copy(update={"train": [DatasetSpec(path=data_path)]})
-    objective = get_objective(trained.config.objective.name)
-    records = load_examples(data_cfg.train, seed=0)[:max_examples]
-    check_data_kind(records, objective)  # as training does: an SFT run is not scored on pairs or rated data
-    examples = objective_examples(records, objective)
-    scores: dict = {}
-    chat = use_chat_template(trained.tokenizer, data_cfg.template)
-    if objective.data == "prompts":  # online RL: the held-out reward of greedy answers, then any text metrics
-        params = validate_objective_params(trained.config.objective)
-        scores, samples = heldout_rewards(trained.model, trained.tokenizer, examples,
-                                          resolve_rewards(params, "objective"), chat=chat, batch_size=batch_size,
-                                          max_new_tokens=params.max_new_tokens, autocast=trained.autocast)
-        scores.update(generation_metrics(trained.model, trained.tokenizer, examples, metrics, chat=chat,
-                                         batch_size=batch_size, max_new_tokens=params.max_new_tokens,
-                                         autocast=trained.autocast)[0])
-        return scores, samples
-    if "loss" in metrics:
-        encoded, _ = encode_examples(examples, trained.tokenizer, data_cfg)
-        reference = _reference(trained) if objective.needs_reference else None
-        scores.update(heldout_scores(trained.model, objective, validate_objective_params(trained.config.objective),
-                                     encoded, trained.tokenizer.pad_token_id, batch_size, trained.scoring,
-                                     reference))
-    generated, samples = generation_metrics(
-        trained.model, trained.tokenizer, examples, metrics, chat=chat, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, autocast=trained.autocast)
-    scores.update(generated)
-    return scores, samples
-
-
-def _reference(trained: TrainedRun):
-    """The model the run was trained against: the base inside an adapter model, else the base loaded again,
-    each weight in the dtype training's frozen copy had (the trained model's: fp32 where the method trained
-    it, the frozen precision elsewhere)."""
-    if hasattr(trained.model, "disable_adapter"):
-        return adapter_disabled_reference(trained.model)
+def reference_of(trained: TrainedRun):
+    """The model the run was trained against, as training chose it (`Method.reference`): the base inside the
+    trained model (an adapter switched off) where the method keeps one, else the base loaded again (training
+    took a frozen copy before the first step), each weight in the dtype that copy had: the trained model's,
+    fp32 where the method trained it, the frozen precision elsewhere."""
+    method = get_method(trained.config.method.name)
+    if method.reference is not frozen_copy_reference:
+        return method.reference(trained.model)
     base = load_causal_lm(trained.config.model)
     dtypes = {name: param.dtype for name, param in trained.model.named_parameters()}
     for name, param in base.named_parameters():
