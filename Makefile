@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tuneforge train examples/quickstart.yaml output.overwrite=true
 
+# two workers: much of a test's time is single-threaded (imports in subprocesses, Python), so two overlap well
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 # the numerical tests again with the precision forced to bf16 (the tests pin fp32; DESIGN.md, "Tests")
 test-bf16: $(STAMP)
