@@ -232,6 +232,10 @@ def bench(ctx: typer.Context,
 
 
 def _print_before_after(before: dict, after: dict) -> None:
+    """The after scores beside the before ones; with tasks, their mean first, then each task's (`task/metric`)."""
+    from tuneforge.engine.tracking import flat_scores
+
+    before, after = flat_scores(before), flat_scores(after)
     if not after:
         return
     width = max(12, *(len(name) for name in after))

@@ -58,6 +58,9 @@ class DatasetSpec(Strict):
     split: str | None = Field(None, description="split of a saved DatasetDict")
     columns: dict[str, str] = Field(default_factory=dict, description="the file's names for tuneforge's fields, "
                                     "e.g. {prompt: question, completion: answer}")
+    task: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.-]+$",
+                             description="the task this dataset belongs to: train entries are sampled by task "
+                             "(data.sampling), test entries are scored per task")
 
 
 def _as_dataset_list(value: Any) -> Any:
@@ -80,6 +83,10 @@ class DataConfig(Strict):
     train_on_prompt: bool = False
     bad_records: Literal["error", "skip"] = Field("error", description="a record that cannot be read or is "
                                                   "malformed: stop (default), or skip it and report how many")
+    sampling: Literal["proportional", "uniform", "temperature"] = Field(
+        "proportional", description="how train entries with a task share the data: by their size, equally, or "
+        "size^(1/temperature) (T = 1 is proportional, a large T tends to uniform)")
+    temperature: float = Field(2.0, gt=0, le=1000, description="T of data.sampling: temperature")
     cache: bool = Field(True, description="keep tokenized data under $TUNEFORGE_HOME/cache; reruns skip tokenizing")
 
     _lists = field_validator("train", "test", mode="before")(_as_dataset_list)

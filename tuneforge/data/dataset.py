@@ -6,6 +6,7 @@ model is loaded. `encode_examples` then tokenizes with the over-long policy and 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -69,19 +70,41 @@ class EncodeStats:
 
 
 def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str, *,
-                  bad_records: str = "error", notes: list[str] | None = None) -> list[Example]:
-    """Read and validate every record of every dataset, then form the weighted mixture. `bad_records: skip`
-    leaves out records that cannot be read or are malformed; what was skipped, and keys no format reads, are
-    appended to `notes` for the caller to show."""
+                  bad_records: str = "error", notes: list[str] | None = None, sampling: str = "proportional",
+                  temperature: float = 2.0) -> list[Example]:
+    """Read and validate every record of every dataset, then form the weighted mixture (by task, as `sampling`
+    says, where the entries name tasks). `bad_records: skip` leaves out records that cannot be read or are
+    malformed; what was skipped, and keys no format reads, are appended to `notes` for the caller to show."""
     notes = [] if notes is None else notes
     parts = [_load_one(spec, resolve(spec.path), bad_records, notes) for spec in specs]
-    if len(parts) == 1 and specs[0].weight == 1.0:
+    if len(parts) == 1 and specs[0].weight == 1.0 and specs[0].task is None:
         return parts[0]
     rng = random.Random(seed)
+    weights = task_weights(specs, [len(p) for p in parts], sampling, temperature)
     mixed: list[Example] = []
-    for spec, examples in zip(specs, parts, strict=True):
-        mixed.extend(_scale(examples, spec.weight, rng))
+    for spec, examples, weight in zip(specs, parts, weights, strict=True):
+        tagged = [dataclasses.replace(e, task=spec.task) for e in examples] if spec.task else examples
+        mixed.extend(_scale(tagged, weight, rng))
     return mixed
+
+
+def task_weights(specs: Sequence[DatasetSpec], sizes: Sequence[int], sampling: str = "proportional",
+                 temperature: float = 2.0) -> list[float]:
+    """Each dataset's size multiplier. Datasets without a task keep their `weight`. With tasks, a task's share
+    of the mixture (its datasets' weighted size n_t over all) becomes p_t ∝ n_t (proportional), 1 (uniform) or
+    n_t^(1/T) (temperature, as in multilingual and multi-task training: Arivazhagan et al., 2019,
+    https://arxiv.org/abs/1907.05019), the mixture keeping its total size; a task's datasets scale together."""
+    weighted = [spec.weight * size for spec, size in zip(specs, sizes, strict=True)]
+    per_task: dict[str, float] = {}
+    for spec, n in zip(specs, weighted, strict=True):
+        if spec.task:
+            per_task[spec.task] = per_task.get(spec.task, 0.0) + n
+    if not per_task or sampling == "proportional":
+        return [spec.weight for spec in specs]
+    mass = {"uniform": lambda n: 1.0, "temperature": lambda n: n ** (1.0 / temperature)}[sampling]
+    total, norm = sum(per_task.values()), sum(mass(n) for n in per_task.values())
+    scale = {task: total * mass(n) / norm / n for task, n in per_task.items()}
+    return [spec.weight * scale[spec.task] if spec.task else spec.weight for spec in specs]
 
 
 def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str]) -> list[Example]:

@@ -64,6 +64,7 @@ class Example:
     rejected: tuple[dict[str, str], ...] = field(default=())  # a preference pair: prompt + rejected response
     prompt_turns: int = 0  # messages[:prompt_turns] are the prompt; assistant turns in it are not trained
     desirable: bool | None = None  # a rated completion (KTO): its label; None for every other record
+    task: str | None = None  # the task its dataset was named for (`data.train: [{path, task}]`)
 
     @property
     def location(self) -> str:
@@ -476,7 +477,7 @@ def with_kl_completions(examples: list[Example]) -> list[Example]:
         other = examples[(index + 1) % len(examples)]
         mismatched = example.messages[:example.prompt_turns] + other.messages[other.prompt_turns:]
         out.append(Example(example.source, example.where, messages=example.messages, rejected=mismatched,
-                           prompt_turns=example.prompt_turns, desirable=example.desirable))
+                           prompt_turns=example.prompt_turns, desirable=example.desirable, task=example.task))
     return out
 
 

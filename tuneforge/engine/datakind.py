@@ -56,7 +56,8 @@ def load_splits(loaded: LoadedConfig, objective: Objective, notes: list[str]) ->
     are appended to `notes`. `tuneforge train` and `tuneforge data check` read data through here."""
     cfg = loaded.run
     splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path,
-                                     bad_records=cfg.data.bad_records, notes=notes)}
+                                     bad_records=cfg.data.bad_records, notes=notes, sampling=cfg.data.sampling,
+                                     temperature=cfg.data.temperature)}
     if cfg.data.test:
         splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path,
                                        bad_records=cfg.data.bad_records, notes=notes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.resources import resource_guard
-from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
 from tuneforge.errors import TrainingError
 from tuneforge.objectives import LossContext, Objective
 from tuneforge.objectives.base import ObjectiveParams
@@ -100,6 +101,9 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
             values["epoch"] = plan.epoch_of(step)
             # the records this step trained on, in order: a resumed run's steps can be checked against these
             values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
+            tasks = Counter(inputs.examples[i].example.task for micro in window for i in micro)
+            if None not in tasks:  # a mixture of named tasks: how many examples of each this step saw
+                values["tasks"] = dict(sorted(tasks.items()))
             if values.pop("skipped"):
                 state.skipped_steps += 1
                 _non_finite(inputs, state, window, values)
@@ -220,7 +224,7 @@ def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, toke
 def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
     result = inputs.evaluate()
     inputs.metrics.log(state.step, "eval", result)
-    shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in result.items())
+    shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in flat_scores(result).items())
     inputs.console.info(f"eval at step {state.step}: {shown}")
     # lower is better: the held-out loss, or minus the held-out reward of an online objective
     monitored = result["loss"] if "loss" in result else -result["reward"]

@@ -7,6 +7,7 @@ to the strategy (`strategies/single.py` for `tuneforge train`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ class Prepared:
     chat: bool
     stats: dict
 
+    def test_sets(self) -> dict[str | None, tuple[list[TrainExample], list]]:
+        """The test data by task (encoded, raw); one set under None when the test entries name no task."""
+        tasks = sorted({e.example.task for e in self.test} | {e.task for e in self.test_raw}, key=str)
+        if tasks == [None]:
+            return {None: (self.test, self.test_raw)}
+        return {task: ([e for e in self.test if e.example.task == task], [e for e in self.test_raw if e.task == task])
+                for task in tasks}
+
 
 def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
                  objective: Objective | None = None) -> Prepared:
@@ -83,7 +92,7 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
     if cfg.eval.max_examples:
-        test_raw = test_raw[: cfg.eval.max_examples]
+        test_raw = _first_per_task(test_raw, cfg.eval.max_examples)
     test, test_stats = encode_examples(test_raw, tokenizer, cfg.data) if test_raw else ([], None)
     summary = stats.summary()
     if console:
@@ -95,6 +104,17 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
                          f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
     return Prepared(train, test, test_raw, tokenizer, chat,
                     {"train": summary, "test": test_stats.summary() if test_stats else None})
+
+
+def _first_per_task(examples: list, limit: int) -> list:
+    """The first `limit` examples of each task's test set (or of the one set)."""
+    seen: Counter = Counter()
+    kept = []
+    for example in examples:
+        seen[example.task] += 1
+        if seen[example.task] <= limit:
+            kept.append(example)
+    return kept
 
 
 @dataclass
@@ -155,26 +175,40 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
     objective, params, rewards = recipe.objective, recipe.objective_params, recipe.rewards
 
     def evaluate(generate: bool) -> tuple[dict, list[dict]]:
+        """Per test set when the test entries name tasks: each task's scores under `tasks`, and their mean at
+        the top level (what early stopping watches)."""
+        sets = prepared.test_sets()
+        if list(sets) == [None]:
+            return evaluate_set(*sets[None], generate)
+        per_task, samples = {}, []
+        for task, (test, test_raw) in sets.items():
+            per_task[task], task_samples = evaluate_set(test, test_raw, generate)
+            samples += [{"task": task, **sample} for sample in task_samples]
+        keys = [k for k in per_task[next(iter(per_task))] if all(k in s for s in per_task.values())]
+        mean = {k: sum(s[k] for s in per_task.values()) / len(per_task) for k in keys}
+        return {**mean, "tasks": per_task}, samples
+
+    def evaluate_set(test: list[TrainExample], test_raw: list, generate: bool) -> tuple[dict, list[dict]]:
         scores: dict = {}
         samples: list[dict] = []
-        if not prepared.test:
+        if not test:
             return scores, samples
         if rewards:  # an online objective: the mean reward of greedy completions (its loss needs rollouts)
-            scores, samples = heldout_rewards(model, prepared.tokenizer, prepared.test_raw, rewards,
+            scores, samples = heldout_rewards(model, prepared.tokenizer, test_raw, rewards,
                                               chat=prepared.chat, batch_size=cfg.eval.batch_size,
                                               max_new_tokens=params.max_new_tokens, autocast=session.autocast)
             if generate:
                 scores.update(generation_metrics(
-                    model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                    model, prepared.tokenizer, test_raw, cfg.eval.metrics, chat=prepared.chat,
                     batch_size=cfg.eval.batch_size, max_new_tokens=params.max_new_tokens,
                     autocast=session.autocast)[0])
             return scores, samples
         if "loss" in cfg.eval.metrics or not generate:
-            scores.update(heldout_scores(model, objective, params, prepared.test, prepared.tokenizer.pad_token_id,
+            scores.update(heldout_scores(model, objective, params, test, prepared.tokenizer.pad_token_id,
                                          cfg.eval.batch_size, session.scoring, session.reference))
         if generate:
             generated, samples = generation_metrics(
-                model, prepared.tokenizer, prepared.test_raw, cfg.eval.metrics, chat=prepared.chat,
+                model, prepared.tokenizer, test_raw, cfg.eval.metrics, chat=prepared.chat,
                 batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, autocast=session.autocast)
             scores.update(generated)
         return scores, samples

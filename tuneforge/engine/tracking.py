@@ -109,3 +109,12 @@ def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def flat_scores(scores: dict) -> dict[str, float]:
+    """Scores as one level for display: the top-level figures (with tasks, their mean), then each task's own
+    as `task/metric`."""
+    flat = {k: v for k, v in scores.items() if isinstance(v, int | float)}
+    for task, own in (scores.get("tasks") or {}).items():
+        flat |= {f"{task}/{k}": v for k, v in own.items() if isinstance(v, int | float)}
+    return flat

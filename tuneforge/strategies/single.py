@@ -21,7 +21,7 @@ from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.session import Prepared, loop_inputs, make_evaluator, open_session, prepare_data, read_recipe
-from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
 from tuneforge.errors import CheckpointError, RunDirError
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import SingleParams
@@ -222,7 +222,7 @@ def _step_of(path: Path | None) -> int | None:
 
 
 def _format_scores(scores: dict) -> str:
-    return "  ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    return "  ".join(f"{k} {v:.4g}" for k, v in flat_scores(scores).items())
 
 
 def _read_json(path: Path) -> dict:
