@@ -72,7 +72,7 @@ class Prepared:
     def test_sets(self) -> dict[str | None, tuple[list[TrainExample], list]]:
         """The test data by task (encoded, raw); one set under None when the test entries name no task."""
         tasks = sorted({e.example.task for e in self.test} | {e.task for e in self.test_raw}, key=str)
-        if tasks == [None]:
+        if tasks in ([None], []):
             return {None: (self.test, self.test_raw)}
         return {task: ([e for e in self.test if e.example.task == task], [e for e in self.test_raw if e.task == task])
                 for task in tasks}

@@ -31,9 +31,9 @@ class Strategy:
 
 @cache
 def registry() -> dict[str, Strategy]:
-    from tuneforge.strategies import single
+    from tuneforge.strategies import continual, single
 
-    entries = {s.name: s for s in (single.STRATEGY,)}
+    entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY)}
     if {name: s.params for name, s in entries.items()} != PARAMS:
         raise RuntimeError("strategies.params.PARAMS and the registry disagree")  # caught by any test run
     return entries
@@ -46,4 +46,6 @@ def get_strategy(name: str) -> Strategy:
 def validate_strategy_params(spec: NamedParams, where: str = "config key 'strategy'") -> BaseModel:
     """Validate the strategy's own parameters (unknown keys fail with the closest valid name); needs no
     PyTorch."""
-    return validate_named_params(registry_lookup(PARAMS, spec.name, "strategy"), spec, "strategy", where)
+    params = validate_named_params(registry_lookup(PARAMS, spec.name, "strategy"), spec, "strategy", where)
+    params.check(where)  # nested choices (a sequential strategy's mitigation) are checked now too
+    return params

@@ -52,25 +52,26 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
 
     with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
         resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite,
-                                     _inputs(loaded) if cfg.output.overwrite and not resume else ())
+                                     run_inputs(loaded) if cfg.output.overwrite and not resume else ())
         prepared = prepare_data(loaded, console, recipe.objective)
-        fingerprint = _fingerprint(cfg, prepared)
+        fingerprint = fingerprint_of(cfg, prepared)
         if resume_from is not None:
-            _check_same_run(run_dir, resume_from, cfg, fingerprint, force, console)
+            check_same_run(run_dir, read_json(resume_from / "state.json").get("fingerprint", {}), cfg, fingerprint,
+                           force, console)
         with guard("loading the model"):
             session = open_session(loaded, recipe, console)
         status = {"fingerprint": fingerprint, **session.summary(), "data": prepared.stats}
         with guard("creating the run directory"):
-            _create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
+            create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
             prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
-            _write_json(run_dir / RUN_FILE, {"status": "training", **status})
+            write_json(run_dir / RUN_FILE, {"status": "training", **status})
 
         evaluate = make_evaluator(session, prepared, cfg)
         eval_before = {}
         if cfg.eval.compare_base and not resume_from:
             with guard("evaluating the base model"):
-                eval_before = _evaluate_base(evaluate, run_dir, console)
+                eval_before = evaluate_base(evaluate, run_dir, console)
         metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
         started = time.perf_counter()
         try:
@@ -89,24 +90,24 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
         finally:
             metrics.close()
         if resume_from is not None:
-            eval_before = _read_json(run_dir / EVAL_FILE).get("before", {})
+            eval_before = read_json(run_dir / EVAL_FILE).get("before", {})
         summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
                    "stopped_early": state.stopped_early}
         with guard("writing the run's results"):
-            _write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
+            write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
             weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p) for p in
                        sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
-            _write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
+            write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
                                              "weights_sha256": weights})
         return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 
-def _evaluate_base(evaluate, run_dir: Path, console: RunConsole) -> dict:
+def evaluate_base(evaluate, run_dir: Path, console: RunConsole) -> dict:
     """Scores of the untrained model, saved at once so a resumed run can still report before -> after."""
     console.info("evaluating the base model ...")
     scores = evaluate(generate=True)[0]
-    console.info("before: " + _format_scores(scores))
-    _write_json(run_dir / EVAL_FILE, {"before": scores})
+    console.info("before: " + format_scores(scores))
+    write_json(run_dir / EVAL_FILE, {"before": scores})
     return scores
 
 
@@ -119,33 +120,43 @@ def resolve_run_dir(loaded: LoadedConfig) -> Path:
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[Path] = ()) -> Path | None:
     """Decide, before anything is written, whether this run starts fresh or resumes; None = fresh."""
+    if not check_run_dir(run_dir, resume, overwrite, inputs):
+        return None
+    found, skipped = checkpoint.latest_checkpoint(run_dir / CHECKPOINTS)
+    if found is None:
+        detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+        raise CheckpointError(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}{detail}\n  fix: "
+                              "start again with output.overwrite=true (and train.save_every > 0 so the run "
+                              "writes checkpoints)")
+    return found
+
+
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: Sequence[Path] = ()) -> bool:
+    """Before anything is written: may this run start (False) or resume (True) in `run_dir`? A resume needs an
+    unfinished run there (its half-written checkpoints are removed); a fresh start an empty directory, or
+    `overwrite` and nothing the run reads inside it."""
     paths.require_writable_dir(run_dir, "output.dir")
     if resume:
         paths.refuse_escaping_links(run_dir, "run directory")  # before anything in it is deleted or written
         if not run_dir.is_dir():
             raise CheckpointError(f"--resume: run directory {run_dir} does not exist\n  fix: start the run without "
                                   "--resume, or set output.dir to the run to continue")
-        status = _read_json(run_dir / RUN_FILE).get("status")
+        status = read_json(run_dir / RUN_FILE).get("status")
         if status == "complete":
             raise CheckpointError(f"--resume: the run in {run_dir} is already complete\n  fix: start a new run "
                                   "with another output.dir, or set output.overwrite=true")
-        checkpoint.remove_unfinished(run_dir / CHECKPOINTS)
-        found, skipped = checkpoint.latest_checkpoint(run_dir / CHECKPOINTS)
-        if found is None:
-            detail = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-            raise CheckpointError(f"--resume: no complete checkpoint in {run_dir / CHECKPOINTS}{detail}\n  fix: "
-                                  "start again with output.overwrite=true (and train.save_every > 0 so the run "
-                                  "writes checkpoints)")
-        return found
+        for root in run_dir.glob(f"**/{CHECKPOINTS}"):
+            checkpoint.remove_unfinished(root)
+        return True
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise RunDirError(f"output directory {run_dir} already holds a run\n  fix: pass --resume to continue it, "
                           "set output.overwrite=true to replace it, or choose another output.dir")
     if overwrite:
         paths.refuse_unsafe_replace(run_dir, RUN_FILE, "output.dir", inputs)
-    return None
+    return False
 
 
-def _inputs(loaded: LoadedConfig) -> list[Path]:
+def run_inputs(loaded: LoadedConfig) -> list[Path]:
     """The files a run reads that must survive it: the config, the data, a local model."""
     cfg = loaded.run
     specs = [*cfg.data.train, *(cfg.data.test or [])]
@@ -153,13 +164,13 @@ def _inputs(loaded: LoadedConfig) -> list[Path]:
     return [Path(c) for c in candidates if c is not None and Path(c).exists()]
 
 
-def _create_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+def create_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
     if not resuming and overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _fingerprint(cfg, prepared: Prepared) -> dict:
+def fingerprint_of(cfg, prepared: Prepared) -> dict:
     data = hashlib.sha256()
     for item in prepared.train:
         for sequence in item.sequences:  # a preference pair's rejected side is data too
@@ -184,11 +195,9 @@ def _training_config(cfg) -> dict:
     return data
 
 
-def _check_same_run(run_dir: Path, checkpoint_dir: Path, cfg, fingerprint: dict, force: bool,
-                    console: RunConsole) -> None:
-    """A resume continues the run that wrote the checkpoint: the same data, training config and tokenizer,
-    or it stops naming what changed (unless forced)."""
-    saved = _read_json(checkpoint_dir / "state.json").get("fingerprint", {})
+def check_same_run(run_dir: Path, saved: dict, cfg, fingerprint: dict, force: bool, console: RunConsole) -> None:
+    """A resume continues the run that wrote the checkpoint (whose fingerprint is `saved`): the same data,
+    training config and tokenizer, or it stops naming what changed (unless forced)."""
     changed = [name for name in ("data", "config", "tokenizer")
                if f"{name}_sha256" in saved and saved[f"{name}_sha256"] != fingerprint[f"{name}_sha256"]]
     if not changed:
@@ -221,18 +230,18 @@ def _step_of(path: Path | None) -> int | None:
     return int(path.name.split("-")[-1]) if path is not None else None
 
 
-def _format_scores(scores: dict) -> str:
+def format_scores(scores: dict) -> str:
     return "  ".join(f"{k} {v:.4g}" for k, v in flat_scores(scores).items())
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
