@@ -128,18 +128,18 @@ def test_olora_saves_the_same_outputs_it_was_scored_with(tmp_path, tiny_model_di
 
 def test_the_config_is_checked_before_anything_loads(tmp_path, tiny_model_dir):
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "ewc", "strenght": 1.0})
-    with pytest.raises(ConfigError, match="(?s)strategy.mitigation.strenght.*did you mean 'strategy.mitigation.strength'"):
+    with pytest.raises(ConfigError, match=r"(?s)mitigation\.strenght.*did you mean 'strategy\.mitigation\.strength'"):
         train(config, quiet=True)
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "replai"})
     with pytest.raises(ConfigError, match="did you mean 'replay'"):
         train(config, quiet=True)
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "none"})
     config["data"]["test"] = config["data"]["test"][:2]
-    with pytest.raises(ConfigError, match="(?s)no test set for task.*gamma"):
+    with pytest.raises(ConfigError, match=r"(?s)no test set for task.*gamma"):
         train(config, quiet=True)
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "none"})
     config["data"]["train"][1].pop("task")
-    with pytest.raises(ConfigError, match="(?s)entry 1 .* names no task"):
+    with pytest.raises(ConfigError, match=r"(?s)entry 1 .* names no task"):
         train(config, quiet=True)
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "olora"})
     config["method"] = {"name": "ia3"}
