@@ -261,6 +261,27 @@ def export(run_dir: Annotated[Path, typer.Argument(help="a finished run director
 
 @app.command()
 @user_errors
+def merge(run_dirs: Annotated[list[Path], typer.Argument(help="finished LoRA runs on one base model")],
+          out: Annotated[Path, typer.Option(help="the run directory to write")],
+          how: Annotated[str, typer.Option(help="linear | ties | dare_linear | dare_ties | cat | magnitude_prune")]
+          = "ties",
+          weights: Annotated[str | None, typer.Option(help="one weight per run, comma separated (default: 1 each, "
+                                                      "1/n for linear and cat)")] = None,
+          density: Annotated[float, typer.Option(help="share of each adapter's weights TIES/DARE keep")] = 0.5,
+          overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False) -> None:
+    """Fold several LoRA runs into one adapter (peft's add_weighted_adapter); eval, chat and export accept it."""
+    from tuneforge.engine.merge import merge_runs
+    from tuneforge.errors import ConfigError
+
+    try:
+        values = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise ConfigError(f"--weights {weights!r}: not numbers\n  fix: e.g. --weights 0.5,0.5") from None
+    print(f"merged: {merge_runs(run_dirs, out, how=how, weights=values, density=density, overwrite=overwrite)}")
+
+
+@app.command()
+@user_errors
 def compare(config: ConfigArg, overrides: OverridesArg = None,
             methods: Annotated[str, typer.Option(help="comma list of methods to compare")] =
             "lora,qlora,dora,prefix,prompt,adapter,ia3,bitfit,full",

@@ -59,7 +59,7 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
 
     named = {name: Path(path) for name, path in
              (runs.items() if isinstance(runs, Mapping) else ((Path(r).name, r) for r in runs))}
-    configs = {name: _adapter_config(name, path) for name, path in named.items()}
+    configs = {name: adapter_config(name, path) for name, path in named.items()}
     first = next(iter(configs.values()))
     bases = {(c.model.path, get_method(c.method.name).base_kwargs is not None) for c in configs.values()}
     if len(bases) > 1:
@@ -80,7 +80,7 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
     return AdapterSet(model, tokenizer, configs, precision.autocast_factory(chosen, device))
 
 
-def _adapter_config(name: str, path: Path) -> RunConfig:
+def adapter_config(name: str, path: Path) -> RunConfig:
     if not (path / "config.yaml").is_file() or not (path / ADAPTER_DIR).is_dir():
         raise ConfigError(f"run '{name}' ({path}) has no peft adapter to load\n  fix: give finished runs of lora, "
                           "dora, qlora, ia3, prompt, prefix or ptuning")

@@ -1,0 +1,74 @@
+"""`tuneforge merge`: several LoRA runs on one base folded into one adapter by peft's `add_weighted_adapter`
+(linear, TIES, DARE), written as a run directory that `eval`, `chat` and `export` accept like a trained one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuneforge.config import dump_yaml
+from tuneforge.engine import paths
+from tuneforge.engine.serving import adapter_config, load_adapter_set
+from tuneforge.errors import ConfigError
+from tuneforge.methods.peft_adapter import ADAPTER_DIR
+
+HOWS = ("linear", "ties", "dare_linear", "dare_ties", "cat", "magnitude_prune")
+LORA_METHODS = ("lora", "qlora")
+
+
+def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties",
+               weights: Sequence[float] | None = None, density: float = 0.5, overwrite: bool = False) -> Path:
+    """Merge the runs' LoRA adapters into `out` (a new run directory: the first run's config and tokenizer,
+    the merged adapter, run.json saying how it was made). `density` is the share of each adapter's weights
+    TIES and DARE keep."""
+    runs = [Path(r) for r in runs]
+    if len(runs) < 2:
+        raise ConfigError("merge needs at least two runs\n  fix: tuneforge merge RUN_A RUN_B ... --out DIR")
+    if how not in HOWS:
+        raise ConfigError(f"--how {how!r} is not a merge\n  fix: use one of {', '.join(HOWS)}")
+    weights = list(weights) if weights else [1.0 / len(runs) if how in ("linear", "cat") else 1.0] * len(runs)
+    if len(weights) != len(runs):
+        raise ConfigError(f"--weights has {len(weights)} values for {len(runs)} runs\n  fix: give one weight per "
+                          "run, e.g. --weights 0.5,0.5")
+    if not 0 < density <= 1:
+        raise ConfigError(f"--density {density}: must be in (0, 1]\n  fix: e.g. --density 0.5")
+    out = Path(out)
+    paths.require_writable_dir(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"--out {out} is not empty\n  fix: choose another directory or pass --overwrite")
+        paths.refuse_unsafe_replace(out, "run.json", "--out", runs)
+    names = {f"run{i}": run for i, run in enumerate(runs)}
+    methods = {str(run): adapter_config(name, run).method.name for name, run in names.items()}
+    if any(m not in LORA_METHODS for m in methods.values()):
+        raise ConfigError(f"merge folds LoRA adapters; these runs trained {methods}\n  fix: merge runs of method "
+                          "lora or qlora")
+    adapters = load_adapter_set(names)
+    model = adapters.model
+    kwargs = {"density": density} if how in ("ties", "dare_linear", "dare_ties", "magnitude_prune") else {}
+    try:
+        model.add_weighted_adapter(list(names), weights, "merged", combination_type=how, **kwargs)
+    except ValueError as exc:  # e.g. TIES over adapters of different ranks
+        raise ConfigError(f"peft cannot merge these adapters with {how}: {exc}\n  fix: use --how cat or linear, or "
+                          "runs trained with the same LoRA rank and target modules") from None
+    staging = out.with_name(f".{out.name}.merging")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        model.save_pretrained(staging / "peft", selected_adapters=["merged"], safe_serialization=True)
+        (staging / "peft" / "merged").rename(staging / ADAPTER_DIR)
+        shutil.rmtree(staging / "peft")
+        first = adapters.configs["run0"]
+        (staging / "config.yaml").write_text(dump_yaml(first))
+        adapters.tokenizer.save_pretrained(staging / "tokenizer")
+        (staging / "run.json").write_text(json.dumps({
+            "status": "complete", "merged": {"runs": [str(r) for r in runs], "how": how, "weights": weights,
+                                             "density": density if kwargs else None}}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
