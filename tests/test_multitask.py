@@ -85,3 +85,37 @@ def test_the_console_table_shows_each_task(tmp_path, tiny_model_dir):
     assert any(line.split()[:1] == ["loss"] for line in lines)  # the mean of the tasks
     assert any(line.split()[:1] == ["alpha/loss"] for line in lines) and any(
         line.split()[:1] == ["beta/loss"] for line in lines)
+
+
+def test_per_task_adapters_are_served_on_one_base_and_merge(tmp_path, tiny_model_dir):
+    from tuneforge.cli import app
+
+    config = tiny_config(tmp_path, tiny_model_dir,
+                         data={"train": task_files(tmp_path, {"alpha": 8, "beta": 8}),
+                               "test": task_files(tmp_path, {"alpha": 2, "beta": 2}, split="test")},
+                         strategy={"name": "multitask", "adapters": "per_task"},
+                         train={"max_steps": 2}, eval={"metrics": ["loss"], "compare_base": True})
+    result = train(config, quiet=True)
+    for task in ("alpha", "beta"):  # each task's adapter is a complete run, trained on its task only
+        task_run = result.run_dir / "adapters" / task
+        assert json.loads((task_run / "run.json").read_text())["status"] == "complete"
+        trained_on = {r["tasks"].popitem()[0] for r in read_metrics(task_run) if r["kind"] == "train"}
+        assert trained_on == {task}
+    evaluation = json.loads((result.run_dir / "eval.json").read_text())
+    assert set(evaluation["after"]["tasks"]) == {"alpha", "beta"}
+    assert evaluation["after"]["loss"] == pytest.approx(
+        sum(t["loss"] for t in evaluation["after"]["tasks"].values()) / 2)
+    chat = CliRunner().invoke(app, ["chat", str(result.run_dir), "--message", "alpha question 1",
+                                    "--message", "/use beta", "--message", "beta question 1", "--max-new-tokens", "3"])
+    assert chat.exit_code == 0, chat.output
+    assert "alpha: " in chat.output and "using beta" in chat.output and "beta: " in chat.output
+    merged = CliRunner().invoke(app, ["merge", str(result.run_dir), "--out", str(tmp_path / "merged")])
+    assert merged.exit_code == 0, merged.output
+    assert (tmp_path / "merged" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_shared_adapters_train_the_mixture_in_one_run(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, data={"train": task_files(tmp_path, {"alpha": 8, "beta": 8})},
+                         strategy={"name": "multitask", "adapters": "shared"}, train={"max_steps": 2})
+    result = train(config, quiet=True)
+    assert (result.run_dir / "adapter").is_dir() and result.steps == 2

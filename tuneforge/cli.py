@@ -142,7 +142,9 @@ def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, to
     from tuneforge.engine.serving import load_adapter_set
     from tuneforge.engine.trained import load_trained
     from tuneforge.evaluation.generate import generate_batch
+    from tuneforge.strategies.multitask import adapter_runs
 
+    run_dirs = adapter_runs(run_dirs)  # a per-task multitask run: its adapters, on one base
     if len(run_dirs) > 1:
         adapters = load_adapter_set(run_dirs)
         return (lambda name, history: adapters.generate(name, [history], max_new_tokens=max_new_tokens,
@@ -272,12 +274,14 @@ def merge(run_dirs: Annotated[list[Path], typer.Argument(help="finished LoRA run
     """Fold several LoRA runs into one adapter (peft's add_weighted_adapter); eval, chat and export accept it."""
     from tuneforge.engine.merge import merge_runs
     from tuneforge.errors import ConfigError
+    from tuneforge.strategies.multitask import adapter_runs
 
     try:
         values = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise ConfigError(f"--weights {weights!r}: not numbers\n  fix: e.g. --weights 0.5,0.5") from None
-    print(f"merged: {merge_runs(run_dirs, out, how=how, weights=values, density=density, overwrite=overwrite)}")
+    merged = merge_runs(adapter_runs(run_dirs), out, how=how, weights=values, density=density, overwrite=overwrite)
+    print(f"merged: {merged}")
 
 
 @app.command()

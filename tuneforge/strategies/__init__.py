@@ -31,9 +31,9 @@ class Strategy:
 
 @cache
 def registry() -> dict[str, Strategy]:
-    from tuneforge.strategies import continual, single
+    from tuneforge.strategies import continual, multitask, single
 
-    entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY)}
+    entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY, multitask.STRATEGY)}
     if {name: s.params for name, s in entries.items()} != PARAMS:
         raise RuntimeError("strategies.params.PARAMS and the registry disagree")  # caught by any test run
     return entries

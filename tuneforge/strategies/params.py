@@ -3,6 +3,8 @@ maps each registered strategy to its schema; the registry takes it from here."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneforge.config import NamedParams, registry_lookup, validate_named_params
@@ -86,4 +88,12 @@ class SequentialParams(StrategyParams):
         self.mitigation_params(where)
 
 
-PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams}
+class MultitaskParams(StrategyParams):
+    """Several tasks at once (each data.train entry names its task)."""
+
+    adapters: Literal["shared", "per_task"] = Field(
+        "shared", description="one adapter on the mixture, or one adapter per task on one base")
+
+
+PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams,
+                                           "multitask": MultitaskParams}
