@@ -410,14 +410,21 @@ def _existing_store(db: Path, store_type):
 
 @app.command()
 def methods() -> None:
-    """List the methods (what is trained) and objectives (what is optimised), with their parameters."""
+    """List the methods (what is trained), objectives (what is optimised) and strategies (what is trained when),
+    with their parameters."""
     from tuneforge.methods import REGISTRY as METHODS
     from tuneforge.objectives import REGISTRY as OBJECTIVES
+    from tuneforge.strategies import registry as strategies
+    from tuneforge.strategies.params import MITIGATION_PARAMS
 
-    for title, registry in (("methods (method: NAME)", METHODS), ("objectives (objective: NAME)", OBJECTIVES)):
+    for title, registry in (("methods (method: NAME)", METHODS), ("objectives (objective: NAME)", OBJECTIVES),
+                            ("strategies (strategy: NAME)", strategies()),
+                            ("continual-learning mitigations (strategy.mitigation: NAME)",
+                             {name: _Described(name, schema) for name, schema in MITIGATION_PARAMS.items()})):
         print(title)
         for name, entry in registry.items():
-            print(f"  {name:<9} {entry.summary}")
+            relative = getattr(entry, "relative_lr", None)
+            print(f"  {name:<9} {entry.summary}" + (f" (compare's lr scale {relative:g})" if relative else ""))
             fields = entry.params.model_fields
             if fields:
                 shown = ", ".join(f"{key}={_default(field)}" for key, field in fields.items())
@@ -425,8 +432,16 @@ def methods() -> None:
         print()
 
 
+class _Described:
+    def __init__(self, name: str, schema) -> None:
+        self.summary = (schema.__doc__ or name).strip().split("\n")[0]
+        self.params = schema
+
+
 def _default(field) -> str:
     value = field.get_default(call_default_factory=True)
+    if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
+        return value.name
     return "[]" if value == [] else str(value)
 
 

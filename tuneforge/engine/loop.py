@@ -175,7 +175,7 @@ def _update(inputs: LoopInputs, optimizer: torch.optim.Optimizer, batches: list[
         term = inputs.penalty(inputs.model)
         term.backward()
         loss_total += term.detach()
-        metrics["penalty"] = float(term)
+        metrics["penalty"] = float(term.detach())
     params = [p for p in inputs.model.parameters() if p.requires_grad]
     max_norm = inputs.cfg.max_grad_norm or math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))

@@ -29,7 +29,7 @@ from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.errors import CheckpointError, ConfigError
 from tuneforge.reports.continual import run_heatmap, summary
 from tuneforge.strategies import Strategy
-from tuneforge.strategies.mitigations import MITIGATIONS, Olora
+from tuneforge.strategies.mitigations import MITIGATIONS, Olora, require_plain_lora
 from tuneforge.strategies.params import SequentialParams
 from tuneforge.strategies.single import (
     CHECKPOINTS,
@@ -85,6 +85,8 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
     recipe = read_recipe(loaded)
     tasks = task_order(loaded, params.metric)
     mitigation_params = params.mitigation_params(loaded.where("strategy"))
+    if params.mitigation.name == "olora":  # before the model loads
+        require_plain_lora(recipe.method.name, recipe.method_params)
     run_dir = resolve_run_dir(loaded)
 
     def guard(doing: str):

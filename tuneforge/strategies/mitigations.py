@@ -190,9 +190,7 @@ class Olora(Mitigation):
 
     def __init__(self, params: OloraParams, session: Session, seed: int, pad_id: int):
         super().__init__(params, session, seed, pad_id)
-        if session.recipe.method.name != "lora" or getattr(session.recipe.method_params, "use_dora", False):
-            raise ConfigError("strategy.mitigation 'olora' trains one LoRA per task\n  fix: use method: lora "
-                              "(without DoRA), or another mitigation")
+        require_plain_lora(session.recipe.method.name, session.recipe.method_params)
         self.names = ["default"]
 
     def prepare_restore(self, task_index: int) -> None:
@@ -236,6 +234,14 @@ class Olora(Mitigation):
             for item in (Path(tmp) / "combined").iterdir():
                 shutil.move(str(item), Path(out_dir) / item.name)
         model.delete_adapter("combined")
+
+
+def require_plain_lora(method: str, params) -> None:
+    """O-LoRA adds a LoRA per task: the method must be LoRA (or QLoRA) without DoRA's magnitudes."""
+    if method not in ("lora", "qlora") or getattr(params, "dora", False):
+        raise ConfigError(f"strategy.mitigation 'olora' trains one LoRA per task, not method '{method}'"
+                          + (" with dora" if getattr(params, "dora", False) else "")
+                          + "\n  fix: use method: lora (without dora), or another mitigation")
 
 
 MITIGATIONS: dict[str, type[Mitigation]] = {"none": Mitigation, "replay": Replay, "ewc": Ewc, "l2sp": L2sp,

@@ -26,16 +26,20 @@ class MitigationParams(StrategyParams):
 
 
 class NoMitigationParams(MitigationParams):
-    """`none`: the naive baseline, each task trained on its own data."""
+    """the naive baseline: each task trained on its own data, nothing held back"""
 
 
 class ReplayParams(MitigationParams):
+    """a seeded reservoir of earlier tasks' examples mixed into each later task"""
+
     size: int = Field(200, ge=1, le=1_000_000, description="examples kept from the earlier tasks (a seeded "
                       "reservoir over all of them)")
     fraction: float = Field(0.25, gt=0, le=10, description="replayed examples per example of the task trained")
 
 
 class EwcParams(MitigationParams):
+    """elastic weight consolidation: a diagonal-Fisher pull toward the earlier tasks' weights"""
+
     strength: float = Field(1.0, ge=0, description="λ of λ/2·Σ F (θ - θ*)²")
     examples: int = Field(64, ge=1, le=100_000, description="examples of each task the Fisher is estimated on")
     normalize: bool = Field(True, description="scale each task's Fisher to mean 1 (λ independent of the loss "
@@ -45,10 +49,14 @@ class EwcParams(MitigationParams):
 
 
 class L2spParams(MitigationParams):
+    """L2-SP: an L2 pull toward the weights each task started from"""
+
     strength: float = Field(1.0, ge=0, description="α of α/2·Σ (θ - θ₀)², θ₀ the weights the task started from")
 
 
 class LwfParams(MitigationParams):
+    """learning without forgetting: the earlier model's outputs on the new data, distilled"""
+
     strength: float = Field(1.0, ge=0, description="weight of the distillation term")
     temperature: float = Field(2.0, gt=0, le=100)
     examples: int = Field(64, ge=1, le=100_000, description="new-task examples the earlier model answers")
@@ -57,6 +65,8 @@ class LwfParams(MitigationParams):
 
 
 class OloraParams(MitigationParams):
+    """O-LoRA: a new LoRA per task, orthogonal to the earlier tasks' LoRA subspaces"""
+
     strength: float = Field(0.5, ge=0, description="λ of λ·Σ ‖A_old A_newᵀ‖²")
 
 
