@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from tuneforge.api import train
 from tuneforge.reports.continual import write_report
 
 ROOT = Path(__file__).parents[1]
@@ -45,15 +46,25 @@ def config(out: Path) -> dict:
 def run_one(name: str, out: Path) -> Path:
     data = config(out / name)
     data["strategy"]["mitigation"] = {"name": name, **MITIGATIONS[name]}
-    return train(data, quiet=True).run_dir
+    return train_in_fresh_process(data, out / f"{name}.yaml")
 
 
 def run_joint(out: Path) -> Path:
-    """The same tasks mixed in one phase, as many steps as the sequence has in all."""
+    """The same tasks mixed in one phase, as many steps as the sequence has in all, scored before and after."""
     data = config(out / "joint")
     data["strategy"] = {"name": "single"}
     data["train"]["max_steps"] *= len({spec["task"] for spec in data["data"]["train"]})
-    return train(data, quiet=True).run_dir
+    data["eval"]["compare_base"] = True
+    return train_in_fresh_process(data, out / "joint.yaml")
+
+
+def train_in_fresh_process(data: dict, path: Path) -> Path:
+    """`tuneforge train` in its own process, so that each run's peak memory is its own."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "tuneforge.cli", "train", str(path), "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return Path(data["output"]["dir"])
 
 
 def main() -> None:

@@ -43,8 +43,13 @@ def gap_closed(run: float, naive: float, joint: float) -> float | None:
 def read_run(run_dir: Path) -> dict:
     """What a run wrote: its eval.json (a sequential run's matrix and summary, or a joint run's per-task
     scores) and run.json (time, memory)."""
+    from tuneforge.engine.tracking import read_metrics
+
     evaluation = json.loads((run_dir / "eval.json").read_text())
     status = json.loads((run_dir / "run.json").read_text())
+    if "peak_memory_gib" not in status["train"]:  # a single run: its steps' peak
+        status["train"]["peak_memory_gib"] = max((r["peak_memory_gib"] for r in read_metrics(run_dir)
+                                                  if r["kind"] == "train"), default=None)
     return {"eval": evaluation, "run": status}
 
 

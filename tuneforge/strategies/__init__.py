@@ -14,7 +14,8 @@ from functools import cache
 
 from pydantic import BaseModel
 
-from tuneforge.config import NamedParams, registry_lookup, validate_named_params
+from tuneforge.config import LoadedConfig, NamedParams, registry_lookup, validate_named_params
+from tuneforge.errors import ConfigError
 from tuneforge.strategies.params import PARAMS, StrategyParams
 
 __all__ = ["Strategy", "get_strategy", "validate_strategy_params"]
@@ -49,3 +50,16 @@ def validate_strategy_params(spec: NamedParams, where: str = "config key 'strate
     params = validate_named_params(registry_lookup(PARAMS, spec.name, "strategy"), spec, "strategy", where)
     params.check(where)  # nested choices (a sequential strategy's mitigation) are checked now too
     return params
+
+
+def train_tasks(loaded: LoadedConfig, purpose: str) -> list[str]:
+    """The tasks of `data.train` in the order their first entry names them; a strategy that trains by task
+    (`purpose` says how) needs every entry to name one."""
+    tasks: list[str] = []
+    for index, spec in enumerate(loaded.run.data.train):
+        if spec.task is None:
+            raise ConfigError(f"{loaded.where('data', 'train')}: entry {index} ({spec.path}) names no task; "
+                              f"{purpose}\n  fix: give every data.train entry a task: {{path: ..., task: NAME}}")
+        if spec.task not in tasks:
+            tasks.append(spec.task)
+    return tasks

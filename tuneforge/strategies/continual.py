@@ -28,7 +28,7 @@ from tuneforge.engine.session import loop_inputs, make_evaluator, open_session, 
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.errors import CheckpointError, ConfigError
 from tuneforge.reports.continual import run_heatmap, summary
-from tuneforge.strategies import Strategy
+from tuneforge.strategies import Strategy, train_tasks
 from tuneforge.strategies.mitigations import MITIGATIONS, Olora, require_plain_lora
 from tuneforge.strategies.params import SequentialParams
 from tuneforge.strategies.single import (
@@ -55,14 +55,7 @@ def task_order(loaded: LoadedConfig, metric: str) -> list[str]:
     """The tasks in the order their first `data.train` entry names them; every entry must name one, and every
     task needs a test set of its own (its row of the accuracy matrix)."""
     cfg = loaded.run
-    tasks: list[str] = []
-    for index, spec in enumerate(cfg.data.train):
-        if spec.task is None:
-            raise ConfigError(f"{loaded.where('data', 'train')}: entry {index} ({spec.path}) names no task; "
-                              "strategy: sequential trains the tasks one after another\n  fix: give every "
-                              "data.train entry a task: {path: ..., task: NAME}")
-        if spec.task not in tasks:
-            tasks.append(spec.task)
+    tasks = train_tasks(loaded, "strategy: sequential trains the tasks one after another")
     tested = {spec.task for spec in cfg.data.test or []}
     missing = [t for t in tasks if t not in tested]
     if missing:

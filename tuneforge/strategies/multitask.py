@@ -12,8 +12,7 @@ from pathlib import Path
 from tuneforge.config import LoadedConfig, NamedParams, dump_yaml
 from tuneforge.engine import checkpoint
 from tuneforge.engine.lock import run_lock
-from tuneforge.errors import ConfigError
-from tuneforge.strategies import Strategy
+from tuneforge.strategies import Strategy, train_tasks
 from tuneforge.strategies import single as single_strategy
 from tuneforge.strategies.params import MultitaskParams, SingleParams
 from tuneforge.strategies.single import (
@@ -37,7 +36,7 @@ def run(loaded: LoadedConfig, params: MultitaskParams, *, resume: bool = False, 
     if params.adapters == "shared":
         return single_strategy.run(loaded, SingleParams(), resume=resume, force=force, quiet=quiet)
     cfg = loaded.run
-    tasks = _tasks(loaded)
+    tasks = train_tasks(loaded, "adapters: per_task trains one adapter per task")
     run_dir = resolve_run_dir(loaded)
     with run_lock(run_dir):
         resuming = check_run_dir(run_dir, resume, cfg.output.overwrite,
@@ -76,18 +75,6 @@ def adapter_runs(run_dirs: list[Path]) -> list[Path]:
         else:
             expanded.append(Path(run_dir))
     return expanded
-
-
-def _tasks(loaded: LoadedConfig) -> list[str]:
-    tasks: list[str] = []
-    for index, spec in enumerate(loaded.run.data.train):
-        if spec.task is None:
-            raise ConfigError(f"{loaded.where('data', 'train')}: entry {index} ({spec.path}) names no task; "
-                              "adapters: per_task trains one adapter per task\n  fix: give every data.train entry "
-                              "a task: {path: ..., task: NAME}")
-        if spec.task not in tasks:
-            tasks.append(spec.task)
-    return tasks
 
 
 def _task_config(loaded: LoadedConfig, task: str, out: Path, overwrite: bool) -> LoadedConfig:
