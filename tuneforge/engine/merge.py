@@ -19,10 +19,11 @@ LORA_METHODS = ("lora", "qlora")
 
 
 def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties",
-               weights: Sequence[float] | None = None, density: float = 0.5, overwrite: bool = False) -> Path:
+               weights: Sequence[float] | None = None, density: float = 0.5, overwrite: bool = False,
+               seed: int = 0) -> Path:
     """Merge the runs' LoRA adapters into `out` (a new run directory: the first run's config and tokenizer,
     the merged adapter, run.json saying how it was made). `density` is the share of each adapter's weights
-    TIES and DARE keep."""
+    TIES and DARE keep; `seed` fixes DARE's random drop."""
     runs = [Path(r) for r in runs]
     if len(runs) < 2:
         raise ConfigError("merge needs at least two runs\n  fix: tuneforge merge RUN_A RUN_B ... --out DIR")
@@ -48,6 +49,9 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
     adapters = load_adapter_set(names)
     model = adapters.model
     kwargs = {"density": density} if how in ("ties", "dare_linear", "dare_ties", "magnitude_prune") else {}
+    import torch
+
+    torch.manual_seed(seed)  # DARE drops weights at random: the same merge twice gives the same adapter
     try:
         model.add_weighted_adapter(list(names), weights, "merged", combination_type=how, **kwargs)
     except ValueError as exc:  # e.g. TIES over adapters of different ranks
@@ -64,7 +68,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
         adapters.tokenizer.save_pretrained(staging / "tokenizer")
         (staging / "run.json").write_text(json.dumps({
             "status": "complete", "merged": {"runs": [str(r) for r in runs], "how": how, "weights": weights,
-                                             "density": density if kwargs else None}}, indent=2))
+                                             "density": density if kwargs else None, "seed": seed}}, indent=2))
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -83,8 +83,11 @@ def run_heatmap(run_dir: Path) -> Path:
 
 
 def write_report(out_dir: Path, runs: dict[str, Path], joint: Path | None = None, naive: str = "none",
-                 title: str = "Continual learning") -> dict[str, Path]:
-    """report.md, report.html and heatmaps for sequential runs (name -> run directory) and the joint run."""
+                 title: str = "Continual learning", seconds: dict[str, float] | None = None) -> dict[str, Path]:
+    """report.md, report.html and heatmaps for sequential runs (name -> run directory) and the joint run;
+    `seconds` (name -> wall seconds of the whole run: loading, training, the mitigation's own work such as
+    EWC's Fisher, every evaluation) adds a column where known."""
+    seconds = seconds or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, run_dir in runs.items():
@@ -92,7 +95,7 @@ def write_report(out_dir: Path, runs: dict[str, Path], joint: Path | None = None
         cont = data["eval"]["continual"]
         png = heatmap(out_dir / f"matrix-{name}.png", cont["matrix"], cont["tasks"], name, cont["metric"])
         rows.append({"name": name, **cont["summary"], "last": cont["matrix"][-1], "tasks": cont["tasks"],
-                     "metric": cont["metric"], "wall_s": data["run"]["train"]["wall_s"],
+                     "metric": cont["metric"], "wall_s": data["run"]["train"]["wall_s"], "run_s": seconds.get(name),
                      "peak_memory_gib": data["run"]["train"].get("peak_memory_gib"), "png": png.name})
     if not rows:
         raise ValueError("no sequential runs to report")
@@ -103,7 +106,7 @@ def write_report(out_dir: Path, runs: dict[str, Path], joint: Path | None = None
         last = [per_task[t][metric] for t in tasks]
         rows.append({"name": "joint (multi-task)", "average": sum(last) / len(last), "bwt": None, "fwt": None,
                      "mean_forgetting": None, "last": last, "tasks": tasks, "metric": metric,
-                     "wall_s": data["run"]["train"]["wall_s"],
+                     "wall_s": data["run"]["train"]["wall_s"], "run_s": seconds.get("joint"),
                      "peak_memory_gib": data["run"]["train"].get("peak_memory_gib"), "png": None})
     by_name = {r["name"]: r for r in rows}
     if naive in by_name and joint is not None:
@@ -122,10 +125,11 @@ def _fmt(value, spec: str) -> str:
 
 
 def _table(rows: list[dict], tasks: list[str]) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "average", "BWT", "FWT", "forgetting", "gap closed", *tasks, "train s", "peak GiB"]
+    head = ["run", "average", "BWT", "FWT", "forgetting", "gap closed", *tasks, "train s", "run s", "peak GiB"]
     body = [[r["name"], _fmt(r["average"], "{:.1f}"), _fmt(r["bwt"], "{:+.1f}"), _fmt(r["fwt"], "{:+.1f}"),
              _fmt(r["mean_forgetting"], "{:.1f}"), _fmt(r.get("gap_closed"), "{:.0%}"),
-             *(f"{v:.0f}" for v in r["last"]), _fmt(r["wall_s"], "{:.0f}"), _fmt(r["peak_memory_gib"], "{:.2f}")]
+             *(f"{v:.0f}" for v in r["last"]), _fmt(r["wall_s"], "{:.0f}"), _fmt(r.get("run_s"), "{:.0f}"),
+             _fmt(r["peak_memory_gib"], "{:.2f}")]
             for r in rows]
     return head, body
 
@@ -134,7 +138,9 @@ def _markdown(rows: list[dict], tasks: list[str], metric: str, title: str) -> st
     head, body = _table(rows, tasks)
     lines = [f"# {title}", "", f"Scores are {metric} on each task's test set after the last task; BWT, FWT and "
              "forgetting in points (see tuneforge/reports/continual.py); gap closed: the share of the average-"
-             "accuracy gap between naive sequential training and the joint multi-task run that a run closes.", "",
+             "accuracy gap between naive sequential training and the joint multi-task run that a run closes; "
+             "train s: the training loops' time; run s: the whole run (loading, training, the mitigation's own "
+             "work such as EWC's Fisher, the evaluation after every task); peak GiB: the run's peak memory.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += [""] + [f"![{r['name']}]({r['png']})" for r in rows if r["png"]]

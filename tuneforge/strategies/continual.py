@@ -13,6 +13,7 @@ starts from a seed of its own, so a resumed run ends with the same weights as an
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -132,19 +133,22 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
                          + (f", resuming from {found.name}" if found else ""))
             torch.manual_seed(cfg.train.seed + index)  # the same start however the run got here
             penalty = mitigation.start(index, own, int(found.name.split("-")[-1]) if found else 0)
-            phase_data = dataclasses.replace(prepared, train=mitigation.examples(index, own))
+            mixed = mitigation.examples(index, own)
+            phase_data = dataclasses.replace(prepared, train=mixed)
+            phase_cfg = _per_task(cfg, len(mixed) / len(own))
             phase.mkdir(parents=True, exist_ok=True)
             metrics = MetricsLog(phase, cfg.output.tensorboard, resume_step=_step_of(found))
             started = time.perf_counter()
             try:
-                inputs = loop_inputs(session, phase_data, cfg, metrics, console, phase / CHECKPOINTS, evaluate)
+                inputs = loop_inputs(session, phase_data, phase_cfg, metrics, console, phase / CHECKPOINTS, evaluate)
                 inputs.penalty = penalty
                 state = train_loop(inputs, LoopState(fingerprint=fingerprint), found)
             finally:
                 metrics.close()
             wall = time.perf_counter() - started
             with guard(f"scoring every task after {task}"):
-                mitigation.finish(index, own)
+                if index < len(tasks) - 1:  # what it keeps (EWC's Fisher) serves the tasks after this one
+                    mitigation.finish(index, own)
                 mitigation.remember(index, own)
                 scores = evaluate(generate=True)[0]
             console.info(f"after {task}: " + format_scores(scores))
@@ -181,6 +185,16 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
             write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": train_summary,
                                             "weights_sha256": weights})
         return RunResult(run_dir, steps, train_summary, before, rows[-1])
+
+
+def _per_task(cfg, growth: float):
+    """The task's training settings: examples a mitigation adds (replay) are trained in addition, so with
+    `train.max_steps` the task's steps grow by the same factor and the task itself is seen as often as without
+    them (with `epochs` an epoch covers them anyway)."""
+    if growth <= 1 or cfg.train.max_steps is None:
+        return cfg
+    return cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"max_steps": math.ceil(cfg.train.max_steps * growth)})})
 
 
 def _check_resumable(run_dir: Path, phases: list[Path], cfg, fingerprint: dict, force: bool,

@@ -32,9 +32,10 @@ class NoMitigationParams(MitigationParams):
 class ReplayParams(MitigationParams):
     """a seeded reservoir of earlier tasks' examples mixed into each later task"""
 
-    size: int = Field(200, ge=1, le=1_000_000, description="examples kept from the earlier tasks (a seeded "
+    size: int = Field(400, ge=1, le=1_000_000, description="examples kept from the earlier tasks (a seeded "
                       "reservoir over all of them)")
-    fraction: float = Field(0.25, gt=0, le=10, description="replayed examples per example of the task trained")
+    fraction: float = Field(1.0, gt=0, le=10, description="replayed examples per example of the task trained "
+                            "(in addition: with train.max_steps the task's steps grow to match)")
 
 
 class EwcParams(MitigationParams):
