@@ -183,3 +183,17 @@ def test_the_report_puts_runs_side_by_side(tmp_path, tiny_model_dir):
     assert "| none |" in text and "| replay |" in text and "| joint (multi-task) |" in text
     assert (tmp_path / "report" / "matrix-none.png").is_file()
     assert "<table>" in files["html"].read_text()
+
+
+def test_a_bad_sequential_config_exits_2_naming_the_line_before_anything_is_written(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    config = sequential_config(tmp_path, tiny_model_dir, {"name": "ewc", "strength": 1.0, "examples": 0})
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = CliRunner().invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 2 and "strategy.mitigation.examples" in result.output and "fix:" in result.output
+    assert f"{path}:" in result.output  # the file and line of the strategy section
+    assert not (tmp_path / "run").exists()
