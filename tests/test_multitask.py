@@ -66,6 +66,8 @@ def test_a_three_task_mixture_reports_per_task_counts_and_scores(tmp_path, tiny_
         assert set(tasks) == {"alpha", "beta", "gamma"}
         assert evaluation[moment]["loss"] == pytest.approx(sum(t["loss"] for t in tasks.values()) / 3)
     assert {s["task"] for s in evaluation["samples"]} == {"alpha", "beta", "gamma"}
+    table = (result.run_dir / "tasks.md").read_text()  # the report: each task before -> after, and the mean
+    assert all(f"| {task} | loss |" in table for task in ("alpha", "beta", "gamma", "mean of the tasks"))
 
 
 def test_the_console_table_shows_each_task(tmp_path, tiny_model_dir):

@@ -8,6 +8,7 @@ from pathlib import Path
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.engine.serving import AdapterSet, load_adapter_set
 from tuneforge.reports.plots import plot_loss
+from tuneforge.reports.tasks import write_task_report
 from tuneforge.strategies import get_strategy, validate_strategy_params
 from tuneforge.strategies.compare import compare
 from tuneforge.strategies.single import RunResult
@@ -26,6 +27,7 @@ def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (
     params = validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
     result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
     plot_loss(result.run_dir)
+    write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
     return result
 
 
