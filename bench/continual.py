@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.common import machine_line
 from tuneforge.reports.continual import write_report
 
 ROOT = Path(__file__).parents[1]
@@ -96,8 +96,7 @@ def main() -> None:
     joint = finished.pop("joint", None)
     machine_file = out / "machine.json"
     machine = json.loads(_read(machine_file) or "{}")
-    machine.update({"machine": platform.machine(), "processor": platform.processor(), "cpu_flags": _cpu_flags(),
-                    "cores": os.cpu_count()})
+    machine.update({"machine": machine_line(), "cores": os.cpu_count()})
     machine.setdefault("seconds", {}).update(seconds)  # each run's wall time, whole process (load, train, eval)
     machine_file.write_text(json.dumps(machine, indent=1))
     files = write_report(out, finished, joint, title="Continual learning: the bundled four-task sequence",
@@ -109,15 +108,6 @@ def main() -> None:
 
 def _read(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
-
-
-def _cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return ""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join(flag for flag in wanted if f" {flag}" in flags)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.common import machine_line
 from tuneforge.api import train
 from tuneforge.engine.merge import merge_runs
 from tuneforge.engine.session import evaluate_run
@@ -60,7 +61,7 @@ def main() -> None:
         scores = ", ".join(f"{t} {s:.1f}" for t, s in row["scores"].items())
         retention = ", ".join(f"{t} {r:.0%}" for t, r in row["retention"].items() if r is not None)
         lines.append(f"| {' + '.join(row['tasks'])} | {row['how']} | {scores} | {retention} | {worst} |")
-    lines += ["", f"{time.perf_counter() - started:.0f} s in all."]
+    lines += ["", f"{time.perf_counter() - started:.0f} s in all; {machine_line()}."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

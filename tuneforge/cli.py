@@ -270,6 +270,7 @@ def merge(run_dirs: Annotated[list[Path], typer.Argument(help="finished LoRA run
           weights: Annotated[str | None, typer.Option(help="one weight per run, comma separated (default: 1 each, "
                                                       "1/n for linear and cat)")] = None,
           density: Annotated[float, typer.Option(help="share of each adapter's weights TIES/DARE keep")] = 0.5,
+          seed: Annotated[int, typer.Option(help="seed of DARE's random drop")] = 0,
           overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False) -> None:
     """Fold several LoRA runs into one adapter (peft's add_weighted_adapter); eval, chat and export accept it."""
     from tuneforge.engine.merge import merge_runs
@@ -280,7 +281,8 @@ def merge(run_dirs: Annotated[list[Path], typer.Argument(help="finished LoRA run
         values = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise ConfigError(f"--weights {weights!r}: not numbers\n  fix: e.g. --weights 0.5,0.5") from None
-    merged = merge_runs(adapter_runs(run_dirs), out, how=how, weights=values, density=density, overwrite=overwrite)
+    merged = merge_runs(adapter_runs(run_dirs), out, how=how, weights=values, density=density, seed=seed,
+                        overwrite=overwrite)
     print(f"merged: {merged}")
 
 

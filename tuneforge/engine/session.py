@@ -173,11 +173,11 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
     held-out reward of an online objective), and with `generate` the generation metrics too."""
     model, recipe = session.model, session.recipe
     objective, params, rewards = recipe.objective, recipe.objective_params, recipe.rewards
+    sets = prepared.test_sets()  # split by task once, not at every evaluation
 
     def evaluate(generate: bool) -> tuple[dict, list[dict]]:
         """Per test set when the test entries name tasks: each task's scores under `tasks`, and their mean at
         the top level (what early stopping watches)."""
-        sets = prepared.test_sets()
         if list(sets) == [None]:
             return evaluate_set(*sets[None], generate)
         per_task, samples = {}, []

@@ -45,6 +45,7 @@ from tuneforge.strategies.single import (
     read_json,
     resolve_run_dir,
     run_inputs,
+    step_of,
     write_json,
 )
 
@@ -132,12 +133,12 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
             console.info(f"task {index + 1}/{len(tasks)} {task}: {len(own)} examples"
                          + (f", resuming from {found.name}" if found else ""))
             torch.manual_seed(cfg.train.seed + index)  # the same start however the run got here
-            penalty = mitigation.start(index, own, int(found.name.split("-")[-1]) if found else 0)
+            penalty = mitigation.start(index, own, step_of(found) or 0)
             mixed = mitigation.examples(index, own)
             phase_data = dataclasses.replace(prepared, train=mixed)
             phase_cfg = _per_task(cfg, len(mixed) / len(own))
             phase.mkdir(parents=True, exist_ok=True)
-            metrics = MetricsLog(phase, cfg.output.tensorboard, resume_step=_step_of(found))
+            metrics = MetricsLog(phase, cfg.output.tensorboard, resume_step=step_of(found))
             started = time.perf_counter()
             try:
                 inputs = loop_inputs(session, phase_data, phase_cfg, metrics, console, phase / CHECKPOINTS, evaluate)
@@ -244,10 +245,6 @@ def _train_rows(phase: Path) -> list[dict]:
     from tuneforge.engine.tracking import read_metrics
 
     return [r for r in read_metrics(phase) if r["kind"] == "train"]
-
-
-def _step_of(path: Path | None) -> int | None:
-    return int(path.name.split("-")[-1]) if path is not None else None
 
 
 def _matrix_text(matrix: list[list[float]], tasks: list[str], metric: str, figures: dict) -> str:

@@ -88,8 +88,9 @@ class L2sp(Mitigation):
     def start(self, task_index: int, own: list[TrainExample], resumed_step: int) -> Penalty | None:
         if task_index == 0:
             return None
-        anchors = {n: p.detach().clone() for n, p in self.trained().items()}
-        return lambda model: penalties.l2sp(self.trained(), anchors, self.params.strength)
+        params = self.trained()  # the task's trained weights, looked up once, not at every step
+        anchors = {n: p.detach().clone() for n, p in params.items()}
+        return lambda model: penalties.l2sp(params, anchors, self.params.strength)
 
 
 class Ewc(Mitigation):
@@ -107,25 +108,28 @@ class Ewc(Mitigation):
     def start(self, task_index: int, own: list[TrainExample], resumed_step: int) -> Penalty | None:
         if not self.fisher:
             return None
-        return lambda model: penalties.ewc(self.trained(), self.anchors, self.fisher, self.params.strength)
+        params = self.trained()
+        return lambda model: penalties.ewc(params, self.anchors, self.fisher, self.params.strength)
 
     def finish(self, task_index: int, own: list[TrainExample]) -> None:
         session, model = self.session, self.session.model
         recipe, pad_id = session.recipe, self.pad_id
         picked = random.Random(self.seed + task_index).sample(own, min(self.params.examples, len(own)))
         params = self.trained()
-        squared = []
+
+        def squared_grads():  # one example at a time; the mean is kept as a running sum, not a list of them
+            for example in picked:
+                batch = to_device(collate([example], pad_id), session.device)
+                with session.scoring():
+                    loss = recipe.objective.loss(model, batch, window_context([batch], recipe.objective_params,
+                                                                              session.reference)).loss
+                grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+                yield {n: (g.detach().float() ** 2 if g is not None else torch.zeros_like(p, dtype=torch.float))
+                       for (n, p), g in zip(params.items(), grads, strict=True)}
+
         model.eval()
-        for example in picked:
-            batch = to_device(collate([example], pad_id), session.device)
-            with session.scoring():
-                loss = recipe.objective.loss(model, batch, window_context([batch], recipe.objective_params,
-                                                                          session.reference)).loss
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            squared.append({n: (g.detach().float() ** 2 if g is not None else torch.zeros_like(p, dtype=torch.float))
-                            for (n, p), g in zip(params.items(), grads, strict=True)})
+        fisher = penalties.diagonal_fisher(squared_grads())
         model.train()
-        fisher = penalties.diagonal_fisher(squared)
         if self.params.normalize:
             mean = torch.cat([f.flatten() for f in fisher.values()]).mean()
             fisher = {n: f / mean.clamp_min(1e-30) for n, f in fisher.items()}

@@ -4,6 +4,8 @@ optimizer step; the objective never knows."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 
@@ -39,6 +41,13 @@ def distillation(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, t
     return temperature ** 2 * (teacher.exp() * (teacher - student)).sum(-1).mean()
 
 
-def diagonal_fisher(squared_grads: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The empirical diagonal Fisher: the mean over examples of each weight's squared per-example gradient."""
-    return {name: sum(g[name] for g in squared_grads) / len(squared_grads) for name in squared_grads[0]}
+def diagonal_fisher(squared_grads: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The empirical diagonal Fisher: the mean over examples of each weight's squared per-example gradient
+    (summed as they come, so only one example's gradients are held at a time)."""
+    total: dict[str, torch.Tensor] = {}
+    count = 0
+    for grads in squared_grads:
+        count += 1
+        for name, value in grads.items():
+            total[name] = total[name].add_(value) if name in total else value.clone()
+    return {name: value / count for name, value in total.items()}

@@ -72,7 +72,7 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
         if cfg.eval.compare_base and not resume_from:
             with guard("evaluating the base model"):
                 eval_before = evaluate_base(evaluate, run_dir, console)
-        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=_step_of(resume_from))
+        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=step_of(resume_from))
         started = time.perf_counter()
         try:
             inputs = loop_inputs(session, prepared, cfg, metrics, console, run_dir / CHECKPOINTS, evaluate)
@@ -226,7 +226,7 @@ def _changed_keys(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} ({old!r} -> {new!r})"]
 
 
-def _step_of(path: Path | None) -> int | None:
+def step_of(path: Path | None) -> int | None:
     return int(path.name.split("-")[-1]) if path is not None else None
 
 
