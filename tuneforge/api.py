@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import LoadedConfig, load_config
+from tuneforge.engine.distributed import require_one_process, world
 from tuneforge.engine.serving import AdapterSet, load_adapter_set
 from tuneforge.reports.plots import plot_loss
 from tuneforge.reports.tasks import write_task_report
@@ -25,9 +26,12 @@ def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
     strategy = get_strategy(loaded.run.strategy.name)
     params = validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
+    if not strategy.data_parallel:
+        require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
     result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
-    plot_loss(result.run_dir)
-    write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
+    if world().main:  # the other processes of a distributed run write nothing
+        plot_loss(result.run_dir)
+        write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TuneforgeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            if not getattr(exc, "reported", False):  # another process of a distributed run has said it
+                print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -47,7 +49,10 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
           resume: Annotated[bool, typer.Option(help="continue from the newest complete checkpoint")] = False,
           force: Annotated[bool, typer.Option(help="with --resume: continue although the data, training config "
                                                    "or tokenizer changed")] = False,
-          quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
+          quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False,
+          nproc: Annotated[int, typer.Option(min=1, max=1024, help="data-parallel processes on this machine (one "
+                                             "per GPU; gloo on CPU), launched as torchrun does; for several "
+                                             "machines run `torchrun ... -m tuneforge train`")] = 1) -> None:
     """Fine-tune as the config says; writes a run directory."""
     from tuneforge.config import load_config
     from tuneforge.methods import validate_method_params
@@ -60,11 +65,18 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     validate_method_params(loaded.run.method, loaded.where("method"))
     validate_objective_params(loaded.run.objective, loaded.where("objective"))
     validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
+    if nproc > 1:
+        from tuneforge.engine.distributed import launch
+
+        launch(nproc, ["train", str(config), *(overrides or []), *(["--resume"] if resume else []),
+                       *(["--force"] if force else []), *(["--quiet"] if quiet else [])])
+        return  # the main process has printed the results
     from tuneforge.api import train as run_training
 
     result = run_training(loaded, resume=resume, force=force, quiet=quiet)
-    print(f"run directory: {result.run_dir}")
-    _print_before_after(result.eval_before, result.eval_after)
+    if os.environ.get("RANK", "0") == "0":  # one process of a distributed run reports
+        print(f"run directory: {result.run_dir}")
+        _print_before_after(result.eval_before, result.eval_after)
 
 
 @app.command("eval")

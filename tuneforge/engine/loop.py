@@ -10,9 +10,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tuneforge.config import TrainConfig
@@ -25,7 +26,7 @@ from tuneforge.data.batching import (
     to_device,
 )
 from tuneforge.data.dataset import TrainExample
-from tuneforge.engine import checkpoint
+from tuneforge.engine import checkpoint, distributed
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
@@ -73,7 +74,10 @@ class LoopInputs:
 
 
 def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = None) -> LoopState:
-    cfg, model = inputs.cfg, inputs.model
+    """Train from `state` (or the checkpoint `resume_from`) to the plan's last step. In a torch.distributed
+    world every process runs this loop on its share of each step (see `engine.distributed`); only the main
+    one logs and writes checkpoints."""
+    cfg, model, world = inputs.cfg, inputs.model, distributed.world()
     plan = StepPlan([len(e) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
                     cfg.group_by_length, cfg.shuffle)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
@@ -90,48 +94,57 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
         return resource_guard(doing, inputs.checkpoint_dir, cfg)
 
     try:
-        for step in range(state.step, total):
-            step_started, window = time.perf_counter(), plan.window(step)
-            with guard(f"in training step {step + 1}"):
-                values = train_step(inputs, optimizer, window, lr_at(step, total, cfg))
-            values["step_time_s"] = time.perf_counter() - step_started
-            values["peak_memory_gib"] = peak_memory_gib(inputs.device)
-            state.step = step + 1
-            tokens_seen += values["tokens"]
-            values["epoch"] = plan.epoch_of(step)
-            # the records this step trained on, in order: a resumed run's steps can be checked against these
-            values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
-            tasks = Counter(inputs.examples[i].example.task for micro in window for i in micro)
-            if None not in tasks:  # a mixture of named tasks: how many examples of each this step saw
-                values["tasks"] = dict(sorted(tasks.items()))
-            if values.pop("skipped"):
-                state.skipped_steps += 1
-                _non_finite(inputs, state, window, values)
-            with guard(f"logging step {state.step}"):
-                _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
-            if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
-                with guard(f"evaluating at step {state.step}"):
-                    _evaluate(inputs, state)
-            if _periodic(state.step, cfg.save_every, total) or state.stopped_early:
-                with guard(f"writing the checkpoint of step {state.step}"):
-                    checkpoint.save_checkpoint(inputs.checkpoint_dir, state.step, model, optimizer,
-                                               state.as_json(), cfg.keep_last)
-            if state.stopped_early:
-                inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
-                                    f"improve for {cfg.early_stopping_patience} evaluations")
-                break
+        with distributed.peers_guard(lambda: f"at step {state.step + 1}", cfg.collective_timeout_s):
+            forward_model = world.data_parallel(model)
+            for step in range(state.step, total):
+                step_started, window = time.perf_counter(), plan.window(step)
+                with guard(f"in training step {step + 1}"):
+                    values = train_step(inputs, optimizer, window, lr_at(step, total, cfg), step, forward_model)
+                values["step_time_s"] = time.perf_counter() - step_started
+                values["peak_memory_gib"] = peak_memory_gib(inputs.device)
+                state.step = step + 1
+                tokens_seen += values["tokens"]
+                values["epoch"] = plan.epoch_of(step)
+                # the records this step trained on, in order: a resumed run's steps can be checked against these
+                values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
+                tasks = Counter(inputs.examples[i].example.task for micro in window for i in micro)
+                if None not in tasks:  # a mixture of named tasks: how many examples of each this step saw
+                    values["tasks"] = dict(sorted(tasks.items()))
+                if values.pop("skipped"):
+                    state.skipped_steps += 1
+                    _non_finite(inputs, state, window, values)
+                with guard(f"logging step {state.step}"):
+                    _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
+                if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
+                    with guard(f"evaluating at step {state.step}"):  # the main process decides for all
+                        state.stopped_early = world.from_main(lambda: _evaluate(inputs, state))
+                if _periodic(state.step, cfg.save_every, total) or state.stopped_early:
+                    with guard(f"writing the checkpoint of step {state.step}"):
+                        world.from_main(lambda: checkpoint.save_checkpoint(
+                            inputs.checkpoint_dir, state.step, model, optimizer, state.as_json(), cfg.keep_last))
+                if state.stopped_early:
+                    inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
+                                        f"improve for {cfg.early_stopping_patience} evaluations")
+                    break
     finally:
         inputs.console.stop_training()
     return state
 
 
-def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]],
-               lr: float) -> dict[str, float]:
-    """One optimizer step over an accumulation window; the loss is normalised by the window's label tokens."""
+def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]], lr: float,
+               step: int = 0, forward_model: torch.nn.Module | None = None) -> dict[str, float]:
+    """One optimizer step over an accumulation window (this process's share of it); the loss is normalised by
+    the whole window's label tokens."""
+    world = distributed.world()
     collate_fn = collate
     if inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
-    micro_batches = [[inputs.examples[i] for i in micro] for micro in window]
+    share = world.share(window)
+    # a window shorter than the processes (an epoch's end): a process with no micro-batch of its own runs the
+    # first one at weight zero, so it still joins the gradient exchange
+    idle = not share
+    share = share or [(0, window[0])]
+    micro_batches = [[inputs.examples[i] for i in micro] for _, micro in share]
     metrics: dict[str, float] = {}
     if inputs.rollout is not None:
         micro_batches, extras, metrics = inputs.rollout(micro_batches)
@@ -140,46 +153,64 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
         for batch, extra in zip(batches, extras, strict=True):
             batch.update(to_device(extra, inputs.device))
     ctx = window_context(batches, inputs.objective_params, inputs.reference)
+    if world.active:  # the counts of the whole window, over every process's share
+        labels, examples = world.sum([0, 0] if idle else [ctx.num_label_tokens, ctx.num_examples])
+        ctx = replace(ctx, num_label_tokens=int(labels), num_examples=int(examples))
     if inputs.objective.prepare is not None:
         with torch.no_grad(), inputs.autocast():
             metrics |= inputs.objective.prepare(inputs.model, batches, ctx)
     # an online objective may take several optimizer steps on one rollout (PPO epochs); figures are their mean
     updates = inputs.updates
     losses, summed, grad_norms, skipped = [], {}, [], False
-    for _ in range(updates):
-        loss, update_metrics, grad_norm, update_skipped = _update(inputs, optimizer, batches, ctx, lr)
+    for update in range(updates):
+        # dropout's masks: one seed per micro-batch of the window, the same whichever process runs it
+        seeds = [_micro_seed(inputs.cfg.seed, step, update, index) for index, _ in share]
+        loss, update_metrics, grad_norm, update_skipped = _update(inputs, forward_model or inputs.model, optimizer,
+                                                                  batches, seeds, ctx, lr, idle)
         losses.append(loss)
         grad_norms.append(grad_norm)
         skipped |= update_skipped
         for key, value in update_metrics.items():
             summed[key] = summed.get(key, 0.0) + value / updates
-    tokens = sum(int(b["num_tokens"]) for b in batches)
+    tokens = int(world.sum([0 if idle else sum(int(b["num_tokens"]) for b in batches)])[0])
     return {"loss": sum(losses) / updates, "grad_norm": sum(grad_norms) / updates, "lr": lr, "tokens": tokens,
             "label_tokens": ctx.num_label_tokens, "skipped": skipped, **metrics, **summed}
 
 
-def _update(inputs: LoopInputs, optimizer: torch.optim.Optimizer, batches: list[dict[str, torch.Tensor]],
-            ctx: LossContext, lr: float) -> tuple[float, dict[str, float], float, bool]:
-    """Forward and backward over the window's micro-batches, then one optimizer step unless the loss or the
-    gradient is not finite (such a step never reaches the weights)."""
+def _update(inputs: LoopInputs, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            batches: list[dict[str, torch.Tensor]], seeds: list[int], ctx: LossContext, lr: float,
+            idle: bool = False) -> tuple[float, dict[str, float], float, bool]:
+    """Forward and backward over the micro-batches (through `model`: the DDP wrapper in a distributed world),
+    then one optimizer step unless the loss or the gradient is not finite (such a step never reaches the
+    weights)."""
+    world = distributed.world()
+    penalty = None
+    if inputs.penalty is not None:  # first, so the last micro-batch's gradient exchange carries it
+        term = inputs.penalty(inputs.model)
+        if world.main:  # once: the processes' gradients are summed
+            term.backward()
+        penalty = float(term.detach())
     loss_total = torch.zeros((), device=inputs.device)
     metrics: dict[str, float] = {}
-    for batch in batches:
-        with inputs.autocast():
-            out = inputs.objective.loss(inputs.model, batch, ctx)
-        out.loss.backward()
+    for position, (batch, seed) in enumerate(zip(batches, seeds, strict=True)):
+        torch.manual_seed(seed)
+        with world.no_sync(model, last=position == len(batches) - 1):
+            with inputs.autocast():
+                out = inputs.objective.loss(model, batch, ctx)
+            (out.loss * 0 if idle else out.loss).backward()
+        if idle:
+            continue
         loss_total += out.loss.detach()
         for key, value in out.metrics.items():
             metrics[key] = metrics.get(key, 0.0) + value
-    if inputs.penalty is not None:
-        term = inputs.penalty(inputs.model)
-        term.backward()
-        loss_total += term.detach()
-        metrics["penalty"] = float(term.detach())
+    loss, *summed = world.sum([float(loss_total), *metrics.values()])
+    metrics = dict(zip(metrics, summed, strict=True))
+    if penalty is not None:
+        loss += penalty
+        metrics["penalty"] = penalty
     params = [p for p in inputs.model.parameters() if p.requires_grad]
     max_norm = inputs.cfg.max_grad_norm or math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
-    loss = float(loss_total)
     skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
     if not skipped:
         set_lr(optimizer, lr)
@@ -221,7 +252,8 @@ def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, toke
         inputs.console.step(state.step, total, values, eta)
 
 
-def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
+def _evaluate(inputs: LoopInputs, state: LoopState) -> bool:
+    """Evaluate, log, and say whether to stop early."""
     result = inputs.evaluate()
     inputs.metrics.log(state.step, "eval", result)
     shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in flat_scores(result).items())
@@ -230,10 +262,14 @@ def _evaluate(inputs: LoopInputs, state: LoopState) -> None:
     monitored = result["loss"] if "loss" in result else -result["reward"]
     if state.best_eval_loss is None or monitored < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = monitored, 0
-        return
+        return False
     state.evals_without_improvement += 1
     patience = inputs.cfg.early_stopping_patience
-    state.stopped_early = patience is not None and state.evals_without_improvement >= patience
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+def _micro_seed(seed: int, step: int, update: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, step, update, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _periodic(step: int, every: int, total: int) -> bool:

@@ -46,6 +46,19 @@ class MetricsLog:
             self._tb.close()
 
 
+class NullMetrics(MetricsLog):
+    """Where the metrics of a process that does not write go (the other processes of a distributed run)."""
+
+    def __init__(self) -> None:
+        pass
+
+    def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     return _rows(path) if path.exists() else []
@@ -67,10 +80,10 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 class RunConsole:
     """Console output for a run: messages, and training progress (bar on a TTY, lines otherwise)."""
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.console = Console(stderr=False, highlight=False)
-        self.interactive = sys.stdout.isatty() and not quiet
+    def __init__(self, quiet: bool = False, silent: bool = False):
+        self.quiet, self.silent = quiet, silent  # silent: a process that does not report (distributed runs)
+        self.console = Console(stderr=False, highlight=False, quiet=silent)
+        self.interactive = sys.stdout.isatty() and not quiet and not silent
         self._progress: Progress | None = None
         self._task = None
 

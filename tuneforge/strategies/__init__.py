@@ -28,6 +28,7 @@ class Strategy:
     params: type[StrategyParams]
     # (loaded config, params, *, resume, force, quiet) -> the run's result (RunResult for single)
     run: Callable
+    data_parallel: bool = False  # runs in every process of a torch.distributed world (torchrun, --nproc)
 
 
 @cache

@@ -2,7 +2,11 @@
 time and disk safe: the config and data are checked first (seconds, nothing written), the run directory is
 locked and its resume identity checked, then the model loads, then the directory is written, trained into,
 evaluated, saved. The run directory's policy lives here: the lock, resume and its identity checks
-(fingerprints), run.json and eval.json; the training pieces come from `engine.session`."""
+(fingerprints), run.json and eval.json; the training pieces come from `engine.session`.
+
+Started by torchrun (or `--nproc N`), every process runs this function: the main one (rank 0) holds the lock,
+decides and writes, and hands its decisions to the others (`World.from_main`); they load the same data and
+model, train their share of each step, and stop after training (see `engine.distributed`)."""
 
 from __future__ import annotations
 
@@ -11,17 +15,17 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneforge.config import LoadedConfig, dump_yaml, load_config
-from tuneforge.engine import checkpoint, paths
+from tuneforge.engine import checkpoint, distributed, paths
 from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.session import Prepared, loop_inputs, make_evaluator, open_session, prepare_data, read_recipe
-from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
+from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole, flat_scores
 from tuneforge.errors import CheckpointError, RunDirError
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import SingleParams
@@ -43,41 +47,53 @@ class RunResult:
 def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: bool = False, force: bool = False,
         quiet: bool = False) -> RunResult:
     cfg = loaded.run
-    console = RunConsole(quiet=quiet)
+    world = distributed.join_world(cfg.train.collective_timeout_s, loaded.where("train"))
+    if world.active:
+        distributed.check_window(cfg.train.grad_accum, world.size, loaded.where("train", "grad_accum"))
+    console = RunConsole(quiet=quiet, silent=not world.main)
     recipe = read_recipe(loaded)
     run_dir = resolve_run_dir(loaded)
+    main = world.main
 
     def guard(doing: str) -> AbstractContextManager:  # out of memory or disk: say what to change
         return resource_guard(doing, run_dir / CHECKPOINTS, cfg.train)
 
-    with run_lock(run_dir):  # a second run on the same directory stops here, before it loads anything
-        resume_from = _check_run_dir(run_dir, resume, cfg.output.overwrite,
-                                     run_inputs(loaded) if cfg.output.overwrite and not resume else ())
+    # a second run on the same directory stops here, before it loads anything
+    with run_lock(run_dir) if main else nullcontext():
+        resume_from = world.from_main(lambda: _check_run_dir(
+            run_dir, resume, cfg.output.overwrite, run_inputs(loaded) if cfg.output.overwrite and not resume else ()))
         prepared = prepare_data(loaded, console, recipe.objective)
         fingerprint = fingerprint_of(cfg, prepared)
         if resume_from is not None:
-            check_same_run(run_dir, read_json(resume_from / "state.json").get("fingerprint", {}), cfg, fingerprint,
-                           force, console)
+            world.from_main(lambda: check_same_run(run_dir, read_json(resume_from / "state.json").get(
+                "fingerprint", {}), cfg, fingerprint, force, console))
         with guard("loading the model"):
             session = open_session(loaded, recipe, console)
-        status = {"fingerprint": fingerprint, **session.summary(), "data": prepared.stats}
-        with guard("creating the run directory"):
-            create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-            prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
-            write_json(run_dir / RUN_FILE, {"status": "training", **status})
-
+        status = {"fingerprint": fingerprint, **session.summary(), "data": prepared.stats,
+                  **({"processes": world.size} if world.active else {})}
         evaluate = make_evaluator(session, prepared, cfg)
-        eval_before = {}
-        if cfg.eval.compare_base and not resume_from:
-            with guard("evaluating the base model"):
-                eval_before = evaluate_base(evaluate, run_dir, console)
-        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=step_of(resume_from))
+
+        def start_run_dir() -> dict:
+            with guard("creating the run directory"):
+                create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
+                (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+                prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+                write_json(run_dir / RUN_FILE, {"status": "training", **status})
+            if cfg.eval.compare_base and not resume_from:
+                with guard("evaluating the base model"):
+                    return evaluate_base(evaluate, run_dir, console)
+            return {}
+
+        eval_before = world.from_main(start_run_dir)
+        metrics = (MetricsLog(run_dir, cfg.output.tensorboard, resume_step=step_of(resume_from)) if main
+                   else NullMetrics())
         started = time.perf_counter()
         try:
             inputs = loop_inputs(session, prepared, cfg, metrics, console, run_dir / CHECKPOINTS, evaluate)
             state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
             wall = time.perf_counter() - started
+            if not main:  # the main process saves, evaluates and writes the results
+                return RunResult(run_dir, state.step)
             checkpoint.require_finite(checkpoint.trainable_state(session.model), "the trained weights")
             with guard("saving the trained weights"):
                 recipe.method.save(session.model, run_dir)
@@ -189,7 +205,7 @@ def fingerprint_of(cfg, prepared: Prepared) -> dict:
 def _training_config(cfg) -> dict:
     """What decides the trained weights: everything but evaluation and output settings (and the strategy when
     it is plain `single`, so runs from before strategies existed resume)."""
-    data = cfg.model_dump(mode="json", exclude={"eval", "output"})
+    data = cfg.model_dump(mode="json", exclude={"eval": True, "output": True, "train": {"collective_timeout_s"}})
     if data.get("strategy") == {"name": "single"}:
         del data["strategy"]
     return data
@@ -248,4 +264,4 @@ def write_json(path: Path, data: dict) -> None:
 
 
 STRATEGY = Strategy("single", "one phase: train, evaluate and save one run directory (tuneforge train)",
-                    SingleParams, run)
+                    SingleParams, run, data_parallel=True)
