@@ -150,7 +150,7 @@ def test_the_config_is_checked_before_anything_loads(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize(("target", "nth"), [
-    ("tuneforge.engine.checkpoint:save_checkpoint", 6),  # inside the third task, after its first checkpoint
+    ("tuneforge.engine.checkpoint:write_checkpoint", 6),  # inside the third task, after its first checkpoint
     ("tuneforge.strategies.continual:_save_phase", 2),  # after the second task trained, before its state saved
 ])
 def test_a_kill_in_a_later_task_resumes_to_the_same_weights(tmp_path, tiny_model_dir, target, nth):

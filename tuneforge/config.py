@@ -121,6 +121,9 @@ class TrainConfig(Strict):
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = no intermediate checkpoints")
     keep_last: int = Field(2, ge=1)
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="several processes (--nproc, torchrun): "
+                                                "ddp keeps a whole model in each; fsdp (FSDP2) shards weights, "
+                                                "gradients and optimizer state across them")
     collective_timeout_s: int = Field(60, ge=5, le=3600, description="several processes (--nproc, torchrun): "
                                       "a gradient exchange a process does not answer within this time stops the "
                                       "run with an error naming the step")

@@ -74,9 +74,10 @@ def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6)
 
 
-def test_two_processes_train_as_one(reference, tmp_path):
+@pytest.mark.parametrize("how", ["ddp", "fsdp"])
+def test_two_processes_train_as_one(reference, tmp_path, how):
     config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
-    result, _ = launch(config, tmp_path)
+    result, _ = launch(config, tmp_path, f"train.distributed={how}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert_same_training(tmp_path / "run", reference.parent / "run")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["processes"] == 2
@@ -86,9 +87,10 @@ def test_two_processes_train_as_one(reference, tmp_path):
 
 def test_kill_one_process_then_resume_in_one(reference, tmp_path):
     """kill -9 of the second process at its 5th step stops both within seconds, with the process named; the
-    run resumes in one process from the last checkpoint the two wrote and ends as the reference."""
+    run resumes in one process from the last checkpoint the two wrote (FSDP: gathered from their shards) and
+    ends as the reference."""
     config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
-    result, seconds = launch(config, tmp_path, rank=1, at_step=5, signal="SIGKILL")
+    result, seconds = launch(config, tmp_path, "train.distributed=fsdp", rank=1, at_step=5, signal="SIGKILL")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "training process 1" in result.stderr and "SIGKILL" in result.stderr
     assert "--resume" in result.stderr and "Traceback" not in result.stderr
@@ -100,9 +102,10 @@ def test_kill_one_process_then_resume_in_one(reference, tmp_path):
     assert_same_training(tmp_path / "run", reference.parent / "run")
 
 
-@pytest.mark.slow
-def test_resume_a_one_process_run_in_two(reference, tmp_path):
-    """A run stopped after step 3 in one process (the reference's own checkpoints) continues in two."""
+@pytest.mark.parametrize("how", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
+def test_resume_a_one_process_run_in_two(reference, tmp_path, how):
+    """A run stopped after step 3 in one process (the reference's own checkpoints) continues in two (FSDP:
+    each takes its shard of the saved weights and optimizer state)."""
     run_dir = tmp_path / "run"
     shutil.copytree(reference.parent / "run", run_dir)
     for checkpoint in (run_dir / "checkpoints").iterdir():
@@ -110,7 +113,7 @@ def test_resume_a_one_process_run_in_two(reference, tmp_path):
             shutil.rmtree(checkpoint)
     status = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**status, "status": "training"}))
-    result, _ = launch(reference, tmp_path, "--resume", f"output.dir={run_dir}")
+    result, _ = launch(reference, tmp_path, "--resume", f"output.dir={run_dir}", f"train.distributed={how}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed from step-00000003" in result.stdout
     assert_same_training(run_dir, reference.parent / "run")

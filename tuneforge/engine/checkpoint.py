@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from tuneforge.errors import CheckpointError, TrainingError
 
@@ -24,10 +25,22 @@ PREFIX = "step-"
 FORMAT_VERSION = 1
 
 
+Snapshot = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any], keep_last: int) -> Path:
-    weights = trainable_state(model)
-    tensors, meta = _flatten_optimizer(optimizer)
+    return write_checkpoint(root, step, snapshot(model, optimizer), state, keep_last)
+
+
+def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Snapshot:
+    """The trainable weights and the optimizer's state, whole: under FSDP every process must take it (the
+    shards are gathered), and the main one writes it, so a checkpoint is the same for any number of processes."""
+    return (trainable_state(model), *_flatten_optimizer(optimizer))
+
+
+def write_checkpoint(root: Path, step: int, taken: Snapshot, state: dict[str, Any], keep_last: int) -> Path:
+    weights, tensors, meta = taken
     require_finite({**weights, **tensors}, f"the checkpoint of step {step}")
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -66,7 +79,20 @@ def require_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """The trainable weights, whole (gathered from the processes' shards under FSDP: a collective)."""
+    return {name: _whole(p).detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _laid_out_as(whole: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A whole saved tensor as `param` holds it: this process's shard of it under FSDP (no communication:
+    every process read the same file)."""
+    if isinstance(param, DTensor) and whole.shape == param.shape:
+        return distribute_tensor(whole.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+    return whole
 
 
 def verify(path: Path) -> str | None:
@@ -108,23 +134,33 @@ def latest_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore trainable weights, optimizer and RNG state; return the saved loop state."""
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks trainable parameters such as '{missing[0]}' — it was "
-                              "written by a run with a different method or model\n  fix: resume with the "
-                              "original config, or start a new run in another output.dir")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    restore_trainable(model, load_file(path / "trainable.safetensors"), str(path))
     meta = json.loads((path / "optimizer.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta))
+    saved = _unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta)
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]  # the state dict's numbering
+    for index, slots in saved["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                slots[key] = _laid_out_as(value, ordered[index])
+    optimizer.load_state_dict(saved)
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available() and "torch_cuda" in rng:
         torch.cuda.set_rng_state(rng["torch_cuda"])
     return json.loads((path / "state.json").read_text())
+
+
+def restore_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy whole trainable weights (a checkpoint's, or gathered from FSDP shards) into the model."""
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise CheckpointError(f"{source}: checkpoint lacks trainable parameters such as '{missing[0]}' — it was "
+                              "written by a run with a different method or model\n  fix: resume with the "
+                              "original config, or start a new run in another output.dir")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(_laid_out_as(tensor, params[name]))
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -133,7 +169,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for index, slots in state_dict["state"].items():
         for key, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"{index}.{key}"] = value.detach().contiguous().clone()
+                tensors[f"{index}.{key}"] = _whole(value).detach().contiguous().clone()
             else:
                 scalars[f"{index}.{key}"] = value
     return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}

@@ -24,7 +24,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,6 +50,7 @@ class World:
     rank: int = 0
     size: int = 1
     control: Any = None  # a gloo group with a long timeout: waiting on the main process's own work
+    sharded: bool = False  # FSDP2 (train.distributed: fsdp): weights, gradients and optimizer state in shards
 
     @property
     def main(self) -> bool:
@@ -77,6 +78,15 @@ class World:
             raise FollowerError(value)
         return value
 
+    def on_model(self, compute: Callable[[], Any]) -> Any:
+        """Work on the model (an evaluation): under FSDP every process runs it, since each forward gathers the
+        shards, and the main process's result is the one kept; otherwise the main process runs it alone."""
+        if not self.sharded:
+            return self.from_main(compute)
+        box = [compute()]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
     def wait_for_main(self) -> None:
         """The other processes wait here while the main one writes (a checkpoint) or evaluates."""
         if self.active:
@@ -95,19 +105,44 @@ class World:
         return tensor.tolist()
 
     def data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The module the loop runs forwards and backwards through: `model` itself in one process, else a DDP
-        wrapper whose gradients are summed over the processes (each process's loss is already a share of the
-        window's normalised loss)."""
+        """The module the loop runs forwards and backwards through, its gradients summed over the processes
+        (each process's loss is already its share of the window's normalised loss): `model` itself in one
+        process; a DDP wrapper; or, under FSDP, `model` sharded in place, each transformer block (the model's
+        own `_no_split_modules`) a unit that gathers its weights for its forward and backward."""
         if not self.active:
+            return model
+        if self.sharded:
+            from torch.distributed.fsdp import FSDPModule, fully_shard
+
+            blocks = {name for module in model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+            for module in list(model.modules()):
+                if type(module).__name__ in blocks:
+                    fully_shard(module)
+            fully_shard(model)
+            for unit in model.modules():  # summed, not averaged (each unit reduces its own gradients)
+                if isinstance(unit, FSDPModule):
+                    unit.set_gradient_divide_factor(1.0)
+                    unit.set_force_sum_reduction_for_comms(True)  # a plain sum: gloo has no pre-scaled one
             return model
         wrapped = _DataParallel(model, forward_sync_buffers=False)
         wrapped.register_comm_hook(None, _sum_gradients)
         return wrapped
 
-    def no_sync(self, model: torch.nn.Module, last: bool) -> AbstractContextManager:
+    @contextmanager
+    def no_sync(self, model: torch.nn.Module, last: bool) -> Iterator[None]:
         """Gradients of every micro-batch but a step's last are only accumulated; the last one's exchange
         carries them all."""
-        return model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
+        if last or not self.active:
+            yield
+        elif self.sharded:
+            model.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+        else:
+            with model.no_sync():
+                yield
 
 
 class _DataParallel(DistributedDataParallel):
@@ -133,7 +168,7 @@ def world() -> World:
     return _WORLD
 
 
-def join_world(timeout_s: int, where: str) -> World:
+def join_world(timeout_s: int, how: str, where: str) -> World:
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR ...); one
     process without it. NCCL on GPUs (each process on its LOCAL_RANK's device), gloo on CPUs."""
     global _WORLD
@@ -149,7 +184,7 @@ def join_world(timeout_s: int, where: str) -> World:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
     control = dist.new_group(backend="gloo", timeout=SOLO_WORK_TIMEOUT)
-    _WORLD = World(dist.get_rank(), dist.get_world_size(), control)
+    _WORLD = World(dist.get_rank(), dist.get_world_size(), control, sharded=how == "fsdp")
     return _WORLD
 
 
@@ -166,13 +201,18 @@ def require_one_process(what: str, where: str) -> None:
                           "(data-parallel training is for strategy: single)")
 
 
-def check_window(grad_accum: int, size: int, where: str) -> None:
-    """Each process needs at least one micro-batch of every step's window."""
-    if grad_accum < size:
-        raise ConfigError(f"{where}: train.grad_accum is {grad_accum} but {size} processes share each step's "
+def check_world(world: World, grad_accum: int, online: bool, where: str) -> None:
+    """Each process needs at least one micro-batch of every full window; FSDP's forwards are collective, so
+    every process must run as many: rollouts of different lengths would not."""
+    if grad_accum < world.size:
+        raise ConfigError(f"{where}: grad_accum is {grad_accum} but {world.size} processes share each step's "
                           f"micro-batches, so some would have none\n  fix: set train.grad_accum to a multiple of "
-                          f"{size} (the global batch is train.batch_size x train.grad_accum, whatever the number "
-                          "of processes; lower train.batch_size to keep it)")
+                          f"{world.size} (the global batch is train.batch_size x train.grad_accum, whatever the "
+                          "number of processes; lower train.batch_size to keep it)")
+    if world.sharded and online:
+        raise ConfigError(f"{where}: distributed is fsdp, but an online objective samples completions of "
+                          "different lengths in each process, and FSDP's forwards must run in step\n  fix: set "
+                          "train.distributed: ddp")
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,9 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     plan = StepPlan([len(e) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
                     cfg.group_by_length, cfg.shuffle)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
+    with distributed.peers_guard(lambda: "at the start", cfg.collective_timeout_s):
+        # before the optimizer: FSDP replaces the parameters with their shards
+        forward_model = world.data_parallel(model)
     optimizer = build_optimizer(model, cfg, inputs.lr_scale)
     if resume_from is not None:
         saved = checkpoint.load_checkpoint(resume_from, model, optimizer)
@@ -95,7 +99,6 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
 
     try:
         with distributed.peers_guard(lambda: f"at step {state.step + 1}", cfg.collective_timeout_s):
-            forward_model = world.data_parallel(model)
             for step in range(state.step, total):
                 step_started, window = time.perf_counter(), plan.window(step)
                 with guard(f"in training step {step + 1}"):
@@ -117,11 +120,13 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
                     _report(inputs, state, total, values, tokens_seen, started, state.step - first_step)
                 if _periodic(state.step, cfg.eval_every, total) and inputs.evaluate is not None:
                     with guard(f"evaluating at step {state.step}"):  # the main process decides for all
-                        state.stopped_early = world.from_main(lambda: _evaluate(inputs, state))
+                        state.stopped_early = world.on_model(lambda: _evaluate(inputs, state))
                 if _periodic(state.step, cfg.save_every, total) or state.stopped_early:
                     with guard(f"writing the checkpoint of step {state.step}"):
-                        world.from_main(lambda: checkpoint.save_checkpoint(
-                            inputs.checkpoint_dir, state.step, model, optimizer, state.as_json(), cfg.keep_last))
+                        # taken whole by the main process, with every process's help under FSDP
+                        taken = checkpoint.snapshot(model, optimizer) if world.main or world.sharded else None
+                        world.from_main(partial(checkpoint.write_checkpoint, inputs.checkpoint_dir, state.step,
+                                                taken, state.as_json(), cfg.keep_last))
                 if state.stopped_early:
                     inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
                                         f"improve for {cfg.early_stopping_patience} evaluations")

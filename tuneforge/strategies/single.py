@@ -47,11 +47,11 @@ class RunResult:
 def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: bool = False, force: bool = False,
         quiet: bool = False) -> RunResult:
     cfg = loaded.run
-    world = distributed.join_world(cfg.train.collective_timeout_s, loaded.where("train"))
-    if world.active:
-        distributed.check_window(cfg.train.grad_accum, world.size, loaded.where("train", "grad_accum"))
+    world = distributed.join_world(cfg.train.collective_timeout_s, cfg.train.distributed, loaded.where("train"))
     console = RunConsole(quiet=quiet, silent=not world.main)
     recipe = read_recipe(loaded)
+    if world.active:
+        distributed.check_world(world, cfg.train.grad_accum, bool(recipe.rewards), loaded.where("train"))
     run_dir = resolve_run_dir(loaded)
     main = world.main
 
@@ -92,6 +92,12 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             inputs = loop_inputs(session, prepared, cfg, metrics, console, run_dir / CHECKPOINTS, evaluate)
             state = train_loop(inputs, LoopState(fingerprint=status["fingerprint"]), resume_from)
             wall = time.perf_counter() - started
+            if world.sharded:  # the trained weights gathered whole; the main process rebuilds the model with them
+                trained = checkpoint.trainable_state(session.model)
+                if main:
+                    session = open_session(loaded, recipe, console)
+                    checkpoint.restore_trainable(session.model, trained, "the gathered FSDP shards")
+                    evaluate = make_evaluator(session, prepared, cfg)
             if not main:  # the main process saves, evaluates and writes the results
                 return RunResult(run_dir, state.step)
             checkpoint.require_finite(checkpoint.trainable_state(session.model), "the trained weights")
@@ -203,9 +209,11 @@ def fingerprint_of(cfg, prepared: Prepared) -> dict:
 
 
 def _training_config(cfg) -> dict:
-    """What decides the trained weights: everything but evaluation and output settings (and the strategy when
-    it is plain `single`, so runs from before strategies existed resume)."""
-    data = cfg.model_dump(mode="json", exclude={"eval": True, "output": True, "train": {"collective_timeout_s"}})
+    """What decides the trained weights: everything but evaluation and output settings and how processes share
+    the work (so a run resumes with any number of processes), and the strategy when it is plain `single` (so
+    runs from before strategies existed resume)."""
+    sharing = {"collective_timeout_s", "distributed"}
+    data = cfg.model_dump(mode="json", exclude={"eval": True, "output": True, "train": sharing})
     if data.get("strategy") == {"name": "single"}:
         del data["strategy"]
     return data
