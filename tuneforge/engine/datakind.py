@@ -3,7 +3,7 @@ sees them (KTO's rated completions gain their KL reference side)."""
 
 from __future__ import annotations
 
-from tuneforge.config import LoadedConfig
+from tuneforge.config import DatasetSpec, LoadedConfig
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.formats import with_kl_completions
 from tuneforge.errors import ConfigError, DataError
@@ -55,12 +55,17 @@ def load_splits(loaded: LoadedConfig, objective: Objective, notes: list[str]) ->
     the objective sees them; no tokenizer or model is needed. Warnings (skipped records, keys nothing reads)
     are appended to `notes`. `tuneforge train` and `tuneforge data check` read data through here."""
     cfg = loaded.run
-    splits = {"train": load_examples(cfg.data.train, cfg.train.seed, loaded.resolve_path,
-                                     bad_records=cfg.data.bad_records, notes=notes, sampling=cfg.data.sampling,
-                                     temperature=cfg.data.temperature)}
-    if cfg.data.test:
-        splits["test"] = load_examples(cfg.data.test, cfg.train.seed, loaded.resolve_path,
-                                       bad_records=cfg.data.bad_records, notes=notes)
+    return read_splits(loaded, objective, notes, {"train": cfg.data.train, "test": cfg.data.test or []})
+
+
+def read_splits(loaded: LoadedConfig, objective: Objective, notes: list[str],
+                specs: dict[str, list[DatasetSpec]]) -> dict[str, list]:
+    """`load_splits` for the datasets named (a federated server reads only the test data; a client its own)."""
+    cfg = loaded.run
+    mixture = {"sampling": cfg.data.sampling, "temperature": cfg.data.temperature}  # training data only
+    splits = {split: load_examples(entries, cfg.train.seed, loaded.resolve_path, bad_records=cfg.data.bad_records,
+                                   notes=notes, **(mixture if split == "train" else {}))
+              for split, entries in specs.items() if entries}
     check_data_kind([e for examples in splits.values() for e in examples], objective, loaded)
     return {split: objective_examples(examples, objective) for split, examples in splits.items()}
 

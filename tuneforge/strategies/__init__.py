@@ -33,9 +33,9 @@ class Strategy:
 
 @cache
 def registry() -> dict[str, Strategy]:
-    from tuneforge.strategies import continual, multitask, single
+    from tuneforge.strategies import continual, federated, multitask, single
 
-    entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY, multitask.STRATEGY)}
+    entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY, multitask.STRATEGY, federated.STRATEGY)}
     if {name: s.params for name, s in entries.items()} != PARAMS:
         raise RuntimeError("strategies.params.PARAMS and the registry disagree")  # caught by any test run
     return entries

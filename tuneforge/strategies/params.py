@@ -87,9 +87,7 @@ class SequentialParams(StrategyParams):
     @model_validator(mode="before")
     @classmethod
     def _named(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("mitigation"), str):
-            data = {**data, "mitigation": {"name": data["mitigation"]}}
-        return data
+        return _named_choice(data, "mitigation")
 
     def mitigation_params(self, where: str = "config key 'strategy'") -> MitigationParams:
         schema = registry_lookup(MITIGATION_PARAMS, self.mitigation.name, "strategy.mitigation")
@@ -106,5 +104,79 @@ class MultitaskParams(StrategyParams):
         "shared", description="one adapter on the mixture, or one adapter per task on one base")
 
 
+class AggregationParams(StrategyParams):
+    pass
+
+
+class FedAvgParams(AggregationParams):
+    """FedAvg: the clients' trained weights averaged, weighted by their examples"""
+
+
+class FedProxParams(AggregationParams):
+    """FedProx: FedAvg, each client's loss with a proximal pull toward the round's global weights"""
+
+    mu: float = Field(0.01, ge=0, description="μ of μ/2·‖w − w_global‖², added to each client's loss")
+
+
+class FedOptParams(AggregationParams):
+    eta: float = Field(0.01, gt=0, description="the server's learning rate on the averaged update")
+    beta_1: float = Field(0.9, ge=0, lt=1)
+    beta_2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0, description="the adaptivity floor (ε of Adam)")
+
+
+class FedAdamParams(FedOptParams):
+    """FedAdam: the averaged client update fed to a server-side Adam"""
+
+
+class FedYogiParams(FedOptParams):
+    """FedYogi: the averaged client update fed to a server-side Yogi (Adam with a sign-controlled second moment)"""
+
+
+AGGREGATION_PARAMS: dict[str, type[AggregationParams]] = {
+    "fedavg": FedAvgParams, "fedprox": FedProxParams, "fedadam": FedAdamParams, "fedyogi": FedYogiParams}
+
+
+class FederatedParams(StrategyParams):
+    """Federated fine-tuning on Flower: clients train the adapter on their own data for `local_steps` a round;
+    the server aggregates only the trainable weights, never sees the data."""
+
+    clients: int = Field(10, ge=1, le=10_000, description="clients data.train is split among (ignored with "
+                         "client_data)")
+    client_data: list[str] = Field(default_factory=list, description="one data file per client, instead of a "
+                                   "split of data.train")
+    split: Literal["iid", "dirichlet"] = Field("dirichlet", description="how data.train is split: evenly at "
+                                               "random, or by a Dirichlet(alpha) over each record's task")
+    alpha: float = Field(0.5, gt=0, le=1000, description="Dirichlet concentration: small is very non-IID")
+    min_client_examples: int = Field(5, ge=1, description="the Dirichlet split is drawn again until every "
+                                     "client has this many")
+    rounds: int = Field(5, ge=1, le=100_000)
+    local_steps: int = Field(2, ge=1, le=1_000_000, description="optimizer steps each client takes per round")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of the clients sampled each round")
+    holdout: float = Field(0.2, ge=0, lt=1, description="share of each client's data it keeps to score the "
+                           "global model on")
+    aggregation: NamedParams = Field(default_factory=lambda: NamedParams(name="fedavg"),
+                                     description="fedavg | fedprox | fedadam | fedyogi, with its parameters")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data):
+        return _named_choice(data, "aggregation")
+
+    def aggregation_params(self, where: str = "config key 'strategy'") -> AggregationParams:
+        schema = registry_lookup(AGGREGATION_PARAMS, self.aggregation.name, "strategy.aggregation")
+        return validate_named_params(schema, self.aggregation, "strategy.aggregation", where)
+
+    def check(self, where: str) -> None:
+        self.aggregation_params(where)
+
+
+def _named_choice(data, key: str):
+    """`key: NAME` as shorthand for `key: {name: NAME}`."""
+    if isinstance(data, dict) and isinstance(data.get(key), str):
+        data = {**data, key: {"name": data[key]}}
+    return data
+
+
 PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams,
-                                           "multitask": MultitaskParams}
+                                           "multitask": MultitaskParams, "federated": FederatedParams}

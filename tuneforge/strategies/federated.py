@@ -1,0 +1,414 @@
+"""`strategy: federated`: federated fine-tuning on Flower. Clients train the method's trainable weights (the
+adapter) on their own data for `local_steps` each round; the server aggregates only those weights with one of
+Flower's strategies (FedAvg, FedProx, FedAdam, FedYogi) and never reads a client's data.
+
+Flower is the engine: the server is a `ServerApp` whose rounds call the Flower strategy's own
+`configure_train` / `aggregate_train` / `configure_evaluate`, so tuneforge can checkpoint each aggregated
+round and report it; a client is a `ClientApp` that trains through the engine's pieces (`engine.session`,
+`train_loop`), FedProx's proximal term entering as the loop's `penalty`. By default the federation runs in
+Flower's simulation on this machine (`run_simulation`: each client a Ray actor with its own copy of the model,
+built once per actor).
+
+Who reads what: the server process reads the config, the model and `data.test` (the global model's test set).
+A client reads `data.train` and takes its own share (`split: iid | dirichlet`, the same seeded split in every
+client), or its own file (`client_data`); it keeps `holdout` of it to score the global model on its own data.
+
+The run directory: `rounds/step-0000000N/` holds the aggregated weights after round N (and a server optimizer's
+state), written atomically; `metrics.jsonl` a row per round (each client's held-out score, the global model's,
+bytes exchanged, wall time); a resume starts after the last aggregated round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import torch
+
+from tuneforge.config import DatasetSpec, LoadedConfig, dump_yaml
+from tuneforge.data.dataset import encode_examples
+from tuneforge.data.partition import split_clients
+from tuneforge.data.render import use_chat_template
+from tuneforge.engine import checkpoint
+from tuneforge.engine.datakind import read_splits
+from tuneforge.engine.lock import run_lock
+from tuneforge.engine.loop import LoopState, train_loop
+from tuneforge.engine.optim import lr_at
+from tuneforge.engine.resources import resource_guard
+from tuneforge.engine.session import Prepared, Recipe, loop_inputs, make_evaluator, open_session, read_recipe
+from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole
+from tuneforge.errors import ConfigError, TrainingError
+from tuneforge.models.load import load_tokenizer
+from tuneforge.strategies import Strategy
+from tuneforge.strategies.params import FederatedParams, FedOptParams, FedProxParams
+from tuneforge.strategies.penalties import l2sp
+from tuneforge.strategies.single import (
+    CHECKPOINTS,
+    EVAL_FILE,
+    RUN_FILE,
+    RunResult,
+    check_run_dir,
+    create_run_dir,
+    format_scores,
+    read_json,
+    resolve_run_dir,
+    run_inputs,
+    step_of,
+    write_json,
+)
+
+ROUNDS = "rounds"
+
+
+def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, force: bool = False,
+        quiet: bool = False) -> RunResult:
+    _require_flower(loaded.where("strategy"))
+    cfg = loaded.run
+    console = RunConsole(quiet=quiet)
+    recipe = read_recipe(loaded)
+    aggregation = params.aggregation_params(loaded.where("strategy"))
+    names = _client_names(params)
+    run_dir = resolve_run_dir(loaded)
+
+    def guard(doing: str):
+        return resource_guard(doing, run_dir / ROUNDS, cfg.train)
+
+    with run_lock(run_dir):
+        resuming = check_run_dir(run_dir, resume, cfg.output.overwrite,
+                                 run_inputs(loaded) if cfg.output.overwrite and not resume else ())
+        server_data = _server_data(loaded, recipe)
+        with guard("loading the model"):
+            session = open_session(loaded, recipe, console)
+        evaluate = make_evaluator(session, server_data, cfg)
+        adapter_bytes, full_bytes = _exchange_bytes(session.model)
+        with guard("creating the run directory"):
+            create_run_dir(run_dir, resuming, cfg.output.overwrite)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            server_data.tokenizer.save_pretrained(run_dir / "tokenizer")
+            write_json(run_dir / RUN_FILE, {"status": "training", "clients": names, **session.summary()})
+        strategy = _flower_strategy(aggregation, params, len(names), cfg.train.lr)
+        done, weights = _last_round(run_dir, strategy) if resuming else (0, checkpoint.trainable_state(session.model))
+        console.info(f"federated: {len(names)} clients, {params.rounds} rounds of {params.local_steps} local steps, "
+                     f"{aggregation.__class__.__name__.removesuffix('Params')}; each round exchanges "
+                     f"{_mib(adapter_bytes)} per client each way ({100 * adapter_bytes / full_bytes:.2f}% of the "
+                     f"full model's {_mib(full_bytes)})" + (f"; resuming after round {done}" if done else ""))
+        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=done if resuming else None)
+        server = _Server(loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
+                         adapter_bytes, full_bytes, weights, done)
+        started = time.perf_counter()
+        try:
+            _simulate(server, _client_app(loaded, params), len(names))
+        finally:
+            metrics.close()
+        if server.error is not None:
+            raise server.error
+        checkpoint.restore_trainable(session.model, server.weights, "the last aggregated round")
+        with guard("saving the trained weights"):
+            recipe.method.save(session.model, run_dir)
+        with guard("evaluating the trained model"):
+            eval_after, samples = evaluate(generate=True)
+        summary = {"rounds": params.rounds, "wall_s": round(time.perf_counter() - started, 1),
+                   "bytes_exchanged": server.bytes_total, "missing": server.missing}
+        with guard("writing the run's results"):
+            write_json(run_dir / EVAL_FILE, {"before": server.before, "after": eval_after, "samples": samples[:50]})
+            write_json(run_dir / RUN_FILE, {**read_json(run_dir / RUN_FILE), "status": "complete", "train": summary})
+        console.info("after: " + format_scores(eval_after))
+        return RunResult(run_dir, params.rounds * params.local_steps, summary, server.before, eval_after)
+
+
+# ----------------------------------------------------------------------------------------------- the server
+
+
+class _Server:
+    """The rounds, run inside Flower's `ServerApp`: each sends the global weights to the sampled clients,
+    aggregates their answers with the Flower strategy, has the clients score it on their held-out data, scores
+    it on `data.test`, logs the round and checkpoints it."""
+
+    def __init__(self, loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
+                 adapter_bytes, full_bytes, weights, done):
+        self.loaded, self.params, self.strategy, self.session = loaded, params, strategy, session
+        self.evaluate, self.metrics, self.console, self.run_dir, self.names = evaluate, metrics, console, run_dir, names
+        self.adapter_bytes, self.full_bytes = adapter_bytes, full_bytes
+        self.weights, self.done = weights, done
+        self.error: BaseException | None = None
+        self.before: dict = read_json(run_dir / EVAL_FILE).get("before", {}) if done else {}
+        self.bytes_total, self.missing = 0, {}
+
+    def main(self, grid, context) -> None:
+        try:
+            self._rounds(grid)
+        except BaseException as exc:  # Flower logs and swallows what its ServerApp raises: keep it to re-raise
+            self.error = exc
+
+    def _rounds(self, grid) -> None:
+        from flwr.app import ArrayRecord, ConfigRecord
+
+        cfg, params = self.loaded.run, self.params
+        if not self.done:
+            self.before = self._score(self.weights)
+            write_json(self.run_dir / EVAL_FILE, {"before": self.before})
+            self.console.info("round 0: global " + format_scores(self.before))
+        for round_ in range(self.done + 1, params.rounds + 1):
+            started = time.perf_counter()
+            arrays = ArrayRecord(self.weights)
+            lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
+            replies = list(grid.send_and_receive(self.strategy.configure_train(
+                round_, arrays, ConfigRecord({"lr": lr}), grid), timeout=_ROUND_TIMEOUT_S))
+            aggregated, _ = self.strategy.aggregate_train(round_, replies)
+            answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
+            missing = [f"node {r.metadata.src_node_id}" for r in replies if r.has_error()]
+            if aggregated is None:
+                raise TrainingError(f"round {round_}: no client returned trained weights ({', '.join(missing)})\n  "
+                                    "fix: see the clients' errors; --resume continues after the last round")
+            self.weights = aggregated.to_torch_state_dict()
+            evaluations = list(grid.send_and_receive(self.strategy.configure_evaluate(
+                round_, aggregated, ConfigRecord({}), grid), timeout=_ROUND_TIMEOUT_S))
+            held_out = {self._name(r): dict(r.content["metrics"]) for r in evaluations if not r.has_error()}
+            scores = self._score(self.weights)
+            sent = 2 * self.adapter_bytes * len(answered)  # FlowerTune's count: down and up, each client
+            self.bytes_total += sent
+            if missing:
+                self.missing[round_] = missing
+            row = {"clients": sorted(answered), "missing": missing, "global": scores,
+                   "train_loss": {name: m["train_loss"] for name, m in answered.items()},
+                   "client_scores": {name: {k: v for k, v in m.items() if k != "num-examples"}
+                                     for name, m in held_out.items()},
+                   "bytes_exchanged": sent, "bytes_full_model": 2 * self.full_bytes * len(answered),
+                   "wall_s": round(time.perf_counter() - started, 2)}
+            self.metrics.log(round_, "round", row)
+            checkpoint.write_checkpoint(self.run_dir / ROUNDS, round_, (
+                {k: v.contiguous() for k, v in self.weights.items()}, _server_state(self.strategy),
+                {"param_groups": [], "scalars": {}}), {"round": round_}, keep_last=2)
+            self.done = round_
+            self.console.info(f"round {round_}/{params.rounds}: global {format_scores(scores)}; "
+                              f"{len(answered)} clients" + (f", missing {', '.join(missing)}" if missing else "")
+                              + f"; {_mib(sent)} exchanged; {row['wall_s']:.0f} s")
+
+    def _score(self, weights: dict[str, torch.Tensor]) -> dict:
+        checkpoint.restore_trainable(self.session.model, weights, "the aggregated weights")
+        return self.evaluate(generate=True)[0]
+
+    def _name(self, reply) -> str:
+        return self.names[int(reply.content["metrics"]["client"])]
+
+
+_ROUND_TIMEOUT_S = 24 * 3600.0  # a round waits for its clients; a client that fails answers with an error
+
+
+def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: float):
+    """The Flower strategy that aggregates: FedAvg, FedProx (the proximal term is the clients' to add: Flower
+    sends them its μ), FedAdam or FedYogi (a server-side optimizer over the averaged update)."""
+    from flwr.serverapp import strategy as flower_strategies
+
+    sampled = max(1, round(params.fraction * clients))
+    common = {"fraction_train": params.fraction, "fraction_evaluate": 1.0 if params.holdout else 0.0,
+              "min_train_nodes": sampled, "min_evaluate_nodes": clients if params.holdout else 0,
+              "min_available_nodes": clients}
+    name = params.aggregation.name
+    if isinstance(aggregation, FedProxParams):
+        return flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)
+    if isinstance(aggregation, FedOptParams):
+        opt = {"fedadam": flower_strategies.FedAdam, "fedyogi": flower_strategies.FedYogi}[name]
+        # eta_l, the clients' learning rate, is only reported by Flower: the clients train at train.lr
+        return opt(**common, eta=aggregation.eta, eta_l=lr, beta_1=aggregation.beta_1, beta_2=aggregation.beta_2,
+                   tau=aggregation.tau)
+    return flower_strategies.FedAvg(**common)
+
+
+def _server_state(strategy) -> dict[str, torch.Tensor]:
+    """A server optimizer's moments (FedAdam, FedYogi), to resume with them."""
+    state = {}
+    for slot in ("m_t", "v_t"):
+        for name, value in (getattr(strategy, slot, None) or {}).items():
+            state[f"{slot}.{name}"] = torch.from_numpy(value.copy())
+    return state
+
+
+def _last_round(run_dir: Path, strategy) -> tuple[int, dict[str, torch.Tensor]]:
+    """The last aggregated round's weights (and the server optimizer's moments put back)."""
+    from safetensors.torch import load_file
+
+    found, skipped = checkpoint.latest_checkpoint(run_dir / ROUNDS)
+    if found is None:
+        raise TrainingError(f"--resume: no complete round in {run_dir / ROUNDS}"
+                            + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
+                            + "\n  fix: start again with output.overwrite=true")
+    state = load_file(found / "optimizer.safetensors")
+    for slot in ("m_t", "v_t"):
+        moments = {k.split(".", 1)[1]: v.numpy() for k, v in state.items() if k.startswith(f"{slot}.")}
+        if moments:
+            setattr(strategy, slot, moments)
+    return step_of(found), load_file(found / "trainable.safetensors")
+
+
+def _server_data(loaded: LoadedConfig, recipe: Recipe) -> Prepared:
+    """The server's data: the tokenizer and `data.test` only (the training data is the clients')."""
+    cfg = loaded.run
+    if not cfg.data.test:
+        raise ConfigError(f"{loaded.where('data')}: a federated run scores the global model on data.test\n  fix: "
+                          "give data.test (held-out records the server may read)")
+    tokenizer = load_tokenizer(cfg.model)
+    test_raw = read_splits(loaded, recipe.objective, [], {"test": cfg.data.test})["test"]
+    if cfg.eval.max_examples:
+        test_raw = test_raw[:cfg.eval.max_examples * max(1, len({e.task for e in test_raw}))]
+    test, _ = encode_examples(test_raw, tokenizer, cfg.data, apply_drop_guard=False)
+    return Prepared([], test, test_raw, tokenizer, use_chat_template(tokenizer, cfg.data.template), {})
+
+
+def _exchange_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """Bytes of the exchanged (trainable) weights, and of the whole model's weights in fp32 (what a full-model
+    federation would exchange)."""
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() * 4 for p in model.parameters())
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.2f} MiB"
+
+
+def _client_names(params: FederatedParams) -> list[str]:
+    if params.client_data:
+        return [Path(p).stem for p in params.client_data]
+    return [f"client-{i}" for i in range(params.clients)]
+
+
+def _simulate(server: _Server, client_app, clients: int) -> None:
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    app = ServerApp()
+    app.main()(server.main)
+    run_simulation(server_app=app, client_app=client_app, num_supernodes=clients,
+                   backend_config={"client_resources": {"num_cpus": 1},
+                                   "init_args": {"logging_level": logging.ERROR, "log_to_driver": True,
+                                                 "include_dashboard": False}})
+
+
+def _require_flower(where: str) -> None:
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"{where}: strategy federated runs on Flower, which is not installed\n  fix: pip install "
+                          "'tuneforge[federated]'") from None
+
+
+# ----------------------------------------------------------------------------------------------- the clients
+
+
+@dataclass
+class _ClientData:
+    train: list
+    heldout: Prepared
+
+
+_PROCESS: dict = {}  # per client process: the session (built once) and each client's data
+
+
+def _client_app(loaded: LoadedConfig, params: FederatedParams):
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(message, context):
+        index = _client_index(context)
+        session, data = _client(loaded, params, index)
+        config = message.content["config"]
+        checkpoint.restore_trainable(session.model, message.content["arrays"].to_torch_state_dict(), "the server")
+        losses = _train_locally(loaded, params, session, data, index, int(config["server-round"]),
+                                float(config["lr"]), float(config.get("proximal-mu", 0.0)))
+        metrics = {"num-examples": len(data.train), "train_loss": sum(losses) / len(losses), "client": index}
+        return Message(RecordDict({"arrays": ArrayRecord(checkpoint.trainable_state(session.model)),
+                                   "metrics": MetricRecord(metrics)}), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message, context):
+        index = _client_index(context)
+        session, data = _client(loaded, params, index)
+        checkpoint.restore_trainable(session.model, message.content["arrays"].to_torch_state_dict(), "the server")
+        scores = make_evaluator(session, data.heldout, loaded.run)(generate=True)[0]
+        flat = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
+        return Message(RecordDict({"metrics": MetricRecord({**flat, "num-examples": len(data.heldout.test_raw),
+                                                            "client": index})}), reply_to=message)
+
+    return app
+
+
+def _client_index(context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _client(loaded: LoadedConfig, params: FederatedParams, index: int):
+    """This process's model (built once, whichever clients it serves) and client `index`'s data."""
+    if "session" not in _PROCESS:
+        recipe = read_recipe(loaded)
+        _PROCESS["session"] = open_session(loaded, recipe, RunConsole(silent=True))
+        _PROCESS["tokenizer"] = load_tokenizer(loaded.run.model)
+    if index not in _PROCESS:
+        _PROCESS[index] = _client_data(loaded, params, index, _PROCESS["tokenizer"])
+    return _PROCESS["session"], _PROCESS[index]
+
+
+def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, tokenizer) -> _ClientData:
+    """Client `index`'s records: its own file, or its share of data.train (the same seeded split in every
+    client), less the held-out share it scores the global model on."""
+    import random
+
+    cfg = loaded.run
+    objective = read_recipe(loaded).objective
+    if params.client_data:
+        records = read_splits(loaded, objective, [], {"train": [DatasetSpec(path=params.client_data[index])]})["train"]
+    else:
+        everything = read_splits(loaded, objective, [], {"train": cfg.data.train})["train"]
+        shares = split_clients([e.task for e in everything], params.clients, params.split, params.alpha,
+                               params.min_client_examples, cfg.train.seed, loaded.where("strategy"))
+        records = [everything[i] for i in shares[index]]
+    records = list(records)
+    random.Random(cfg.train.seed + index).shuffle(records)
+    cut = round(len(records) * params.holdout)
+    heldout_raw, train_raw = records[:cut], records[cut:]
+    train, _ = encode_examples(train_raw, tokenizer, cfg.data)
+    heldout, _ = encode_examples(heldout_raw, tokenizer, cfg.data, apply_drop_guard=False) if heldout_raw else ([], 0)
+    chat = use_chat_template(tokenizer, cfg.data.template)
+    return _ClientData(train, Prepared([], heldout, heldout_raw, tokenizer, chat, {}))
+
+
+class _Losses(NullMetrics):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def log(self, step: int, kind: str, values: dict) -> None:
+        if kind == "train":
+            self.losses.append(values["loss"])
+
+
+def _train_locally(loaded: LoadedConfig, params: FederatedParams, session, data: _ClientData, index: int,
+                   round_: int, lr: float, mu: float) -> list[float]:
+    """`local_steps` optimizer steps on the client's data at the round's learning rate (a fresh optimizer each
+    round, a shuffle seeded by the round and client); FedProx's μ/2·‖w − w_global‖² as the loop's penalty."""
+    cfg = loaded.run
+    local = cfg.train.model_copy(update={
+        "max_steps": params.local_steps, "epochs": 1.0, "lr": lr, "schedule": "constant", "warmup_steps": 0,
+        "warmup_ratio": 0.0, "seed": cfg.train.seed + 1000 * round_ + index, "eval_every": 0, "save_every": 0,
+        "early_stopping_patience": None})
+    phase = cfg.model_copy(update={"train": local})
+    prepared = Prepared(data.train, [], [], data.heldout.tokenizer, data.heldout.chat, {})
+    losses = _Losses()
+    with TemporaryDirectory() as scratch:
+        inputs = loop_inputs(session, prepared, phase, losses, RunConsole(silent=True), Path(scratch) / CHECKPOINTS,
+                             lambda generate: ({}, []))
+        if mu > 0:
+            anchors = {n: p.detach().clone() for n, p in session.model.named_parameters() if p.requires_grad}
+            inputs.penalty = lambda model: l2sp({n: p for n, p in model.named_parameters() if p.requires_grad},
+                                                anchors, mu)
+        train_loop(inputs, LoopState())
+    return losses.losses
+
+
+STRATEGY = Strategy("federated", "clients train the adapter on their own data; Flower aggregates the weights "
+                    "(FedAvg, FedProx, FedAdam, FedYogi)", FederatedParams, run)
