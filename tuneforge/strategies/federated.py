@@ -20,6 +20,7 @@ bytes exchanged, wall time); a resume starts after the last aggregated round."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,16 +166,17 @@ class _Server:
             self.weights = aggregated.to_torch_state_dict()
             evaluations = list(grid.send_and_receive(self.strategy.configure_evaluate(
                 round_, aggregated, ConfigRecord({}), grid), timeout=_ROUND_TIMEOUT_S))
-            held_out = {self._name(r): dict(r.content["metrics"]) for r in evaluations if not r.has_error()}
+            held_out = {self._name(r): {k: v for k, v in r.content["metrics"].items() if k not in ("client",
+                                                                                                 "num-examples")}
+                        for r in evaluations if not r.has_error()}
             scores = self._score(self.weights)
             sent = 2 * self.adapter_bytes * len(answered)  # FlowerTune's count: down and up, each client
             self.bytes_total += sent
             if missing:
                 self.missing[round_] = missing
             row = {"clients": sorted(answered), "missing": missing, "global": scores,
-                   "train_loss": {name: m["train_loss"] for name, m in answered.items()},
-                   "client_scores": {name: {k: v for k, v in m.items() if k != "num-examples"}
-                                     for name, m in held_out.items()},
+                   "train_loss": {name: answered[name]["train_loss"] for name in sorted(answered)},
+                   "client_scores": {name: held_out[name] for name in sorted(held_out)},
                    "bytes_exchanged": sent, "bytes_full_model": 2 * self.full_bytes * len(answered),
                    "wall_s": round(time.perf_counter() - started, 2)}
             self.metrics.log(round_, "round", row)
@@ -278,14 +280,25 @@ def _simulate(server: _Server, client_app, clients: int) -> None:
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    for name in ("flwr", "ray"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("flwr", "ray"):  # tuneforge reports the rounds; Flower's and Ray's notices are not the user's
+        logging.getLogger(name).setLevel(logging.ERROR)
     app = ServerApp()
     app.main()(server.main)
-    run_simulation(server_app=app, client_app=client_app, num_supernodes=clients,
-                   backend_config={"client_resources": {"num_cpus": 1},
-                                   "init_args": {"logging_level": logging.ERROR, "log_to_driver": True,
-                                                 "include_dashboard": False}})
+    # the client processes (Ray's workers) inherit this process's environment: libraries' notices off there
+    quiet = {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    saved = {key: os.environ.get(key) for key in quiet}
+    os.environ.update(quiet)
+    try:
+        run_simulation(server_app=app, client_app=client_app, num_supernodes=clients,
+                       backend_config={"client_resources": {"num_cpus": 1},
+                                       "init_args": {"logging_level": logging.ERROR, "log_to_driver": True,
+                                                     "include_dashboard": False}})
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _require_flower(where: str) -> None:

@@ -1,0 +1,109 @@
+"""`strategy: federated` on Flower: the client splits (pure), the strategy's mapping onto Flower's own, and one
+federation in Flower's simulation on the tiny model, whose server process is watched never to open the
+clients' training data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_config, write_jsonl
+from tuneforge.data.partition import split_clients
+from tuneforge.errors import ConfigError
+
+
+def test_dirichlet_split_gives_every_record_to_one_client_and_skews_tasks():
+    tasks = [f"task{i % 4}" for i in range(400)]
+    shares = split_clients(tasks, 10, "dirichlet", 0.3, 5, seed=1, where="strategy")
+    rows = sorted(i for share in shares for i in share)
+    assert rows == list(range(400))
+    assert min(len(s) for s in shares) >= 5
+    # non-IID: most clients hold one task for more than half their records (an IID split would hold ~25%)
+    dominant = [Counter(tasks[i] for i in share).most_common(1)[0][1] / len(share) for share in shares]
+    assert sum(d > 0.5 for d in dominant) >= 6
+    assert split_clients(tasks, 10, "dirichlet", 0.3, 5, seed=1, where="strategy") == shares  # seeded
+    iid = split_clients(tasks, 4, "iid", 1.0, 1, seed=1, where="strategy")
+    assert sorted(len(s) for s in iid) == [100] * 4
+    assert all(len(Counter(tasks[i] for i in s)) == 4 for s in iid)
+
+
+def test_a_split_that_cannot_be_made_is_a_located_error():
+    with pytest.raises(ConfigError, match=r"strategy: .*cannot be split among 10 clients"):
+        split_clients(["a"] * 5, 10, "iid", 1.0, 1, seed=0, where="strategy")
+    with pytest.raises(ConfigError, match="fewer than two"):
+        split_clients(["a"] * 50, 5, "dirichlet", 0.5, 1, seed=0, where="strategy")
+
+
+def test_aggregations_are_flowers_own_strategies():
+    from flwr.serverapp import strategy as flower
+
+    from tuneforge.strategies.federated import _flower_strategy
+    from tuneforge.strategies.params import FederatedParams
+
+    def made(aggregation: dict):
+        params = FederatedParams(clients=4, fraction=0.5, aggregation=aggregation)
+        return _flower_strategy(params.aggregation_params(), params, 4, 1e-3)
+
+    assert type(made({"name": "fedavg"})) is flower.FedAvg
+    prox = made({"name": "fedprox", "mu": 0.5})
+    assert type(prox) is flower.FedProx and prox.proximal_mu == 0.5
+    adam = made({"name": "fedadam", "eta": 0.02})
+    assert type(adam) is flower.FedAdam and adam.eta == 0.02
+    assert type(made({"name": "fedyogi"})) is flower.FedYogi
+    assert prox.min_train_nodes == 2 and prox.min_available_nodes == 4
+
+
+def test_a_typo_in_the_aggregation_names_the_nearest_key():
+    from tuneforge.config import NamedParams
+    from tuneforge.strategies import validate_strategy_params
+
+    with pytest.raises(ConfigError, match=r"did you mean 'strategy\.aggregation\.mu'"):
+        validate_strategy_params(NamedParams(name="federated", aggregation={"name": "fedprox", "muu": 1}))
+
+
+def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_server(tmp_path, tiny_model_dir):
+    """Three clients, two rounds of FedAvg in Flower's simulation (each client a Ray actor). The server (this
+    process) reads the config, the model and data.test; an audit hook sees every file it opens."""
+    from tuneforge.api import train
+
+    records = [{"prompt": f"Repeat {i}", "completion": f"{i}"} for i in range(24)]
+    clients = [write_jsonl(tmp_path / f"hospital-{c}.jsonl", records[c::3]) for c in range(3)]
+    config = tiny_config(tmp_path, tiny_model_dir, method={"dropout": 0.0}, train={"batch_size": 4},
+                         strategy={"name": "federated", "client_data": [str(c) for c in clients], "rounds": 2,
+                                   "local_steps": 1, "holdout": 0.25})
+    opened: list[str] = []
+    watching = {"on": True}
+
+    def audit(event: str, args: tuple) -> None:
+        if watching["on"] and event == "open" and isinstance(args[0], str | bytes):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    try:
+        result = train(config, quiet=True)
+    finally:
+        watching["on"] = False
+    assert not [path for path in opened if "hospital-" in path], "the server opened a client's data"
+    assert any(path.endswith("test.jsonl") for path in opened)  # it did read its own test set
+
+    run_dir = result.run_dir
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rounds = [row for row in rows if row["kind"] == "round"]
+    assert [row["step"] for row in rounds] == [1, 2]
+    for row in rounds:
+        assert row["clients"] == ["hospital-0", "hospital-1", "hospital-2"] and row["missing"] == []
+        assert set(row["client_scores"]) == set(row["clients"]) and "loss" in row["global"]
+        assert row["bytes_exchanged"] == 2 * 3 * 8192 * 4  # the LoRA weights in fp32, down and up, 3 clients
+        assert row["bytes_exchanged"] / row["bytes_full_model"] < 0.05
+    # the saved adapter is the last aggregated round's, and it moved from the initial weights
+    saved = load_file(run_dir / "rounds" / "step-00000002" / "trainable.safetensors")
+    first = load_file(run_dir / "rounds" / "step-00000001" / "trainable.safetensors")
+    assert any(not torch.equal(saved[k], first[k]) for k in saved)
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "complete" and status["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
