@@ -107,3 +107,53 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     status = json.loads((run_dir / "run.json").read_text())
     assert status["status"] == "complete" and status["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+class _Nodes:
+    """The one thing a Flower strategy asks of the grid when it configures a round: the connected nodes."""
+
+    def __init__(self, count: int):
+        self.ids = list(range(1, count + 1))
+
+    def get_node_ids(self):
+        return self.ids
+
+
+def _round_with(strategy, initial: dict, updates: list[dict], examples: list[int]):
+    """One round through a real Flower strategy: configure, the clients' replies, aggregate."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    messages = list(strategy.configure_train(1, ArrayRecord(initial), ConfigRecord({"lr": 0.1}), _Nodes(3)))
+    replies = [Message(RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(
+        {"num-examples": n, "one": 1, "train_loss": 0.0, "client": i})}), reply_to=message)
+        for i, (message, update, n) in enumerate(zip(messages, updates, examples, strict=True))]
+    aggregated, _ = strategy.aggregate_train(1, replies)
+    return aggregated.to_torch_state_dict()
+
+
+def test_privacy_clips_each_update_and_accounts_epsilon(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from tuneforge.strategies.federated import _flower_strategy, _privacy_spent
+
+    for slot in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process is given by Flower
+        monkeypatch.setattr(TaskIdentity, slot, 1)
+    from tuneforge.strategies.params import FederatedParams
+
+    initial = {"w": torch.zeros(4)}
+    updates = [{"w": torch.tensor([3.0, 4.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 0.0, 0.3, 0.4])},
+               {"w": torch.tensor([0.0, 0.0, 0.0, 10.0])}]
+    plain = FederatedParams(clients=3)
+    averaged = _round_with(_flower_strategy(plain.aggregation_params(), plain, 3, 1e-3), initial, updates, [1, 1, 2])
+    torch.testing.assert_close(averaged["w"], torch.tensor([0.75, 1.0, 0.075, 5.1]))  # weighted by examples
+    clipped = FederatedParams(clients=3, privacy={"clipping_norm": 1.0})
+    result = _round_with(_flower_strategy(clipped.aggregation_params(), clipped, 3, 1e-3), initial, updates, [1, 1, 2])
+    # each update clipped to norm 1 (the second, of norm 0.5, untouched), then averaged with equal weights
+    torch.testing.assert_close(result["w"], torch.tensor([0.6, 0.8, 0.3, 1.4]) / 3)
+    noisy = FederatedParams(clients=3, privacy={"clipping_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5})
+    strategy = _flower_strategy(noisy.aggregation_params(), noisy, 3, 1e-3)
+    _round_with(strategy, initial, updates, [1, 1, 2])
+    first = _privacy_spent(strategy)
+    _round_with(strategy, initial, updates, [1, 1, 2])
+    second = _privacy_spent(strategy)
+    assert first["delta"] == 1e-5 and 0 < first["epsilon"] < second["epsilon"]  # spent grows round by round

@@ -92,7 +92,7 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
     if cfg.eval.max_examples:
-        test_raw = _first_per_task(test_raw, cfg.eval.max_examples)
+        test_raw = first_per_task(test_raw, cfg.eval.max_examples)
     test, test_stats = encode_examples(test_raw, tokenizer, cfg.data) if test_raw else ([], None)
     summary = stats.summary()
     if console:
@@ -106,7 +106,7 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
                     {"train": summary, "test": test_stats.summary() if test_stats else None})
 
 
-def _first_per_task(examples: list, limit: int) -> list:
+def first_per_task(examples: list, limit: int) -> list:
     """The first `limit` examples of each task's test set (or of the one set)."""
     seen: Counter = Counter()
     kept = []

@@ -38,7 +38,15 @@ from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.optim import lr_at
 from tuneforge.engine.resources import resource_guard
-from tuneforge.engine.session import Prepared, Recipe, loop_inputs, make_evaluator, open_session, read_recipe
+from tuneforge.engine.session import (
+    Prepared,
+    Recipe,
+    first_per_task,
+    loop_inputs,
+    make_evaluator,
+    open_session,
+    read_recipe,
+)
 from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_tokenizer
@@ -179,14 +187,20 @@ class _Server:
                    "client_scores": {name: held_out[name] for name in sorted(held_out)},
                    "bytes_exchanged": sent, "bytes_full_model": 2 * self.full_bytes * len(answered),
                    "wall_s": round(time.perf_counter() - started, 2)}
+            if self.params.privacy:
+                row["privacy"] = _privacy_spent(self.strategy)
             self.metrics.log(round_, "round", row)
+            accountant = getattr(self.strategy, "accountant", None)
+            state = {"round": round_, **({"privacy_accountant": accountant.state_dict()} if accountant else {})}
             checkpoint.write_checkpoint(self.run_dir / ROUNDS, round_, (
                 {k: v.contiguous() for k, v in self.weights.items()}, _server_state(self.strategy),
-                {"param_groups": [], "scalars": {}}), {"round": round_}, keep_last=2)
+                {"param_groups": [], "scalars": {}}), state, keep_last=2)
             self.done = round_
+            spent = row.get("privacy", {})
             self.console.info(f"round {round_}/{params.rounds}: global {format_scores(scores)}; "
                               f"{len(answered)} clients" + (f", missing {', '.join(missing)}" if missing else "")
-                              + f"; {_mib(sent)} exchanged; {row['wall_s']:.0f} s")
+                              + f"; {_mib(sent)} exchanged; {row['wall_s']:.0f} s"
+                              + (f"; ε {spent['epsilon']:.3g} at δ {spent['delta']:g}" if "epsilon" in spent else ""))
 
     def _score(self, weights: dict[str, torch.Tensor]) -> dict:
         checkpoint.restore_trainable(self.session.model, weights, "the aggregated weights")
@@ -205,22 +219,53 @@ def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: flo
     from flwr.serverapp import strategy as flower_strategies
 
     sampled = max(1, round(params.fraction * clients))
+    # under differential privacy every client weighs the same (what the privacy accounting assumes)
     common = {"fraction_train": params.fraction, "fraction_evaluate": 1.0 if params.holdout else 0.0,
               "min_train_nodes": sampled, "min_evaluate_nodes": clients if params.holdout else 0,
-              "min_available_nodes": clients}
+              "min_available_nodes": clients, "weighted_by_key": "one" if params.privacy else "num-examples"}
     name = params.aggregation.name
     if isinstance(aggregation, FedProxParams):
-        return flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)
-    if isinstance(aggregation, FedOptParams):
+        inner = flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)
+    elif isinstance(aggregation, FedOptParams):
         opt = {"fedadam": flower_strategies.FedAdam, "fedyogi": flower_strategies.FedYogi}[name]
         # eta_l, the clients' learning rate, is only reported by Flower: the clients train at train.lr
-        return opt(**common, eta=aggregation.eta, eta_l=lr, beta_1=aggregation.beta_1, beta_2=aggregation.beta_2,
-                   tau=aggregation.tau)
-    return flower_strategies.FedAvg(**common)
+        inner = opt(**common, eta=aggregation.eta, eta_l=lr, beta_1=aggregation.beta_1, beta_2=aggregation.beta_2,
+                    tau=aggregation.tau)
+    else:
+        inner = flower_strategies.FedAvg(**common)
+    return _private(inner, params, clients, sampled) if params.privacy else inner
+
+
+def _private(inner, params: FederatedParams, clients: int, sampled: int):
+    """Flower's server-side fixed clipping around the strategy: each update clipped, Gaussian noise on the sum,
+    and Flower's RDP accountant for the (ε, δ) spent (for the FedAvg family; a server optimizer is not
+    accounted)."""
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+
+    privacy = params.privacy
+    accountant = None
+    if privacy.noise_multiplier > 0 and type(inner).aggregate_train is FedAvg.aggregate_train:
+        accountant = RdpAccountant(PrivacyConfig(
+            target_delta=privacy.delta, population_size=clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    return DifferentialPrivacyServerSideFixedClipping(inner, privacy.noise_multiplier, privacy.clipping_norm, sampled,
+                                                      accountant=accountant)
+
+
+def _privacy_spent(strategy) -> dict:
+    spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+    if not hasattr(strategy, "noise_multiplier"):
+        return {}
+    figures = {"noise_multiplier": strategy.noise_multiplier, "clipping_norm": strategy.clipping_norm}
+    return figures | ({"epsilon": spent.epsilon, "delta": spent.delta} if spent is not None else {})
 
 
 def _server_state(strategy) -> dict[str, torch.Tensor]:
     """A server optimizer's moments (FedAdam, FedYogi), to resume with them."""
+    strategy = getattr(strategy, "strategy", strategy)  # inside a privacy wrapper
     state = {}
     for slot in ("m_t", "v_t"):
         for name, value in (getattr(strategy, slot, None) or {}).items():
@@ -238,10 +283,14 @@ def _last_round(run_dir: Path, strategy) -> tuple[int, dict[str, torch.Tensor]]:
                             + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
                             + "\n  fix: start again with output.overwrite=true")
     state = load_file(found / "optimizer.safetensors")
+    accountant = getattr(strategy, "accountant", None)
+    if accountant is not None:
+        accountant.load_state_dict(read_json(found / "state.json")["privacy_accountant"])
+    inner = getattr(strategy, "strategy", strategy)
     for slot in ("m_t", "v_t"):
         moments = {k.split(".", 1)[1]: v.numpy() for k, v in state.items() if k.startswith(f"{slot}.")}
         if moments:
-            setattr(strategy, slot, moments)
+            setattr(inner, slot, moments)
     return step_of(found), load_file(found / "trainable.safetensors")
 
 
@@ -254,7 +303,7 @@ def _server_data(loaded: LoadedConfig, recipe: Recipe) -> Prepared:
     tokenizer = load_tokenizer(cfg.model)
     test_raw = read_splits(loaded, recipe.objective, [], {"test": cfg.data.test})["test"]
     if cfg.eval.max_examples:
-        test_raw = test_raw[:cfg.eval.max_examples * max(1, len({e.task for e in test_raw}))]
+        test_raw = first_per_task(test_raw, cfg.eval.max_examples)
     test, _ = encode_examples(test_raw, tokenizer, cfg.data, apply_drop_guard=False)
     return Prepared([], test, test_raw, tokenizer, use_chat_template(tokenizer, cfg.data.template), {})
 
@@ -335,7 +384,8 @@ def _client_app(loaded: LoadedConfig, params: FederatedParams):
         checkpoint.restore_trainable(session.model, message.content["arrays"].to_torch_state_dict(), "the server")
         losses = _train_locally(loaded, params, session, data, index, int(config["server-round"]),
                                 float(config["lr"]), float(config.get("proximal-mu", 0.0)))
-        metrics = {"num-examples": len(data.train), "train_loss": sum(losses) / len(losses), "client": index}
+        metrics = {"num-examples": len(data.train), "one": 1, "train_loss": sum(losses) / len(losses),
+                   "client": index}
         return Message(RecordDict({"arrays": ArrayRecord(checkpoint.trainable_state(session.model)),
                                    "metrics": MetricRecord(metrics)}), reply_to=message)
 

@@ -137,6 +137,16 @@ AGGREGATION_PARAMS: dict[str, type[AggregationParams]] = {
     "fedavg": FedAvgParams, "fedprox": FedProxParams, "fedadam": FedAdamParams, "fedyogi": FedYogiParams}
 
 
+class PrivacyParams(StrategyParams):
+    """Differential privacy of the clients' updates (Flower's server-side fixed clipping)."""
+
+    clipping_norm: float = Field(gt=0, le=1e6, description="each client's update (its weights minus the round's "
+                                 "global weights) clipped to this L2 norm")
+    noise_multiplier: float = Field(0.0, ge=0, le=1000, description="Gaussian noise of σ = noise_multiplier × "
+                                    "clipping_norm added to the sum of the clipped updates; > 0 for an (ε, δ)")
+    delta: float = Field(1e-5, gt=0, lt=1, description="the δ at which ε is reported each round")
+
+
 class FederatedParams(StrategyParams):
     """Federated fine-tuning on Flower: clients train the adapter on their own data for `local_steps` a round;
     the server aggregates only the trainable weights, never sees the data."""
@@ -157,6 +167,8 @@ class FederatedParams(StrategyParams):
                            "global model on")
     aggregation: NamedParams = Field(default_factory=lambda: NamedParams(name="fedavg"),
                                      description="fedavg | fedprox | fedadam | fedyogi, with its parameters")
+    privacy: PrivacyParams | None = Field(None, description="clipping and noise of the clients' updates, with "
+                                          "the (ε, δ) spent reported per round; unset: none")
 
     @model_validator(mode="before")
     @classmethod
