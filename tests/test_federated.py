@@ -67,15 +67,16 @@ def test_a_typo_in_the_aggregation_names_the_nearest_key():
 
 
 def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_server(tmp_path, tiny_model_dir):
-    """Three clients, two rounds of FedAvg in Flower's simulation (each client a Ray actor). The server (this
-    process) reads the config, the model and data.test; an audit hook sees every file it opens."""
+    """Three clients, two rounds of FedAvg in Flower's simulation (each client a Ray actor), and a fourth that
+    fails. The server (this process) reads the config, the model and data.test; an audit hook sees every file it
+    opens."""
     from tuneforge.api import train
 
-    records = [{"prompt": f"Repeat {i}", "completion": f"{i}"} for i in range(24)]
-    clients = [write_jsonl(tmp_path / f"hospital-{c}.jsonl", records[c::3]) for c in range(3)]
-    config = tiny_config(tmp_path, tiny_model_dir, method={"dropout": 0.0}, train={"batch_size": 4},
-                         strategy={"name": "federated", "client_data": [str(c) for c in clients], "rounds": 2,
-                                   "local_steps": 1, "holdout": 0.25})
+    config = _federation(tmp_path, tiny_model_dir, 2)
+    # a fourth client whose data cannot be read fails every round: the rounds go on with the three that answer
+    broken = tmp_path / "hospital-3.jsonl"
+    broken.write_text('{"prompt": "Repeat 1", "completion": "1"}\n{"prompt": "Repeat 2", "completion": ""}\n')
+    config["strategy"]["client_data"].append(str(broken))
     opened: list[str] = []
     watching = {"on": True}
 
@@ -96,7 +97,8 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     rounds = [row for row in rows if row["kind"] == "round"]
     assert [row["step"] for row in rounds] == [1, 2]
     for row in rounds:
-        assert row["clients"] == ["hospital-0", "hospital-1", "hospital-2"] and row["missing"] == []
+        assert row["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
+        assert len(row["missing"]) == 1 and "hospital-3.jsonl:2" in row["missing"][0]  # the client's own error
         assert set(row["client_scores"]) == set(row["clients"]) and "loss" in row["global"]
         assert row["bytes_exchanged"] == 2 * 3 * 8192 * 4  # the LoRA weights in fp32, down and up, 3 clients
         assert row["bytes_exchanged"] / row["bytes_full_model"] < 0.05
@@ -105,7 +107,8 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     first = load_file(run_dir / "rounds" / "step-00000001" / "trainable.safetensors")
     assert any(not torch.equal(saved[k], first[k]) for k in saved)
     status = json.loads((run_dir / "run.json").read_text())
-    assert status["status"] == "complete" and status["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
+    assert status["status"] == "complete" and status["clients"][:3] == ["hospital-0", "hospital-1", "hospital-2"]
+    assert sorted(status["train"]["missing"]) == ["1", "2"]
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -157,3 +160,66 @@ def test_privacy_clips_each_update_and_accounts_epsilon(monkeypatch):
     _round_with(strategy, initial, updates, [1, 1, 2])
     second = _privacy_spent(strategy)
     assert first["delta"] == 1e-5 and 0 < first["epsilon"] < second["epsilon"]  # spent grows round by round
+
+
+def _federation(tmp_path, tiny_model_dir, rounds: int, **strategy) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    records = [{"prompt": f"Repeat {i}", "completion": f"{i}"} for i in range(24)]
+    clients = [write_jsonl(tmp_path / f"hospital-{c}.jsonl", records[c::3]) for c in range(3)]
+    return tiny_config(tmp_path, tiny_model_dir, method={"dropout": 0.0}, train={"batch_size": 4},
+                       strategy={"name": "federated", "client_data": [str(c) for c in clients], "rounds": rounds,
+                                 "local_steps": 1, "holdout": 0.25, **strategy})
+
+
+@pytest.mark.slow
+def test_a_restarted_server_resumes_after_the_last_aggregated_round(tmp_path, tiny_model_dir):
+    """kill -9 of the server while it writes round 2's checkpoint; --resume continues after round 1 and ends
+    on the uninterrupted federation's adapter (FedAdam: the server optimizer's moments are restored too)."""
+    import yaml
+
+    from tests.reliability.killing import kill_at
+    from tuneforge.api import train
+
+    whole = _federation(tmp_path / "whole", tiny_model_dir, 3, aggregation={"name": "fedadam", "eta": 0.01})
+    reference = train(whole, quiet=True).run_dir
+    config = _federation(tmp_path / "killed", tiny_model_dir, 3, aggregation={"name": "fedadam", "eta": 0.01})
+    path = tmp_path / "killed" / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    killed = kill_at("tuneforge.engine.checkpoint:write_checkpoint", 2, path)
+    assert killed.returncode != 0
+    run_dir = tmp_path / "killed" / "run"
+    assert sorted(p.name for p in (run_dir / "rounds").iterdir() if not p.name.startswith(".")) == ["step-00000001"]
+    train(path, resume=True, quiet=True)
+    ours = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6)
+    rounds = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "round"]
+    assert rounds == [1, 2, 3]
+
+
+def test_fedprox_mu_holds_a_client_to_the_global_weights(tmp_path, tiny_model_dir):
+    """A client's local steps with Flower's proximal-mu: the larger μ, the less its weights leave the round's
+    global weights (the term enters as the loop's penalty)."""
+    from tuneforge.config import load_config
+    from tuneforge.engine import checkpoint
+    from tuneforge.engine.session import open_session, read_recipe
+    from tuneforge.engine.tracking import RunConsole
+    from tuneforge.models.load import load_tokenizer
+    from tuneforge.strategies.federated import _client_data, _train_locally
+    from tuneforge.strategies.params import FederatedParams
+
+    loaded = load_config(_federation(tmp_path, tiny_model_dir, 1))
+    params = FederatedParams(**{k: v for k, v in loaded.run.strategy.model_dump().items() if k != "name"})
+    session = open_session(loaded, read_recipe(loaded), RunConsole(silent=True))
+    data = _client_data(loaded, params, 0, load_tokenizer(loaded.run.model))
+    start = checkpoint.trainable_state(session.model)
+    moved = {}
+    for mu in (0.0, 1e4):
+        checkpoint.restore_trainable(session.model, start, "test")
+        losses = _train_locally(loaded, params.model_copy(update={"local_steps": 3}), session, data, 0, 1, 1e-2, mu)
+        assert len(losses) == 3
+        after = checkpoint.trainable_state(session.model)
+        moved[mu] = sum(float((after[k] - start[k]).norm() ** 2) for k in start) ** 0.5
+    assert moved[1e4] < 0.5 * moved[0.0]

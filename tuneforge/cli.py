@@ -429,12 +429,14 @@ def methods() -> None:
     from tuneforge.methods import REGISTRY as METHODS
     from tuneforge.objectives import REGISTRY as OBJECTIVES
     from tuneforge.strategies import registry as strategies
-    from tuneforge.strategies.params import MITIGATION_PARAMS
+    from tuneforge.strategies.params import AGGREGATION_PARAMS, MITIGATION_PARAMS
 
+    nested = (("continual-learning mitigations (strategy.mitigation: NAME)", MITIGATION_PARAMS),
+              ("federated aggregations (strategy.aggregation: NAME)", AGGREGATION_PARAMS))
     for title, registry in (("methods (method: NAME)", METHODS), ("objectives (objective: NAME)", OBJECTIVES),
                             ("strategies (strategy: NAME)", strategies()),
-                            ("continual-learning mitigations (strategy.mitigation: NAME)",
-                             {name: _Described(name, schema) for name, schema in MITIGATION_PARAMS.items()})):
+                            *((title, {name: _Described(name, schema) for name, schema in schemas.items()})
+                              for title, schemas in nested)):
         print(title)
         for name, entry in registry.items():
             relative = getattr(entry, "relative_lr", None)

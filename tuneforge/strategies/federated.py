@@ -59,7 +59,9 @@ from tuneforge.strategies.single import (
     RUN_FILE,
     RunResult,
     check_run_dir,
+    check_same_run,
     create_run_dir,
+    fingerprint_of,
     format_scores,
     read_json,
     resolve_run_dir,
@@ -88,6 +90,10 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
         resuming = check_run_dir(run_dir, resume, cfg.output.overwrite,
                                  run_inputs(loaded) if cfg.output.overwrite and not resume else ())
         server_data = _server_data(loaded, recipe)
+        fingerprint = fingerprint_of(cfg, server_data)  # the config and tokenizer: the data are the clients'
+        if resuming:
+            check_same_run(run_dir, read_json(run_dir / RUN_FILE).get("fingerprint", {}), cfg, fingerprint, force,
+                           console)
         with guard("loading the model"):
             session = open_session(loaded, recipe, console)
         evaluate = make_evaluator(session, server_data, cfg)
@@ -96,7 +102,8 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
             create_run_dir(run_dir, resuming, cfg.output.overwrite)
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
             server_data.tokenizer.save_pretrained(run_dir / "tokenizer")
-            write_json(run_dir / RUN_FILE, {"status": "training", "clients": names, **session.summary()})
+            write_json(run_dir / RUN_FILE, {"status": "training", "clients": names, "fingerprint": fingerprint,
+                                             **session.summary()})
         strategy = _flower_strategy(aggregation, params, len(names), cfg.train.lr)
         done, weights = _last_round(run_dir, strategy) if resuming else (0, checkpoint.trainable_state(session.model))
         console.info(f"federated: {len(names)} clients, {params.rounds} rounds of {params.local_steps} local steps, "
@@ -144,6 +151,7 @@ class _Server:
         self.error: BaseException | None = None
         self.before: dict = read_json(run_dir / EVAL_FILE).get("before", {}) if done else {}
         self.bytes_total, self.missing = 0, {}
+        self.nodes: dict[int, str] = {}
 
     def main(self, grid, context) -> None:
         try:
@@ -167,7 +175,7 @@ class _Server:
                 round_, arrays, ConfigRecord({"lr": lr}), grid), timeout=_ROUND_TIMEOUT_S))
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
-            missing = [f"node {r.metadata.src_node_id}" for r in replies if r.has_error()]
+            missing = [self._failure(r) for r in replies if r.has_error()]
             if aggregated is None:
                 raise TrainingError(f"round {round_}: no client returned trained weights ({', '.join(missing)})\n  "
                                     "fix: see the clients' errors; --resume continues after the last round")
@@ -207,7 +215,16 @@ class _Server:
         return self.evaluate(generate=True)[0]
 
     def _name(self, reply) -> str:
-        return self.names[int(reply.content["metrics"]["client"])]
+        name = self.names[int(reply.content["metrics"]["client"])]
+        self.nodes[reply.metadata.src_node_id] = name  # to name it should it fail later
+        return name
+
+    def _failure(self, reply) -> str:
+        """A client that did not answer, by name where it answered before, with the last line of why."""
+        node = reply.metadata.src_node_id
+        reason = (reply.error.reason or "").rsplit("Message: ", 1)[-1]  # a client's exception, after Flower's words
+        reason = " ".join(line.strip() for line in reason.strip().rstrip("'>)").splitlines() if line.strip())
+        return self.nodes.get(node, f"node {node}") + (f" ({reason[:300]})" if reason else "")
 
 
 _ROUND_TIMEOUT_S = 24 * 3600.0  # a round waits for its clients; a client that fails answers with an error
