@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,3 +224,63 @@ def test_fedprox_mu_holds_a_client_to_the_global_weights(tmp_path, tiny_model_di
         after = checkpoint.trainable_state(session.model)
         moved[mu] = sum(float((after[k] - start[k]).norm() ** 2) for k in start) ** 0.5
     assert moved[1e4] < 0.5 * moved[0.0]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_deployment_of_real_processes_gives_the_simulations_global_model(tmp_path, tiny_model_dir):
+    """A SuperLink and three SuperNodes on loopback, each SuperNode started with its own data file (the server's
+    config names no client data at all), the run submitted with `flwr run`: the same adapter as the simulation
+    of the same clients (fp32; the processes' thread counts differ, hence a tolerance)."""
+    import os
+    import subprocess
+    import time
+
+    import yaml
+
+    from tuneforge.api import train
+
+    simulated = _federation(tmp_path / "sim", tiny_model_dir, 2)
+    reference = train(simulated, quiet=True).run_dir
+    deployed = {**simulated, "output": {"dir": str(tmp_path / "deployed"), "tensorboard": False},
+                "strategy": {"name": "federated", "clients": 3, "split": "iid", "rounds": 2, "local_steps": 1,
+                             "holdout": 0.25}}
+    config = tmp_path / "deployed.yaml"
+    config.write_text(yaml.safe_dump(deployed))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    link = _free_port()
+    (tmp_path / "flwr").mkdir()
+    (tmp_path / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+    processes = [subprocess.Popen([bin_dir / "flower-superlink", "--insecure", "--port", str(link)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        time.sleep(4)
+        for index, path in enumerate(simulated["strategy"]["client_data"]):
+            processes.append(subprocess.Popen(
+                [bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
+                 str(_free_port()), "--node-config", f'partition-id={index} data-path="{path}"'],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        app = subprocess.run([sys.executable, "-m", "tuneforge.strategies.flower_app"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        result = subprocess.run([bin_dir / "flwr", "run", app, "local", "--stream", "--run-config",
+                                 f'config="{config}"'], env=env, capture_output=True, text=True, timeout=600,
+                                check=False)
+        assert "round 2/2" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        import signal
+
+        for process in processes:
+            os.killpg(process.pid, signal.SIGKILL)
+    ours = load_file(tmp_path / "deployed" / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)

@@ -74,7 +74,9 @@ ROUNDS = "rounds"
 
 
 def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, force: bool = False,
-        quiet: bool = False) -> RunResult:
+        quiet: bool = False, grid=None) -> RunResult:
+    """The federation, in Flower's simulation; or, given the `grid` of a deployed ServerApp (`server_app`, run by
+    a SuperLink), with the SuperNodes connected to it."""
     _require_flower(loaded.where("strategy"))
     cfg = loaded.run
     console = RunConsole(quiet=quiet)
@@ -115,7 +117,10 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
                          adapter_bytes, full_bytes, weights, done)
         started = time.perf_counter()
         try:
-            _simulate(server, _client_app(loaded, params), len(names))
+            if grid is None:
+                _simulate(server, client_app(lambda context: (loaded, params)), len(names))
+            else:
+                server.main(grid, None)
         finally:
             metrics.close()
         if server.error is not None:
@@ -171,7 +176,7 @@ class _Server:
             started = time.perf_counter()
             arrays = ArrayRecord(self.weights)
             lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
-            replies = list(grid.send_and_receive(self.strategy.configure_train(
+            replies = _in_client_order(grid.send_and_receive(self.strategy.configure_train(
                 round_, arrays, ConfigRecord({"lr": lr}), grid), timeout=_ROUND_TIMEOUT_S))
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
@@ -215,7 +220,7 @@ class _Server:
         return self.evaluate(generate=True)[0]
 
     def _name(self, reply) -> str:
-        name = self.names[int(reply.content["metrics"]["client"])]
+        name = str(reply.content["client"]["name"])
         self.nodes[reply.metadata.src_node_id] = name  # to name it should it fail later
         return name
 
@@ -228,6 +233,13 @@ class _Server:
 
 
 _ROUND_TIMEOUT_S = 24 * 3600.0  # a round waits for its clients; a client that fails answers with an error
+
+
+def _in_client_order(replies) -> list:
+    """The replies in the clients' order, not their arrival's, so the aggregate's sums run in one order and a
+    federation is reproducible (bf16 generation turns a last-bit difference into other answers)."""
+    return sorted(replies, key=lambda r: (r.has_error(), str(r.content["client"]["name"]) if not r.has_error()
+                                          else str(r.metadata.src_node_id)))
 
 
 def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: float):
@@ -387,62 +399,99 @@ class _ClientData:
 _PROCESS: dict = {}  # per client process: the session (built once) and each client's data
 
 
-def _client_app(loaded: LoadedConfig, params: FederatedParams):
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+def client_app(resolve):
+    """The ClientApp: `resolve(context)` gives the tuneforge config and strategy parameters (the simulation's own;
+    a deployed client reads the config the run names)."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
 
+    def identity(context) -> tuple:
+        loaded, params = resolve(context)
+        who = _Who.of(context.node_config, params)
+        session, data = _client(loaded, params, who)
+        return loaded, params, who, session, data
+
     @app.train()
     def train(message, context):
-        index = _client_index(context)
-        session, data = _client(loaded, params, index)
+        loaded, params, who, session, data = identity(context)
         config = message.content["config"]
         checkpoint.restore_trainable(session.model, message.content["arrays"].to_torch_state_dict(), "the server")
-        losses = _train_locally(loaded, params, session, data, index, int(config["server-round"]),
+        losses = _train_locally(loaded, params, session, data, who.index, int(config["server-round"]),
                                 float(config["lr"]), float(config.get("proximal-mu", 0.0)))
-        metrics = {"num-examples": len(data.train), "one": 1, "train_loss": sum(losses) / len(losses),
-                   "client": index}
+        metrics = {"num-examples": len(data.train), "one": 1, "train_loss": sum(losses) / len(losses)}
         return Message(RecordDict({"arrays": ArrayRecord(checkpoint.trainable_state(session.model)),
-                                   "metrics": MetricRecord(metrics)}), reply_to=message)
+                                   "metrics": MetricRecord(metrics), "client": ConfigRecord({"name": who.name})}),
+                       reply_to=message)
 
     @app.evaluate()
     def evaluate(message, context):
-        index = _client_index(context)
-        session, data = _client(loaded, params, index)
+        loaded, _, who, session, data = identity(context)
         checkpoint.restore_trainable(session.model, message.content["arrays"].to_torch_state_dict(), "the server")
         scores = make_evaluator(session, data.heldout, loaded.run)(generate=True)[0]
         flat = {k: float(v) for k, v in scores.items() if isinstance(v, int | float)}
-        return Message(RecordDict({"metrics": MetricRecord({**flat, "num-examples": len(data.heldout.test_raw),
-                                                            "client": index})}), reply_to=message)
+        return Message(RecordDict({"metrics": MetricRecord({**flat, "num-examples": len(data.heldout.test_raw)}),
+                                   "client": ConfigRecord({"name": who.name})}), reply_to=message)
 
     return app
 
 
-def _client_index(context) -> int:
-    return int(context.node_config["partition-id"])
+@dataclass(frozen=True)
+class _Who:
+    """A client: its index (the partition of data.train it takes, or its entry of client_data), its name, and
+    its own data file when its SuperNode was started with one (`--node-config 'data-path="..."'`)."""
+
+    index: int
+    name: str
+    path: str | None = None
+
+    @classmethod
+    def of(cls, node: dict, params: FederatedParams) -> _Who:
+        path = node.get("data-path")
+        index = int(node.get("partition-id", 0))
+        if path:
+            return cls(index, str(node.get("name") or Path(str(path)).stem), str(path))
+        return cls(index, _client_names(params)[index])
 
 
-def _client(loaded: LoadedConfig, params: FederatedParams, index: int):
-    """This process's model (built once, whichever clients it serves) and client `index`'s data."""
+def deployed_config(context) -> tuple[LoadedConfig, FederatedParams]:
+    """A deployed app's tuneforge config: the YAML the run names (`flwr run ... --run-config 'config="..."'`)."""
+    from tuneforge.config import load_config
+    from tuneforge.strategies import validate_strategy_params
+
+    path = str(context.run_config.get("config") or "")
+    if path not in _PROCESS:
+        if not path:
+            raise ConfigError("flwr run: no tuneforge config\n  fix: flwr run APP local --run-config "
+                              "'config=\"/path/to/config.yaml\"'")
+        loaded = load_config(path)
+        _PROCESS[path] = (loaded, validate_strategy_params(loaded.run.strategy, loaded.where("strategy")))
+    return _PROCESS[path]
+
+
+def _client(loaded: LoadedConfig, params: FederatedParams, who: _Who):
+    """This process's model (built once, whichever clients it serves) and the client's data."""
     if "session" not in _PROCESS:
         recipe = read_recipe(loaded)
         _PROCESS["session"] = open_session(loaded, recipe, RunConsole(silent=True))
         _PROCESS["tokenizer"] = load_tokenizer(loaded.run.model)
-    if index not in _PROCESS:
-        _PROCESS[index] = _client_data(loaded, params, index, _PROCESS["tokenizer"])
-    return _PROCESS["session"], _PROCESS[index]
+    if who not in _PROCESS:
+        _PROCESS[who] = _client_data(loaded, params, who.index, _PROCESS["tokenizer"], who.path)
+    return _PROCESS["session"], _PROCESS[who]
 
 
-def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, tokenizer) -> _ClientData:
-    """Client `index`'s records: its own file, or its share of data.train (the same seeded split in every
-    client), less the held-out share it scores the global model on."""
+def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, tokenizer,
+                 path: str | None = None) -> _ClientData:
+    """Client `index`'s records: its own file (`path`, or its entry of client_data), or its share of data.train
+    (the same seeded split in every client), less the held-out share it scores the global model on."""
     import random
 
     cfg = loaded.run
     objective = read_recipe(loaded).objective
-    if params.client_data:
-        records = read_splits(loaded, objective, [], {"train": [DatasetSpec(path=params.client_data[index])]})["train"]
+    path = path or (params.client_data[index] if params.client_data else None)
+    if path:
+        records = read_splits(loaded, objective, [], {"train": [DatasetSpec(path=path)]})["train"]
     else:
         everything = read_splits(loaded, objective, [], {"train": cfg.data.train})["train"]
         shares = split_clients([e.task for e in everything], params.clients, params.split, params.alpha,
@@ -488,6 +537,13 @@ def _train_locally(loaded: LoadedConfig, params: FederatedParams, session, data:
                                                 anchors, mu)
         train_loop(inputs, LoopState())
     return losses.losses
+
+
+def serve_deployed(grid, context) -> None:
+    """The ServerApp a SuperLink runs (`flwr run`): the run as `tuneforge train` would do it, on the grid of the
+    connected SuperNodes; `--run-config 'config="..." resume=true'`."""
+    loaded, params = deployed_config(context)
+    run(loaded, params, resume=bool(context.run_config.get("resume", False)), quiet=False, grid=grid)
 
 
 STRATEGY = Strategy("federated", "clients train the adapter on their own data; Flower aggregates the weights "

@@ -50,8 +50,9 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
     world = distributed.join_world(cfg.train.collective_timeout_s, cfg.train.distributed, loaded.where("train"))
     console = RunConsole(quiet=quiet, silent=not world.main)
     recipe = read_recipe(loaded)
-    if world.active:
-        distributed.check_world(world, cfg.train.grad_accum, bool(recipe.rewards), loaded.where("train"))
+    if world.active:  # said once, by the main process
+        world.from_main(lambda: distributed.check_world(world, cfg.train.grad_accum, bool(recipe.rewards),
+                                                        loaded.where("train")))
     run_dir = resolve_run_dir(loaded)
     main = world.main
 
