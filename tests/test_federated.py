@@ -4,6 +4,7 @@ clients' training data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import Counter
@@ -234,53 +235,111 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_a_deployment_of_real_processes_gives_the_simulations_global_model(tmp_path, tiny_model_dir):
-    """A SuperLink and three SuperNodes on loopback, each SuperNode started with its own data file (the server's
-    config names no client data at all), the run submitted with `flwr run`: the same adapter as the simulation
-    of the same clients (fp32; the processes' thread counts differ, hence a tolerance)."""
-    import os
-    import subprocess
-    import time
+class _Deployment:
+    """A SuperLink and one SuperNode per client file on loopback, each SuperNode started with its own data (the
+    server's config names no client data at all); `run` submits a tuneforge config with `flwr run`."""
 
+    def __init__(self, tmp_path: Path, client_files: list[str]):
+        import os
+        import time
+
+        self.bin = Path(sys.executable).parent
+        self.env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
+                    "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
+        link = _free_port()
+        (tmp_path / "flwr").mkdir()
+        (tmp_path / "flwr" / "config.toml").write_text(
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+        self.link = self._start("flower-superlink", "--insecure", "--port", str(link))
+        time.sleep(4)
+        self.nodes = [self._start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
+                                  str(_free_port()), "--node-config", f'partition-id={i} data-path="{path}"')
+                      for i, path in enumerate(client_files)]
+
+    def _start(self, *command: str):
+        import subprocess
+
+        return subprocess.Popen([self.bin / command[0], *command[1:]], env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def run(self, config: Path):
+        import subprocess
+
+        app = subprocess.run([sys.executable, "-m", "tuneforge.strategies.flower_app"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        return subprocess.Popen([self.bin / "flwr", "run", app, "local", "--stream", "--run-config",
+                                 f'config="{config}"'], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    def kill(self, process) -> None:
+        import os
+        import signal
+
+        os.killpg(process.pid, signal.SIGKILL)  # the SuperNode and the ClientApp processes it started
+
+    def close(self) -> None:
+        for process in [self.link, *self.nodes]:
+            with contextlib.suppress(ProcessLookupError):
+                self.kill(process)
+
+
+def _deployed_config(tmp_path: Path, simulated: dict, **strategy) -> Path:
     import yaml
 
+    deployed = {**simulated, "output": {"dir": str(tmp_path / "deployed"), "tensorboard": False},
+                "strategy": {"name": "federated", "clients": len(simulated["strategy"]["client_data"]),
+                             "split": "iid", "rounds": simulated["strategy"]["rounds"], "local_steps": 1,
+                             "holdout": 0.25, **strategy}}
+    config = tmp_path / "deployed.yaml"
+    config.write_text(yaml.safe_dump(deployed))
+    return config
+
+
+@pytest.mark.slow
+def test_a_deployment_of_real_processes_gives_the_simulations_global_model(tmp_path, tiny_model_dir):
+    """`flwr run` on a SuperLink and three SuperNodes: the same adapter as the simulation of the same clients
+    (fp32; the processes' thread counts differ, hence a tolerance)."""
     from tuneforge.api import train
 
     simulated = _federation(tmp_path / "sim", tiny_model_dir, 2)
     reference = train(simulated, quiet=True).run_dir
-    deployed = {**simulated, "output": {"dir": str(tmp_path / "deployed"), "tensorboard": False},
-                "strategy": {"name": "federated", "clients": 3, "split": "iid", "rounds": 2, "local_steps": 1,
-                             "holdout": 0.25}}
-    config = tmp_path / "deployed.yaml"
-    config.write_text(yaml.safe_dump(deployed))
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    link = _free_port()
-    (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-    processes = [subprocess.Popen([bin_dir / "flower-superlink", "--insecure", "--port", str(link)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    config = _deployed_config(tmp_path, simulated)
+    deployment = _Deployment(tmp_path, simulated["strategy"]["client_data"])
     try:
-        time.sleep(4)
-        for index, path in enumerate(simulated["strategy"]["client_data"]):
-            processes.append(subprocess.Popen(
-                [bin_dir / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
-                 str(_free_port()), "--node-config", f'partition-id={index} data-path="{path}"'],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        app = subprocess.run([sys.executable, "-m", "tuneforge.strategies.flower_app"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        result = subprocess.run([bin_dir / "flwr", "run", app, "local", "--stream", "--run-config",
-                                 f'config="{config}"'], env=env, capture_output=True, text=True, timeout=600,
-                                check=False)
-        assert "round 2/2" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+        output = deployment.run(config).communicate(timeout=600)[0]
     finally:
-        import signal
-
-        for process in processes:
-            os.killpg(process.pid, signal.SIGKILL)
+        deployment.close()
+    assert "round 2/2" in output, output[-3000:]
     ours = load_file(tmp_path / "deployed" / "adapter" / "adapter_model.safetensors")
     theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_client_process_killed_mid_federation_does_not_stop_it(tmp_path, tiny_model_dir):
+    """kill -9 of a SuperNode (and its ClientApp) after round 1: Flower answers for it with an error once its
+    heartbeat lapses, the round aggregates the two that answered and names the missing one, and the next round
+    goes on with the clients still connected (strategy.min_clients: 2)."""
+    import time
+
+    simulated = _federation(tmp_path / "sim", tiny_model_dir, 3)
+    config = _deployed_config(tmp_path, simulated, min_clients=2)
+    deployment = _Deployment(tmp_path, simulated["strategy"]["client_data"])
+    metrics = tmp_path / "deployed" / "metrics.jsonl"
+    try:
+        flwr = deployment.run(config)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (metrics.exists() and '"round"' in metrics.read_text()):
+            time.sleep(0.5)
+        deployment.kill(deployment.nodes[2])
+        output = flwr.communicate(timeout=600)[0]
+    finally:
+        deployment.close()
+    assert "round 3/3" in output, output[-3000:]
+    rounds = [json.loads(line) for line in metrics.read_text().splitlines() if '"round"' in line]
+    assert rounds[0]["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
+    assert rounds[1]["clients"] == ["hospital-0", "hospital-1"]
+    assert len(rounds[1]["missing"]) == 1 and rounds[1]["missing"][0].startswith("hospital-2 (")
+    assert rounds[2]["clients"] == ["hospital-0", "hospital-1"]
+    assert (tmp_path / "deployed" / "adapter" / "adapter_model.safetensors").is_file()

@@ -157,6 +157,7 @@ class _Server:
         self.before: dict = read_json(run_dir / EVAL_FILE).get("before", {}) if done else {}
         self.bytes_total, self.missing = 0, {}
         self.nodes: dict[int, str] = {}
+        self.destinations: dict[str, int] = {}  # message id -> the node it was sent to
 
     def main(self, grid, context) -> None:
         try:
@@ -176,8 +177,8 @@ class _Server:
             started = time.perf_counter()
             arrays = ArrayRecord(self.weights)
             lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
-            replies = _in_client_order(grid.send_and_receive(self.strategy.configure_train(
-                round_, arrays, ConfigRecord({"lr": lr}), grid), timeout=_ROUND_TIMEOUT_S))
+            replies = _in_client_order(self._exchange(grid, self.strategy.configure_train(
+                round_, arrays, ConfigRecord({"lr": lr}), grid)))
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
             missing = [self._failure(r) for r in replies if r.has_error()]
@@ -185,8 +186,8 @@ class _Server:
                 raise TrainingError(f"round {round_}: no client returned trained weights ({', '.join(missing)})\n  "
                                     "fix: see the clients' errors; --resume continues after the last round")
             self.weights = aggregated.to_torch_state_dict()
-            evaluations = list(grid.send_and_receive(self.strategy.configure_evaluate(
-                round_, aggregated, ConfigRecord({}), grid), timeout=_ROUND_TIMEOUT_S))
+            evaluations = self._exchange(grid, self.strategy.configure_evaluate(round_, aggregated, ConfigRecord({}),
+                                                                                grid))
             held_out = {self._name(r): {k: v for k, v in r.content["metrics"].items() if k not in ("client",
                                                                                                  "num-examples")}
                         for r in evaluations if not r.has_error()}
@@ -224,9 +225,17 @@ class _Server:
         self.nodes[reply.metadata.src_node_id] = name  # to name it should it fail later
         return name
 
+    def _exchange(self, grid, messages) -> list:
+        """Send and wait for every answer (Flower answers for a node whose heartbeat lapsed with an error)."""
+        messages = list(messages)
+        replies = list(grid.send_and_receive(messages, timeout=_ROUND_TIMEOUT_S))
+        self.destinations.update({m.metadata.message_id: m.metadata.dst_node_id for m in messages})
+        return replies
+
     def _failure(self, reply) -> str:
-        """A client that did not answer, by name where it answered before, with the last line of why."""
-        node = reply.metadata.src_node_id
+        """A client that did not answer, by name where it answered before, with the last line of why (an error
+        Flower writes for a lost node comes from the SuperLink: the node is the one the message went to)."""
+        node = self.destinations.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         reason = (reply.error.reason or "").rsplit("Message: ", 1)[-1]  # a client's exception, after Flower's words
         reason = " ".join(line.strip() for line in reason.strip().rstrip("'>)").splitlines() if line.strip())
         return self.nodes.get(node, f"node {node}") + (f" ({reason[:300]})" if reason else "")
@@ -248,10 +257,11 @@ def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: flo
     from flwr.serverapp import strategy as flower_strategies
 
     sampled = max(1, round(params.fraction * clients))
+    least = min(params.min_clients or clients, clients)
     # under differential privacy every client weighs the same (what the privacy accounting assumes)
     common = {"fraction_train": params.fraction, "fraction_evaluate": 1.0 if params.holdout else 0.0,
-              "min_train_nodes": sampled, "min_evaluate_nodes": clients if params.holdout else 0,
-              "min_available_nodes": clients, "weighted_by_key": "one" if params.privacy else "num-examples"}
+              "min_train_nodes": min(sampled, least), "min_evaluate_nodes": least if params.holdout else 0,
+              "min_available_nodes": least, "weighted_by_key": "one" if params.privacy else "num-examples"}
     name = params.aggregation.name
     if isinstance(aggregation, FedProxParams):
         inner = flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)

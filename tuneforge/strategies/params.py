@@ -162,7 +162,10 @@ class FederatedParams(StrategyParams):
                                      "client has this many")
     rounds: int = Field(5, ge=1, le=100_000)
     local_steps: int = Field(2, ge=1, le=1_000_000, description="optimizer steps each client takes per round")
-    fraction: float = Field(1.0, gt=0, le=1, description="share of the clients sampled each round")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of the connected clients sampled each round")
+    min_clients: int | None = Field(None, ge=1, le=10_000, description="a round starts once this many clients are "
+                                    "connected (default: all of them); fewer lets a federation go on after a "
+                                    "client is lost")
     holdout: float = Field(0.2, ge=0, lt=1, description="share of each client's data it keeps to score the "
                            "global model on")
     aggregation: NamedParams = Field(default_factory=lambda: NamedParams(name="fedavg"),
