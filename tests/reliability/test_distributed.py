@@ -74,7 +74,8 @@ def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("how", ["ddp", "fsdp"])
+# FSDP's steps before the kill below are compared with the reference too, so its own run is in test-slow only
+@pytest.mark.parametrize("how", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_train_as_one(reference, tmp_path, how):
     config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
     result, _ = launch(config, tmp_path, f"train.distributed={how}")
