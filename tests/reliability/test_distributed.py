@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.reliability.conftest import run_config
-from tests.reliability.killing import ENV, resume
+from tests.reliability.killing import ENV
 
 # a process of the run does what the environment tells it to, at start-up (sitecustomize runs in every Python
 # process that has it on its path): exit at once, or SIGKILL itself / stop at the nth training step
@@ -58,6 +58,16 @@ def launch(config: Path, tmp_path: Path, *extra: str, timeout: float = 120, **fa
     return result, time.perf_counter() - started
 
 
+def resume_run(config: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    """`tuneforge train CONFIG output.dir=RUN --resume` in one process, in this one (through the CLI's entry)."""
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    result = CliRunner().invoke(app, ["train", str(config), f"output.dir={run_dir}", "--quiet", "--resume"])
+    return subprocess.CompletedProcess(["tuneforge"], result.exit_code, result.stdout, result.stderr)
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["loss"] for row in rows if row["kind"] == "train"}
@@ -86,35 +96,43 @@ def test_two_processes_train_as_one(reference, tmp_path, how):
     assert "Traceback" not in result.stderr
 
 
-def test_kill_one_process_then_resume_in_one(reference, tmp_path):
-    """kill -9 of the second process at its 5th step stops both within seconds, with the process named; the
-    run resumes in one process from the last checkpoint the two wrote (FSDP: gathered from their shards) and
-    ends as the reference."""
-    config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
-    result, seconds = launch(config, tmp_path, "train.distributed=fsdp", rank=1, at_step=5, signal="SIGKILL")
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "training process 1" in result.stderr and "SIGKILL" in result.stderr
-    assert "--resume" in result.stderr and "Traceback" not in result.stderr
-    assert seconds < 60
-    checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert checkpoints and checkpoints[-1] < "step-00000007"
-    resumed = resume(config)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert_same_training(tmp_path / "run", reference.parent / "run")
-
-
-@pytest.mark.parametrize("how", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
-def test_resume_a_one_process_run_in_two(reference, tmp_path, how):
-    """A run stopped after step 3 in one process (the reference's own checkpoints) continues in two (FSDP:
-    each takes its shard of the saved weights and optimizer state)."""
-    run_dir = tmp_path / "run"
+def stopped_at_step_3(reference: Path, run_dir: Path) -> None:
+    """The reference run as if it had stopped after step 3 in one process (its own checkpoints)."""
     shutil.copytree(reference.parent / "run", run_dir)
     for checkpoint in (run_dir / "checkpoints").iterdir():
         if checkpoint.name > "step-00000003":
             shutil.rmtree(checkpoint)
     status = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**status, "status": "training"}))
-    result, _ = launch(reference, tmp_path, "--resume", f"output.dir={run_dir}", f"train.distributed={how}")
+
+
+def test_resume_in_two_then_kill_one_then_resume_in_one(reference, tmp_path):
+    """Across world sizes and a kill: a run stopped after step 3 in one process resumes in two under FSDP (each
+    takes its shard of the saved weights and optimizer state); kill -9 of the second process at its 2nd step
+    (step 5) stops both within seconds, naming it; the checkpoint the two wrote (gathered from their shards)
+    resumes in one process, and the run ends as the uninterrupted reference, step for step."""
+    run_dir = tmp_path / "run"
+    stopped_at_step_3(reference, run_dir)
+    result, seconds = launch(reference, tmp_path, "--resume", f"output.dir={run_dir}", "train.distributed=fsdp",
+                             rank=1, at_step=2, signal="SIGKILL")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "resumed from step-00000003" in result.stdout
+    assert "training process 1" in result.stderr and "SIGKILL" in result.stderr
+    assert "--resume" in result.stderr and "Traceback" not in result.stderr
+    assert seconds < 60
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "step-00000004"  # written by two
+    resumed = resume_run(reference, run_dir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from step-00000004" in resumed.stdout
+    assert_same_training(run_dir, reference.parent / "run")
+
+
+@pytest.mark.slow
+def test_resume_a_one_process_run_in_two(reference, tmp_path):
+    """A run stopped after step 3 in one process continues in two under DDP."""
+    run_dir = tmp_path / "run"
+    stopped_at_step_3(reference, run_dir)
+    result, _ = launch(reference, tmp_path, "--resume", f"output.dir={run_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resumed from step-00000003" in result.stdout
     assert_same_training(run_dir, reference.parent / "run")
