@@ -49,7 +49,7 @@ def test_aggregations_are_flowers_own_strategies():
 
     def made(aggregation: dict):
         params = FederatedParams(clients=4, fraction=0.5, aggregation=aggregation)
-        return _flower_strategy(params.aggregation_params(), params, 4, 1e-3)
+        return _flower_strategy(params.chosen(), params, 4, 1e-3)
 
     assert type(made({"name": "fedavg"})) is flower.FedAvg
     prox = made({"name": "fedprox", "mu": 0.5})
@@ -149,14 +149,14 @@ def test_privacy_clips_each_update_and_accounts_epsilon(monkeypatch):
     updates = [{"w": torch.tensor([3.0, 4.0, 0.0, 0.0])}, {"w": torch.tensor([0.0, 0.0, 0.3, 0.4])},
                {"w": torch.tensor([0.0, 0.0, 0.0, 10.0])}]
     plain = FederatedParams(clients=3)
-    averaged = _round_with(_flower_strategy(plain.aggregation_params(), plain, 3, 1e-3), initial, updates, [1, 1, 2])
+    averaged = _round_with(_flower_strategy(plain.chosen(), plain, 3, 1e-3), initial, updates, [1, 1, 2])
     torch.testing.assert_close(averaged["w"], torch.tensor([0.75, 1.0, 0.075, 5.1]))  # weighted by examples
     clipped = FederatedParams(clients=3, privacy={"clipping_norm": 1.0})
-    result = _round_with(_flower_strategy(clipped.aggregation_params(), clipped, 3, 1e-3), initial, updates, [1, 1, 2])
+    result = _round_with(_flower_strategy(clipped.chosen(), clipped, 3, 1e-3), initial, updates, [1, 1, 2])
     # each update clipped to norm 1 (the second, of norm 0.5, untouched), then averaged with equal weights
     torch.testing.assert_close(result["w"], torch.tensor([0.6, 0.8, 0.3, 1.4]) / 3)
     noisy = FederatedParams(clients=3, privacy={"clipping_norm": 1.0, "noise_multiplier": 1.0, "delta": 1e-5})
-    strategy = _flower_strategy(noisy.aggregation_params(), noisy, 3, 1e-3)
+    strategy = _flower_strategy(noisy.chosen(), noisy, 3, 1e-3)
     _round_with(strategy, initial, updates, [1, 1, 2])
     first = _privacy_spent(strategy)
     _round_with(strategy, initial, updates, [1, 1, 2])

@@ -25,7 +25,7 @@ def split_clients(tasks: Sequence[str | None], clients: int, how: str, alpha: fl
     rows = list(range(len(tasks)))
     random.Random(seed).shuffle(rows)  # the IID partitioner cuts contiguous shards
     if how == "dirichlet":
-        if len({t for t in tasks}) < 2:
+        if len(set(tasks)) < 2:
             raise ConfigError(f"{where}: split: dirichlet deals each client a mixture of tasks, but the records "
                               "name fewer than two\n  fix: name a task in each data.train entry, or use split: iid")
         partitioner = DirichletPartitioner(num_partitions=clients, partition_by="task", alpha=alpha,

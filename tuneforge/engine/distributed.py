@@ -257,7 +257,7 @@ def launch(nproc: int, args: Sequence[str]) -> None:
         elastic_launch(config, sys.executable)("-m", "tuneforge", *args)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        if failure.exitcode == USER_ERROR:  # that process printed its message; the others were stopped
+        if failure.exitcode == TuneforgeError.exit_code:  # that process printed its message; the others were stopped
             raise FollowerError(f"process {rank} stopped on an error") from None
         how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
                else f"exited with code {failure.exitcode}")
@@ -266,5 +266,3 @@ def launch(nproc: int, args: Sequence[str]) -> None:
                             f"out-of-memory killer: see `dmesg`); `--resume` continues from the last checkpoint, "
                             f"with any number of processes") from None
 
-
-USER_ERROR = TuneforgeError.exit_code

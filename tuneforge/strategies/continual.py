@@ -79,7 +79,7 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
     console = RunConsole(quiet=quiet)
     recipe = read_recipe(loaded)
     tasks = task_order(loaded, params.metric)
-    mitigation_params = params.mitigation_params(loaded.where("strategy"))
+    mitigation_params = params.chosen(loaded.where("strategy"))
     if params.mitigation.name == "olora":  # before the model loads
         require_plain_lora(recipe.method.name, recipe.method_params)
     run_dir = resolve_run_dir(loaded)

@@ -81,7 +81,7 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
     cfg = loaded.run
     console = RunConsole(quiet=quiet)
     recipe = read_recipe(loaded)
-    aggregation = params.aggregation_params(loaded.where("strategy"))
+    aggregation = params.chosen(loaded.where("strategy"))
     names = _client_names(params)
     run_dir = resolve_run_dir(loaded)
 

@@ -3,7 +3,7 @@ maps each registered strategy to its schema; the registry takes it from here."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,6 +15,29 @@ class StrategyParams(BaseModel):
 
     def check(self, where: str) -> None:
         """Validate what the schema alone cannot (nested registry choices); before PyTorch loads."""
+
+
+class ChoiceParams(StrategyParams):
+    """A strategy with one nested registry choice, `KEY: NAME` or `KEY: {name: NAME, ...}` (a continual
+    strategy's mitigation, a federated one's aggregation), checked against its registry's schema."""
+
+    choice_key: ClassVar[str]
+    choices: ClassVar[dict[str, type[StrategyParams]]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data):
+        if isinstance(data, dict) and isinstance(data.get(cls.choice_key), str):
+            data = {**data, cls.choice_key: {"name": data[cls.choice_key]}}
+        return data
+
+    def chosen(self, where: str = "config key 'strategy'") -> StrategyParams:
+        """The choice's own parameters, validated (unknown keys name the nearest valid one)."""
+        spec, key = getattr(self, self.choice_key), f"strategy.{self.choice_key}"
+        return validate_named_params(registry_lookup(self.choices, spec.name, key), spec, key, where)
+
+    def check(self, where: str) -> None:
+        self.chosen(where)
 
 
 class SingleParams(StrategyParams):
@@ -76,7 +99,7 @@ MITIGATION_PARAMS: dict[str, type[MitigationParams]] = {
     "olora": OloraParams}
 
 
-class SequentialParams(StrategyParams):
+class SequentialParams(ChoiceParams):
     """Continual learning: the tasks of `data.train` (each entry names its `task`) trained one after another
     on one model, in the order they first appear; after each, every task's test set is scored."""
 
@@ -84,17 +107,8 @@ class SequentialParams(StrategyParams):
                                     description="none | replay | ewc | l2sp | lwf | olora, with its parameters")
     metric: str = Field("exact_match", description="the score of the accuracy matrix (one of eval.metrics)")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _named(cls, data):
-        return _named_choice(data, "mitigation")
-
-    def mitigation_params(self, where: str = "config key 'strategy'") -> MitigationParams:
-        schema = registry_lookup(MITIGATION_PARAMS, self.mitigation.name, "strategy.mitigation")
-        return validate_named_params(schema, self.mitigation, "strategy.mitigation", where)
-
-    def check(self, where: str) -> None:
-        self.mitigation_params(where)
+    choice_key: ClassVar[str] = "mitigation"
+    choices: ClassVar[dict] = MITIGATION_PARAMS
 
 
 class MultitaskParams(StrategyParams):
@@ -147,7 +161,7 @@ class PrivacyParams(StrategyParams):
     delta: float = Field(1e-5, gt=0, lt=1, description="the δ at which ε is reported each round")
 
 
-class FederatedParams(StrategyParams):
+class FederatedParams(ChoiceParams):
     """Federated fine-tuning on Flower: clients train the adapter on their own data for `local_steps` a round;
     the server aggregates only the trainable weights, never sees the data."""
 
@@ -173,24 +187,8 @@ class FederatedParams(StrategyParams):
     privacy: PrivacyParams | None = Field(None, description="clipping and noise of the clients' updates, with "
                                           "the (ε, δ) spent reported per round; unset: none")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _named(cls, data):
-        return _named_choice(data, "aggregation")
-
-    def aggregation_params(self, where: str = "config key 'strategy'") -> AggregationParams:
-        schema = registry_lookup(AGGREGATION_PARAMS, self.aggregation.name, "strategy.aggregation")
-        return validate_named_params(schema, self.aggregation, "strategy.aggregation", where)
-
-    def check(self, where: str) -> None:
-        self.aggregation_params(where)
-
-
-def _named_choice(data, key: str):
-    """`key: NAME` as shorthand for `key: {name: NAME}`."""
-    if isinstance(data, dict) and isinstance(data.get(key), str):
-        data = {**data, key: {"name": data[key]}}
-    return data
+    choice_key: ClassVar[str] = "aggregation"
+    choices: ClassVar[dict] = AGGREGATION_PARAMS
 
 
 PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams,
