@@ -25,6 +25,10 @@ from safetensors.torch import load_file
 from tests.reliability.conftest import run_config
 from tests.reliability.killing import ENV
 
+# two processes need two devices: a CPU-only machine (gloo) or two GPUs (NCCL); one GPU cannot host both
+pytestmark = pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() < 2,
+                                reason="two processes need two GPUs here (or a CPU-only machine)")
+
 # a process of the run does what the environment tells it to, at start-up (sitecustomize runs in every Python
 # process that has it on its path): exit at once, or SIGKILL itself / stop at the nth training step
 _SITECUSTOMIZE = """
