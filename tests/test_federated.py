@@ -57,7 +57,30 @@ def test_aggregations_are_flowers_own_strategies():
     adam = made({"name": "fedadam", "eta": 0.02})
     assert type(adam) is flower.FedAdam and adam.eta == 0.02
     assert type(made({"name": "fedyogi"})) is flower.FedYogi
+    heavy = made({"name": "fedavgm", "server_lr": 1.5, "momentum": 0.9})
+    assert type(heavy) is flower.FedAvgM and (heavy.server_learning_rate, heavy.server_momentum) == (1.5, 0.9)
     assert prox.min_train_nodes == 2 and prox.min_available_nodes == 4
+
+
+def test_a_server_optimizers_state_comes_back_after_a_restart_in_the_models_order(tmp_path):
+    """FedAvgM's momentum (a list Flower pairs with the arrays by position) and the weights come back in the
+    model's order, not the checkpoint file's sorted one."""
+    import numpy as np
+
+    from tuneforge.engine import checkpoint
+    from tuneforge.strategies.federated import ROUNDS, _flower_strategy, _last_round, _server_state
+    from tuneforge.strategies.params import FederatedParams
+
+    params = FederatedParams(clients=2, aggregation={"name": "fedavgm", "momentum": 0.9})
+    weights = {"z.lora_B": torch.randn(2, 3), "a.lora_A": torch.randn(3, 2)}  # the model's order, not sorted
+    before = _flower_strategy(params.chosen(), params, 2, 1e-3)
+    before.momentum_vector = [np.full((2, 3), 1.0, np.float32), np.full((3, 2), 2.0, np.float32)]
+    checkpoint.write_checkpoint(tmp_path / ROUNDS, 1, (weights, _server_state(before, list(weights)), {
+        "param_groups": [], "scalars": {}}), {"round": 1}, keep_last=2)
+    after = _flower_strategy(params.chosen(), params, 2, 1e-3)
+    done, restored = _last_round(tmp_path, after, list(weights))
+    assert done == 1 and list(restored) == ["z.lora_B", "a.lora_A"]
+    assert [m.tolist() for m in after.momentum_vector] == [m.tolist() for m in before.momentum_vector]
 
 
 def test_a_typo_in_the_aggregation_names_the_nearest_key():
@@ -250,7 +273,10 @@ class _Deployment:
         (tmp_path / "flwr").mkdir()
         (tmp_path / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
-        self.link = self._start("flower-superlink", "--insecure", "--port", str(link))
+        # the SuperLink keeps its state (the registered nodes, the runs) in a file, so that a restarted one knows
+        # the SuperNodes that reconnect to it
+        self.port, self.database = link, tmp_path / "flwr" / "superlink.db"
+        self.link = self._start("flower-superlink", "--insecure", "--port", str(link), "--database", str(self.database))
         time.sleep(4)
         self.nodes = [self._start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
                                   str(_free_port()), "--node-config", f'partition-id={i} data-path="{path}"')
@@ -262,14 +288,25 @@ class _Deployment:
         return subprocess.Popen([self.bin / command[0], *command[1:]], env=self.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
 
-    def run(self, config: Path):
+    def run(self, config: Path, resume: bool = False):
         import subprocess
 
         app = subprocess.run([sys.executable, "-m", "tuneforge.strategies.flower_app"], capture_output=True,
                              text=True, check=True).stdout.strip()
         return subprocess.Popen([self.bin / "flwr", "run", app, "local", "--stream", "--run-config",
-                                 f'config="{config}"'], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                 f'config="{config}"' + (" resume=true" if resume else "")], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def restart_link(self) -> None:
+        """kill -9 of the SuperLink and the ServerApp it runs, and a new SuperLink on the same address (the
+        SuperNodes keep trying to reach it and connect again by themselves)."""
+        import time
+
+        self.kill(self.link)
+        self.link.wait()
+        self.link = self._start("flower-superlink", "--insecure", "--port", str(self.port), "--database",
+                                str(self.database))
+        time.sleep(6)
 
     def kill(self, process) -> None:
         import os
@@ -316,22 +353,55 @@ def test_a_deployment_of_real_processes_gives_the_simulations_global_model(tmp_p
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)
 
 
+def _wait_for_round(metrics: Path, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and '"round"' in metrics.read_text()):
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_a_restarted_superlink_resumes_the_deployed_federation(tmp_path, tiny_model_dir):
+    """kill -9 of the SuperLink (with the ServerApp it runs) once round 1 is aggregated; a new SuperLink on the
+    same address, the SuperNodes reconnect by themselves, `flwr run ... resume=true` continues after the last
+    aggregated round and ends on the uninterrupted simulation's adapter."""
+    from tuneforge.api import train
+
+    simulated = _federation(tmp_path / "sim", tiny_model_dir, 3)
+    reference = train(simulated, quiet=True).run_dir
+    config = _deployed_config(tmp_path, simulated)
+    deployment = _Deployment(tmp_path, simulated["strategy"]["client_data"])
+    metrics = tmp_path / "deployed" / "metrics.jsonl"
+    try:
+        first = deployment.run(config)
+        _wait_for_round(metrics)
+        deployment.restart_link()
+        first.communicate(timeout=60)
+        output = deployment.run(config, resume=True).communicate(timeout=600)[0]
+    finally:
+        deployment.close()
+    assert "resuming after round" in output and "round 3/3" in output, output[-3000:]
+    rounds = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"round"' in line]
+    assert rounds == [1, 2, 3]
+    ours = load_file(tmp_path / "deployed" / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(reference / "adapter" / "adapter_model.safetensors")
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_a_client_process_killed_mid_federation_does_not_stop_it(tmp_path, tiny_model_dir):
     """kill -9 of a SuperNode (and its ClientApp) after round 1: Flower answers for it with an error once its
     heartbeat lapses, the round aggregates the two that answered and names the missing one, and the next round
     goes on with the clients still connected (strategy.min_clients: 2)."""
-    import time
-
     simulated = _federation(tmp_path / "sim", tiny_model_dir, 3)
     config = _deployed_config(tmp_path, simulated, min_clients=2)
     deployment = _Deployment(tmp_path, simulated["strategy"]["client_data"])
     metrics = tmp_path / "deployed" / "metrics.jsonl"
     try:
         flwr = deployment.run(config)
-        deadline = time.time() + 300
-        while time.time() < deadline and not (metrics.exists() and '"round"' in metrics.read_text()):
-            time.sleep(0.5)
+        _wait_for_round(metrics)
         deployment.kill(deployment.nodes[2])
         output = flwr.communicate(timeout=600)[0]
     finally:

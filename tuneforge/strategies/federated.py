@@ -51,7 +51,7 @@ from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_tokenizer
 from tuneforge.strategies import Strategy
-from tuneforge.strategies.params import FederatedParams, FedOptParams, FedProxParams
+from tuneforge.strategies.params import FedAvgMParams, FederatedParams, FedOptParams, FedProxParams
 from tuneforge.strategies.penalties import l2sp
 from tuneforge.strategies.single import (
     CHECKPOINTS,
@@ -107,7 +107,8 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
             write_json(run_dir / RUN_FILE, {"status": "training", "clients": names, "fingerprint": fingerprint,
                                              **session.summary()})
         strategy = _flower_strategy(aggregation, params, len(names), cfg.train.lr)
-        done, weights = _last_round(run_dir, strategy) if resuming else (0, checkpoint.trainable_state(session.model))
+        weights = checkpoint.trainable_state(session.model)
+        done, weights = _last_round(run_dir, strategy, list(weights)) if resuming else (0, weights)
         console.info(f"federated: {len(names)} clients, {params.rounds} rounds of {params.local_steps} local steps, "
                      f"{aggregation.__class__.__name__.removesuffix('Params')}; each round exchanges "
                      f"{_mib(adapter_bytes)} per client each way ({100 * adapter_bytes / full_bytes:.2f}% of the "
@@ -207,7 +208,7 @@ class _Server:
             accountant = getattr(self.strategy, "accountant", None)
             state = {"round": round_, **({"privacy_accountant": accountant.state_dict()} if accountant else {})}
             checkpoint.write_checkpoint(self.run_dir / ROUNDS, round_, (
-                {k: v.contiguous() for k, v in self.weights.items()}, _server_state(self.strategy),
+                {k: v.contiguous() for k, v in self.weights.items()}, _server_state(self.strategy, list(self.weights)),
                 {"param_groups": [], "scalars": {}}), state, keep_last=2)
             self.done = round_
             spent = row.get("privacy", {})
@@ -252,8 +253,9 @@ def _in_client_order(replies) -> list:
 
 
 def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: float):
-    """The Flower strategy that aggregates: FedAvg, FedProx (the proximal term is the clients' to add: Flower
-    sends them its μ), FedAdam or FedYogi (a server-side optimizer over the averaged update)."""
+    """The Flower strategy that aggregates: FedAvg, FedAvgM (a server learning rate and momentum on the averaged
+    update), FedProx (the proximal term is the clients' to add: Flower sends them its μ), FedAdam or FedYogi (a
+    server-side optimizer over the averaged update)."""
     from flwr.serverapp import strategy as flower_strategies
 
     sampled = max(1, round(params.fraction * clients))
@@ -265,6 +267,9 @@ def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: flo
     name = params.aggregation.name
     if isinstance(aggregation, FedProxParams):
         inner = flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)
+    elif isinstance(aggregation, FedAvgMParams):
+        inner = flower_strategies.FedAvgM(**common, server_learning_rate=aggregation.server_lr,
+                                          server_momentum=aggregation.momentum)
     elif isinstance(aggregation, FedOptParams):
         opt = {"fedadam": flower_strategies.FedAdam, "fedyogi": flower_strategies.FedYogi}[name]
         # eta_l, the clients' learning rate, is only reported by Flower: the clients train at train.lr
@@ -302,18 +307,22 @@ def _privacy_spent(strategy) -> dict:
     return figures | ({"epsilon": spent.epsilon, "delta": spent.delta} if spent is not None else {})
 
 
-def _server_state(strategy) -> dict[str, torch.Tensor]:
-    """A server optimizer's moments (FedAdam, FedYogi), to resume with them."""
+def _server_state(strategy, names: list[str]) -> dict[str, torch.Tensor]:
+    """A server optimizer's state, to resume with it: FedAdam's and FedYogi's moments (by weight name), FedAvgM's
+    momentum (a list in the weights' order, `names`)."""
     strategy = getattr(strategy, "strategy", strategy)  # inside a privacy wrapper
     state = {}
     for slot in ("m_t", "v_t"):
         for name, value in (getattr(strategy, slot, None) or {}).items():
             state[f"{slot}.{name}"] = torch.from_numpy(value.copy())
+    for name, value in zip(names, getattr(strategy, "momentum_vector", None) or [], strict=False):
+        state[f"momentum.{name}"] = torch.from_numpy(value.copy())
     return state
 
 
-def _last_round(run_dir: Path, strategy) -> tuple[int, dict[str, torch.Tensor]]:
-    """The last aggregated round's weights (and the server optimizer's moments put back)."""
+def _last_round(run_dir: Path, strategy, order: list[str]) -> tuple[int, dict[str, torch.Tensor]]:
+    """The last aggregated round's weights, in the model's `order` (Flower's strategies pair a round's arrays
+    with the clients' by position), and the server optimizer's state put back."""
     from safetensors.torch import load_file
 
     found, skipped = checkpoint.latest_checkpoint(run_dir / ROUNDS)
@@ -326,11 +335,15 @@ def _last_round(run_dir: Path, strategy) -> tuple[int, dict[str, torch.Tensor]]:
     if accountant is not None:
         accountant.load_state_dict(read_json(found / "state.json")["privacy_accountant"])
     inner = getattr(strategy, "strategy", strategy)
-    for slot in ("m_t", "v_t"):
+    saved = load_file(found / "trainable.safetensors")
+    weights = {name: saved[name] for name in order}
+    for slot in ("m_t", "v_t", "momentum"):
         moments = {k.split(".", 1)[1]: v.numpy() for k, v in state.items() if k.startswith(f"{slot}.")}
-        if moments:
+        if moments and slot == "momentum":
+            inner.momentum_vector = [moments[name] for name in weights]
+        elif moments:
             setattr(inner, slot, moments)
-    return step_of(found), load_file(found / "trainable.safetensors")
+    return step_of(found), weights
 
 
 def _server_data(loaded: LoadedConfig, recipe: Recipe) -> Prepared:
@@ -557,4 +570,4 @@ def serve_deployed(grid, context) -> None:
 
 
 STRATEGY = Strategy("federated", "clients train the adapter on their own data; Flower aggregates the weights "
-                    "(FedAvg, FedProx, FedAdam, FedYogi)", FederatedParams, run)
+                    "(FedAvg, FedAvgM, FedProx, FedAdam, FedYogi)", FederatedParams, run)

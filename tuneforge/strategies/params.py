@@ -132,6 +132,14 @@ class FedProxParams(AggregationParams):
     mu: float = Field(0.01, ge=0, description="μ of μ/2·‖w − w_global‖², added to each client's loss")
 
 
+class FedAvgMParams(AggregationParams):
+    """FedAvgM: the averaged client update applied by the server with its own learning rate and momentum"""
+
+    server_lr: float = Field(1.0, gt=0, le=100, description="the averaged update (global minus the clients' mean) "
+                             "times this; above 1 lets each round travel further than one client's local steps")
+    momentum: float = Field(0.0, ge=0, lt=1, description="the server's heavy-ball momentum over the rounds' updates")
+
+
 class FedOptParams(AggregationParams):
     eta: float = Field(0.01, gt=0, description="the server's learning rate on the averaged update")
     beta_1: float = Field(0.9, ge=0, lt=1)
@@ -148,7 +156,8 @@ class FedYogiParams(FedOptParams):
 
 
 AGGREGATION_PARAMS: dict[str, type[AggregationParams]] = {
-    "fedavg": FedAvgParams, "fedprox": FedProxParams, "fedadam": FedAdamParams, "fedyogi": FedYogiParams}
+    "fedavg": FedAvgParams, "fedavgm": FedAvgMParams, "fedprox": FedProxParams, "fedadam": FedAdamParams,
+    "fedyogi": FedYogiParams}
 
 
 class PrivacyParams(StrategyParams):
@@ -183,7 +192,8 @@ class FederatedParams(ChoiceParams):
     holdout: float = Field(0.2, ge=0, lt=1, description="share of each client's data it keeps to score the "
                            "global model on")
     aggregation: NamedParams = Field(default_factory=lambda: NamedParams(name="fedavg"),
-                                     description="fedavg | fedprox | fedadam | fedyogi, with its parameters")
+                                     description="fedavg | fedavgm | fedprox | fedadam | fedyogi, with its "
+                                     "parameters")
     privacy: PrivacyParams | None = Field(None, description="clipping and noise of the clients' updates, with "
                                           "the (ε, δ) spent reported per round; unset: none")
 
