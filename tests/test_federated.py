@@ -62,6 +62,36 @@ def test_aggregations_are_flowers_own_strategies():
     assert prox.min_train_nodes == 2 and prox.min_available_nodes == 4
 
 
+def test_a_round_samples_the_same_clients_whatever_node_ids_they_were_given(monkeypatch):
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from tuneforge.strategies.federated import _configure_train, _flower_strategy, _Roster
+    from tuneforge.strategies.params import FederatedParams
+
+    params = FederatedParams(clients=6, fraction=0.5)
+    strategy = _flower_strategy(params.chosen(), params, 6, 1e-3)
+    for slot in ("_run_id", "_node_id", "_task_id"):  # a ServerApp process's identity: messages carry it
+        monkeypatch.setattr(TaskIdentity, slot, 1)
+
+    class Grid:
+        def __init__(self, nodes):
+            self.nodes = nodes
+
+        def get_node_ids(self):
+            return list(self.nodes)
+
+    def sampled(nodes: list[int], round_: int) -> list[str]:
+        names = {node: f"client-{i}" for i, node in enumerate(nodes)}
+        messages = _configure_train(strategy, round_, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord({}),
+                                    _Roster(Grid(sorted(nodes)), names), seed=42)
+        return sorted(names[m.metadata.dst_node_id] for m in messages)
+
+    first = sampled([51, 32, 93, 14, 75, 26], 1)
+    assert len(first) == 3 and sampled([8, 6, 4, 2, 9, 7], 1) == first
+    assert len({tuple(sampled([51, 32, 93, 14, 75, 26], r)) for r in range(1, 6)}) > 1  # rounds draw anew
+
+
 def test_a_server_optimizers_state_comes_back_after_a_restart_in_the_models_order(tmp_path):
     """FedAvgM's momentum (a list Flower pairs with the arrays by position) and the weights come back in the
     model's order, not the checkpoint file's sorted one."""

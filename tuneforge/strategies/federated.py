@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,12 +175,13 @@ class _Server:
             self.before = self._score(self.weights)
             write_json(self.run_dir / EVAL_FILE, {"before": self.before})
             self.console.info("round 0: global " + format_scores(self.before))
+        grid = self._introduce(grid)
         for round_ in range(self.done + 1, params.rounds + 1):
             started = time.perf_counter()
             arrays = ArrayRecord(self.weights)
             lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
-            replies = _in_client_order(self._exchange(grid, self.strategy.configure_train(
-                round_, arrays, ConfigRecord({"lr": lr}), grid)))
+            replies = _in_client_order(self._exchange(grid, _configure_train(
+                self.strategy, round_, arrays, ConfigRecord({"lr": lr}), grid, cfg.train.seed)))
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
             missing = [self._failure(r) for r in replies if r.has_error()]
@@ -217,6 +219,20 @@ class _Server:
                               + f"; {_mib(sent)} exchanged; {row['wall_s']:.0f} s"
                               + (f"; ε {spent['epsilon']:.3g} at δ {spent['delta']:g}" if "epsilon" in spent else ""))
 
+    def _introduce(self, grid) -> _Roster:
+        """Wait for the clients a round needs, ask each connected node which client it is (a query message), and
+        give Flower's strategies the grid with its nodes in their clients' order."""
+        from flwr.app import Message, RecordDict
+
+        least = min(self.params.min_clients or len(self.names), len(self.names))
+        while len(nodes := list(grid.get_node_ids())) < least:
+            time.sleep(1)
+        for reply in self._exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type="query")
+                                           for node in nodes]):
+            if not reply.has_error():
+                self._name(reply)
+        return _Roster(grid, self.nodes)
+
     def _score(self, weights: dict[str, torch.Tensor]) -> dict:
         checkpoint.restore_trainable(self.session.model, weights, "the aggregated weights")
         return self.evaluate(generate=True)[0]
@@ -240,6 +256,29 @@ class _Server:
         reason = (reply.error.reason or "").rsplit("Message: ", 1)[-1]  # a client's exception, after Flower's words
         reason = " ".join(line.strip() for line in reason.strip().rstrip("'>)").splitlines() if line.strip())
         return self.nodes.get(node, f"node {node}") + (f" ({reason[:300]})" if reason else "")
+
+
+class _Roster:
+    """A grid whose connected nodes come in the order of their clients' names (nodes not yet introduced last),
+    not in the order of their random node ids."""
+
+    def __init__(self, grid, names: dict[int, str]):
+        self.grid, self.names = grid, names
+
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.grid.get_node_ids(), key=lambda node: (node not in self.names, self.names.get(node, ""),
+                                                                  node))
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+
+def _configure_train(strategy, round_: int, arrays, config, roster: _Roster, seed: int) -> list:
+    """The round's messages to the clients Flower's strategy samples. It samples with the `random` module from
+    the roster's order: seeded by the run's seed and the round, a federation draws the same clients every time
+    it runs, whatever node ids its clients were given."""
+    random.seed(f"{seed}:{round_}")
+    return list(strategy.configure_train(round_, arrays, config, roster))
 
 
 _ROUND_TIMEOUT_S = 24 * 3600.0  # a round waits for its clients; a client that fails answers with an error
@@ -447,6 +486,11 @@ def client_app(resolve):
         return Message(RecordDict({"arrays": ArrayRecord(checkpoint.trainable_state(session.model)),
                                    "metrics": MetricRecord(metrics), "client": ConfigRecord({"name": who.name})}),
                        reply_to=message)
+
+    @app.query()
+    def introduce(message, context):
+        _, _, who, _, _ = identity(context)
+        return Message(RecordDict({"client": ConfigRecord({"name": who.name})}), reply_to=message)
 
     @app.evaluate()
     def evaluate(message, context):
