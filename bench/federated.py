@@ -82,6 +82,7 @@ VARIANTS: dict[str, dict] = {
                                 "train": {"schedule": "constant"}},
     "all-clients-lr-5e-3": {"strategy": {"fraction": 1.0, "rounds": 6, "local_steps": 3},
                             "train": {"lr": 5e-3, "schedule": "constant"}},
+    "one-client-a-round": {"strategy": {"fraction": 0.1, "rounds": 30, "local_steps": 6}},
     "centralised-batch-40": {"centralised": 18, "train": {"batch_size": 40}},
     "centralised-batch-40-lr-6e-3": {"centralised": 18, "train": {"batch_size": 40, "lr": 6e-3,
                                                                    "schedule": "constant"}},

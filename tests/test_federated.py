@@ -127,7 +127,7 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     opens."""
     from tuneforge.api import train
 
-    config = _federation(tmp_path, tiny_model_dir, 2)
+    config = _federation(tmp_path, tiny_model_dir, 2, client_eval_every=2)
     # a fourth client whose data cannot be read fails every round: the rounds go on with the three that answer
     broken = tmp_path / "hospital-3.jsonl"
     broken.write_text('{"prompt": "Repeat 1", "completion": "1"}\n{"prompt": "Repeat 2", "completion": ""}\n')
@@ -154,7 +154,8 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     for row in rounds:
         assert row["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
         assert len(row["missing"]) == 1 and "hospital-3.jsonl:2" in row["missing"][0]  # the client's own error
-        assert set(row["client_scores"]) == set(row["clients"]) and "loss" in row["global"]
+        assert "loss" in row["global"]  # the server scores data.test every round, the clients every second
+        assert set(row["client_scores"]) == (set(row["clients"]) if row["step"] == 2 else set())
         assert row["bytes_exchanged"] == 2 * 3 * 8192 * 4  # the LoRA weights in fp32, down and up, 3 clients
         assert row["bytes_exchanged"] / row["bytes_full_model"] < 0.05
     # the saved adapter is the last aggregated round's, and it moved from the initial weights

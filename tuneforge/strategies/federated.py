@@ -189,8 +189,9 @@ class _Server:
                 raise TrainingError(f"round {round_}: no client returned trained weights ({', '.join(missing)})\n  "
                                     "fix: see the clients' errors; --resume continues after the last round")
             self.weights = aggregated.to_torch_state_dict()
-            evaluations = self._exchange(grid, self.strategy.configure_evaluate(round_, aggregated, ConfigRecord({}),
-                                                                                grid))
+            scored = round_ % params.client_eval_every == 0 or round_ == params.rounds
+            evaluations = self._exchange(grid, self.strategy.configure_evaluate(
+                round_, aggregated, ConfigRecord({}), grid)) if scored else []
             held_out = {self._name(r): {k: v for k, v in r.content["metrics"].items() if k not in ("client",
                                                                                                  "num-examples")}
                         for r in evaluations if not r.has_error()}

@@ -191,6 +191,9 @@ class FederatedParams(ChoiceParams):
                                     "client is lost")
     holdout: float = Field(0.2, ge=0, lt=1, description="share of each client's data it keeps to score the "
                            "global model on")
+    client_eval_every: int = Field(1, ge=1, description="the clients score the global model on their held-out data "
+                                   "every this many rounds (and after the last); the server scores data.test every "
+                                   "round")
     aggregation: NamedParams = Field(default_factory=lambda: NamedParams(name="fedavg"),
                                      description="fedavg | fedavgm | fedprox | fedadam | fedyogi, with its "
                                      "parameters")
