@@ -168,6 +168,21 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_under_privacy_a_failed_client_stops_the_round_with_a_located_error(tmp_path, tiny_model_dir):
+    """Flower's DP wrapper aggregates nothing when a sampled client fails (its noise is calibrated to all of
+    them): the run ends with the failed client named and the --resume fix, not 'no client returned weights'."""
+    from tuneforge.api import train
+    from tuneforge.errors import TrainingError
+
+    config = _federation(tmp_path, tiny_model_dir, 1, privacy={"clipping_norm": 1.0, "noise_multiplier": 0.5})
+    broken = tmp_path / "hospital-3.jsonl"
+    broken.write_text('{"prompt": "Repeat 1", "completion": "1"}\n{"prompt": "Repeat 2", "completion": ""}\n')
+    config["strategy"]["client_data"].append(str(broken))
+    with pytest.raises(TrainingError, match=r"round 1: hospital-3 \(.*hospital-3.jsonl:2.*every sampled client"):
+        train(config, quiet=True)
+
+
 class _Nodes:
     """The one thing a Flower strategy asks of the grid when it configures a round: the connected nodes."""
 

@@ -185,6 +185,11 @@ class _Server:
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
             missing = [self._failure(r) for r in replies if r.has_error()]
+            if aggregated is None and params.privacy and answered:
+                raise TrainingError(f"round {round_}: {', '.join(missing)} failed, and under strategy.privacy Flower "
+                                    "aggregates a round only when every sampled client answers (the noise is "
+                                    "calibrated to them)\n  fix: see the client's error; --resume continues after "
+                                    "the last aggregated round")
             if aggregated is None:
                 raise TrainingError(f"round {round_}: no client returned trained weights ({', '.join(missing)})\n  "
                                     "fix: see the clients' errors; --resume continues after the last round")
@@ -489,8 +494,9 @@ def client_app(resolve):
                        reply_to=message)
 
     @app.query()
-    def introduce(message, context):
-        _, _, who, _, _ = identity(context)
+    def introduce(message, context):  # its name only: a client whose data fails is still named by it
+        params = resolve(context)[1]
+        who = _Who.of(context.node_config, params)
         return Message(RecordDict({"client": ConfigRecord({"name": who.name})}), reply_to=message)
 
     @app.evaluate()
