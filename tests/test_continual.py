@@ -44,8 +44,10 @@ def test_distillation_by_hand():
     logits = torch.tensor([[0.0, 0.0, 100.0]])  # token 2 is outside the teacher's top-k: not counted
     kl = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
     assert float(penalties.distillation(logits, teacher, ids, 1.0)) == pytest.approx(kl, rel=1e-5)
-    # top-k log-probs that do not sum to one are renormalised over the k; T² scales the term
-    assert float(penalties.distillation(logits, teacher - 1.0, ids, 2.0)) == pytest.approx(4 * kl, rel=1e-5)
+    # top-k log-probs that do not sum to one are renormalised over the k at temperature T (0.8, 0.2 at T = 2:
+    # √0.8 : √0.2 = 2/3 : 1/3); T² scales the term
+    kl_2 = 2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5)
+    assert float(penalties.distillation(logits, teacher - 1.0, ids, 2.0)) == pytest.approx(4 * kl_2, rel=1e-5)
     assert float(penalties.distillation(torch.log(torch.tensor([[0.8, 0.2, 5.0]])), teacher, ids, 1.0)) == \
         pytest.approx(0.0, abs=1e-6)
 

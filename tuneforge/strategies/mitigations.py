@@ -164,7 +164,7 @@ class Lwf(Mitigation):
         with torch.no_grad(), session.scoring():
             for batch in batches:
                 logits, mask = self._positions(batch)
-                top = torch.log_softmax(logits[mask].float() / p.temperature, dim=-1).topk(p.top_k, dim=-1)
+                top = torch.log_softmax(logits[mask].float(), dim=-1).topk(p.top_k, dim=-1)  # at T = 1
                 teachers.append((top.values, top.indices))
         session.model.train()
         calls = [resumed_step]

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 import torch
 
+from tuneforge.objectives.distill import generalized_jsd, top_k_support
+
 
 def l2sp(params: dict[str, torch.Tensor], anchors: dict[str, torch.Tensor], strength: float) -> torch.Tensor:
     """L2-SP (Li et al., 2018, https://arxiv.org/abs/1802.01483): strength/2 · Σ (θ - θ₀)², a pull toward the
@@ -32,13 +34,12 @@ def orthogonality(current: list[torch.Tensor], earlier: list[list[torch.Tensor]]
 
 def distillation(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
                  temperature: float) -> torch.Tensor:
-    """Learning without forgetting's term (Li & Hoiem, 2016, https://arxiv.org/abs/1606.09282): the KL from the
-    earlier model's next-token distribution (its top-k log-probs at temperature T, renormalised over those k)
-    to the current model's over the same k tokens, times T², averaged over positions. Shapes: logits (n, vocab),
-    teacher log-probs and ids (n, k)."""
-    student = torch.log_softmax(student_logits.float().gather(-1, teacher_ids) / temperature, dim=-1)
-    teacher = torch.log_softmax(teacher_logprobs.float(), dim=-1)
-    return temperature ** 2 * (teacher.exp() * (teacher - student)).sum(-1).mean()
+    """Learning without forgetting's term (Li & Hoiem, 2016, https://arxiv.org/abs/1606.09282): the forward KL
+    from the earlier model's next-token distribution (its top-k log-probs, renormalised over those k at
+    temperature T) to the current model's over the same k tokens, times T², averaged over positions. Shapes:
+    logits (n, vocab), teacher log-probs (at T = 1) and ids (n, k)."""
+    student, teacher = top_k_support(student_logits, teacher_logprobs, teacher_ids, temperature)
+    return temperature ** 2 * generalized_jsd(student, teacher, beta=0).mean()
 
 
 def diagonal_fisher(squared_grads: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
