@@ -91,6 +91,24 @@ def test_a_round_samples_the_same_clients_whatever_node_ids_they_were_given(monk
     assert len(first) == 3 and sampled([8, 6, 4, 2, 9, 7], 1) == first
     assert len({tuple(sampled([51, 32, 93, 14, 75, 26], r)) for r in range(1, 6)}) > 1  # rounds draw anew
 
+    # sampling: examples: drawn in proportion to the clients' examples, Flower's strategy taking all it is shown
+    params = FederatedParams(clients=6, fraction=0.34, sampling="examples")
+    strategy = _flower_strategy(params.chosen(), params, 6, 1e-3)
+    assert strategy.weighted_by_key == "one"  # the draw already weighs a client by its size
+    sizes = {"client-0": 400, "client-1": 10, "client-2": 10, "client-3": 10, "client-4": 10}  # client-5: unsaid
+
+    def drawn(nodes: list[int], round_: int) -> list[str]:
+        names = {node: f"client-{i}" for i, node in enumerate(nodes)}
+        messages = _configure_train(strategy, round_, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord({}),
+                                    _Roster(Grid(sorted(nodes)), names), 42, (params.fraction, sizes))
+        return sorted(names[m.metadata.dst_node_id] for m in messages)
+
+    rounds = [drawn([51, 32, 93, 14, 75, 26], r) for r in range(1, 41)]
+    assert all(len(r) == 2 for r in rounds) and rounds[0] == drawn([8, 6, 4, 2, 9, 7], 1)
+    counts = {name: sum(name in r for r in rounds) for name in [f"client-{i}" for i in range(6)]}
+    assert counts["client-0"] >= 36  # 400 of 488 examples (+ client-5 at the mean, 88): nearly every round
+    assert counts["client-5"] > max(counts[f"client-{i}"] for i in range(1, 5))  # weighs the mean of the others
+
 
 def test_a_server_optimizers_state_comes_back_after_a_restart_in_the_models_order(tmp_path):
     """FedAvgM's momentum (a list Flower pairs with the arrays by position) and the weights come back in the

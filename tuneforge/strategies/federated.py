@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -49,7 +50,7 @@ from tuneforge.engine.session import (
     read_recipe,
 )
 from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole
-from tuneforge.errors import ConfigError, TrainingError
+from tuneforge.errors import ConfigError, TrainingError, TuneforgeError
 from tuneforge.models.load import load_tokenizer
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import FedAvgMParams, FederatedParams, FedOptParams, FedProxParams
@@ -159,6 +160,7 @@ class _Server:
         self.before: dict = read_json(run_dir / EVAL_FILE).get("before", {}) if done else {}
         self.bytes_total, self.missing = 0, {}
         self.nodes: dict[int, str] = {}
+        self.examples: dict[str, int] = {}  # client -> its training examples, for sampling: examples
         self.destinations: dict[str, int] = {}  # message id -> the node it was sent to
 
     def main(self, grid, context) -> None:
@@ -181,7 +183,8 @@ class _Server:
             arrays = ArrayRecord(self.weights)
             lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
             replies = _in_client_order(self._exchange(grid, _configure_train(
-                self.strategy, round_, arrays, ConfigRecord({"lr": lr}), grid, cfg.train.seed)))
+                self.strategy, round_, arrays, ConfigRecord({"lr": lr}), grid, cfg.train.seed,
+                (params.fraction, self.examples) if params.sampling == "examples" else None)))
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
             missing = [self._failure(r) for r in replies if r.has_error()]
@@ -227,7 +230,8 @@ class _Server:
 
     def _introduce(self, grid) -> _Roster:
         """Wait for the clients a round needs, ask each connected node which client it is (a query message), and
-        give Flower's strategies the grid with its nodes in their clients' order."""
+        give Flower's strategies the grid with its nodes in their clients' order (under `sampling: examples` a
+        client also says how many training examples it has)."""
         from flwr.app import Message, RecordDict
 
         least = min(self.params.min_clients or len(self.names), len(self.names))
@@ -235,7 +239,9 @@ class _Server:
             time.sleep(1)
         for reply in self._exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type="query")
                                            for node in nodes]):
-            if not reply.has_error():
+            if not reply.has_error() and "examples" in reply.content["client"]:
+                self.examples[self._name(reply)] = int(reply.content["client"]["examples"])
+            elif not reply.has_error():
                 self._name(reply)
         return _Roster(grid, self.nodes)
 
@@ -266,24 +272,39 @@ class _Server:
 
 class _Roster:
     """A grid whose connected nodes come in the order of their clients' names (nodes not yet introduced last),
-    not in the order of their random node ids."""
+    not in the order of their random node ids; `only`: the nodes a round drew, the others hidden."""
 
-    def __init__(self, grid, names: dict[int, str]):
-        self.grid, self.names = grid, names
+    def __init__(self, grid, names: dict[int, str], only: list[int] | None = None):
+        self.grid, self.names, self.only = grid, names, only
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self.grid.get_node_ids(), key=lambda node: (node not in self.names, self.names.get(node, ""),
-                                                                  node))
+        nodes = [n for n in self.grid.get_node_ids() if self.only is None or n in self.only]
+        return sorted(nodes, key=lambda node: (node not in self.names, self.names.get(node, ""), node))
+
+    def drawn(self, fraction: float, examples: dict[str, int]) -> _Roster:
+        """This roster less all but `fraction` of its nodes, drawn without replacement in proportion to their
+        clients' examples (Efraimidis and Spirakis' keys u^(1/w), from the seeded `random`: call it inside
+        `_configure_train`'s seeding). A client that did not say weighs the mean of those that did."""
+        nodes = self.get_node_ids()
+        known = [examples[self.names[n]] for n in nodes if self.names.get(n) in examples] or [1]
+        weight = {n: max(examples.get(self.names.get(n, ""), sum(known) / len(known)), 1e-9) for n in nodes}
+        keys = {n: random.random() ** (1 / weight[n]) for n in nodes}
+        return _Roster(self.grid, self.names, sorted(nodes, key=keys.__getitem__)[-max(1, round(fraction *
+                                                                                               len(nodes))):])
 
     def __getattr__(self, name: str):
         return getattr(self.grid, name)
 
 
-def _configure_train(strategy, round_: int, arrays, config, roster: _Roster, seed: int) -> list:
+def _configure_train(strategy, round_: int, arrays, config, roster: _Roster, seed: int,
+                     by_examples: tuple[float, dict[str, int]] | None = None) -> list:
     """The round's messages to the clients Flower's strategy samples. It samples with the `random` module from
     the roster's order: seeded by the run's seed and the round, a federation draws the same clients every time
-    it runs, whatever node ids its clients were given."""
+    it runs, whatever node ids its clients were given. `by_examples` (fraction, each client's examples): the
+    clients are drawn here in proportion to their examples, and Flower's strategy takes all it is shown."""
     random.seed(f"{seed}:{round_}")
+    if by_examples:
+        roster = roster.drawn(*by_examples)
     return list(strategy.configure_train(round_, arrays, config, roster))
 
 
@@ -305,10 +326,14 @@ def _flower_strategy(aggregation, params: FederatedParams, clients: int, lr: flo
 
     sampled = max(1, round(params.fraction * clients))
     least = min(params.min_clients or clients, clients)
-    # under differential privacy every client weighs the same (what the privacy accounting assumes)
-    common = {"fraction_train": params.fraction, "fraction_evaluate": 1.0 if params.holdout else 0.0,
-              "min_train_nodes": min(sampled, least), "min_evaluate_nodes": least if params.holdout else 0,
-              "min_available_nodes": least, "weighted_by_key": "one" if params.privacy else "num-examples"}
+    # under differential privacy every client weighs the same (what the privacy accounting assumes), and when
+    # clients are drawn in proportion to their examples (weighting them again would count their size twice)
+    by_examples = params.sampling == "examples"  # drawn by _configure_train: Flower takes every node it is shown
+    common = {"fraction_train": 1.0 if by_examples else params.fraction,
+              "fraction_evaluate": 1.0 if params.holdout else 0.0,
+              "min_train_nodes": 1 if by_examples else min(sampled, least),
+              "min_evaluate_nodes": least if params.holdout else 0, "min_available_nodes": 1 if by_examples else least,
+              "weighted_by_key": "one" if params.privacy or by_examples else "num-examples"}
     name = params.aggregation.name
     if isinstance(aggregation, FedProxParams):
         inner = flower_strategies.FedProx(**common, proximal_mu=aggregation.mu)
@@ -494,10 +519,14 @@ def client_app(resolve):
                        reply_to=message)
 
     @app.query()
-    def introduce(message, context):  # its name only: a client whose data fails is still named by it
-        params = resolve(context)[1]
+    def introduce(message, context):  # its name, and its examples where they count and its data loads
+        loaded, params = resolve(context)
         who = _Who.of(context.node_config, params)
-        return Message(RecordDict({"client": ConfigRecord({"name": who.name})}), reply_to=message)
+        said: dict = {"name": who.name}
+        if params.sampling == "examples":
+            with suppress(TuneforgeError):  # it is sampled as an average client, and fails by name in train
+                said["examples"] = len(_data(loaded, params, who).train)
+        return Message(RecordDict({"client": ConfigRecord(said)}), reply_to=message)
 
     @app.evaluate()
     def evaluate(message, context):
@@ -547,12 +576,16 @@ def deployed_config(context) -> tuple[LoadedConfig, FederatedParams]:
 def _client(loaded: LoadedConfig, params: FederatedParams, who: _Who):
     """This process's model (built once, whichever clients it serves) and the client's data."""
     if "session" not in _PROCESS:
-        recipe = read_recipe(loaded)
-        _PROCESS["session"] = open_session(loaded, recipe, RunConsole(silent=True))
+        _PROCESS["session"] = open_session(loaded, read_recipe(loaded), RunConsole(silent=True))
+    return _PROCESS["session"], _data(loaded, params, who)
+
+
+def _data(loaded: LoadedConfig, params: FederatedParams, who: _Who) -> _ClientData:
+    if "tokenizer" not in _PROCESS:
         _PROCESS["tokenizer"] = load_tokenizer(loaded.run.model)
     if who not in _PROCESS:
         _PROCESS[who] = _client_data(loaded, params, who.index, _PROCESS["tokenizer"], who.path)
-    return _PROCESS["session"], _PROCESS[who]
+    return _PROCESS[who]
 
 
 def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, tokenizer,

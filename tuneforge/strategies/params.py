@@ -186,6 +186,10 @@ class FederatedParams(ChoiceParams):
     rounds: int = Field(5, ge=1, le=100_000)
     local_steps: int = Field(2, ge=1, le=1_000_000, description="optimizer steps each client takes per round")
     fraction: float = Field(1.0, gt=0, le=1, description="share of the connected clients sampled each round")
+    sampling: Literal["uniform", "examples"] = Field("uniform", description="how a round's clients are drawn: "
+                                                     "each as likely (Flower's sampler), or in proportion to its "
+                                                     "training examples (FedAvg's unbiased scheme: the updates are "
+                                                     "then averaged with equal weights)")
     min_clients: int | None = Field(None, ge=1, le=10_000, description="a round starts once this many clients are "
                                     "connected (default: all of them); fewer lets a federation go on after a "
                                     "client is lost")
