@@ -77,3 +77,101 @@ def test_the_top_k_of_the_whole_vocabulary_is_the_full_support():
     top = torch.log_softmax(teacher_logits, dim=-1).topk(8, dim=-1)
     assert torch.allclose(generalized_jsd(*top_k_support(student_logits, top.values, top.indices, 1.5), 0.5), full,
                           atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------- the kd objective
+
+
+def _batch(tmp_path, tokenizer):
+    from tests.conftest import qa_records, write_jsonl
+    from tuneforge.config import DataConfig, DatasetSpec
+    from tuneforge.data.batching import collate
+    from tuneforge.data.dataset import encode_examples, load_examples
+
+    path = write_jsonl(tmp_path / "train.jsonl", qa_records(4))
+    examples = load_examples([DatasetSpec(path=str(path))], seed=0)
+    items, _ = encode_examples(examples, tokenizer, DataConfig(train=[str(path)], max_seq_len=64, cache=False))
+    return collate(items, tokenizer.pad_token_id), sum(i.num_label_tokens for i in items)
+
+
+@pytest.mark.parametrize("top_k", [None, 8])
+def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tokenizer, top_k):
+    """alpha · T² · forward KL + (1 − alpha) · NLL over the trained tokens, from the two models' own logits;
+    top-k compares over the teacher's k best tokens renormalised."""
+    from tuneforge.engine.teacher import LiveTeacher
+    from tuneforge.models.tiny import build_tiny_llama
+    from tuneforge.objectives import REGISTRY, LossContext
+    from tuneforge.objectives.params import KdParams
+
+    student, teacher = build_tiny_llama(tokenizer, seed=1), build_tiny_llama(tokenizer, seed=2)
+    batch, labels = _batch(tmp_path, tokenizer)
+    params = KdParams(teacher="unused", alpha=0.3, temperature=2.0, top_k=top_k)
+    live = LiveTeacher(teacher, torch.no_grad, len(tokenizer), top_k)
+    out = REGISTRY["kd"].loss(student, batch, LossContext(num_label_tokens=labels, params=params, teacher=live))
+
+    trained = batch["labels"][:, 1:] != -100  # by hand, from the full logits of both models
+    s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
+    with torch.no_grad():
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
+    if top_k:
+        ids = t.topk(top_k, dim=-1).indices
+        s, t = s.gather(-1, ids), t.gather(-1, ids)
+    p_t, log_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+    kl = (p_t * (torch.log(p_t) - log_s)).sum()
+    nll = torch.nn.functional.cross_entropy(student(input_ids=batch["input_ids"]).logits[:, :-1][trained],
+                                            batch["labels"][:, 1:][trained], reduction="sum")
+    expected = (0.3 * 4 * kl + 0.7 * nll) / labels
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-4)
+    assert out.metrics["distill"] == pytest.approx(float(4 * kl / labels), rel=1e-4)
+    out.loss.backward()  # the student learns; the teacher is untouched
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_teacher_that_is_the_student_gives_no_divergence(tmp_path, tokenizer):
+    from tuneforge.engine.teacher import LiveTeacher
+    from tuneforge.models.tiny import build_tiny_llama
+    from tuneforge.objectives import REGISTRY, LossContext
+    from tuneforge.objectives.params import KdParams
+
+    model = build_tiny_llama(tokenizer, seed=1)
+    batch, labels = _batch(tmp_path, tokenizer)
+    for beta in (0.0, 0.5, 1.0):
+        out = REGISTRY["kd"].loss(model, batch, LossContext(num_label_tokens=labels, params=KdParams(
+            teacher="x", alpha=1.0, beta=beta), teacher=LiveTeacher(model, torch.no_grad, len(tokenizer), None)))
+        assert float(out.loss) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batches(tmp_path, tokenizer):
+    """The cache is written once over the data in one order and read back per sequence for batches in another
+    order, padded or packed: the same log-probs and ids as the live teacher, so the same kd loss."""
+    from tests.conftest import qa_records, write_jsonl
+    from tuneforge.config import DataConfig, DatasetSpec
+    from tuneforge.data.batching import collate, collate_packed
+    from tuneforge.data.dataset import encode_examples, load_examples
+    from tuneforge.engine.teacher import CachedTeacher, LiveTeacher, write_cache
+    from tuneforge.errors import TrainingError
+    from tuneforge.models.tiny import build_tiny_llama
+    from tuneforge.objectives import REGISTRY, LossContext
+    from tuneforge.objectives.params import KdParams
+
+    path = write_jsonl(tmp_path / "train.jsonl", qa_records(12))
+    items, _ = encode_examples(load_examples([DatasetSpec(path=str(path))], seed=0), tokenizer,
+                               DataConfig(train=[str(path)], max_seq_len=64, cache=False))
+    live = LiveTeacher(build_tiny_llama(tokenizer, seed=2), torch.no_grad, len(tokenizer), 8)
+    write_cache(live, items, tokenizer.pad_token_id, 5, tmp_path / "teacher.safetensors")
+    cached = CachedTeacher(tmp_path / "teacher.safetensors")
+    student = build_tiny_llama(tokenizer, seed=1)
+    params = KdParams(teacher="x", top_k=8, alpha=0.5, temperature=2.0)
+    for make in (collate, collate_packed):
+        batch = make([items[i] for i in (7, 2, 11, 0, 5)], tokenizer.pad_token_id)
+        want, got = live(batch), cached(batch)
+        assert torch.equal(want.ids, got.ids) and torch.allclose(want.logprobs, got.logprobs, atol=1e-6)
+        labels = int((batch["labels"][:, 1:] != -100).sum())
+        losses = [float(REGISTRY["kd"].loss(student, batch, LossContext(num_label_tokens=labels, params=params,
+                                                                          teacher=t)).loss) for t in (live, cached)]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "never cached", "completion": "no"}])
+    stranger, _ = encode_examples(load_examples([DatasetSpec(path=str(other))], seed=0), tokenizer,
+                                  DataConfig(train=[str(other)], max_seq_len=64, cache=False))
+    with pytest.raises(TrainingError, match="no entry for a sequence"):
+        cached(collate(stranger, tokenizer.pad_token_id))

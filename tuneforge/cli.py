@@ -23,6 +23,8 @@ reward_app = typer.Typer(no_args_is_help=True, help="Use a trained reward model.
 app.add_typer(reward_app, name="reward")
 feedback_app = typer.Typer(no_args_is_help=True, help="Collect human feedback in the browser; export it as data.")
 app.add_typer(feedback_app, name="feedback")
+student_app = typer.Typer(no_args_is_help=True, help="Make a smaller student model for distillation.")
+app.add_typer(student_app, name="student")
 
 ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML)")]
 OverridesArg = Annotated[list[str] | None, typer.Argument(help="overrides such as train.lr=1e-4 method.r=16")]
@@ -271,6 +273,27 @@ def export(run_dir: Annotated[Path, typer.Argument(help="a finished run director
     from tuneforge.engine.export import export_run
 
     print(f"exported: {export_run(run_dir, out, merge=merge, overwrite=overwrite)}")
+
+
+@student_app.command("make")
+@user_errors
+def student_make(source: Annotated[str, typer.Option("--from", help="the teacher: 'default', a model directory, a "
+                                                     "hub id, or a finished tuneforge run (merged first)")],
+                 layers: Annotated[int, typer.Option(min=1, help="decoder layers the student keeps, spread evenly "
+                                                     "from the first to the last")],
+                 out: Annotated[Path, typer.Option(help="the new model directory")]) -> None:
+    """Write a student: the teacher's embeddings, head and a subset of its layers, as a plain Hugging Face model."""
+    from tuneforge.config import ModelConfig
+    from tuneforge.engine.export import merged_model
+    from tuneforge.engine.paths import require_writable_dir
+    from tuneforge.engine.student import make_student
+
+    require_writable_dir(out, "--out")
+    run = Path(source)
+    model, tokenizer, _ = merged_model(run) if (run / "config.yaml").is_file() else (None, None, None)
+    made = make_student(ModelConfig(path=source), layers, out, model=model, tokenizer=tokenizer)
+    print(f"student: {out}: layers {made['kept_layers']} of the teacher's {made['teacher_layers']}; "
+          f"{made['student_parameters'] / 1e6:.1f}M parameters (teacher {made['teacher_parameters'] / 1e6:.1f}M)")
 
 
 @app.command()

@@ -234,11 +234,11 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Loa
         run = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, path, lines, overrides)) from None
-    run.model.path = _model_path_from(run.model.path, base)
+    run.model.path = model_path_from(run.model.path, base)
     return LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
 
 
-def _model_path_from(value: str, base: Path) -> str:
+def model_path_from(value: str, base: Path) -> str:
     """A relative model path, like a data path, is relative to the config file's directory: `./x` and `../x`
     always, any other relative path when it exists there (otherwise it is a hub id such as org/name)."""
     if value == "default" or Path(value).expanduser().is_absolute() or value.startswith("~"):

@@ -27,6 +27,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
+    model, tokenizer, method_name = merged_model(run_dir, merge)
+    model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        with no_progress_bars():
+            model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method_name}, indent=1))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.replace(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def merged_model(run_dir: Path, merge: bool = True) -> tuple[torch.nn.Module, object, str]:
+    """A finished run's model with what it trained folded into the base weights (fp32), its tokenizer and its
+    method's name."""
     # the base as stored, widened to fp32, whatever precision training ran in: merging into bf16-rounded weights
     # would change every tensor, those the method never touched included
     trained = load_trained(run_dir, full_precision_base=True, precision_override="fp32")
@@ -38,18 +58,4 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     if method.merge is not unchanged and not merge:
         raise ConfigError(f"the run trained a '{method.name}' adapter; exporting a plain model folds it into the base "
                           "weights\n  fix: pass --merge")
-    model = method.merge(trained.model).to(torch.float32)
-    model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        with no_progress_bars():
-            model.save_pretrained(staging, safe_serialization=True)
-        trained.tokenizer.save_pretrained(staging)
-        (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method.name}, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return method.merge(trained.model).to(torch.float32), trained.tokenizer, method.name

@@ -8,27 +8,28 @@ training log shows per step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 
 from tuneforge.data.batching import collate, model_device, to_device
 from tuneforge.data.dataset import TrainExample
 from tuneforge.objectives import LossContext, Objective
-from tuneforge.objectives.base import ObjectiveParams
+from tuneforge.objectives.base import Frozen, ObjectiveParams
 
 
 @torch.no_grad()
 def heldout_scores(model, objective: Objective, params: ObjectiveParams, examples: Sequence[TrainExample],
                    pad_id: int, batch_size: int, autocast=nullcontext,
-                   reference: Callable[[], AbstractContextManager] | None = None) -> dict[str, float]:
+                   frozen: Frozen | None = None) -> dict[str, float]:
     """The objective's mean loss and metrics on `examples` (plus perplexity for SFT)."""
     was_training = model.training
     model.eval()
     ordered = sorted(examples, key=len)
     ctx = LossContext(num_label_tokens=sum(e.num_label_tokens for e in ordered), num_examples=len(ordered),
-                      params=params, reference=reference)
+                      params=params, reference=frozen and frozen.reference,
+                      teacher=frozen and frozen.teacher)
     scores: dict[str, float] = {"loss": 0.0}
     device = model_device(model)
     try:
@@ -41,6 +42,6 @@ def heldout_scores(model, objective: Objective, params: ObjectiveParams, example
                 scores[key] = scores.get(key, 0.0) + value
     finally:
         model.train(was_training)
-    if objective.data == "sft":
-        scores["perplexity"] = math.exp(min(scores["loss"], 50.0))
+    if objective.data == "sft":  # of the data's own tokens (a distillation loss also has the teacher's term)
+        scores["perplexity"] = math.exp(min(scores.get("nll", scores["loss"]), 50.0))
     return scores

@@ -33,7 +33,7 @@ from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
 from tuneforge.errors import TrainingError
 from tuneforge.objectives import LossContext, Objective
-from tuneforge.objectives.base import ObjectiveParams
+from tuneforge.objectives.base import Frozen, ObjectiveParams
 
 
 @dataclass
@@ -64,7 +64,7 @@ class LoopInputs:
     checkpoint_dir: Path
     evaluate: Callable[[], dict[str, float]] | None = None  # held-out loss, for eval_every/early stopping
     objective_params: ObjectiveParams = field(default_factory=ObjectiveParams)
-    reference: Callable[[], AbstractContextManager] | None = None  # the frozen reference, for objectives needing one
+    frozen: Frozen = field(default_factory=Frozen)  # the reference and the teacher, for objectives using them
     lr_scale: Callable[[str], float] | None = None  # per-parameter learning-rate multiplier from the method
     # online objectives: the window's prompts -> sampled sequences, their advantages, rollout figures
     rollout: Callable | None = None
@@ -157,7 +157,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     if inputs.rollout is not None:
         for batch, extra in zip(batches, extras, strict=True):
             batch.update(to_device(extra, inputs.device))
-    ctx = window_context(batches, inputs.objective_params, inputs.reference)
+    ctx = window_context(batches, inputs.objective_params, inputs.frozen)
     if world.active:  # the counts of the whole window, over every process's share
         labels, examples = world.sum([0, 0] if idle else [ctx.num_label_tokens, ctx.num_examples])
         ctx = replace(ctx, num_label_tokens=int(labels), num_examples=int(examples))
@@ -225,10 +225,11 @@ def _update(inputs: LoopInputs, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def window_context(batches: Sequence[dict[str, torch.Tensor]], params: ObjectiveParams,
-                   reference: Callable[[], AbstractContextManager] | None) -> LossContext:
+                   frozen: Frozen) -> LossContext:
     """The loss context of a window of micro-batches: its label-token and example counts normalise the loss."""
     return LossContext(num_label_tokens=sum(count_label_tokens(b) for b in batches),
-                       num_examples=sum(int(b["num_examples"]) for b in batches), params=params, reference=reference)
+                       num_examples=sum(int(b["num_examples"]) for b in batches), params=params,
+                       reference=frozen.reference, teacher=frozen.teacher)
 
 
 def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[int]], values: dict) -> None:

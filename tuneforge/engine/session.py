@@ -8,7 +8,7 @@ to the strategy (`strategies/single.py` for `tuneforge train`)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from tuneforge.engine.datakind import check_data_kind, load_splits, objective_ex
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.rollout import Rollouts, heldout_rewards
+from tuneforge.engine.teacher import load_teacher
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
@@ -31,6 +32,7 @@ from tuneforge.methods import Method, get_method, trainable_summary, validate_me
 from tuneforge.methods.base import MethodParams
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.objectives import Objective, get_objective, validate_objective_params
+from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.params import ObjectiveParams
 
 
@@ -128,17 +130,19 @@ class Session:
     precision: str
     autocast: Callable[[], AbstractContextManager]  # generation
     scoring: Callable[[], AbstractContextManager]  # the objective's forwards (exact log-ratios where needed)
-    reference: Callable[[], AbstractContextManager] | None
+    frozen: Frozen  # the reference (the model before training) and a teacher, where the objective uses them
 
     def summary(self) -> dict:
         trainable, total = trainable_summary(self.model)
         return {"precision": self.precision, "trainable_parameters": trainable, "parameters": total}
 
 
-def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole) -> Session:
+def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
+                 examples: Sequence[TrainExample] = ()) -> Session:
     """The base model with the method applied (and any part the objective trains, e.g. a reward head),
     weights in the chosen precision, on the device; the reference is made now, before any checkpoint is
-    restored, so it is the model before training."""
+    restored, so it is the model before training. A distillation teacher is loaded too; one whose top-k is
+    cached (`objective.cache`) is computed once over `examples` (the phase's data), or read from the cache."""
     cfg, method, objective = loaded.run, recipe.method, recipe.objective
     device = precision.pick_device()
     chosen = precision.resolve_precision(cfg.train.precision, device)
@@ -160,9 +164,12 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole) -> S
     console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
                  f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision "
                  f"{precision.describe(chosen, objective.needs_reference)}")
+    teacher = load_teacher(loaded, recipe.objective_params, chosen, device, examples)
+    if teacher is not None:
+        console.info(f"teacher {recipe.objective_params.teacher}: {teacher.describe()}")
     return Session(recipe, model, device, chosen, precision.autocast_factory(chosen, device),
                    precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference),
-                   method.reference(model) if objective.needs_reference else None)
+                   Frozen(method.reference(model) if objective.needs_reference else None, teacher))
 
 
 Evaluate = Callable[..., tuple[dict, list[dict]]]  # (generate: bool) -> (scores, samples)
@@ -205,7 +212,7 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
             return scores, samples
         if "loss" in cfg.eval.metrics or not generate:
             scores.update(heldout_scores(model, objective, params, test, prepared.tokenizer.pad_token_id,
-                                         cfg.eval.batch_size, session.scoring, session.reference))
+                                         cfg.eval.batch_size, session.scoring, session.frozen))
         if generate:
             generated, samples = generation_metrics(
                 model, prepared.tokenizer, test_raw, cfg.eval.metrics, chat=prepared.chat,
@@ -225,7 +232,7 @@ def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, 
         session.model, recipe.objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, session.device,
         session.scoring, metrics, console, checkpoint_dir,
         evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
-        objective_params=recipe.objective_params, reference=session.reference,
+        objective_params=recipe.objective_params, frozen=session.frozen,
         lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
         rollout=Rollouts(session.model, prepared.tokenizer, prepared.chat, recipe.objective, recipe.objective_params,
                          recipe.rewards, session.autocast) if recipe.rewards else None,
@@ -251,5 +258,5 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
     recipe = Recipe(method, validate_method_params(cfg.method), objective, params, rewards)
     model = trained.model
     session = Session(recipe, model, next(model.parameters()).device, cfg.train.precision, trained.autocast,
-                      trained.scoring, reference_of(trained) if objective.needs_reference else None)
+                      trained.scoring, Frozen(reference_of(trained) if objective.needs_reference else None))
     return make_evaluator(session, prepared, cfg)(generate=True)

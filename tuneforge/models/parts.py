@@ -29,7 +29,7 @@ def output_head(model) -> torch.nn.Module:
 
 def label_token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed negative log-likelihood of the label tokens, and their count."""
-    logits, targets, _ = _label_logits(model, batch)
+    logits, targets, _ = label_logits(model, batch)
     return F.cross_entropy(logits, targets, reduction="sum"), int(targets.numel())
 
 
@@ -87,7 +87,7 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return sums, tokens
 
 
-def _label_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def label_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp32 logits at the positions that predict a label token, those labels, and the [batch, seq-1] mask."""
     hidden = final_hidden_states(model, batch)
     targets = batch["labels"][:, 1:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -17,12 +17,37 @@ class LossContext:
     """What a loss needs beyond the batch. The counts cover the whole accumulation window, so summed
     micro-batch losses equal the loss of one big batch: `num_label_tokens` normalises token losses (SFT),
     `num_examples` per-example ones (a preference pair is one example). `reference` opens the frozen
-    reference model (the adapter disabled, or a frozen copy) for objectives that compare against it."""
+    reference model (the adapter disabled, or a frozen copy) for objectives that compare against it; `teacher`
+    gives a distillation teacher's distribution at a batch's trained positions."""
 
     num_label_tokens: int
     num_examples: int = 0
     params: ObjectiveParams = field(default_factory=ObjectiveParams)
     reference: Callable[[], AbstractContextManager] | None = None
+    teacher: Teacher | None = None  # distillation's teacher: its next-token distribution at the trained positions
+
+
+@dataclass(frozen=True)
+class TeacherTokens:
+    """A teacher's next-token log-probabilities (at temperature 1) at each trained position of a batch, in the
+    order `models.parts` gives the label positions: over the whole vocabulary (`ids` None: [positions, vocab]),
+    or over its top-k tokens (`ids` and `logprobs` [positions, k], the k renormalised by the loss)."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor | None = None
+
+
+class Teacher(Protocol):
+    def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens: ...
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """The frozen models a phase's losses may consult: the reference (the model before training, for DPO and
+    the KL terms of online RL) and a teacher (distillation)."""
+
+    reference: Callable[[], AbstractContextManager] | None = None
+    teacher: Teacher | None = None
 
 
 @dataclass

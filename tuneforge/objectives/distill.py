@@ -7,6 +7,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+from tuneforge.models.parts import label_logits
+from tuneforge.objectives.base import LossContext, LossOutput, Objective
+from tuneforge.objectives.params import KdParams
 
 
 def generalized_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
@@ -45,3 +50,29 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
     (..., vocab), teacher log-probs and ids (..., k)."""
     student = torch.log_softmax(student_logits.float().gather(-1, teacher_ids) / temperature, dim=-1)
     return student, torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
+
+
+def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
+    """Token-level distillation on the training data (Hinton et al., 2015, https://arxiv.org/abs/1503.02531):
+    at every trained position, alpha · T² · D(teacher, student) + (1 − alpha) · cross-entropy on the data's
+    token, summed and divided by the window's trained tokens like SFT. D is `generalized_jsd` at `beta`, over the
+    whole vocabulary or the teacher's top-k."""
+    params: KdParams = ctx.params
+    if ctx.teacher is None:
+        raise RuntimeError("objective kd needs a teacher in its loss context")  # the session loads one
+    logits, targets, _ = label_logits(model, batch)
+    teacher = ctx.teacher(batch)
+    t = params.temperature
+    if teacher.ids is None:
+        student, target = full_support(logits[:, : teacher.logprobs.shape[-1]], teacher.logprobs, t)
+    else:
+        student, target = top_k_support(logits, teacher.logprobs, teacher.ids, t)
+    divergence = t**2 * generalized_jsd(student, target, params.beta).sum()
+    nll = F.cross_entropy(logits, targets, reduction="sum")
+    scale = max(ctx.num_label_tokens, 1)
+    loss = (params.alpha * divergence + (1 - params.alpha) * nll) / scale
+    return LossOutput(loss, {"distill": divergence.item() / scale, "nll": nll.item() / scale})
+
+
+OBJECTIVES = (Objective("kd", "token-level distillation from a teacher's next-token distributions (forward / "
+                        "reverse KL, generalised JSD), mixed with SFT by alpha", kd_loss, KdParams),)

@@ -90,8 +90,24 @@ class PpoParams(OnlineParams):
     whiten: bool = Field(True, description="normalise the window's advantages to mean 0, std 1")
 
 
+class KdParams(ObjectiveParams):
+    teacher: str = Field(description="the teacher: a finished tuneforge run (its adapter applied), a model "
+                                     "directory, 'default' or a hub id; it must share the student's vocabulary")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term; 1 - alpha weighs the "
+                                                      "SFT cross-entropy on the data's own answers")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions (the term is scaled by T², "
+                                                      "Hinton et al.'s convention)")
+    beta: float = Field(0.0, ge=0, le=1, description="0: forward KL(teacher ‖ student); 1: reverse KL; between: "
+                                                     "the generalised Jensen-Shannon divergence of GKD")
+    top_k: int | None = Field(None, ge=1, description="compare over the teacher's top-k tokens only, renormalised "
+                                                      "(as a cache of them holds); unset: the whole vocabulary")
+    cache: bool = Field(True, description="with top_k: compute the teacher's top-k once per dataset and keep it on "
+                                          "disk under $TUNEFORGE_HOME, keyed by teacher, data and settings; training "
+                                          "then needs no teacher in memory")
+
+
 PARAMS: dict[str, type[ObjectiveParams]] = {
     "sft": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
     "orpo": OrpoParams, "kto": KtoParams, "reward": ObjectiveParams, "grpo": GrpoParams, "rloo": OnlineParams,
-    "ppo": PpoParams,
+    "ppo": PpoParams, "kd": KdParams,
 }

@@ -122,7 +122,7 @@ class Ewc(Mitigation):
                 batch = to_device(collate([example], pad_id), session.device)
                 with session.scoring():
                     loss = recipe.objective.loss(model, batch, window_context([batch], recipe.objective_params,
-                                                                              session.reference)).loss
+                                                                              session.frozen)).loss
                 grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
                 yield {n: (g.detach().float() ** 2 if g is not None else torch.zeros_like(p, dtype=torch.float))
                        for (n, p), g in zip(params.items(), grads, strict=True)}

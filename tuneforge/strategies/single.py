@@ -69,7 +69,7 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             world.from_main(lambda: check_same_run(run_dir, read_json(resume_from / "state.json").get(
                 "fingerprint", {}), cfg, fingerprint, force, console))
         with guard("loading the model"):
-            session = open_session(loaded, recipe, console)
+            session = open_session(loaded, recipe, console, prepared.train + prepared.test)
         status = {"fingerprint": fingerprint, **session.summary(), "data": prepared.stats,
                   **({"processes": world.size} if world.active else {})}
         evaluate = make_evaluator(session, prepared, cfg)

@@ -1,0 +1,90 @@
+"""Making a distillation student: a smaller model of the teacher's own family, the same embeddings, final norm
+and head, and a subset of its decoder layers (spread evenly from the first to the last, as DistilBERT and
+Sanh et al. initialise a student from every other teacher layer), written as a plain Hugging Face directory."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tuneforge.config import ModelConfig
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.models.load import load_causal_lm, load_tokenizer
+
+# where a causal LM keeps its stack of decoder layers, by the families transformers implements
+_LAYER_STACKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def kept_layers(total: int, layers: int) -> list[int]:
+    """`layers` indices out of `total`, evenly spread and always keeping the first and the last layer (the one
+    next to the embeddings and the one next to the head matter most)."""
+    if layers == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (layers - 1)) for i in range(layers)})
+
+
+def layer_stack(model) -> tuple[torch.nn.Module, str]:
+    """The model's decoder-layer list and its attribute path; a family without a known one is refused."""
+    for path in _LAYER_STACKS:
+        owner: object = model
+        for part in path.split("."):
+            owner = getattr(owner, part, None)
+        if isinstance(owner, torch.nn.ModuleList):
+            return owner, path
+    raise ModelError(f"{type(model).__name__}: its decoder layers are not at any of {', '.join(_LAYER_STACKS)}, so "
+                     "tuneforge cannot pick a subset of them\n  fix: build the student yourself with the model's "
+                     "own config (fewer layers) and give its directory as model.path")
+
+
+def shrink(model, layers: int) -> list[int]:
+    """Keep `layers` of the model's decoder layers in place (renumbering their cache slots and the config);
+    returns the teacher's indices of the kept ones."""
+    stack, path = layer_stack(model)
+    if not 1 <= layers < len(stack):
+        raise ConfigError(f"--layers {layers}: the model has {len(stack)} decoder layers\n  fix: ask for 1 to "
+                          f"{len(stack) - 1}")
+    kept = kept_layers(len(stack), layers)
+    parent = model.get_submodule(path.rsplit(".", 1)[0]) if "." in path else model
+    setattr(parent, path.rsplit(".", 1)[-1], torch.nn.ModuleList(stack[i] for i in kept))
+    for new, layer in enumerate(getattr(parent, path.rsplit(".", 1)[-1])):
+        for module in layer.modules():  # the KV cache is indexed by each attention's layer_idx
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    config = model.config
+    for key in _LAYER_COUNT_KEYS:
+        if hasattr(config, key):
+            setattr(config, key, len(kept))
+    if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (sliding / full)
+        config.layer_types = [config.layer_types[i] for i in kept]
+    return kept
+
+
+def make_student(source: ModelConfig, layers: int, out: Path, *, model=None, tokenizer=None) -> dict:
+    """Write the student to `out` (a new directory, complete or absent: written beside it, then renamed).
+    `model` / `tokenizer`: the teacher already loaded (a tuneforge run, merged), else loaded from `source`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} already exists and is not empty\n  fix: choose a new directory, or remove it")
+    model = model if model is not None else load_causal_lm(source)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
+    before = sum(p.numel() for p in model.parameters())
+    total = len(layer_stack(model)[0])
+    kept = shrink(model, layers)
+    model.config.use_cache = True  # a plain Hugging Face model again: generation uses its cache
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+        if out.exists():
+            out.rmdir()
+        scratch.rename(out)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return {"teacher_layers": total, "kept_layers": kept, "teacher_parameters": before,
+            "student_parameters": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,196 @@
+"""Distillation's teacher: a frozen model, next to the reference, that gives its next-token distribution at the
+trained positions of each batch. It is a model directory, 'default', a hub id, or a finished tuneforge run (its
+adapter applied), loaded once in the run's precision on the run's device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tuneforge.config import IGNORE_INDEX, LoadedConfig, ModelConfig, model_path_from
+from tuneforge.engine import precision
+from tuneforge.errors import ConfigError, TrainingError
+from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.parts import label_logits
+from tuneforge.objectives.base import TeacherTokens
+
+
+def sequence_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> bytes:
+    """A sequence's identity in a cache: its tokens and the labels the loss uses (from the second on: a packed
+    batch masks each sequence's first label, which nothing predicts anyway)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(input_ids.to(torch.int64).cpu().numpy().tobytes())
+    digest.update(labels[1:].to(torch.int64).cpu().numpy().tobytes())
+    return digest.digest()
+
+
+def batch_sequences_of(batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Each sequence of a padded or packed batch with its trained-position count, in the order the label positions
+    come (`models.parts`): a sequence's tokens are contiguous in row-major order."""
+    trained = batch["labels"][:, 1:] != IGNORE_INDEX
+    owners = batch["sequence_ids"][:, 1:][trained]
+    order, counts = torch.unique_consecutive(owners, return_counts=True)
+    flat_ids, flat_labels, flat_owner = (batch["input_ids"].flatten(), batch["labels"].flatten(),
+                                         batch["sequence_ids"].flatten())
+    return [(flat_ids[flat_owner == s], flat_labels[flat_owner == s], int(n))
+            for s, n in zip(order.tolist(), counts.tolist(), strict=True)]
+
+
+class CachedTeacher:
+    """The teacher's top-k log-probs at every trained position of the examples it was computed for, read from a
+    safetensors file and looked up per sequence by `sequence_digest` (no teacher model in memory)."""
+
+    def __init__(self, path: Path):
+        tensors = load_file(str(path))
+        self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
+        self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
+        self.path, self.top_k = path, self.logprobs.shape[-1]
+
+    def describe(self) -> str:
+        positions = self.logprobs.shape[0]
+        return (f"its top {self.top_k} tokens at {positions} trained positions, cached in {self.path} "
+                f"({_mib(self.path.stat().st_size)} on disk and in memory)")
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
+        parts = []
+        for tokens, labels, count in batch_sequences_of(batch):
+            row = self.rows.get(sequence_digest(tokens, labels))
+            if row is None or self.offsets[row + 1] - self.offsets[row] != count:
+                raise TrainingError(f"the teacher cache {self.path} has no entry for a sequence of this batch "
+                                    "(the data changed after it was written)\n  fix: delete the file; the next "
+                                    "run computes it again")
+            parts.append(slice(self.offsets[row], self.offsets[row + 1]))
+        device = batch["input_ids"].device
+        return TeacherTokens(torch.cat([self.logprobs[p] for p in parts]).to(device),
+                             torch.cat([self.ids[p] for p in parts]).to(device=device, dtype=torch.long))
+
+
+def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_size: int, path: Path) -> None:
+    """Run the teacher once over `examples` and write its top-k per trained position, atomically (a temporary file
+    renamed into place), each distinct sequence once."""
+    from tuneforge.data.batching import collate, model_device, to_device
+
+    digests, offsets, logprobs, ids, seen = [], [0], [], [], set()
+    for start in range(0, len(examples), batch_size):
+        batch = to_device(collate(examples[start: start + batch_size], pad_id), model_device(teacher.model))
+        tokens = teacher(batch)
+        at = 0
+        for sequence, labels, count in batch_sequences_of(batch):
+            digest = sequence_digest(sequence, labels)
+            if digest not in seen:
+                seen.add(digest)
+                digests.append(torch.frombuffer(bytearray(digest), dtype=torch.uint8))
+                logprobs.append(tokens.logprobs[at: at + count].float().cpu())
+                ids.append(tokens.ids[at: at + count].to(torch.int32).cpu())
+                offsets.append(offsets[-1] + count)
+            at += count
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
+                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous()}, scratch)
+        os.replace(scratch, path)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+
+
+def _mib(size: float) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+class LiveTeacher:
+    """The teacher's log-probabilities over the whole vocabulary, or its top `top_k`, computed per batch."""
+
+    def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None):
+        self.model, self.autocast, self.vocab, self.top_k = model, autocast, vocab, top_k
+
+    def describe(self) -> str:
+        return (f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, "
+                + (f"its top {self.top_k} tokens" if self.top_k else "the whole vocabulary") + " at each trained token")
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
+        with self.autocast():
+            logits = label_logits(self.model, batch)[0][:, : self.vocab]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if self.top_k is None:
+            return TeacherTokens(logprobs)
+        top = logprobs.topk(self.top_k, dim=-1)
+        return TeacherTokens(top.values, top.indices)
+
+
+def load_teacher(loaded: LoadedConfig, params, chosen: str, device: torch.device,
+                 examples: Sequence = ()) -> LiveTeacher | CachedTeacher | None:
+    """The objective's teacher (None for an objective without one), frozen, in the run's precision; refused
+    unless it and the student share one vocabulary (the divergences compare distributions token by token). With
+    `top_k` and `cache`, its top-k over `examples`, from the cache or computed now and cached."""
+    source = getattr(params, "teacher", None)
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    where = loaded.where("objective", "teacher")
+    path = model_path_from(source, loaded.base_dir)  # relative to the config file, as model.path is
+    run = (Path(path) / "config.yaml").is_file()  # a tuneforge run: its model with what it trained
+    tokenizer = AutoTokenizer.from_pretrained(Path(path) / "tokenizer") if run else load_tokenizer(ModelConfig(
+        path=path))
+    student = load_tokenizer(loaded.run.model)
+    if tokenizer.get_vocab() != student.get_vocab():
+        raise ConfigError(f"{where}: the teacher ({source}) and the student ({loaded.run.model.path}) have different "
+                          f"vocabularies ({len(tokenizer)} and {len(student)} tokens), so their next-token "
+                          "distributions cannot be compared token by token\n  fix: distil into a student made from the "
+                          "teacher (`tuneforge student make --from TEACHER`), or one of the teacher's family that "
+                          "shares its tokenizer")
+    cached = None
+    if params.top_k and params.cache and examples:
+        cached = cache_path(_identity(path, run), params.top_k, chosen, examples)
+        if cached.is_file():
+            return CachedTeacher(cached)
+    if run:
+        from tuneforge.engine.trained import load_trained
+
+        model = load_trained(path, precision_override=chosen).model
+    else:
+        model = precision.ready_for_inference(load_causal_lm(ModelConfig(path=path)), chosen, device)
+    live = LiveTeacher(model, precision.autocast_factory(chosen, device), len(tokenizer), params.top_k)
+    if cached is None:
+        return live
+    write_cache(live, list(examples), student.pad_token_id, loaded.run.eval.batch_size, cached)
+    return CachedTeacher(cached)  # the teacher's weights are let go
+
+
+CACHE_VERSION = 1
+
+
+def cache_path(identity: dict, top_k: int, chosen: str, examples: Sequence) -> Path:
+    """Where a teacher's top-k over these examples is kept: the key covers the teacher's weights, k, the
+    precision it ran in and every sequence's tokens and labels."""
+    from tuneforge.config import tuneforge_home
+    from tuneforge.data.batching import batch_sequences
+
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k,
+                                        "precision": chosen}, sort_keys=True).encode())
+    for sequence in batch_sequences(list(examples)):
+        digest.update(sequence_digest(torch.tensor(sequence.input_ids), torch.tensor(sequence.labels)))
+    return tuneforge_home() / "cache" / "teacher" / f"{digest.hexdigest()[:32]}.safetensors"
+
+
+def _identity(path: str, run: bool) -> dict:
+    """What names the teacher's weights: a run's recorded weight hashes and config, a directory's weight files
+    (name, size, modification time) and config, or a hub id."""
+    root = Path(path)
+    if run:
+        return {"run": json.loads((root / "run.json").read_text()).get("weights_sha256", {}),
+                "config": (root / "config.yaml").read_text()}
+    if root.is_dir():
+        return {"files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.glob("*.safetensors"))],
+                "config": (root / "config.json").read_text()}
+    return {"hub": path}
