@@ -29,6 +29,7 @@ from tuneforge.engine.loop import window_context
 from tuneforge.engine.tracking import read_metrics
 from tuneforge.models.tiny import build_tiny_llama, save_tiny_llama
 from tuneforge.objectives import REGISTRY
+from tuneforge.objectives.base import Frozen
 
 CPU = torch.device("cpu")
 
@@ -152,7 +153,7 @@ def test_online_ratios_and_kl_in_bf16_are_the_fp32_ones(tokenizer, objective):
                 yield model
 
         batch = collate_packed(rolled, tokenizer.pad_token_id) | extra
-        ctx = window_context([batch], params, reference)
+        ctx = window_context([batch], params, Frozen(reference))
         with torch.no_grad(), context():
             figures = entry.prepare(model, [batch], ctx) if entry.prepare else {}
         torch.manual_seed(1)

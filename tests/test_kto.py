@@ -21,6 +21,7 @@ from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps
 from tuneforge.objectives import REGISTRY
+from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.preference import KtoParams, kto_loss
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
@@ -106,7 +107,7 @@ def test_kto_loss_on_a_batch_equals_hand_assembly(tmp_path, tokenizer):
     expected = kto_loss(ratios[:, 0], desirable, ratios[:, 1].mean(), 0.5, 1.5, 1.0).mean()
     for layout in (collate, collate_pairs_packed):
         batch = layout(items, tokenizer.pad_token_id)
-        out = REGISTRY["kto"].loss(model, batch, window_context([batch], params, reference))
+        out = REGISTRY["kto"].loss(model, batch, window_context([batch], params, Frozen(reference)))
         assert float(out.loss) == pytest.approx(float(expected), abs=1e-5)
         assert 0 <= out.metrics["reward_accuracy"] <= 1
         assert out.metrics["kl"] == pytest.approx(max(float(ratios[:, 1].mean()), 0.0), abs=1e-5)

@@ -24,6 +24,7 @@ from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps
 from tuneforge.models.tiny import build_tiny_llama
 from tuneforge.objectives import REGISTRY, LossContext
+from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.preference import (
     BetaParams,
     cdpo_loss,
@@ -145,7 +146,7 @@ def test_shared_prompt_layout_computes_each_prompt_once(tmp_path, tokenizer):
 
 def run_dpo_window(model, items, micro: int, pad_id: int, reference, collate_fn=collate):
     batches = [collate_fn(items[i:i + micro], pad_id) for i in range(0, len(items), micro)]
-    ctx = window_context(batches, BetaParams(beta=0.5), reference)
+    ctx = window_context(batches, BetaParams(beta=0.5), Frozen(reference))
     total = 0.0
     for batch in batches:
         out = REGISTRY["dpo"].loss(model, batch, ctx)

@@ -14,11 +14,13 @@ def check_data_kind(examples, objective: Objective, loaded: LoadedConfig | None 
     """Each objective trains on its own kind of record (pairs, rated completions, prompts, or plain examples);
     a mismatch names its record. A rated record never trains as plain SFT data: its completion may be a
     bad one."""
-    if objective.data == "prompts":
+    if objective.data in ("prompts", "teacher_answers"):
         wrong = next((e for e in examples if e.is_pair or e.is_rated or e.prompt_and_reference() is None), None)
         if wrong is not None:
-            raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' samples completions of "
-                            "prompts, so each record needs a prompt (and its reference answer for the rewards)",
+            why = ("samples completions of prompts, so each record needs a prompt (and its reference answer for the "
+                   "rewards)" if objective.data == "prompts" else "trains on a teacher's answers to the prompts, so "
+                   "each record needs a prompt (its answer is scored on the test data)")
+            raise DataError(wrong.source, wrong.where, None, f"objective '{objective.name}' {why}",
                             "give records with prompt and completion (the reference), or messages ending in an "
                             "assistant turn")
         return

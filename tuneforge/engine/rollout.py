@@ -8,6 +8,7 @@ Sampling is batched over every prompt and group member of a micro-batch at once,
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -68,36 +69,72 @@ class Rollouts:
             metrics |= {f"reward_{metric_name(name)}": statistics.fmean(v) for name, v in parts.items()}
         return sequences, extras, metrics
 
-    def _prompt(self, example: TrainExample) -> tuple[list[int], str]:
-        if example.sample_id not in self._prompts:
-            self._prompts[example.sample_id] = prompt_ids_for_generation(example.example, self.tokenizer,
-                                                                         chat=self.chat)
-        return self._prompts[example.sample_id]
-
     def _rollout(self, examples: list[TrainExample]):
         group = self.params.group_size
-        prompts = [self._prompt(e) for e in examples for _ in range(group)]
-        stop_ids = end_of_turn_ids(self.tokenizer)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.autocast():
-                completions = sample_ids(self.model, self.tokenizer, [p for p, _ in prompts],
-                                         max_new_tokens=self.params.max_new_tokens, stop_ids=stop_ids,
-                                         temperature=self.params.temperature, top_p=self.params.top_p)
-        finally:
-            self.model.train(was_training)
+        sampled = [e for e in examples for _ in range(group)]
+        rolled, completions, finished = sample_sequences(self.model, self.tokenizer, sampled, self._prompts,
+                                                         self.chat, self.params, self.autocast)
         texts = [self.tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions]
-        asked = [prompt_text(e.example) for e in examples for _ in range(group)]
-        rewards, by_fn = score(self.rewards, texts, [r for _, r in prompts], asked)
-        rolled = []
-        for index, ((prompt, _), completion) in enumerate(zip(prompts, completions, strict=True)):
-            source = examples[index // group]
-            encoded = Encoded(input_ids=prompt + completion, labels=[IGNORE_INDEX] * len(prompt) + completion,
-                              turn_ends=(len(prompt) + len(completion) - 1,))
-            rolled.append(TrainExample(source.sample_id, source.example, encoded))
-        finished = [bool(c) and c[-1] in stop_ids for c in completions]
+        asked = [prompt_text(e.example) for e in sampled]
+        rewards, by_fn = score(self.rewards, texts, [self._prompts[e.sample_id][1] for e in sampled], asked)
         return rolled, rewards, by_fn, finished
+
+
+def sample_sequences(model, tokenizer, examples: list[TrainExample], prompts: dict[int, tuple[list[int], str]],
+                     chat: bool, params, autocast) -> tuple[list[TrainExample], list[list[int]], list[bool]]:
+    """One completion sampled by the model for each example's prompt (`params`: max_new_tokens, temperature,
+    top_p), as training sequences (prompt untrained, completion trained), with the completions' ids and whether
+    each ended its turn. `prompts` keeps each example's prompt ids across calls."""
+    for example in examples:
+        if example.sample_id not in prompts:
+            prompts[example.sample_id] = prompt_ids_for_generation(example.example, tokenizer, chat=chat)
+    asked = [prompts[e.sample_id][0] for e in examples]
+    stop_ids = end_of_turn_ids(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast():
+            completions = sample_ids(model, tokenizer, asked, max_new_tokens=params.max_new_tokens,
+                                     stop_ids=stop_ids, temperature=params.temperature, top_p=params.top_p)
+    finally:
+        model.train(was_training)
+    rolled = [TrainExample(source.sample_id, source.example,
+                           Encoded(input_ids=prompt + completion, labels=[IGNORE_INDEX] * len(prompt) + completion,
+                                   turn_ends=(len(prompt) + len(completion) - 1,)))
+              for source, prompt, completion in zip(examples, asked, completions, strict=True)]
+    return rolled, completions, [bool(c) and c[-1] in stop_ids for c in completions]
+
+
+@dataclass
+class OnPolicy:
+    """On-policy distillation's data (GKD, Agarwal et al., 2024): each micro-batch, with probability `lam`
+    (drawn from the seed and the micro-batch's first example, so a resumed run draws the same), the student's own
+    sampled answers to its prompts replace the data's; the teacher then scores every sampled token."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    chat: bool
+    params: object  # GkdParams
+    seed: int
+    autocast: object = nullcontext
+    _prompts: dict[int, tuple[list[int], str]] = field(default_factory=dict)
+
+    def __call__(self, window: list[list[TrainExample]]) -> tuple[list[list[TrainExample]],
+                                                                    list[dict[str, torch.Tensor]], dict[str, float]]:
+        out, sampled, lengths = [], 0, []
+        for examples in window:
+            if random.Random(f"{self.seed}:{examples[0].sample_id}").random() < self.params.lam:
+                rolled, completions, _ = sample_sequences(self.model, self.tokenizer, examples, self._prompts,
+                                                          self.chat, self.params, self.autocast)
+                out.append(rolled)
+                sampled += 1
+                lengths += [len(c) for c in completions]
+            else:
+                out.append(examples)
+        metrics = {"on_policy_fraction": sampled / len(window)}
+        if lengths:
+            metrics["completion_length"] = statistics.fmean(lengths)
+        return out, [{} for _ in out], metrics
 
 
 def metric_name(label: str) -> str:

@@ -22,8 +22,8 @@ from tuneforge.engine import precision
 from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.loop import LoopInputs
-from tuneforge.engine.rollout import Rollouts, heldout_rewards
-from tuneforge.engine.teacher import load_teacher
+from tuneforge.engine.rollout import OnPolicy, Rollouts, heldout_rewards
+from tuneforge.engine.teacher import load_teacher, teacher_answers
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
@@ -33,7 +33,7 @@ from tuneforge.methods.base import MethodParams
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.objectives import Objective, get_objective, validate_objective_params
 from tuneforge.objectives.base import Frozen
-from tuneforge.objectives.params import ObjectiveParams
+from tuneforge.objectives.params import GkdParams, ObjectiveParams
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,9 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     train_raw, test_raw = splits["train"], splits.get("test", [])
     for note in notes if console else ():
         console.info(note)
+    if objective.data == "teacher_answers":  # sequence-level distillation: the teacher writes the answers
+        train_raw = teacher_answers(loaded, validate_objective_params(cfg.objective, loaded.where("objective")),
+                                    train_raw, console)
     tokenizer = load_tokenizer(cfg.model)
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
@@ -235,8 +238,16 @@ def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, 
         objective_params=recipe.objective_params, frozen=session.frozen,
         lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
         rollout=Rollouts(session.model, prepared.tokenizer, prepared.chat, recipe.objective, recipe.objective_params,
-                         recipe.rewards, session.autocast) if recipe.rewards else None,
+                         recipe.rewards, session.autocast) if recipe.rewards else _on_policy(session, prepared, cfg),
         updates=getattr(recipe.objective_params, "updates", 1))
+
+
+def _on_policy(session: Session, prepared: Prepared, cfg) -> OnPolicy | None:
+    """On-policy distillation's sampler, for an objective that mixes in the student's own answers (gkd)."""
+    params = session.recipe.objective_params
+    if not isinstance(params, GkdParams) or params.lam == 0:
+        return None
+    return OnPolicy(session.model, prepared.tokenizer, prepared.chat, params, cfg.train.seed, session.autocast)
 
 
 def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,

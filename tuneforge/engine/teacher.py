@@ -9,17 +9,20 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from tuneforge.config import IGNORE_INDEX, LoadedConfig, ModelConfig, model_path_from
+from tuneforge.data.formats import Example
 from tuneforge.engine import precision
 from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
+from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
 def sequence_digest(input_ids: torch.Tensor, labels: torch.Tensor) -> bytes:
@@ -91,15 +94,8 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
                 ids.append(tokens.ids[at: at + count].to(torch.int32).cpu())
                 offsets.append(offsets[-1] + count)
             at += count
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
-                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous()}, scratch)
-        os.replace(scratch, path)
-    finally:
-        Path(scratch).unlink(missing_ok=True)
+    _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
+                                  "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous()}))
 
 
 def _mib(size: float) -> str:
@@ -127,44 +123,74 @@ class LiveTeacher:
         return TeacherTokens(top.values, top.indices)
 
 
-def load_teacher(loaded: LoadedConfig, params, chosen: str, device: torch.device,
+def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, device: torch.device,
                  examples: Sequence = ()) -> LiveTeacher | CachedTeacher | None:
     """The objective's teacher (None for an objective without one), frozen, in the run's precision; refused
     unless it and the student share one vocabulary (the divergences compare distributions token by token). With
     `top_k` and `cache`, its top-k over `examples`, from the cache or computed now and cached."""
-    source = getattr(params, "teacher", None)
-    if source is None:
-        return None
-    from transformers import AutoTokenizer
-
-    where = loaded.where("objective", "teacher")
-    path = model_path_from(source, loaded.base_dir)  # relative to the config file, as model.path is
-    run = (Path(path) / "config.yaml").is_file()  # a tuneforge run: its model with what it trained
-    tokenizer = AutoTokenizer.from_pretrained(Path(path) / "tokenizer") if run else load_tokenizer(ModelConfig(
-        path=path))
-    student = load_tokenizer(loaded.run.model)
-    if tokenizer.get_vocab() != student.get_vocab():
-        raise ConfigError(f"{where}: the teacher ({source}) and the student ({loaded.run.model.path}) have different "
-                          f"vocabularies ({len(tokenizer)} and {len(student)} tokens), so their next-token "
-                          "distributions cannot be compared token by token\n  fix: distil into a student made from the "
-                          "teacher (`tuneforge student make --from TEACHER`), or one of the teacher's family that "
-                          "shares its tokenizer")
+    if not isinstance(params, KdParams):
+        return None  # no teacher in the loss (seqkd's teacher writes the training answers before training)
+    source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(_identity(path, run), params.top_k, chosen, examples)
+        cached = cache_path(source.identity(), params.top_k, chosen, examples)
         if cached.is_file():
             return CachedTeacher(cached)
-    if run:
-        from tuneforge.engine.trained import load_trained
-
-        model = load_trained(path, precision_override=chosen).model
-    else:
-        model = precision.ready_for_inference(load_causal_lm(ModelConfig(path=path)), chosen, device)
-    live = LiveTeacher(model, precision.autocast_factory(chosen, device), len(tokenizer), params.top_k)
+    live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
+                       len(source.tokenizer), params.top_k)
     if cached is None:
         return live
-    write_cache(live, list(examples), student.pad_token_id, loaded.run.eval.batch_size, cached)
+    write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
     return CachedTeacher(cached)  # the teacher's weights are let go
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """Where the teacher is (`path`: a run directory, a model directory or a hub id) and its tokenizer, checked
+    against the student's before any weights load."""
+
+    path: str
+    run: bool
+    tokenizer: object
+    student_tokenizer: object
+
+    @classmethod
+    def of(cls, loaded: LoadedConfig, source: str) -> TeacherSource:
+        from transformers import AutoTokenizer
+
+        path = model_path_from(source, loaded.base_dir)  # relative to the config file, as model.path is
+        run = (Path(path) / "config.yaml").is_file()  # a tuneforge run: its model with what it trained
+        tokenizer = (AutoTokenizer.from_pretrained(Path(path) / "tokenizer") if run
+                     else load_tokenizer(ModelConfig(path=path)))
+        student = load_tokenizer(loaded.run.model)
+        if tokenizer.get_vocab() != student.get_vocab():
+            raise ConfigError(f"{loaded.where('objective', 'teacher')}: the teacher ({source}) and the student "
+                              f"({loaded.run.model.path}) have different vocabularies ({len(tokenizer)} and "
+                              f"{len(student)} tokens), so their next-token distributions cannot be compared token "
+                              "by token\n  fix: distil into a student made from the teacher (`tuneforge student "
+                              "make --from TEACHER`), or one of the teacher's family that shares its tokenizer")
+        return cls(path, run, tokenizer, student)
+
+    def model(self, chosen: str, device: torch.device) -> torch.nn.Module:
+        """The teacher's weights, frozen, in the precision `chosen`, for inference."""
+        if self.run:
+            from tuneforge.engine.trained import load_trained
+
+            return load_trained(self.path, precision_override=chosen).model
+        return precision.ready_for_inference(load_causal_lm(ModelConfig(path=self.path)), chosen, device)
+
+    def identity(self) -> dict:
+        """What names the teacher's weights: a run's recorded weight hashes and config, a directory's weight files
+        (name, size, modification time) and config, or a hub id."""
+        root = Path(self.path)
+        if self.run:
+            return {"run": json.loads((root / "run.json").read_text()).get("weights_sha256", {}),
+                    "config": (root / "config.yaml").read_text()}
+        if root.is_dir():
+            return {"files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                              for p in sorted(root.glob("*.safetensors"))],
+                    "config": (root / "config.json").read_text()}
+        return {"hub": self.path}
 
 
 CACHE_VERSION = 1
@@ -183,14 +209,54 @@ def cache_path(identity: dict, top_k: int, chosen: str, examples: Sequence) -> P
     return tuneforge_home() / "cache" / "teacher" / f"{digest.hexdigest()[:32]}.safetensors"
 
 
-def _identity(path: str, run: bool) -> dict:
-    """What names the teacher's weights: a run's recorded weight hashes and config, a directory's weight files
-    (name, size, modification time) and config, or a hub id."""
-    root = Path(path)
-    if run:
-        return {"run": json.loads((root / "run.json").read_text()).get("weights_sha256", {}),
-                "config": (root / "config.yaml").read_text()}
-    if root.is_dir():
-        return {"files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.glob("*.safetensors"))],
-                "config": (root / "config.json").read_text()}
-    return {"hub": path}
+ANSWERS_VERSION = 1
+
+
+def teacher_answers(loaded: LoadedConfig, params: SeqkdParams, records: list[Example], console=None) -> list[Example]:
+    """Sequence-level distillation's data (Kim & Rush, 2016, https://arxiv.org/abs/1606.07947): each record's
+    prompt with the teacher's answer in place of the data's, generated in batches once and kept on disk under
+    $TUNEFORGE_HOME keyed by the teacher's weights, the generation settings and the prompts."""
+    from tuneforge.config import tuneforge_home
+    from tuneforge.data.render import end_of_turn_ids, prompt_ids_for_generation, use_chat_template
+    from tuneforge.evaluation.generate import generate_all
+
+    source = TeacherSource.of(loaded, params.teacher)
+    device, chosen = precision.inference_placement(loaded.run.train.precision)
+    chat = use_chat_template(source.tokenizer, loaded.run.data.template)
+    prompts = [prompt_ids_for_generation(e, source.tokenizer, chat=chat)[0] for e in records]
+    digest = hashlib.sha256(json.dumps({"version": ANSWERS_VERSION, "teacher": source.identity(), "chat": chat,
+                                        "precision": chosen, **params.model_dump(exclude={"teacher"})},
+                                       sort_keys=True).encode())
+    for prompt in prompts:
+        digest.update(json.dumps(prompt).encode())
+    path = tuneforge_home() / "cache" / "seqkd" / f"{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        answers = json.loads(path.read_text())
+        said = f"read from {path}"
+    else:
+        model = source.model(chosen, device)
+        torch.manual_seed(params.seed)
+        with precision.autocast_factory(chosen, device)():
+            answers = generate_all(model, source.tokenizer, prompts, batch_size=loaded.run.eval.batch_size,
+                                   max_new_tokens=params.max_new_tokens, stop_ids=end_of_turn_ids(source.tokenizer),
+                                   temperature=params.temperature)
+        del model
+        _write_atomically(path, json.dumps(answers).encode())
+        said = f"written once to {path}"
+    same = sum(a == e.prompt_and_reference()[1].strip() for a, e in zip(answers, records, strict=True))
+    if console:
+        console.info(f"seqkd: the teacher's answers to {len(records)} training prompts, {said}; "
+                     f"{100 * same / max(len(records), 1):.1f}% equal the data's own")
+    return [replace(e, messages=(*e.prompt_and_reference()[0], {"role": "assistant", "content": answer}),
+                    prompt_turns=len(e.prompt_and_reference()[0])) for e, answer in zip(records, answers, strict=True)]
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(scratch, path)
+    finally:
+        Path(scratch).unlink(missing_ok=True)

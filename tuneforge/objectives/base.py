@@ -64,7 +64,8 @@ class Objective:
     loss: Callable[..., LossOutput]  # (model, batch, ctx) -> LossOutput
     params: type[ObjectiveParams] = ObjectiveParams
     # what records it trains on: "pairs" (preference), "rated" (KTO), "prompts" (online, sampled)
-    data: Literal["sft", "pairs", "rated", "prompts"] = "sft"
+    # "teacher_answers": prompts whose answers a teacher writes before training (sequence-level distillation)
+    data: Literal["sft", "pairs", "rated", "prompts", "teacher_answers"] = "sft"
     needs_reference: bool = False
     # an objective that trains parts of its own (a reward head): attach them to the model before training,
     # and save / load them next to what the method saves

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import LossContext, LossOutput, Objective
-from tuneforge.objectives.params import KdParams
+from tuneforge.objectives.params import GkdParams, KdParams, SeqkdParams
+from tuneforge.objectives.sft import sft_loss
 
 
 def generalized_jsd(student: torch.Tensor, teacher: torch.Tensor, beta: float) -> torch.Tensor:
@@ -74,5 +75,9 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     return LossOutput(loss, {"distill": divergence.item() / scale, "nll": nll.item() / scale})
 
 
-OBJECTIVES = (Objective("kd", "token-level distillation from a teacher's next-token distributions (forward / "
-                        "reverse KL, generalised JSD), mixed with SFT by alpha", kd_loss, KdParams),)
+OBJECTIVES = (Objective("seqkd", "sequence-level distillation: SFT on the teacher's own answers to the training "
+                        "prompts (written once, cached)", sft_loss, SeqkdParams, data="teacher_answers"),
+              Objective("kd", "token-level distillation from a teacher's next-token distributions (forward / "
+                        "reverse KL, generalised JSD), mixed with SFT by alpha", kd_loss, KdParams),
+              Objective("gkd", "on-policy distillation (GKD): the teacher scores the student's own sampled answers "
+                        "(a share lam of the steps) and the data's", kd_loss, GkdParams))

@@ -106,8 +106,36 @@ class KdParams(ObjectiveParams):
                                           "then needs no teacher in memory")
 
 
+class GkdParams(KdParams):
+    alpha: float = Field(1.0, ge=0, le=1, description="weight of the distillation term (GKD: 1, no SFT term)")
+    beta: float = Field(0.5, ge=0, le=1, description="0: forward KL; 1: reverse KL; between: generalised JSD")
+    temperature: float = Field(0.9, gt=0, description="of the student's sampling and of both distributions in the "
+                                                      "divergence (as TRL's GKDTrainer)")
+    lam: float = Field(0.5, ge=0, le=1, description="λ: share of micro-batches trained on the student's own sampled "
+                                                    "answers (on-policy); the rest on the data's answers")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="the longest answer the student samples")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the student's answers")
+    cache: bool = Field(False, description="off: the student's samples are new every step, so the teacher runs live")
+
+    @model_validator(mode="after")
+    def _live_teacher_on_policy(self) -> GkdParams:
+        if self.cache and self.top_k and self.lam > 0:
+            raise ValueError("a cached teacher knows only the data's answers, and on-policy steps train on the "
+                             "student's own samples: set cache: false, or lam: 0")
+        return self
+
+
+class SeqkdParams(ObjectiveParams):
+    teacher: str = Field(description="the teacher that answers the training prompts: a finished tuneforge run, a "
+                                     "model directory, 'default' or a hub id")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="the longest answer the teacher writes")
+    temperature: float = Field(0.0, ge=0, description="0: the teacher's greedy answer (Kim & Rush's beam of one); "
+                                                      "above: sampled")
+    seed: int = Field(0, description="the sampling seed (temperature above 0)")
+
+
 PARAMS: dict[str, type[ObjectiveParams]] = {
     "sft": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
     "orpo": OrpoParams, "kto": KtoParams, "reward": ObjectiveParams, "grpo": GrpoParams, "rloo": OnlineParams,
-    "ppo": PpoParams, "kd": KdParams,
+    "ppo": PpoParams, "kd": KdParams, "seqkd": SeqkdParams, "gkd": GkdParams,
 }
