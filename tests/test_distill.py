@@ -3,7 +3,10 @@ temperature, and the top-k support renormalised over the teacher's k tokens."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +178,80 @@ def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batc
                                   DataConfig(train=[str(other)], max_seq_len=64, cache=False))
     with pytest.raises(TrainingError, match="no entry for a sequence"):
         cached(collate(stranger, tokenizer.pad_token_id))
+
+
+# ------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def teacher_and_student(tmp_path_factory, tiny_model_dir):
+    """A finished tiny teacher run (LoRA) and a one-layer student made from it by the CLI."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import tiny_config
+    from tuneforge.api import train
+    from tuneforge.cli import app
+
+    root = tmp_path_factory.mktemp("distill")
+    teacher = train(tiny_config(root, tiny_model_dir, train={"max_steps": 2}), quiet=True).run_dir
+    result = CliRunner().invoke(app, ["student", "make", "--from", str(teacher), "--layers", "1", "--out",
+                                      str(root / "student")])
+    assert result.exit_code == 0, result.output
+    assert "layers [1] of the teacher's 2" in result.output
+    return root, teacher, root / "student"
+
+
+@pytest.mark.parametrize("objective", [
+    {"name": "kd", "top_k": 4},  # cached: the second run reads the cache the first wrote
+    {"name": "seqkd", "max_new_tokens": 4},
+    {"name": "gkd", "lam": 1.0, "max_new_tokens": 4},
+])
+def test_each_distillation_objective_trains_a_student(teacher_and_student, tmp_path, objective):
+    from tests.conftest import tiny_config
+    from tuneforge.api import train
+    from tuneforge.engine.tracking import read_metrics
+
+    _, teacher, student = teacher_and_student
+    config = tiny_config(tmp_path, student, objective={**objective, "teacher": str(teacher)},
+                         train={"max_steps": 2})
+    config["method"] = {"name": "full"}
+    home = Path(os.environ["TUNEFORGE_HOME"]) / "cache"
+
+    def kept(kind: str) -> set[Path]:
+        return set((home / kind).glob("*"))
+
+    before = {kind: kept(kind) for kind in ("teacher", "seqkd")}
+    result = train(config, quiet=True)
+    rows = [r for r in read_metrics(result.run_dir) if r["kind"] == "train"]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    written = {kind: kept(kind) - before[kind] for kind in before}
+    if objective["name"] == "kd":  # the teacher's top-k, written once and then reused
+        assert len(written["teacher"]) == 1 and not written["seqkd"]
+        again = train({**config, "output": {**config["output"], "dir": str(tmp_path / "again")}}, quiet=True)
+        assert kept("teacher") == before["teacher"] | written["teacher"]
+        assert [r["loss"] for r in read_metrics(again.run_dir) if r["kind"] == "train"] == [r["loss"] for r in rows]
+    if objective["name"] == "seqkd":  # the teacher's answers, cached
+        assert len(written["seqkd"]) == 1 and not written["teacher"]
+        assert len(json.loads(next(iter(written["seqkd"])).read_text())) == 24
+    if objective["name"] == "gkd":  # every micro-batch on the student's own samples, the teacher live
+        assert all(r["on_policy_fraction"] == 1.0 for r in rows) and not written["teacher"]
+
+
+def test_a_teacher_with_another_vocabulary_is_refused_before_any_weights_load(tmp_path, tiny_model_dir, capsys):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from tests.conftest import tiny_config
+    from tuneforge.api import train
+    from tuneforge.errors import ConfigError
+
+    other = tmp_path / "other"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    tokenizer.add_tokens(["<an-extra-token>"])
+    tokenizer.save_pretrained(other)
+    (other / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    config = tiny_config(tmp_path, tiny_model_dir, objective={"name": "kd", "teacher": str(other)})
+    with pytest.raises(ConfigError, match=r"(?s)teacher .* different vocabularies .* student make"):
+        train(config, quiet=True)
+    assert not (tmp_path / "run").exists()
+    assert "model " not in capsys.readouterr().out  # the student's weights did not load either

@@ -149,6 +149,9 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
     cfg, method, objective = loaded.run, recipe.method, recipe.objective
     device = precision.pick_device()
     chosen = precision.resolve_precision(cfg.train.precision, device)
+    teacher = load_teacher(loaded, recipe.objective_params, chosen, device, examples)  # its vocabulary checked first
+    if teacher is not None:
+        console.info(f"teacher {recipe.objective_params.teacher}: {teacher.describe()}")
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
     # a quantized base dequantizes into this dtype (fp32 where the objective compares log-probabilities)
     load_kwargs = method.load_base_kwargs(recipe.method_params, precision.dtype(chosen, objective.needs_reference))
@@ -167,9 +170,6 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
     console.info(f"model {cfg.model.path}: {total / 1e6:.1f}M parameters; method {method.name}: "
                  f"{trainable:,} trainable ({100 * trainable / total:.2f}%); precision "
                  f"{precision.describe(chosen, objective.needs_reference)}")
-    teacher = load_teacher(loaded, recipe.objective_params, chosen, device, examples)
-    if teacher is not None:
-        console.info(f"teacher {recipe.objective_params.teacher}: {teacher.describe()}")
     return Session(recipe, model, device, chosen, precision.autocast_factory(chosen, device),
                    precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference),
                    Frozen(method.reference(model) if objective.needs_reference else None, teacher))
