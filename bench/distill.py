@@ -4,7 +4,7 @@ whole vocabulary, `kd` over the teacher's cached top-32, `seqkd` and `gkd`; then
 measured side by side (`tuneforge.reports.distill`), with the teacher cache's disk cost beside what a
 full-vocabulary cache would take.
 
-    python -m bench.distill [--steps 40] [--layers 10] [--reuse] [--only kd,sft]
+    python -m bench.distill [--steps 50] [--layers 10] [--reuse] [--only kd,sft]
 
 The teacher is runs/quickstart (`make demo`; trained here when missing). Report: bench/results/distill/.
 """
@@ -89,7 +89,7 @@ def _newest(folder: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--reuse", action="store_true", help="keep the runs a previous invocation finished")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
@@ -105,7 +105,7 @@ def main() -> None:
         print(f"{name}: exact match {extra['exact_match']}, {extra['wall_s']:.0f} s", flush=True)
     notes = [f"machine: {machine_line()}", f"`python -m bench.distill --steps {args.steps} --layers {args.layers}`: "
              f"every student starts from the same {args.layers}-layer student of the tuned teacher and trains "
-             f"{args.steps} steps of 16 on the quickstart data (full fine-tuning, lr 2e-4 cosine)."]
+             f"{args.steps} steps of 16 on the quickstart data (full fine-tuning, lr 3e-4 cosine)."]
     if "sft" in figures and "kd" in figures:
         gain = figures["kd"]["exact_match"] - figures["sft"]["exact_match"]
         notes.append(f"kd over SFT alone: {gain:+.1f} exact match")

@@ -255,3 +255,41 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_weights_load(tm
         train(config, quiet=True)
     assert not (tmp_path / "run").exists()
     assert "model " not in capsys.readouterr().out  # the student's weights did not load either
+
+
+def test_student_make_refuses_what_it_cannot_do_with_exit_2(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    runner = CliRunner()
+    for args, said in ((["--from", str(tiny_model_dir), "--layers", "5"], "--layers 5: the model has 2 decoder layers"),
+                       (["--from", str(tmp_path / "nowhere"), "--layers", "1"], "no such model directory or run")):
+        result = runner.invoke(app, ["student", "make", *args, "--out", str(tmp_path / "student")])
+        assert result.exit_code == 2 and said in result.output, result.output
+        assert not (tmp_path / "student").exists()
+
+
+def test_the_report_puts_the_teacher_and_its_students_side_by_side(teacher_and_student, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import tiny_config
+    from tuneforge.api import train
+    from tuneforge.cli import app
+
+    _, teacher, student = teacher_and_student
+    config = tiny_config(tmp_path, student, train={"max_steps": 1})
+    config["method"] = {"name": "full"}
+    run = train(config, quiet=True).run_dir
+    result = CliRunner().invoke(app, ["student", "report", str(run), "--teacher", str(teacher), "--out",
+                                      str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+    assert [(r["role"], r["layers"]) for r in rows] == [("teacher", 2), ("student", 1)]
+    assert rows[1]["parameters_m"] < rows[0]["parameters_m"] and all(r["tokens_per_s"] > 0 for r in rows)
+    assert rows[0]["exact_match"] is not None and rows[0]["speedup"] == 1.0
+    assert (tmp_path / "report" / "speed_quality.png").stat().st_size > 0
+    assert "| student |" in (tmp_path / "report" / "report.md").read_text()
+    missing = CliRunner().invoke(app, ["student", "report", str(tmp_path / "nowhere"), "--teacher", str(teacher),
+                                       "--out", str(tmp_path / "r2")])
+    assert missing.exit_code == 2 and "not a tuneforge run directory" in missing.output

@@ -289,11 +289,31 @@ def student_make(source: Annotated[str, typer.Option("--from", help="the teacher
     from tuneforge.engine.student import make_student
 
     require_writable_dir(out, "--out")
-    run = Path(source)
+    run = Path(source).expanduser()
+    if source != "default" and not run.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ConfigError(f"--from {source}: no such model directory or run\n  fix: give 'default', a Hugging Face "
+                          "model directory, a hub id, or a finished tuneforge run")
     model, tokenizer, _ = merged_model(run) if (run / "config.yaml").is_file() else (None, None, None)
     made = make_student(ModelConfig(path=source), layers, out, model=model, tokenizer=tokenizer)
     print(f"student: {out}: layers {made['kept_layers']} of the teacher's {made['teacher_layers']}; "
           f"{made['student_parameters'] / 1e6:.1f}M parameters (teacher {made['teacher_parameters'] / 1e6:.1f}M)")
+
+
+@student_app.command("report")
+@user_errors
+def student_report(runs: Annotated[list[Path], typer.Argument(help="finished student runs")],
+                   teacher: Annotated[Path, typer.Option(help="the teacher's finished run")],
+                   out: Annotated[Path, typer.Option(help="where report.md, report.html and the chart go")]) -> None:
+    """Teacher and students side by side: layers, parameters, size, generation speed and scores."""
+    from tuneforge.engine.paths import require_writable_dir
+    from tuneforge.engine.trained import require_run_dir
+    from tuneforge.reports.distill import write_report
+
+    require_writable_dir(out, "--out")
+    for run in [teacher, *runs]:
+        require_run_dir(run)
+    for kind, path in write_report(out, teacher, list(runs)).items():
+        print(f"{kind}: {path}")
 
 
 @app.command()

@@ -41,15 +41,8 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
     from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RunDirError(f"{run_dir} is not a tuneforge run directory (no config.yaml)\n  fix: pass the directory "
-                          "a `tuneforge train` run wrote, e.g. runs/quickstart")
-    cfg = load_config(config_path).run
+    cfg = require_run_dir(run_dir)
     method = get_method(cfg.method.name)
-    if not (run_dir / method.output_subdir).is_dir():
-        raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
-                          "`tuneforge train <config> --resume`, or use a finished run")
     device, chosen = precision.inference_placement(precision_override or cfg.train.precision)
     objective = get_objective(cfg.objective.name)
     base_kwargs = {} if full_precision_base else method.load_base_kwargs(
@@ -61,6 +54,20 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device),
                       precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference))
+
+
+def require_run_dir(run_dir: Path) -> RunConfig:
+    """The config of a finished run directory, or a located error saying what is missing."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} is not a tuneforge run directory (no config.yaml)\n  fix: pass the directory "
+                          "a `tuneforge train` run wrote, e.g. runs/quickstart")
+    cfg = load_config(config_path).run
+    method = get_method(cfg.method.name)
+    if not (Path(run_dir) / method.output_subdir).is_dir():
+        raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
+                          "`tuneforge train <config> --resume`, or use a finished run")
+    return cfg
 
 
 def reference_of(trained: TrainedRun):
