@@ -83,7 +83,7 @@ VARIANTS: dict[str, dict] = {
     "all-clients-lr-5e-3": {"strategy": {"fraction": 1.0, "rounds": 6, "local_steps": 3},
                             "train": {"lr": 5e-3, "schedule": "constant"}},
     "one-client-a-round": {"strategy": {"fraction": 0.1, "rounds": 30, "local_steps": 6}},
-    "by-examples": {"strategy": {"sampling": "examples", "client_eval_every": 5}},
+    "uniform": {"strategy": {"sampling": "uniform"}},  # the example before sampling: examples (85.0)
     "one-client-a-round-by-examples": {"strategy": {"fraction": 0.1, "rounds": 30, "local_steps": 6,
                                                     "sampling": "examples", "client_eval_every": 10}},
     "centralised-batch-40": {"centralised": 18, "train": {"batch_size": 40}},
@@ -166,7 +166,8 @@ def write_report(out: Path, data: dict, fed: dict, centrals: dict, local: dict, 
     lines = [
         "# Federated LoRA against centralised and local-only training", "", machine_line(), "",
         f"`python -m bench.federated`: `examples/federated_lora.yaml` ({strategy['clients']} clients, Dirichlet "
-        f"α {strategy['alpha']} over the task, {strategy['rounds']} rounds of {sampled} sampled clients x "
+        f"α {strategy['alpha']} over the task, {strategy['rounds']} rounds of {sampled} clients (sampling "
+        f"{strategy.get('sampling', 'uniform')}) x "
         f"{strategy['local_steps']} local steps, {strategy['aggregation']['name']}, LoRA r 16 on the default model); "
         f"every run scored by exact match on the same global test set (25 examples a task). Client training sets: "
         f"{sizes} records.", "",
@@ -190,11 +191,11 @@ def write_report(out: Path, data: dict, fed: dict, centrals: dict, local: dict, 
         held = [s["exact_match"] for s in r["client_scores"].values() if "exact_match" in s]
         lines.append(f"| {r['step']} | {', '.join(c.removeprefix('client-') for c in r['clients'])} | "
                      f"{r['global']['exact_match']:.1f} | "
-                     f"{sum(held) / len(held) if held else float('nan'):.1f} | {', '.join(r['missing']) or '-'} | "
+                     f"{f'{sum(held) / len(held):.1f}' if held else '-'} | {', '.join(r['missing']) or '-'} | "
                      f"{r['bytes_exchanged'] / 2**20:.0f} | {r['wall_s']:.0f} |")
     ran = {k: v for k, v in timings.items() if v >= 1}  # a run kept with --reuse took no time now
-    wall = json.loads((out / "runs" / "federated" / "run.json").read_text())["train"]["wall_s"]
-    ran = {"federated rounds (its run.json)": wall, **{k: v for k, v in ran.items() if k != "federated"}}
+    wall = sum(r["wall_s"] for r in rounds)  # a resumed run's run.json times only what ran after the resume
+    ran = {"federated rounds (their rows' sum)": wall, **{k: v for k, v in ran.items() if k != "federated"}}
     lines += ["", "Wall time: " + (", ".join(f"{k} {v:.0f} s" for k, v in ran.items()) or "all runs kept (--reuse)"),
               "", "![global](global.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
