@@ -33,9 +33,11 @@ TEACHER = ROOT / "runs" / "quickstart"
 VARIANTS: dict[str, dict] = {
     "sft": {"name": "sft"},
     "kd": {"name": "kd", "alpha": 0.5},
+    "kd-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0},
     "kd-top32": {"name": "kd", "alpha": 0.5, "top_k": 32},
     "seqkd": {"name": "seqkd"},
     "gkd": {"name": "gkd", "lam": 0.5},
+    "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5},  # half the loss on the data's own tokens
 }
 
 

@@ -270,6 +270,7 @@ def test_student_make_refuses_what_it_cannot_do_with_exit_2(tmp_path, tiny_model
         assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.slow
 def test_the_report_puts_the_teacher_and_its_students_side_by_side(teacher_and_student, tmp_path):
     from typer.testing import CliRunner
 

@@ -145,7 +145,8 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     opens."""
     from tuneforge.api import train
 
-    config = _federation(tmp_path, tiny_model_dir, 2, client_eval_every=2)
+    # the clients drawn by their examples (each says how many when it introduces itself; all four drawn)
+    config = _federation(tmp_path, tiny_model_dir, 2, client_eval_every=2, sampling="examples")
     # a fourth client whose data cannot be read fails every round: the rounds go on with the three that answer
     broken = tmp_path / "hospital-3.jsonl"
     broken.write_text('{"prompt": "Repeat 1", "completion": "1"}\n{"prompt": "Repeat 2", "completion": ""}\n')
