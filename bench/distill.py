@@ -36,8 +36,8 @@ VARIANTS: dict[str, dict] = {
     "kd-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0},
     "kd-top32": {"name": "kd", "alpha": 0.5, "top_k": 32},
     "seqkd": {"name": "seqkd"},
-    "gkd": {"name": "gkd", "lam": 0.5},
-    "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5},  # half the loss on the data's own tokens
+    "gkd": {"name": "gkd", "lam": 0.5, "max_new_tokens": 16},
+    "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5, "max_new_tokens": 16},  # SFT on the data's answers too
 }
 
 

@@ -128,6 +128,10 @@ def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tok
     assert out.metrics["distill"] == pytest.approx(float(4 * kl / labels), rel=1e-4)
     out.loss.backward()  # the student learns; the teacher is untouched
     assert all(p.grad is None for p in teacher.parameters())
+    sampled = REGISTRY["kd"].loss(student, {**batch, "on_policy": torch.tensor(True)},
+                                  LossContext(num_label_tokens=labels, params=params, teacher=live))
+    # on the student's own samples (gkd) only the teacher's term counts: its tokens are not answers to learn
+    assert float(sampled.loss) == pytest.approx(float(4 * kl / labels), rel=1e-4)
 
 
 def test_a_teacher_that_is_the_student_gives_no_divergence(tmp_path, tokenizer):

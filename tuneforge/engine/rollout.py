@@ -121,20 +121,20 @@ class OnPolicy:
 
     def __call__(self, window: list[list[TrainExample]]) -> tuple[list[list[TrainExample]],
                                                                     list[dict[str, torch.Tensor]], dict[str, float]]:
-        out, sampled, lengths = [], 0, []
+        out, extras, lengths = [], [], []
         for examples in window:
-            if random.Random(f"{self.seed}:{examples[0].sample_id}").random() < self.params.lam:
+            on_policy = random.Random(f"{self.seed}:{examples[0].sample_id}").random() < self.params.lam
+            if on_policy:
                 rolled, completions, _ = sample_sequences(self.model, self.tokenizer, examples, self._prompts,
                                                           self.chat, self.params, self.autocast)
-                out.append(rolled)
-                sampled += 1
                 lengths += [len(c) for c in completions]
-            else:
-                out.append(examples)
-        metrics = {"on_policy_fraction": sampled / len(window)}
+            out.append(rolled if on_policy else examples)
+            # the loss's SFT term is for the data's answers, not the student's own samples
+            extras.append({"on_policy": torch.tensor(on_policy)})
+        metrics = {"on_policy_fraction": sum(bool(e["on_policy"]) for e in extras) / len(window)}
         if lengths:
             metrics["completion_length"] = statistics.fmean(lengths)
-        return out, [{} for _ in out], metrics
+        return out, extras, metrics
 
 
 def metric_name(label: str) -> str:

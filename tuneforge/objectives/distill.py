@@ -71,7 +71,9 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     divergence = t**2 * generalized_jsd(student, target, params.beta).sum()
     nll = F.cross_entropy(logits, targets, reduction="sum")
     scale = max(ctx.num_label_tokens, 1)
-    loss = (params.alpha * divergence + (1 - params.alpha) * nll) / scale
+    # on the student's own samples (gkd) the tokens are not answers to learn: the teacher's term alone
+    alpha = 1.0 if bool(batch.get("on_policy", False)) else params.alpha
+    loss = (alpha * divergence + (1 - alpha) * nll) / scale
     return LossOutput(loss, {"distill": divergence.item() / scale, "nll": nll.item() / scale})
 
 
