@@ -105,7 +105,7 @@ def main() -> None:
         runs.append(run)
         figures[name] = extra
         print(f"{name}: exact match {extra['exact_match']}, {extra['wall_s']:.0f} s", flush=True)
-    notes = [f"machine: {machine_line()}", f"`python -m bench.distill --steps {args.steps} --layers {args.layers}`: "
+    notes = [machine_line(), f"`python -m bench.distill --steps {args.steps} --layers {args.layers}`: "
              f"every student starts from the same {args.layers}-layer student of the tuned teacher and trains "
              f"{args.steps} steps of 16 on the quickstart data (full fine-tuning, lr 3e-4 cosine)."]
     if "sft" in figures and "kd" in figures:
@@ -113,11 +113,13 @@ def main() -> None:
         notes.append(f"kd over SFT alone: {gain:+.1f} exact match")
         if "kd-top32" in figures and "cache" in figures["kd-top32"]:
             cache = figures["kd-top32"]["cache"]
-            kept = (figures["kd-top32"]["exact_match"] - figures["sft"]["exact_match"]) / gain if gain else float("nan")
+            top = figures["kd-top32"]["exact_match"] - figures["sft"]["exact_match"]
+            kept = (f"it keeps {100 * top / gain:.0f}% of full-vocabulary kd's gain" if gain > 0 else
+                    f"full-vocabulary kd gained nothing over SFT here, so no share of a gain is defined (top-32: "
+                    f"{top:+.1f})")
             notes.append(f"top-32 cache: {cache['bytes'] / 2**20:.1f} MiB for {cache['positions']} trained positions "
                          f"({100 * cache['bytes'] / cache['full_vocabulary_bytes_fp32']:.2f}% of a full-vocabulary "
-                         f"fp32 cache, {cache['full_vocabulary_bytes_fp32'] / 2**30:.1f} GiB); it keeps "
-                         f"{100 * kept:.0f}% of full-vocabulary kd's gain")
+                         f"fp32 cache, {cache['full_vocabulary_bytes_fp32'] / 2**30:.1f} GiB); {kept}")
     paths = write_report(OUT, teacher, runs, notes)
     print(paths["md"].read_text())
 
