@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_config
@@ -12,6 +13,7 @@ from tuneforge.config import dump_yaml, load_config
 from tuneforge.reports.compare import COLUMNS
 
 
+@pytest.mark.slow  # two training subprocesses and their measurements: ~45 s of the suite's budget
 def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3}, eval={"metrics": ["loss", "exact_match"]})
     path = tmp_path / "compare.yaml"

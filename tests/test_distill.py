@@ -207,8 +207,8 @@ def teacher_and_student(tmp_path_factory, tiny_model_dir):
 
 @pytest.mark.parametrize("objective", [
     {"name": "kd", "top_k": 4},  # cached: the second run reads the cache the first wrote
-    {"name": "seqkd", "max_new_tokens": 4},
-    {"name": "gkd", "lam": 1.0, "max_new_tokens": 4},
+    pytest.param({"name": "seqkd", "max_new_tokens": 4}, marks=pytest.mark.slow),
+    pytest.param({"name": "gkd", "lam": 1.0, "max_new_tokens": 4}, marks=pytest.mark.slow),
 ])
 def test_each_distillation_objective_trains_a_student(teacher_and_student, tmp_path, objective):
     from tests.conftest import tiny_config
