@@ -259,6 +259,9 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_weights_load(tm
         train(config, quiet=True)
     assert not (tmp_path / "run").exists()
     assert "model " not in capsys.readouterr().out  # the student's weights did not load either
+    config["objective"]["teacher"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"(?s)'objective.teacher'.*nowhere does not exist"):
+        train(config, quiet=True)
 
 
 def test_student_make_refuses_what_it_cannot_do_with_exit_2(tmp_path, tiny_model_dir):

@@ -498,6 +498,8 @@ class _Described:
 
 
 def _default(field) -> str:
+    if field.is_required():
+        return "(required)"
     value = field.get_default(call_default_factory=True)
     if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
         return value.name

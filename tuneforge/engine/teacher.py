@@ -160,6 +160,10 @@ class TeacherSource:
 
         path = model_path_from(source, loaded.base_dir)  # relative to the config file, as model.path is
         run = (Path(path) / "config.yaml").is_file()  # a tuneforge run: its model with what it trained
+        if not Path(path).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+            raise ConfigError(f"{loaded.where('objective', 'teacher')}: {path} does not exist\n  fix: give a finished "
+                              "tuneforge run, a Hugging Face model directory (relative to the config file), "
+                              "'default' or a hub id")
         tokenizer = (AutoTokenizer.from_pretrained(Path(path) / "tokenizer") if run
                      else load_tokenizer(ModelConfig(path=path)))
         student = load_tokenizer(loaded.run.model)
