@@ -151,15 +151,23 @@ def test_the_config_is_checked_before_anything_loads(tmp_path, tiny_model_dir):
         train(config, quiet=True)
 
 
+KILLED = {"max_steps": 3, "save_every": 1, "keep_last": 5}
+
+
+@pytest.fixture(scope="module")
+def ewc_reference(tmp_path_factory, tiny_model_dir):
+    """The uninterrupted sequential run the killed ones must end on."""
+    return train(sequential_config(tmp_path_factory.mktemp("reference"), tiny_model_dir,
+                                   {"name": "ewc", "strength": 50.0}, **KILLED), quiet=True)
+
+
 @pytest.mark.parametrize(("target", "nth"), [
     ("tuneforge.engine.checkpoint:write_checkpoint", 6),  # inside the third task, after its first checkpoint
     ("tuneforge.strategies.continual:_save_phase", 2),  # after the second task trained, before its state saved
 ])
-def test_a_kill_in_a_later_task_resumes_to_the_same_weights(tmp_path, tiny_model_dir, target, nth):
-    settings = {"max_steps": 3, "save_every": 1, "keep_last": 5}
-    reference = train(sequential_config(tmp_path / "reference", tiny_model_dir, {"name": "ewc", "strength": 50.0},
-                                        **settings), quiet=True)
-    config = sequential_config(tmp_path / "killed", tiny_model_dir, {"name": "ewc", "strength": 50.0}, **settings)
+def test_a_kill_in_a_later_task_resumes_to_the_same_weights(tmp_path, tiny_model_dir, ewc_reference, target, nth):
+    reference = ewc_reference
+    config = sequential_config(tmp_path / "killed", tiny_model_dir, {"name": "ewc", "strength": 50.0}, **KILLED)
     path = tmp_path / "killed" / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     assert kill_at(target, nth, path).returncode == -9

@@ -56,12 +56,10 @@ def trained_run(tmp_path, model_dir, method: dict, **train_keys):
     return train(config, quiet=True).run_dir
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, tiny_model_dir) -> dict[str, tuple]:
+def exports(root, tiny_model_dir) -> dict[str, tuple]:
     """Every mergeable method trained (in the test precision), and LoRA trained with bf16 frozen weights,
     each exported; their logits on IDS computed in one process where neither peft nor tuneforge can be
     imported. name -> (run directory, export directory, logits)."""
-    root = tmp_path_factory.mktemp("exports")
     cases = {**{name: (method, {}) for name, method in MERGEABLE.items()},
              "lora-bf16": (MERGEABLE["lora"], {"precision": "bf16"})}
     made = {}
@@ -75,25 +73,31 @@ def exports(tmp_path_factory, tiny_model_dir) -> dict[str, tuple]:
     return {name: (run_dir, export, torch.load(root / f"{name}.pt")) for name, (run_dir, export) in made.items()}
 
 
-@pytest.mark.parametrize("name", sorted(MERGEABLE))
-def test_merged_export_loads_without_tuneforge_or_peft_and_matches(exports, tiny_model_dir, name):
-    run_dir, _, exported = exports[name]
-    # the trained model in fp32, whatever precision the run trained in: what the export promises
-    unmerged = load_trained(run_dir, full_precision_base=True, precision_override="fp32").model.cpu()
+# one test, not one per method: the exports are made together (one plain-transformers process loads them all),
+# and a module fixture would be made again on each test worker that runs one of them
+def test_merged_exports_load_without_tuneforge_or_peft_and_match(tmp_path, tiny_model_dir):
+    made = exports(tmp_path, tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
-        expected = unmerged(input_ids=IDS).logits
-        assert (base(input_ids=IDS).logits - expected).abs().max() > 1e-3  # training changed the model
-    torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0)
+        base_logits = base(input_ids=IDS).logits
+    for name in sorted(MERGEABLE):
+        run_dir, _, exported = made[name]
+        # the trained model in fp32, whatever precision the run trained in: what the export promises
+        unmerged = load_trained(run_dir, full_precision_base=True, precision_override="fp32").model.cpu()
+        with torch.no_grad():
+            expected = unmerged(input_ids=IDS).logits
+        assert (base_logits - expected).abs().max() > 1e-3, f"{name}: training changed nothing"
+        torch.testing.assert_close(exported, expected, atol=1e-4, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
+    a_bf16_run_merges_onto_the_base_as_stored(made["lora-bf16"], tiny_model_dir)
 
 
-def test_a_bf16_run_merges_onto_the_base_as_stored(exports, tiny_model_dir):
+def a_bf16_run_merges_onto_the_base_as_stored(made: tuple, tiny_model_dir) -> None:
     """A run trained with bf16 frozen weights exports the fp32 base plus its adapter: the tensors LoRA never
     touches are the base's, bit for bit, and the logits are peft's own merge of the saved adapter."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    run_dir, export, exported = exports["lora-bf16"]
+    run_dir, export, exported = made
     assert json.loads((run_dir / "run.json").read_text())["precision"] == "bf16"
     base_tensors = load_file(next(tiny_model_dir.glob("*.safetensors")))
     exported_tensors = load_file(next(export.glob("*.safetensors")))
