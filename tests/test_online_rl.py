@@ -83,6 +83,24 @@ def test_sampling_keeps_the_stop_token_and_cuts_after_it(tokenizer):
                       top_p=0.9) == first
 
 
+def test_the_head_sees_a_contiguous_input_and_generation_is_unchanged(tokenizer):
+    """transformers hands the head a strided view of the prompt's last position; on it torch's matmul copies the
+    head's weight per row (seconds a batch), so generation makes it contiguous — same tokens, hook removed."""
+    model = lora_tiny(tokenizer, seed=3).eval()
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_hook(lambda _, args, out: seen.append(args[0].is_contiguous()))
+    prompts = [[1, 5, 9, 4], [1, 7]]
+    with torch.no_grad():
+        plain = model.generate(input_ids=torch.tensor([[0, 0, 1, 7], prompts[0]]).flip(0),
+                               attention_mask=torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]]), max_new_tokens=3,
+                               do_sample=False, pad_token_id=0, eos_token_id=[], use_cache=True)
+    seen.clear()
+    greedy = sample_ids(model, tokenizer, prompts, max_new_tokens=3, stop_ids=set())
+    assert seen and all(seen)
+    assert greedy == plain[:, 4:].tolist()
+    assert not model.get_output_embeddings()._forward_pre_hooks
+
+
 def _prompt_examples(n: int) -> list[TrainExample]:
     examples = []
     for i, record in enumerate(SUMS[:n]):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -25,14 +26,33 @@ def sample_ids(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 else \
         {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     device = model_device(model)
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                            max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
-                            use_cache=True, **sampling)
+    with contiguous_head_input(model):
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
+                                use_cache=True, **sampling)
     completions = []
     for row in output[:, width:].tolist():
         end = next((i for i, token in enumerate(row) if token in stop_ids), None)
         completions.append(row if end is None else row[: end + 1])
     return completions
+
+
+@contextmanager
+def contiguous_head_input(model) -> Iterator[None]:
+    """The output head gets a contiguous input while inside. transformers hands it the prompt's last position as
+    a strided view (`hidden[:, -1:, :]`), and torch's matmul then copies the head's weight once per row of the
+    batch: 4.8 s in bf16 (0.26 s in fp32) for a batch of 50 and a 49152 x 576 head, against 0.013 s for the same
+    product on a contiguous input (measured on this project's CPU machine, torch 2.13) — most of what a batch of
+    generation cost."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def generate_batch(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int,
