@@ -39,16 +39,16 @@ def test_orthogonality_by_hand():
 
 
 def test_distillation_by_hand():
-    teacher = torch.log(torch.tensor([[0.8, 0.2]]))
+    teacher = torch.log(torch.tensor([[0.64, 0.16]]))  # its top 2; the rest of the vocabulary holds 0.2
     ids = torch.tensor([[0, 1]])
-    logits = torch.tensor([[0.0, 0.0, 100.0]])  # token 2 is outside the teacher's top-k: not counted
-    kl = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)
+    logits = torch.log(torch.tensor([[0.4, 0.1, 0.5]]))  # the same 2 and the rest, 0.5, as one entry
+    kl = 0.64 * math.log(0.64 / 0.4) + 0.16 * math.log(0.16 / 0.1) + 0.2 * math.log(0.2 / 0.5)
     assert float(penalties.distillation(logits, teacher, ids, 1.0)) == pytest.approx(kl, rel=1e-5)
-    # top-k log-probs that do not sum to one are renormalised over the k at temperature T (0.8, 0.2 at T = 2:
-    # √0.8 : √0.2 = 2/3 : 1/3); T² scales the term
-    kl_2 = 2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5)
-    assert float(penalties.distillation(logits, teacher - 1.0, ids, 2.0)) == pytest.approx(4 * kl_2, rel=1e-5)
-    assert float(penalties.distillation(torch.log(torch.tensor([[0.8, 0.2, 5.0]])), teacher, ids, 1.0)) == \
+    # at T = 2 each of the three is raised to the power 1/2 and normalised again; T² scales the term
+    tempered = [[x ** 0.5 / sum(y ** 0.5 for y in row) for x in row] for row in ([0.64, 0.16, 0.2], [0.4, 0.1, 0.5])]
+    kl_2 = sum(t * math.log(t / s) for t, s in zip(*tempered, strict=True))
+    assert float(penalties.distillation(logits, teacher, ids, 2.0)) == pytest.approx(4 * kl_2, rel=1e-5)
+    assert float(penalties.distillation(torch.log(torch.tensor([[0.64, 0.16, 0.2]])), teacher, ids, 2.0)) == \
         pytest.approx(0.0, abs=1e-6)
 
 

@@ -58,28 +58,36 @@ def test_temperature_softens_both_distributions():
     assert float(generalized_jsd(student, teacher, 0.0)) == pytest.approx(forward, rel=1e-5)
 
 
-def test_top_k_support_renormalises_over_the_teachers_k_tokens():
-    teacher_logprobs = _logs([0.4, 0.3])  # the top 2 of (0.4, 0.3, 0.2, 0.1), at T = 1
+def test_top_k_support_is_the_teachers_k_tokens_and_the_rest_of_the_vocabulary():
+    teacher_logprobs = _logs([0.4, 0.3])  # the top 2 of (0.4, 0.3, 0.2, 0.1), at T = 1: the rest holds 0.3
     ids = torch.tensor([[0, 1]])
-    student_logits = torch.tensor([[0.0, 0.0, 5.0, 5.0]])  # its mass outside the k does not count
+    student_logits = torch.tensor([[0.0, 0.0, 5.0, 5.0]])  # most of its mass outside the teacher's k
     student, teacher = top_k_support(student_logits, teacher_logprobs, ids, 1.0)
-    assert teacher.exp().tolist()[0] == pytest.approx([4 / 7, 3 / 7], rel=1e-6)
-    assert student.exp().tolist()[0] == pytest.approx([0.5, 0.5], rel=1e-6)
-    forward = 4 / 7 * math.log((4 / 7) / 0.5) + 3 / 7 * math.log((3 / 7) / 0.5)
+    assert teacher.exp().tolist()[0] == pytest.approx([0.4, 0.3, 0.3], rel=1e-5)
+    a = 1 / (2 + 2 * math.exp(5))
+    assert student.exp().tolist()[0] == pytest.approx([a, a, 1 - 2 * a], rel=1e-5)
+    forward = 0.4 * math.log(0.4 / a) + 0.3 * math.log(0.3 / a) + 0.3 * math.log(0.3 / (1 - 2 * a))
     assert float(generalized_jsd(student, teacher, 0.0)) == pytest.approx(forward, rel=1e-5)
-    # at T = 2 the k are renormalised from the tempered teacher: √0.4 : √0.3
+    # the teacher's ratios inside the k are not enough: its mass outside them counts (renormalising over the k
+    # alone would score both of these students 0)
+    matching = top_k_support(_logs([0.4, 0.3, 0.15, 0.15]), teacher_logprobs, ids, 1.0)
+    assert float(generalized_jsd(*matching, 0.0)) == pytest.approx(0.0, abs=1e-6)
+    outside = top_k_support(_logs([0.04, 0.03, 0.465, 0.465]), teacher_logprobs, ids, 1.0)
+    expected = 0.4 * math.log(10) + 0.3 * math.log(10) + 0.3 * math.log(0.3 / 0.93)
+    assert float(generalized_jsd(*outside, 0.0)) == pytest.approx(expected, rel=1e-5)
+    # at T = 2 the k + 1 entries are tempered as if the rest were one token: √0.4 : √0.3 : √0.3
     _, tempered = top_k_support(student_logits, teacher_logprobs, ids, 2.0)
-    share = math.sqrt(0.4) / (math.sqrt(0.4) + math.sqrt(0.3))
-    assert tempered.exp().tolist()[0] == pytest.approx([share, 1 - share], rel=1e-6)
+    roots = [math.sqrt(0.4), math.sqrt(0.3), math.sqrt(0.3)]
+    assert tempered.exp().tolist()[0] == pytest.approx([r / sum(roots) for r in roots], rel=1e-5)
 
 
 def test_the_top_k_of_the_whole_vocabulary_is_the_full_support():
     generator = torch.Generator().manual_seed(0)
     student_logits, teacher_logits = torch.randn(3, 8, generator=generator), torch.randn(3, 8, generator=generator)
-    full = generalized_jsd(*full_support(student_logits, teacher_logits, 1.5), 0.5)
+    full = generalized_jsd(*full_support(student_logits, teacher_logits, 1.0), 0.5)
     top = torch.log_softmax(teacher_logits, dim=-1).topk(8, dim=-1)
-    assert torch.allclose(generalized_jsd(*top_k_support(student_logits, top.values, top.indices, 1.5), 0.5), full,
-                          atol=1e-6)
+    assert torch.allclose(generalized_jsd(*top_k_support(student_logits, top.values, top.indices, 1.0), 0.5), full,
+                          atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- the kd objective
@@ -100,7 +108,7 @@ def _batch(tmp_path, tokenizer):
 @pytest.mark.parametrize("top_k", [None, 8])
 def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tokenizer, top_k):
     """alpha · T² · forward KL + (1 − alpha) · NLL over the trained tokens, from the two models' own logits;
-    top-k compares over the teacher's k best tokens renormalised."""
+    top-k compares over the teacher's k best tokens and the rest of the vocabulary."""
     from tuneforge.engine.teacher import LiveTeacher
     from tuneforge.models.tiny import build_tiny_llama
     from tuneforge.objectives import REGISTRY, LossContext
@@ -116,9 +124,11 @@ def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tok
     s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
-    if top_k:
+    if top_k:  # the k best of the teacher's log-probs and what they leave, the student's at the same tokens
+        t, s = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
         ids = t.topk(top_k, dim=-1).indices
         s, t = s.gather(-1, ids), t.gather(-1, ids)
+        s, t = (torch.cat([x, torch.log1p(-x.exp().sum(-1, keepdim=True))], dim=-1) for x in (s, t))
     p_t, log_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
     kl = (p_t * (torch.log(p_t) - log_s)).sum()
     nll = torch.nn.functional.cross_entropy(student(input_ids=batch["input_ids"]).logits[:, :-1][trained],

@@ -31,7 +31,8 @@ class LossContext:
 class TeacherTokens:
     """A teacher's next-token log-probabilities (at temperature 1) at each trained position of a batch, in the
     order `models.parts` gives the label positions: over the whole vocabulary (`ids` None: [positions, vocab]),
-    or over its top-k tokens (`ids` and `logprobs` [positions, k], the k renormalised by the loss)."""
+    or over its top-k tokens (`ids` and `logprobs` [positions, k]; the loss adds the rest of the vocabulary as
+    one more entry)."""
 
     logprobs: torch.Tensor
     ids: torch.Tensor | None = None

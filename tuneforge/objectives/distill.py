@@ -46,11 +46,21 @@ def full_support(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both models' log-probs over the teacher's top-k tokens (`teacher_ids`, with its log-probs at T = 1),
-    renormalised over those k at temperature T: softmax(logit / T) restricted to the k. Shapes: student logits
+    """Both models' log-probs over the teacher's top-k tokens (`teacher_ids`, with its log-probs at T = 1) and
+    one more entry for the rest of the vocabulary (its mass, 1 − the k's), at temperature T as if that rest were
+    one token. At T = 1 the forward KL over these k + 1 is the full KL but for the divergence inside the rest;
+    without the rest's entry a student could put any mass outside the teacher's k unpunished (measured: with
+    alpha 0.9 and T 2, renormalised over the k alone, the student wrote '2028-107-222'). Shapes: student logits
     (..., vocab), teacher log-probs and ids (..., k)."""
-    student = torch.log_softmax(student_logits.float().gather(-1, teacher_ids) / temperature, dim=-1)
-    return student, torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
+    student = torch.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_ids)
+    return (torch.log_softmax(_with_rest(student) / temperature, dim=-1),
+            torch.log_softmax(_with_rest(teacher_logprobs.float()) / temperature, dim=-1))
+
+
+def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
+    """The k log-probs and, last, the log of the mass they leave (never quite 0, so no -inf reaches a KL)."""
+    kept = torch.logsumexp(logprobs, dim=-1, keepdim=True).clamp(max=-1e-6)
+    return torch.cat([logprobs, torch.log(-torch.expm1(kept))], dim=-1)
 
 
 def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:

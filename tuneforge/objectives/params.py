@@ -99,8 +99,9 @@ class KdParams(ObjectiveParams):
                                                       "Hinton et al.'s convention)")
     beta: float = Field(0.0, ge=0, le=1, description="0: forward KL(teacher ‖ student); 1: reverse KL; between: "
                                                      "the generalised Jensen-Shannon divergence of GKD")
-    top_k: int | None = Field(None, ge=1, description="compare over the teacher's top-k tokens only, renormalised "
-                                                      "(as a cache of them holds); unset: the whole vocabulary")
+    top_k: int | None = Field(None, ge=1, description="compare over the teacher's top-k tokens and the rest of "
+                                                      "the vocabulary as one (what a cache of them holds); unset: "
+                                                      "the whole vocabulary")
     cache: bool = Field(True, description="with top_k: compute the teacher's top-k once per dataset and keep it on "
                                           "disk under $TUNEFORGE_HOME, keyed by teacher, data and settings; training "
                                           "then needs no teacher in memory")

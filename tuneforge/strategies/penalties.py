@@ -35,8 +35,8 @@ def orthogonality(current: list[torch.Tensor], earlier: list[list[torch.Tensor]]
 def distillation(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
                  temperature: float) -> torch.Tensor:
     """Learning without forgetting's term (Li & Hoiem, 2016, https://arxiv.org/abs/1606.09282): the forward KL
-    from the earlier model's next-token distribution (its top-k log-probs, renormalised over those k at
-    temperature T) to the current model's over the same k tokens, times T², averaged over positions. Shapes:
+    from the earlier model's next-token distribution (its top-k log-probs and the rest of the vocabulary as one more
+    entry, at temperature T) to the current model's over the same k tokens, times T², averaged over positions. Shapes:
     logits (n, vocab), teacher log-probs (at T = 1) and ids (n, k)."""
     student, teacher = top_k_support(student_logits, teacher_logprobs, teacher_ids, temperature)
     return temperature ** 2 * generalized_jsd(student, teacher, beta=0).mean()
