@@ -27,7 +27,16 @@ from tuneforge.reports.distill import write_report
 
 ROOT = Path(__file__).parents[1]
 OUT = ROOT / "bench" / "results" / "distill"
-TEACHER = ROOT / "runs" / "quickstart"
+# the bundled tasks a teacher is tuned on (quickstart.yaml's LoRA, with these data and steps) and its students
+# trained on: the quickstart dates, which the teacher learns to near certainty, and two-number sums, which it
+# does not
+TASKS: dict[str, dict] = {
+    "quickstart": {"data": {"train": "quickstart:train", "test": "quickstart:test"}, "teacher": "quickstart",
+                   "teacher_steps": 30, "out": OUT},
+    "arithmetic": {"data": {"train": "quickstart:arithmetic-train", "test": "quickstart:arithmetic-test"},
+                   "teacher": "arithmetic-teacher", "teacher_steps": 60, "out": OUT / "arithmetic"},
+}
+STEPS = 50  # the example's; runs of other lengths are kept beside these, named by their steps
 
 # what each student trains with (the rest of examples/distill_kd.yaml is shared)
 VARIANTS: dict[str, dict] = {
@@ -35,38 +44,50 @@ VARIANTS: dict[str, dict] = {
     "kd": {"name": "kd", "alpha": 0.5},
     "kd-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0},
     "kd-top32": {"name": "kd", "alpha": 0.5, "top_k": 32},
+    "kd-t4": {"name": "kd", "alpha": 0.9, "temperature": 4.0},
+    # every token of the record trained, the prompt's too (data.train_on_prompt): the teacher's distribution at
+    # each, where the student learns back the general language its dropped layers held
+    "sft-all": {"name": "sft", "data": {"train_on_prompt": True}},
+    "kd-t2-all": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "data": {"train_on_prompt": True}},
+    "kd-top32-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 32},
+    "kd-top32-t4": {"name": "kd", "alpha": 0.9, "temperature": 4.0, "top_k": 32},
     "seqkd": {"name": "seqkd"},
     "gkd": {"name": "gkd", "lam": 0.5, "max_new_tokens": 16},
     "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5, "max_new_tokens": 16},  # SFT on the data's answers too
 }
 
 
-def teacher_run() -> Path:
-    if not (TEACHER / "eval.json").is_file():
+def teacher_run(task: dict) -> Path:
+    """runs/quickstart is `make demo`'s run; each task's teacher is trained here when missing."""
+    path = ROOT / "runs" / task["teacher"]
+    if not (path / "eval.json").is_file():
         config = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
-        train({**config, "output": {"dir": str(TEACHER), "overwrite": True}}, quiet=True)
-    return TEACHER
+        train({**config, "data": {**config["data"], **task["data"]},
+               "train": {**config["train"], "max_steps": task["teacher_steps"]},
+               "output": {"dir": str(path), "overwrite": True}}, quiet=True)
+    return path
 
 
-def student_dir(teacher: Path, layers: int) -> Path:
-    path = OUT / f"student-{layers}"
+def student_dir(out: Path, teacher: Path, layers: int) -> Path:
+    path = out / f"student-{layers}"
     if not (path / "config.json").is_file():
         model, tokenizer, _ = merged_model(teacher)
         make_student(ModelConfig(path=str(teacher)), layers, path, model=model, tokenizer=tokenizer)
     return path
 
 
-def run_variant(name: str, student: Path, teacher: Path, steps: int, reuse: bool) -> tuple[Path, dict]:
-    out = OUT / "runs" / name
+def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int, reuse: bool) -> tuple[Path, dict]:
+    out = task["out"] / "runs" / (name if steps == STEPS else f"{name}-{steps}-steps")
     if reuse and (out / "eval.json").is_file():
         return out, json.loads((out / "bench.json").read_text())
     config = yaml.safe_load((ROOT / "examples" / "distill_kd.yaml").read_text())
     objective = dict(VARIANTS[name])
+    data = {**config["data"], **task["data"], **objective.pop("data", {})}
     if objective["name"] != "sft":
         objective["teacher"] = str(teacher)
     caches = set((tuneforge_home() / "cache" / "teacher").glob("*.safetensors"))
     started = time.perf_counter()
-    result = train({**config, "model": str(student), "objective": objective,
+    result = train({**config, "model": str(student), "objective": objective, "data": data,
                     "train": {**config["train"], "max_steps": steps},
                     "output": {"dir": str(out), "overwrite": True}}, quiet=True)
     extra = {"wall_s": time.perf_counter() - started, "exact_match": result.eval_after.get("exact_match")}
@@ -84,6 +105,32 @@ def run_variant(name: str, student: Path, teacher: Path, steps: int, reuse: bool
     return out, extra
 
 
+# each whole-vocabulary kd variant and its top-32 twin (the same settings, the teacher's 32 from the cache)
+TWINS = {"kd": "kd-top32", "kd-t2": "kd-top32-t2", "kd-t4": "kd-top32-t4"}
+
+
+def gains(figures: dict) -> list[str]:
+    """Each kd variant's exact match over SFT alone's, and what its top-32 twin keeps of that gain, at what
+    share of a full-vocabulary cache's storage."""
+    if "sft" not in figures:
+        return []
+    sft, notes = figures["sft"]["exact_match"], []
+    for full, top in TWINS.items():
+        if full not in figures:
+            continue
+        gain = figures[full]["exact_match"] - sft
+        notes.append(f"{full} over SFT alone: {gain:+.1f} exact match")
+        if top in figures and "cache" in figures[top]:
+            cache, top_gain = figures[top]["cache"], figures[top]["exact_match"] - sft
+            full_bytes = cache["full_vocabulary_bytes_fp32"]
+            kept = (f"it keeps {100 * top_gain / gain:.0f}% of {full}'s gain" if gain > 0 else
+                    f"{full} gained nothing over SFT here, so no share of a gain is defined ({top_gain:+.1f})")
+            notes.append(f"{top}: {top_gain:+.1f} over SFT; its cache {cache['bytes'] / 2**20:.1f} MiB for "
+                         f"{cache['positions']} trained positions ({100 * cache['bytes'] / full_bytes:.2f}% of a "
+                         f"full-vocabulary fp32 cache, {full_bytes / 2**30:.1f} GiB); {kept}")
+    return notes
+
+
 def _newest(folder: Path) -> Path | None:
     files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else None
@@ -91,36 +138,27 @@ def _newest(folder: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--reuse", action="store_true", help="keep the runs a previous invocation finished")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    parser.add_argument("--task", default="quickstart", choices=sorted(TASKS))
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    teacher = teacher_run()
-    student = student_dir(teacher, args.layers)
+    task = TASKS[args.task]
+    task["out"].mkdir(parents=True, exist_ok=True)
+    teacher = teacher_run(task)
+    student = student_dir(task["out"], teacher, args.layers)
     runs, figures = [], {}
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        run, extra = run_variant(name, student, teacher, args.steps, args.reuse)
+        run, extra = run_variant(name, task, student, teacher, args.steps, args.reuse)
         runs.append(run)
         figures[name] = extra
         print(f"{name}: exact match {extra['exact_match']}, {extra['wall_s']:.0f} s", flush=True)
-    notes = [machine_line(), f"`python -m bench.distill --steps {args.steps} --layers {args.layers}`: "
-             f"every student starts from the same {args.layers}-layer student of the tuned teacher and trains "
-             f"{args.steps} steps of 16 on the quickstart data (full fine-tuning, lr 3e-4 cosine)."]
-    if "sft" in figures and "kd" in figures:
-        gain = figures["kd"]["exact_match"] - figures["sft"]["exact_match"]
-        notes.append(f"kd over SFT alone: {gain:+.1f} exact match")
-        if "kd-top32" in figures and "cache" in figures["kd-top32"]:
-            cache = figures["kd-top32"]["cache"]
-            top = figures["kd-top32"]["exact_match"] - figures["sft"]["exact_match"]
-            kept = (f"it keeps {100 * top / gain:.0f}% of full-vocabulary kd's gain" if gain > 0 else
-                    f"full-vocabulary kd gained nothing over SFT here, so no share of a gain is defined (top-32: "
-                    f"{top:+.1f})")
-            notes.append(f"top-32 cache: {cache['bytes'] / 2**20:.1f} MiB for {cache['positions']} trained positions "
-                         f"({100 * cache['bytes'] / cache['full_vocabulary_bytes_fp32']:.2f}% of a full-vocabulary "
-                         f"fp32 cache, {cache['full_vocabulary_bytes_fp32'] / 2**30:.1f} GiB); {kept}")
-    paths = write_report(OUT, teacher, runs, notes)
+    notes = [machine_line(), f"`python -m bench.distill --task {args.task} --steps {args.steps} --layers "
+             f"{args.layers}`: every student starts from the same {args.layers}-layer student of the tuned teacher "
+             f"and trains {args.steps} steps of 16 on the {args.task} data (full fine-tuning, lr 3e-4 cosine)."]
+    notes += gains(figures)
+    paths = write_report(task["out"], teacher, runs, notes)
     print(paths["md"].read_text())
 
 

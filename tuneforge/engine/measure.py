@@ -60,15 +60,20 @@ def base_general_scores(model_cfg: ModelConfig, precision_name: str) -> dict:
 
 @torch.no_grad()
 def decode_latency_ms(model, tokenizer, prompts: Sequence[list[int]], autocast, new_tokens: int = 16) -> float:
-    """Milliseconds per generated token, greedy, one prompt at a time (interactive serving), every prompt
-    generating exactly `new_tokens` tokens; the first prompt warms up and is not timed."""
+    """Milliseconds per generated token after the first (the step a served model repeats for every token, without
+    the prompt's forward and `generate`'s set-up, which a longer answer does not repeat), greedy, one prompt at a
+    time: a prompt's time for `new_tokens` tokens less its time for one, over new_tokens - 1; the median over the
+    prompts, the first of which warms up and is not counted."""
     timings = []
     for index, prompt in enumerate(prompts):
-        started = time.perf_counter()
-        with autocast():
-            generate_batch(model, tokenizer, [prompt], max_new_tokens=new_tokens, stop_ids=set())
+        took = []
+        for count in (1, new_tokens):
+            started = time.perf_counter()
+            with autocast():
+                generate_batch(model, tokenizer, [prompt], max_new_tokens=count, stop_ids=set())
+            took.append(time.perf_counter() - started)
         if index:
-            timings.append((time.perf_counter() - started) / new_tokens)
+            timings.append((took[1] - took[0]) / (new_tokens - 1))
     return 1000 * sorted(timings)[len(timings) // 2]
 
 

@@ -103,7 +103,8 @@ def _markdown(rows: list[dict], notes: list[str], chart: Path) -> str:
 
 def _legend() -> str:
     return ("Generation tok/s: greedy decoding of the run's test prompts in batches of 50, 16 new tokens each, the "
-            "median of three passes; latency: one prompt at a time, median ms per generated token over ten prompts. "
+            "median of three passes; latency: one prompt at a time, ms per generated token after the first (16 "
+            "tokens' time less one token's, over 15), the median over ten prompts. "
             "Both with what the run trained merged in, in the run's precision. bf16 weights: the size of the model "
             "written as bf16 safetensors. Test loss: the cross-entropy of the data's answers.")
 
