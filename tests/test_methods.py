@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import tiny_config
+from tests.conftest import TEST_PRECISION, tiny_config
 from tuneforge.api import train
 from tuneforge.engine.session import evaluate_run
 from tuneforge.engine.trained import load_trained
@@ -78,7 +78,10 @@ def test_every_method_trains_and_reloads_to_the_same_outputs(tmp_path, tiny_mode
     assert 0 < status["trainable_parameters"] <= status["parameters"]
     # the saved method, loaded onto a fresh base, gives the held-out loss the trained model had in memory
     scores, _ = evaluate_run(load_trained(result.run_dir), str(tmp_path / "test.jsonl"), ["loss"])
-    assert scores["loss"] == pytest.approx(result.eval_after["loss"], abs=1e-5)
+    # p-tuning saves its encoder's output (the virtual tokens, computed once in fp32 when saved); in memory under
+    # bf16 autocast the encoder recomputes them in bf16, which moves the loss by ~1e-4 (one thread, measured)
+    tolerance = 1e-3 if case == "ptuning" and TEST_PRECISION == "bf16" else 1e-5
+    assert scores["loss"] == pytest.approx(result.eval_after["loss"], abs=tolerance)
 
 
 @pytest.mark.parametrize(("name", "params", "expected"), [
