@@ -158,7 +158,9 @@ def main() -> None:
              f"{args.layers}`: every student starts from the same {args.layers}-layer student of the tuned teacher "
              f"and trains {args.steps} steps of 16 on the {args.task} data (full fine-tuning, lr 3e-4 cosine)."]
     notes += gains(figures)
-    paths = write_report(task["out"], teacher, runs, notes)
+    # a run of other steps than the example's reports beside the main one, not over it
+    report_dir = task["out"] if args.steps == STEPS else task["out"] / f"steps-{args.steps}"
+    paths = write_report(report_dir, teacher, runs, notes)
     print(paths["md"].read_text())
 
 

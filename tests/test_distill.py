@@ -75,9 +75,10 @@ def test_top_k_support_is_the_teachers_k_tokens_and_the_rest_of_the_vocabulary()
     outside = top_k_support(_logs([0.04, 0.03, 0.465, 0.465]), teacher_logprobs, ids, 1.0)
     expected = 0.4 * math.log(10) + 0.3 * math.log(10) + 0.3 * math.log(0.3 / 0.93)
     assert float(generalized_jsd(*outside, 0.0)) == pytest.approx(expected, rel=1e-5)
-    # at T = 2 the k + 1 entries are tempered as if the rest were one token: √0.4 : √0.3 : √0.3
+    # at T = 2 the teacher's rest is tempered as if its 0.3 were spread evenly over the 2 other tokens (0.15 each):
+    # √0.4 : √0.3 : 2·√0.15
     _, tempered = top_k_support(student_logits, teacher_logprobs, ids, 2.0)
-    roots = [math.sqrt(0.4), math.sqrt(0.3), math.sqrt(0.3)]
+    roots = [math.sqrt(0.4), math.sqrt(0.3), 2 * math.sqrt(0.15)]
     assert tempered.exp().tolist()[0] == pytest.approx([r / sum(roots) for r in roots], rel=1e-5)
 
 
@@ -124,24 +125,30 @@ def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tok
     s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
-    if top_k:  # the k best of the teacher's log-probs and what they leave, the student's at the same tokens
-        t, s = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
-        ids = t.topk(top_k, dim=-1).indices
-        s, t = s.gather(-1, ids), t.gather(-1, ids)
-        s, t = (torch.cat([x, torch.log1p(-x.exp().sum(-1, keepdim=True))], dim=-1) for x in (s, t))
     p_t, log_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
+    if top_k:  # the teacher's k best at T = 1 and what they leave, that rest tempered as if spread evenly over the
+        # other V - k tokens; the student's own tempered log-probs at the same k and its exact rest
+        def with_rest(x):
+            return torch.cat([x, torch.log1p(-x.exp().sum(-1, keepdim=True))], dim=-1)
+
+        ids = t.topk(top_k, dim=-1).indices
+        teacher_k = with_rest(torch.log_softmax(t, -1).gather(-1, ids)) / 2
+        teacher_k[:, -1] += 0.5 * math.log(t.shape[-1] - top_k)
+        p_t, log_s = torch.softmax(teacher_k, -1), with_rest(log_s.gather(-1, ids))
     kl = (p_t * (torch.log(p_t) - log_s)).sum()
     nll = torch.nn.functional.cross_entropy(student(input_ids=batch["input_ids"]).logits[:, :-1][trained],
                                             batch["labels"][:, 1:][trained], reduction="sum")
     expected = (0.3 * 4 * kl + 0.7 * nll) / labels
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-4)
-    assert out.metrics["distill"] == pytest.approx(float(4 * kl / labels), rel=1e-4)
+    # the tiny random models are nearly uniform (KL ~1e-5 a token): over the k + 1 entries fp32 cancels to ~4e-4
+    close = 1e-3 if top_k else 1e-4
+    assert out.metrics["distill"] == pytest.approx(float(4 * kl / labels), rel=close)
     out.loss.backward()  # the student learns; the teacher is untouched
     assert all(p.grad is None for p in teacher.parameters())
     sampled = REGISTRY["kd"].loss(student, {**batch, "on_policy": torch.tensor(True)},
                                   LossContext(num_label_tokens=labels, params=params, teacher=live))
     # on the student's own samples (gkd) only the teacher's term counts: its tokens are not answers to learn
-    assert float(sampled.loss) == pytest.approx(float(4 * kl / labels), rel=1e-4)
+    assert float(sampled.loss) == pytest.approx(float(4 * kl / labels), rel=close)
 
 
 def test_a_teacher_that_is_the_student_gives_no_divergence(tmp_path, tokenizer):

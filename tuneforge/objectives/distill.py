@@ -46,15 +46,19 @@ def full_support(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both models' log-probs over the teacher's top-k tokens (`teacher_ids`, with its log-probs at T = 1) and
-    one more entry for the rest of the vocabulary (its mass, 1 − the k's), at temperature T as if that rest were
-    one token. At T = 1 the forward KL over these k + 1 is the full KL but for the divergence inside the rest;
-    without the rest's entry a student could put any mass outside the teacher's k unpunished (measured: with
-    alpha 0.9 and T 2, renormalised over the k alone, the student wrote '2028-107-222'). Shapes: student logits
+    """Both models' log-probs at temperature T over the teacher's top-k tokens (`teacher_ids`, with its log-probs
+    at T = 1) and one more entry for the rest of the vocabulary. Without that entry a student could put any mass
+    outside the teacher's k unpunished (measured: renormalised over the 32 alone, at alpha 0.9 and T 2, the student
+    wrote '2028-107-222'). The student's rest is exact (its whole vocabulary at T); the teacher's is what its k
+    leave, tempered as if spread evenly over the other tokens: (V − k)^(1 − 1/T) · rest^(1/T). At T = 1 the
+    forward KL over these k + 1 is the full KL but for the divergence inside the rest. Shapes: student logits
     (..., vocab), teacher log-probs and ids (..., k)."""
-    student = torch.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_ids)
-    return (torch.log_softmax(_with_rest(student) / temperature, dim=-1),
-            torch.log_softmax(_with_rest(teacher_logprobs.float()) / temperature, dim=-1))
+    student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
+    teacher = _with_rest(teacher_logprobs.float()) / temperature
+    others = max(student_logits.shape[-1] - teacher_ids.shape[-1], 1)
+    spread = torch.zeros_like(teacher)
+    spread[..., -1] = (1 - 1 / temperature) * math.log(others)
+    return _with_rest(student), torch.log_softmax(teacher + spread, dim=-1)
 
 
 def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
