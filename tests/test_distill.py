@@ -82,6 +82,18 @@ def test_top_k_support_is_the_teachers_k_tokens_and_the_rest_of_the_vocabulary()
     assert tempered.exp().tolist()[0] == pytest.approx([r / sum(roots) for r in roots], rel=1e-5)
 
 
+def test_with_the_teachers_rest_at_t_the_k_and_the_rest_are_the_tempered_distribution_pooled():
+    generator = torch.Generator().manual_seed(1)
+    student_logits, teacher_logits = torch.randn(3, 10, generator=generator), torch.randn(3, 10, generator=generator)
+    top = torch.log_softmax(teacher_logits, dim=-1).topk(4, dim=-1)
+    tempered = torch.log_softmax(teacher_logits / 2.0, dim=-1)
+    rest = torch.log1p(-tempered.gather(-1, top.indices).exp().sum(-1))
+    student, teacher = top_k_support(student_logits, top.values, top.indices, 2.0, rest)
+    for logs, got in ((tempered, teacher), (torch.log_softmax(student_logits / 2.0, dim=-1), student)):
+        kept = logs.gather(-1, top.indices).exp()
+        torch.testing.assert_close(got.exp(), torch.cat([kept, 1 - kept.sum(-1, keepdim=True)], dim=-1))
+
+
 def test_the_top_k_of_the_whole_vocabulary_is_the_full_support():
     generator = torch.Generator().manual_seed(0)
     student_logits, teacher_logits = torch.randn(3, 8, generator=generator), torch.randn(3, 8, generator=generator)
@@ -118,7 +130,7 @@ def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tok
     student, teacher = build_tiny_llama(tokenizer, seed=1), build_tiny_llama(tokenizer, seed=2)
     batch, labels = _batch(tmp_path, tokenizer)
     params = KdParams(teacher="unused", alpha=0.3, temperature=2.0, top_k=top_k)
-    live = LiveTeacher(teacher, torch.no_grad, len(tokenizer), top_k)
+    live = LiveTeacher(teacher, torch.no_grad, len(tokenizer), top_k, temperature=2.0)
     out = REGISTRY["kd"].loss(student, batch, LossContext(num_label_tokens=labels, params=params, teacher=live))
 
     trained = batch["labels"][:, 1:] != -100  # by hand, from the full logits of both models
@@ -126,15 +138,14 @@ def test_kd_mixes_the_divergence_at_the_trained_positions_with_sft(tmp_path, tok
     with torch.no_grad():
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][trained]
     p_t, log_s = torch.softmax(t / 2, -1), torch.log_softmax(s / 2, -1)
-    if top_k:  # the teacher's k best at T = 1 and what they leave, that rest tempered as if spread evenly over the
-        # other V - k tokens; the student's own tempered log-probs at the same k and its exact rest
-        def with_rest(x):
-            return torch.cat([x, torch.log1p(-x.exp().sum(-1, keepdim=True))], dim=-1)
-
+    if top_k:  # the teacher's k best, and the rest of the vocabulary pooled into one entry, both at T = 2
         ids = t.topk(top_k, dim=-1).indices
-        teacher_k = with_rest(torch.log_softmax(t, -1).gather(-1, ids)) / 2
-        teacher_k[:, -1] += 0.5 * math.log(t.shape[-1] - top_k)
-        p_t, log_s = torch.softmax(teacher_k, -1), with_rest(log_s.gather(-1, ids))
+
+        def pooled(logs):
+            kept = logs.gather(-1, ids)
+            return torch.cat([kept, torch.log1p(-kept.exp().sum(-1, keepdim=True))], dim=-1)
+
+        p_t, log_s = pooled(torch.log_softmax(t / 2, -1)).exp(), pooled(log_s)
     kl = (p_t * (torch.log(p_t) - log_s)).sum()
     nll = torch.nn.functional.cross_entropy(student(input_ids=batch["input_ids"]).logits[:, :-1][trained],
                                             batch["labels"][:, 1:][trained], reduction="sum")
@@ -181,7 +192,7 @@ def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batc
     path = write_jsonl(tmp_path / "train.jsonl", qa_records(12))
     items, _ = encode_examples(load_examples([DatasetSpec(path=str(path))], seed=0), tokenizer,
                                DataConfig(train=[str(path)], max_seq_len=64, cache=False))
-    live = LiveTeacher(build_tiny_llama(tokenizer, seed=2), torch.no_grad, len(tokenizer), 8)
+    live = LiveTeacher(build_tiny_llama(tokenizer, seed=2), torch.no_grad, len(tokenizer), 8, temperature=2.0)
     write_cache(live, items, tokenizer.pad_token_id, 5, tmp_path / "teacher.safetensors")
     cached = CachedTeacher(tmp_path / "teacher.safetensors")
     student = build_tiny_llama(tokenizer, seed=1)
@@ -190,6 +201,7 @@ def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batc
         batch = make([items[i] for i in (7, 2, 11, 0, 5)], tokenizer.pad_token_id)
         want, got = live(batch), cached(batch)
         assert torch.equal(want.ids, got.ids) and torch.allclose(want.logprobs, got.logprobs, atol=1e-6)
+        assert torch.allclose(want.rest, got.rest, atol=1e-6)
         labels = int((batch["labels"][:, 1:] != -100).sum())
         losses = [float(REGISTRY["kd"].loss(student, batch, LossContext(num_label_tokens=labels, params=params,
                                                                           teacher=t)).loss) for t in (live, cached)]

@@ -53,6 +53,7 @@ class CachedTeacher:
     def __init__(self, path: Path):
         tensors = load_file(str(path))
         self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
+        self.rest = tensors["rest"]
         self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
         self.path, self.top_k = path, self.logprobs.shape[-1]
 
@@ -72,7 +73,8 @@ class CachedTeacher:
             parts.append(slice(self.offsets[row], self.offsets[row + 1]))
         device = batch["input_ids"].device
         return TeacherTokens(torch.cat([self.logprobs[p] for p in parts]).to(device),
-                             torch.cat([self.ids[p] for p in parts]).to(device=device, dtype=torch.long))
+                             torch.cat([self.ids[p] for p in parts]).to(device=device, dtype=torch.long),
+                             torch.cat([self.rest[p] for p in parts]).to(device))
 
 
 def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_size: int, path: Path) -> None:
@@ -80,7 +82,7 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
     renamed into place), each distinct sequence once."""
     from tuneforge.data.batching import collate, model_device, to_device
 
-    digests, offsets, logprobs, ids, seen = [], [0], [], [], set()
+    digests, offsets, logprobs, ids, rests, seen = [], [0], [], [], [], set()
     for start in range(0, len(examples), batch_size):
         batch = to_device(collate(examples[start: start + batch_size], pad_id), model_device(teacher.model))
         tokens = teacher(batch)
@@ -92,10 +94,12 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
                 digests.append(torch.frombuffer(bytearray(digest), dtype=torch.uint8))
                 logprobs.append(tokens.logprobs[at: at + count].float().cpu())
                 ids.append(tokens.ids[at: at + count].to(torch.int32).cpu())
+                rests.append(tokens.rest[at: at + count].float().cpu())
                 offsets.append(offsets[-1] + count)
             at += count
     _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
-                                  "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous()}))
+                                  "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
+                                  "rest": torch.cat(rests).contiguous()}))
 
 
 def _mib(size: float) -> str:
@@ -103,10 +107,12 @@ def _mib(size: float) -> str:
 
 
 class LiveTeacher:
-    """The teacher's log-probabilities over the whole vocabulary, or its top `top_k`, computed per batch."""
+    """The teacher's log-probabilities over the whole vocabulary, or its top `top_k` (at T = 1) with the log-mass
+    the rest of the vocabulary holds at the loss's `temperature`, computed per batch."""
 
-    def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None):
+    def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None, temperature: float = 1.0):
         self.model, self.autocast, self.vocab, self.top_k = model, autocast, vocab, top_k
+        self.temperature = temperature
 
     def describe(self) -> str:
         return (f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, "
@@ -120,7 +126,9 @@ class LiveTeacher:
         if self.top_k is None:
             return TeacherTokens(logprobs)
         top = logprobs.topk(self.top_k, dim=-1)
-        return TeacherTokens(top.values, top.indices)
+        tempered = torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
+        rest = torch.log(-torch.expm1(torch.logsumexp(tempered, dim=-1).clamp(max=-1e-7)))
+        return TeacherTokens(top.values, top.indices, rest)
 
 
 def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, device: torch.device,
@@ -133,11 +141,11 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
     source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(source.identity(), params.top_k, chosen, examples)
+        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples)
         if cached.is_file():
             return CachedTeacher(cached)
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
-                       len(source.tokenizer), params.top_k)
+                       len(source.tokenizer), params.top_k, params.temperature)
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
@@ -197,17 +205,17 @@ class TeacherSource:
         return {"hub": self.path}
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each position's rest of the vocabulary at the temperature
 
 
-def cache_path(identity: dict, top_k: int, chosen: str, examples: Sequence) -> Path:
+def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence) -> Path:
     """Where a teacher's top-k over these examples is kept: the key covers the teacher's weights, k, the
-    precision it ran in and every sequence's tokens and labels."""
+    temperature (the rest's mass is kept at it), the precision it ran in and every sequence's tokens and labels."""
     from tuneforge.config import tuneforge_home
     from tuneforge.data.batching import batch_sequences
 
     digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k,
-                                        "precision": chosen}, sort_keys=True).encode())
+                                        "temperature": temperature, "precision": chosen}, sort_keys=True).encode())
     for sequence in batch_sequences(list(examples)):
         digest.update(sequence_digest(torch.tensor(sequence.input_ids), torch.tensor(sequence.labels)))
     return tuneforge_home() / "cache" / "teacher" / f"{digest.hexdigest()[:32]}.safetensors"

@@ -45,15 +45,21 @@ def full_support(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
-                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                  temperature: float, teacher_rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' log-probs at temperature T over the teacher's top-k tokens (`teacher_ids`, with its log-probs
     at T = 1) and one more entry for the rest of the vocabulary. Without that entry a student could put any mass
     outside the teacher's k unpunished (measured: renormalised over the 32 alone, at alpha 0.9 and T 2, the student
-    wrote '2028-107-222'). The student's rest is exact (its whole vocabulary at T); the teacher's is what its k
-    leave, tempered as if spread evenly over the other tokens: (V − k)^(1 − 1/T) · rest^(1/T). At T = 1 the
-    forward KL over these k + 1 is the full KL but for the divergence inside the rest. Shapes: student logits
-    (..., vocab), teacher log-probs and ids (..., k)."""
+    wrote '2028-107-222'). The student's rest is exact (its whole vocabulary at T). The teacher's is
+    `teacher_rest`, its log-mass outside the k at T, when given (then the k + 1 are the full tempered
+    distribution with the rest's tokens pooled); else what its k leave at T = 1, tempered as if spread evenly over
+    the other V − k tokens: (V − k)^(1 − 1/T) · rest^(1/T). At T = 1 the two agree. Shapes: student logits
+    (..., vocab), teacher log-probs and ids (..., k), teacher_rest (...)."""
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
+    if teacher_rest is not None:
+        rest = teacher_rest.float().clamp(max=-1e-6).unsqueeze(-1)
+        kept = torch.log(-torch.expm1(rest))  # the k's mass at T, spread over them as the tempered k are
+        teacher = torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1) + kept
+        return _with_rest(student), torch.cat([teacher, rest], dim=-1)
     teacher = _with_rest(teacher_logprobs.float()) / temperature
     others = max(student_logits.shape[-1] - teacher_ids.shape[-1], 1)
     spread = torch.zeros_like(teacher)
@@ -81,7 +87,7 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     if teacher.ids is None:
         student, target = full_support(logits[:, : teacher.logprobs.shape[-1]], teacher.logprobs, t)
     else:
-        student, target = top_k_support(logits, teacher.logprobs, teacher.ids, t)
+        student, target = top_k_support(logits, teacher.logprobs, teacher.ids, t, teacher.rest)
     divergence = t**2 * generalized_jsd(student, target, params.beta).sum()
     nll = F.cross_entropy(logits, targets, reduction="sum")
     scale = max(ctx.num_label_tokens, 1)
