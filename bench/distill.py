@@ -36,7 +36,7 @@ TASKS: dict[str, dict] = {
     "arithmetic": {"data": {"train": "quickstart:arithmetic-train", "test": "quickstart:arithmetic-test"},
                    "teacher": "arithmetic-teacher", "teacher_steps": 60, "out": OUT / "arithmetic"},
 }
-STEPS = 50  # the example's; runs of other lengths are kept beside these, named by their steps
+STEPS, SEED = 50, 42  # the example's; runs of other lengths or seeds are kept beside these, named by them
 
 # what each student trains with (the rest of examples/distill_kd.yaml is shared)
 VARIANTS: dict[str, dict] = {
@@ -76,8 +76,9 @@ def student_dir(out: Path, teacher: Path, layers: int) -> Path:
     return path
 
 
-def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int, reuse: bool) -> tuple[Path, dict]:
-    out = task["out"] / "runs" / (name if steps == STEPS else f"{name}-{steps}-steps")
+def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int, seed: int,
+                reuse: bool) -> tuple[Path, dict]:
+    out = task["out"] / "runs" / (name + _suffix(steps, seed))
     if reuse and (out / "eval.json").is_file():
         return out, json.loads((out / "bench.json").read_text())
     config = yaml.safe_load((ROOT / "examples" / "distill_kd.yaml").read_text())
@@ -88,7 +89,7 @@ def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int,
     caches = set((tuneforge_home() / "cache" / "teacher").glob("*.safetensors"))
     started = time.perf_counter()
     result = train({**config, "model": str(student), "objective": objective, "data": data,
-                    "train": {**config["train"], "max_steps": steps},
+                    "train": {**config["train"], "max_steps": steps, "seed": seed},
                     "output": {"dir": str(out), "overwrite": True}}, quiet=True)
     extra = {"wall_s": time.perf_counter() - started, "exact_match": result.eval_after.get("exact_match")}
     written = set((tuneforge_home() / "cache" / "teacher").glob("*.safetensors")) - caches
@@ -131,6 +132,11 @@ def gains(figures: dict) -> list[str]:
     return notes
 
 
+def _suffix(steps: int, seed: int) -> str:
+    """How runs of other steps or seeds than the example's are named beside its own."""
+    return (f"-{steps}-steps" if steps != STEPS else "") + (f"-seed-{seed}" if seed != SEED else "")
+
+
 def _newest(folder: Path) -> Path | None:
     files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     return files[-1] if files else None
@@ -143,6 +149,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the runs a previous invocation finished")
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     parser.add_argument("--task", default="quickstart", choices=sorted(TASKS))
+    parser.add_argument("--seed", type=int, default=SEED, help="the students' training seed (data order, dropout)")
     args = parser.parse_args()
     task = TASKS[args.task]
     task["out"].mkdir(parents=True, exist_ok=True)
@@ -150,7 +157,7 @@ def main() -> None:
     student = student_dir(task["out"], teacher, args.layers)
     runs, figures = [], {}
     for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        run, extra = run_variant(name, task, student, teacher, args.steps, args.reuse)
+        run, extra = run_variant(name, task, student, teacher, args.steps, args.seed, args.reuse)
         runs.append(run)
         figures[name] = extra
         print(f"{name}: exact match {extra['exact_match']}, {extra['wall_s']:.0f} s", flush=True)
@@ -158,8 +165,10 @@ def main() -> None:
              f"{args.layers}`: every student starts from the same {args.layers}-layer student of the tuned teacher "
              f"and trains {args.steps} steps of 16 on the {args.task} data (full fine-tuning, lr 3e-4 cosine)."]
     notes += gains(figures)
-    # a run of other steps than the example's reports beside the main one, not over it
-    report_dir = task["out"] if args.steps == STEPS else task["out"] / f"steps-{args.steps}"
+    # runs of other steps or seeds than the example's report beside the main one, not over it
+    report_dir = task["out"]
+    if (args.steps, args.seed) != (STEPS, SEED):
+        report_dir = task["out"] / (f"steps-{args.steps}" + (f"-seed-{args.seed}" if args.seed != SEED else ""))
     paths = write_report(report_dir, teacher, runs, notes)
     print(paths["md"].read_text())
 
