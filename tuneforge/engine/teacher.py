@@ -22,6 +22,7 @@ from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
+from tuneforge.objectives.distill import log1mexp
 from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
@@ -126,9 +127,9 @@ class LiveTeacher:
         if self.top_k is None:
             return TeacherTokens(logprobs)
         top = logprobs.topk(self.top_k, dim=-1)
-        tempered = torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
-        rest = torch.log(-torch.expm1(torch.logsumexp(tempered, dim=-1).clamp(max=-1e-7)))
-        return TeacherTokens(top.values, top.indices, rest)
+        tempered = top.values if self.temperature == 1 else \
+            torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
+        return TeacherTokens(top.values, top.indices, log1mexp(torch.logsumexp(tempered, dim=-1)))
 
 
 def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, device: torch.device,

@@ -57,7 +57,7 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
     if teacher_rest is not None:
         rest = teacher_rest.float().clamp(max=-1e-6).unsqueeze(-1)
-        kept = torch.log(-torch.expm1(rest))  # the k's mass at T, spread over them as the tempered k are
+        kept = log1mexp(rest)  # the k's mass at T, spread over them as the tempered k are
         teacher = torch.log_softmax(teacher_logprobs.float() / temperature, dim=-1) + kept
         return _with_rest(student), torch.cat([teacher, rest], dim=-1)
     teacher = _with_rest(teacher_logprobs.float()) / temperature
@@ -68,9 +68,14 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
 
 
 def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
-    """The k log-probs and, last, the log of the mass they leave (never quite 0, so no -inf reaches a KL)."""
-    kept = torch.logsumexp(logprobs, dim=-1, keepdim=True).clamp(max=-1e-6)
-    return torch.cat([logprobs, torch.log(-torch.expm1(kept))], dim=-1)
+    """The k log-probs and, last, the log of the mass they leave."""
+    return torch.cat([logprobs, log1mexp(torch.logsumexp(logprobs, dim=-1, keepdim=True))], dim=-1)
+
+
+def log1mexp(logmass: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(x)): the log of the mass that log-mass x leaves, never quite 0 (x is taken as at most −1e−6),
+    so no −inf reaches a KL."""
+    return torch.log(-torch.expm1(logmass.clamp(max=-1e-6)))
 
 
 def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutput:
