@@ -8,7 +8,7 @@ from pathlib import Path
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.engine.distributed import require_one_process, world
 from tuneforge.engine.serving import AdapterSet, load_adapter_set
-from tuneforge.reports.plots import plot_loss
+from tuneforge.reports.plots import plot_confusion, plot_loss
 from tuneforge.reports.tasks import write_task_report
 from tuneforge.strategies import get_strategy, validate_strategy_params
 from tuneforge.strategies.compare import compare
@@ -31,6 +31,7 @@ def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (
     result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
     if world().main:  # the other processes of a distributed run write nothing
         plot_loss(result.run_dir)
+        plot_confusion(result.run_dir)  # a classification run's
         write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
     return result
 

@@ -35,6 +35,10 @@ class ModelConfig(Strict):
     path: str = Field("default", description="'default', a local Hugging Face model directory, or a hub id")
     trust_remote_code: bool = False
     revision: str | None = None
+    hidden_dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout on hidden "
+                                         "states (BERT's hidden_dropout_prob and the like); None keeps its own")
+    attention_dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout on "
+                                            "attention probabilities; None keeps its own")
 
 
 class NamedParams(BaseModel):
@@ -88,6 +92,13 @@ class DataConfig(Strict):
         "size^(1/temperature) (T = 1 is proportional, a large T tends to uniform)")
     temperature: float = Field(2.0, gt=0, le=1000, description="T of data.sampling: temperature")
     cache: bool = Field(True, description="keep tokenized data under $TUNEFORGE_HOME/cache; reruns skip tokenizing")
+    label_names: list[str] | None = Field(None, min_length=2, description="classification tasks: the class "
+                                          "names in index order, for data whose labels (or tags) are integers; "
+                                          "also fixes the label set instead of reading it from the training data")
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="hold out this fraction of the training "
+                                        "records as the test set (seeded), instead of data.test")
+    stratify: bool = Field(False, description="with data.test_fraction: keep each class's share on both sides "
+                           "(sequence_classification)")
 
     _lists = field_validator("train", "test", mode="before")(_as_dataset_list)
 
@@ -98,7 +109,14 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "plateau"] = Field(
+        "cosine", description="plateau: constant, multiplied by train.plateau_factor whenever the monitored "
+        "evaluation (train.early_stopping_metric) has not improved for train.plateau_patience evaluations")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(1, ge=1)
+    layer_lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise learning-rate decay (LLRD): "
+                                         "the top layer and the head train at train.lr, each layer below at this "
+                                         "factor times the one above, the embeddings last")
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
@@ -119,6 +137,9 @@ class TrainConfig(Strict):
     log_every: int = Field(1, ge=1)
     eval_every: int = Field(0, ge=0, description="steps between held-out loss evaluations; 0 = only at the end")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without improvement")
+    early_stopping_metric: str = Field("loss", description="what periodic evaluations watch (early stopping, "
+                                       "the plateau schedule): loss, or any metric the task reports (accuracy, "
+                                       "f1, exact_match, ...); higher is better except for loss and mse")
     save_every: int = Field(0, ge=0, description="steps between checkpoints; 0 = no intermediate checkpoints")
     keep_last: int = Field(2, ge=1)
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="several processes (--nproc, torchrun): "
@@ -130,11 +151,22 @@ class TrainConfig(Strict):
 
 
 GenerationMetric = Literal["exact_match", "contains", "rouge", "bleu"]
-Metric = Literal["loss", "exact_match", "contains", "rouge", "bleu"]
+Metric = Literal["loss", "exact_match", "contains", "rouge", "bleu", "accuracy", "f1", "f1_micro", "precision",
+                 "recall", "mse", "pearson"]
+Task = Literal["causal_lm", "sequence_classification", "token_classification", "regression"]
+# what each task's evaluation reports (a classification run reports all of them, and per class)
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "causal_lm": ("loss", "exact_match", "contains", "rouge", "bleu"),
+    "sequence_classification": ("loss", "accuracy", "f1", "f1_micro", "precision", "recall"),
+    "token_classification": ("loss", "accuracy", "f1", "precision", "recall"),
+    "regression": ("loss", "mse", "pearson"),
+}
+LOWER_IS_BETTER = ("loss", "mse")
 
 
 class EvalConfig(Strict):
-    metrics: list[Metric] = Field(default_factory=lambda: ["loss", "exact_match"])
+    metrics: list[Metric] | None = Field(None, description="default: loss and exact_match for causal_lm; a "
+                                         "classification task reports all of its own")
     compare_base: bool = False
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -167,6 +199,9 @@ class OutputConfig(Strict):
 
 
 class RunConfig(Strict):
+    task: Task = Field("causal_lm", description="what the model predicts: the next token (causal_lm), a class "
+                       "per text, a tag per word, or a number per text; chooses the model's head, the data "
+                       "layout, the loss and the metrics")
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: NamedParams = Field(default_factory=lambda: NamedParams(name="lora"))
     objective: NamedParams = Field(default_factory=lambda: NamedParams(name="sft"))
@@ -187,7 +222,15 @@ class RunConfig(Strict):
         for key in ("method", "objective", "strategy"):
             if isinstance(raw.get(key), str):
                 raw[key] = {"name": raw[key]}
+        if raw.get("task") in TASK_METRICS and raw["task"] != "causal_lm" and "objective" not in raw:
+            raw["objective"] = {"name": "regress" if raw["task"] == "regression" else "classify"}
         return raw
+
+    @model_validator(mode="after")
+    def _task_metrics(self) -> RunConfig:
+        if self.eval.metrics is None:
+            self.eval.metrics = ["loss", "exact_match"] if self.task == "causal_lm" else list(TASK_METRICS[self.task])
+        return self
 
 
 class LoadedConfig(BaseModel):
@@ -235,13 +278,36 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Loa
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, path, lines, overrides)) from None
     run.model.path = model_path_from(run.model.path, base)
-    return LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
+    loaded = LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
+    check_task_metrics(loaded)
+    if run.task != "causal_lm" and run.model.path == DEFAULT_MODEL:
+        run.model.path = DEFAULT_ENCODER  # the default of a classification task is the default encoder
+    return loaded
+
+
+def check_task_metrics(loaded: LoadedConfig) -> None:
+    """The metrics a config names are ones its task reports."""
+    run = loaded.run
+    valid = TASK_METRICS[run.task]
+    wrong = [m for m in run.eval.metrics or () if m not in valid]
+    if wrong:
+        raise ConfigError(f"{loaded.where('eval', 'metrics')}: {wrong} do not apply to task {run.task}\n  fix: "
+                          f"choose from {', '.join(valid)}")
+    watched = run.train.early_stopping_metric
+    if watched not in (*valid, "reward"):
+        hint = closest_name(watched, valid)
+        raise ConfigError(f"{loaded.where('train', 'early_stopping_metric')}: {watched!r} is not a metric of task "
+                          f"{run.task}\n  fix: " + (f"did you mean '{hint}'? " if hint else "")
+                          + f"choose from {', '.join(valid)}")
+
+
+DEFAULT_MODEL, DEFAULT_ENCODER = "default", "default-encoder"
 
 
 def model_path_from(value: str, base: Path) -> str:
     """A relative model path, like a data path, is relative to the config file's directory: `./x` and `../x`
     always, any other relative path when it exists there (otherwise it is a hub id such as org/name)."""
-    if value == "default" or Path(value).expanduser().is_absolute() or value.startswith("~"):
+    if value in (DEFAULT_MODEL, DEFAULT_ENCODER) or Path(value).expanduser().is_absolute() or value.startswith("~"):
         return value
     candidate = base / value
     return str(candidate) if value.startswith(("./", "../")) or candidate.exists() else value

@@ -212,7 +212,10 @@ def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[in
 
 
 def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens whose next-token prediction is trained (labels shifted by one, as the loss uses them)."""
+    """Tokens whose next-token prediction is trained (labels shifted by one, as the loss uses them); a labelled
+    batch counts its own (one per text, or the tagged words)."""
+    if "num_label_tokens" in batch:
+        return int(batch["num_label_tokens"])
     if "label_targets" in batch:
         return int(batch["label_targets"].numel())
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tuneforge.config import DataConfig, DatasetSpec
-from tuneforge.data import cache
+from tuneforge.data import cache, labels
 from tuneforge.data.formats import Example, detect_format, normalise, shown_keys, unused_keys
 from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
@@ -71,12 +71,15 @@ class EncodeStats:
 
 def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str, *,
                   bad_records: str = "error", notes: list[str] | None = None, sampling: str = "proportional",
-                  temperature: float = 2.0) -> list[Example]:
+                  temperature: float = 2.0, task: str = "causal_lm",
+                  label_names: Sequence[str] | None = None) -> list[Example]:
     """Read and validate every record of every dataset, then form the weighted mixture (by task, as `sampling`
     says, where the entries name tasks). `bad_records: skip` leaves out records that cannot be read or are
-    malformed; what was skipped, and keys no format reads, are appended to `notes` for the caller to show."""
+    malformed; what was skipped, and keys no format reads, are appended to `notes` for the caller to show.
+    A classification `task` reads labelled records (`data.labels`) instead of the language-model formats."""
     notes = [] if notes is None else notes
-    parts = [_load_one(spec, resolve(spec.path), bad_records, notes) for spec in specs]
+    reader = None if task == "causal_lm" else labels.normaliser(task, label_names)
+    parts = [_load_one(spec, resolve(spec.path), bad_records, notes, reader) for spec in specs]
     if len(parts) == 1 and specs[0].weight == 1.0 and specs[0].task is None:
         return parts[0]
     rng = random.Random(seed)
@@ -107,21 +110,27 @@ def task_weights(specs: Sequence[DatasetSpec], sizes: Sequence[int], sampling: s
     return [spec.weight * scale[spec.task] if spec.task else spec.weight for spec in specs]
 
 
-def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str]) -> list[Example]:
+def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
+              reader: Callable | None = None) -> list[Example]:
     examples, skipped, unused = [], [], None
     fmt = None if spec.format == "auto" else spec.format
     for record in read_records(path, spec.split):
         try:
             record = _mapped(record, spec.columns)
-            fmt = fmt or detect_format(record)
-            examples.append(normalise(record, fmt))
+            if reader is not None:
+                fmt = "labelled"
+                examples.append(reader(record))
+            else:
+                fmt = fmt or detect_format(record)
+                examples.append(normalise(record, fmt))
         except DataError as exc:
             if bad_records != "skip":
                 raise
             skipped.append(str(exc).splitlines()[0])
             continue
-        if unused is None and unused_keys(record, fmt):
-            unused = (record.where, unused_keys(record, fmt))
+        keys = labels.unused_keys(record) if reader is not None else unused_keys(record, fmt)
+        if unused is None and keys:
+            unused = (record.where, keys)
     shown = path if not examples else examples[0].source
     if skipped:
         notes.append(f"warning: {shown}: skipped {len(skipped)} bad records (data.bad_records: skip), first: "

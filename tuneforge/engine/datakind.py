@@ -13,7 +13,9 @@ from tuneforge.objectives import Objective
 def check_data_kind(examples, objective: Objective, loaded: LoadedConfig | None = None) -> None:
     """Each objective trains on its own kind of record (pairs, rated completions, prompts, or plain examples);
     a mismatch names its record. A rated record never trains as plain SFT data: its completion may be a
-    bad one."""
+    bad one. A classification task's labelled records were read and checked by its own reader."""
+    if objective.data == "labels":
+        return
     if objective.data in ("prompts", "teacher_answers"):
         wrong = next((e for e in examples if e.is_pair or e.is_rated or e.prompt_and_reference() is None), None)
         if wrong is not None:
@@ -66,7 +68,8 @@ def read_splits(loaded: LoadedConfig, objective: Objective, notes: list[str],
     cfg = loaded.run
     mixture = {"sampling": cfg.data.sampling, "temperature": cfg.data.temperature}  # training data only
     splits = {split: load_examples(entries, cfg.train.seed, loaded.resolve_path, bad_records=cfg.data.bad_records,
-                                   notes=notes, **(mixture if split == "train" else {}))
+                                   notes=notes, task=cfg.task, label_names=cfg.data.label_names,
+                                   **(mixture if split == "train" else {}))
               for split, entries in specs.items() if entries}
     check_data_kind([e for examples in splits.values() for e in examples], objective, loaded)
     return {split: objective_examples(examples, objective) for split, examples in splits.items()}

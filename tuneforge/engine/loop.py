@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuneforge.config import TrainConfig
+from tuneforge.config import LOWER_IS_BETTER, TrainConfig
 from tuneforge.data.batching import (
     StepPlan,
     collate,
@@ -27,6 +27,7 @@ from tuneforge.data.batching import (
     to_device,
 )
 from tuneforge.data.dataset import TrainExample
+from tuneforge.data.labels import LabeledExample, collate_labeled
 from tuneforge.engine import checkpoint, distributed
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.resources import resource_guard
@@ -44,10 +45,12 @@ class LoopState:
     stopped_early: bool = False
     skipped_steps: int = 0
     fingerprint: dict = field(default_factory=dict)
+    lr_reductions: int = 0  # train.schedule: plateau: how often the rate has been cut so far
 
     def as_json(self) -> dict:
         return {"best_eval_loss": self.best_eval_loss, "evals_without_improvement": self.evals_without_improvement,
-                "skipped_steps": self.skipped_steps, "fingerprint": self.fingerprint}
+                "skipped_steps": self.skipped_steps, "fingerprint": self.fingerprint,
+                "lr_reductions": self.lr_reductions}
 
 
 @dataclass
@@ -102,7 +105,8 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
             for step in range(state.step, total):
                 step_started, window = time.perf_counter(), plan.window(step)
                 with guard(f"in training step {step + 1}"):
-                    values = train_step(inputs, optimizer, window, lr_at(step, total, cfg), step, forward_model)
+                    lr = lr_at(step, total, cfg) * cfg.plateau_factor ** state.lr_reductions
+                    values = train_step(inputs, optimizer, window, lr, step, forward_model)
                 values["step_time_s"] = time.perf_counter() - step_started
                 values["peak_memory_gib"] = peak_memory_gib(inputs.device)
                 state.step = step + 1
@@ -128,8 +132,9 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
                         world.from_main(partial(checkpoint.write_checkpoint, inputs.checkpoint_dir, state.step,
                                                 taken, state.as_json(), cfg.keep_last))
                 if state.stopped_early:
-                    inputs.console.info(f"early stopping at step {state.step}: the held-out loss (or reward) did not "
-                                        f"improve for {cfg.early_stopping_patience} evaluations")
+                    inputs.console.info(f"early stopping at step {state.step}: the held-out "
+                                        f"{cfg.early_stopping_metric} did not improve for "
+                                        f"{cfg.early_stopping_patience} evaluations")
                     break
     finally:
         inputs.console.stop_training()
@@ -141,7 +146,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     """One optimizer step over an accumulation window (this process's share of it); the loss is normalised by
     the whole window's label tokens."""
     world = distributed.world()
-    collate_fn = collate
+    collate_fn = collate_labeled if isinstance(inputs.examples[window[0][0]], LabeledExample) else collate
     if inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
     share = world.share(window)
@@ -259,19 +264,31 @@ def _report(inputs: LoopInputs, state: LoopState, total: int, values: dict, toke
 
 
 def _evaluate(inputs: LoopInputs, state: LoopState) -> bool:
-    """Evaluate, log, and say whether to stop early."""
+    """Evaluate, log, cut the rate on a plateau, and say whether to stop early."""
+    cfg = inputs.cfg
     result = inputs.evaluate()
     inputs.metrics.log(state.step, "eval", result)
     shown = "  ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in flat_scores(result).items())
     inputs.console.info(f"eval at step {state.step}: {shown}")
-    # lower is better: the held-out loss, or minus the held-out reward of an online objective
-    monitored = result["loss"] if "loss" in result else -result["reward"]
+    monitored = monitored_value(result, cfg.early_stopping_metric)
     if state.best_eval_loss is None or monitored < state.best_eval_loss:
         state.best_eval_loss, state.evals_without_improvement = monitored, 0
         return False
     state.evals_without_improvement += 1
-    patience = inputs.cfg.early_stopping_patience
+    if cfg.schedule == "plateau" and state.evals_without_improvement % cfg.plateau_patience == 0:
+        state.lr_reductions += 1
+        inputs.console.info(f"the held-out {cfg.early_stopping_metric} has not improved for "
+                            f"{cfg.plateau_patience} evaluations: learning rate x{cfg.plateau_factor}")
+    patience = cfg.early_stopping_patience
     return patience is not None and state.evals_without_improvement >= patience
+
+
+def monitored_value(result: dict, metric: str) -> float:
+    """The watched figure of an evaluation, lower being better: the loss or MSE as they are, any other metric
+    negated; an online objective's held-out reward when the loss is watched (it has none)."""
+    if metric not in result and metric == "loss":
+        return -result["reward"]
+    return result[metric] if metric in LOWER_IS_BETTER else -result[metric]
 
 
 def _micro_seed(seed: int, step: int, update: int, index: int) -> int:
@@ -285,7 +302,8 @@ def _periodic(step: int, every: int, total: int) -> bool:
 def _restored_state(saved: dict, fingerprint: dict) -> LoopState:
     return LoopState(step=saved["step"], best_eval_loss=saved.get("best_eval_loss"),
                      evals_without_improvement=saved.get("evals_without_improvement", 0),
-                     skipped_steps=saved.get("skipped_steps", 0), fingerprint=fingerprint)
+                     skipped_steps=saved.get("skipped_steps", 0), fingerprint=fingerprint,
+                     lr_reductions=saved.get("lr_reductions", 0))
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import torch
@@ -25,6 +26,24 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig,
                              foreach=True)
 
 
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_lr_decay(model: torch.nn.Module, decay: float) -> Callable[[str], float]:
+    """Layer-wise learning-rate decay (Howard & Ruder, 2018; Clark et al., 2020, ELECTRA): the head and the top
+    layer train at the full rate, layer i of L at decay^(L - i), the embeddings at decay^(L + 1) (parameters
+    in no numbered layer and not an embedding, such as the head, pooler and final norm, count as the top)."""
+    layers = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+
+    def scale(name: str) -> float:
+        found = LAYER_INDEX.search(name)
+        if found:
+            return decay ** (layers - 1 - int(found.group(1)))
+        return decay ** layers if "embed" in name or ".wte." in name or ".wpe." in name else 1.0
+
+    return scale
+
+
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)
 
@@ -34,7 +53,7 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     warm = warmup_steps(cfg, total_steps)
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "constant":
+    if cfg.schedule in ("constant", "plateau"):  # a plateau's reductions are the loop's (`LoopState`)
         return cfg.lr
     progress = (step - warm) / max(1, total_steps - warm)
     if cfg.schedule == "linear":

@@ -63,12 +63,17 @@ def cast_frozen_weights(model: torch.nn.Module, precision: str) -> None:
     In bf16, peft's adapter layers are also told not to widen their input to the fp32 adapter weights: under
     bf16 autocast the matmul narrows it straight back, so the cast only copied every adapted layer's
     activations twice (19% of GPU time in a LoRA step of the Llama-3-8B shape on an H100). The values that
-    reach the matmul are the same either way.
+    reach the matmul are the same either way. A module other than a linear layer whose parameters are partly
+    trained (BitFit's LayerNorm bias) keeps them all fp32: its kernel wants one dtype, and autocast narrows only
+    matmuls' operands.
     """
+    mixed = {id(p) for module in model.modules() if not isinstance(module, torch.nn.Linear)
+             for own in [list(module.parameters(recurse=False))] if any(p.requires_grad for p in own) for p in own}
     for param in model.parameters():
         if not param.is_floating_point():
             continue
-        wanted = torch.float32 if param.requires_grad or precision == "fp32" else torch.bfloat16
+        keep = param.requires_grad or id(param) in mixed or precision == "fp32"
+        wanted = torch.float32 if keep else torch.bfloat16
         if param.dtype != wanted:
             param.data = param.data.to(wanted)
     for module in model.modules():

@@ -17,20 +17,24 @@ import torch
 
 from tuneforge.config import DatasetSpec, LoadedConfig
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
+from tuneforge.data.labels import LabelSet
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
 from tuneforge.engine.heldout import heldout_scores
+from tuneforge.engine.labelled import encode_splits, head_of, labelled_scores, labelled_splits
 from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.rollout import OnPolicy, Rollouts, heldout_rewards
 from tuneforge.engine.teacher import load_teacher, teacher_answers
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
+from tuneforge.engine.optim import layer_lr_decay
 from tuneforge.evaluation.evaluate import generation_metrics
+from tuneforge.evaluation.metrics import GENERATION_METRICS
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
-from tuneforge.methods.base import MethodParams
-from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.methods.base import MethodParams, train_head
+from tuneforge.models.load import load_model, load_tokenizer
 from tuneforge.objectives import Objective, get_objective, validate_objective_params
 from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.params import GkdParams, ObjectiveParams
@@ -56,6 +60,13 @@ def read_recipe(loaded: LoadedConfig) -> Recipe:
     objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
     rewards = (resolve_rewards(objective_params, loaded.where("objective"), loaded.resolve_path)
                if objective.data == "prompts" else [])
+    if (objective.data == "labels") != (cfg.task != "causal_lm"):
+        wanted = "classify (or regress for regression)" if cfg.task != "causal_lm" else "a language-model objective"
+        raise ConfigError(f"{loaded.where('objective')}: objective '{objective.name}' does not train task "
+                          f"'{cfg.task}'\n  fix: use objective {wanted}, or set task to match")
+    if cfg.task != "causal_lm" and cfg.train.packing:
+        raise ConfigError(f"{loaded.where('train', 'packing')}: packing joins language-model sequences; a "
+                          f"{cfg.task} model reads each text on its own\n  fix: set train.packing: false")
     if cfg.train.packing and not method.supports_packing:
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
@@ -70,6 +81,7 @@ class Prepared:
     tokenizer: object
     chat: bool
     stats: dict
+    labels: LabelSet | None = None  # a classification task's classes (the head's outputs)
 
     def test_sets(self) -> dict[str | None, tuple[list[TrainExample], list]]:
         """The test data by task (encoded, raw); one set under None when the test entries name no task."""
@@ -90,6 +102,12 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
     train_raw, test_raw = splits["train"], splits.get("test", [])
     for note in notes if console else ():
         console.info(note)
+    if objective.data == "labels":  # a classification task: its own records, label set and tokenizing
+        train_raw, test_raw, labels = labelled_splits(loaded, splits)
+        tokenizer = load_tokenizer(cfg.model)
+        test_raw = first_per_task(test_raw, cfg.eval.max_examples) if cfg.eval.max_examples else test_raw
+        train, test, stats = encode_splits(train_raw, test_raw, labels, tokenizer, cfg.data.max_seq_len, console)
+        return Prepared(train, test, test_raw, tokenizer, False, stats, labels)
     if objective.data == "teacher_answers":  # sequence-level distillation: the teacher writes the answers
         train_raw = teacher_answers(loaded, validate_objective_params(cfg.objective, loaded.where("objective")),
                                     train_raw, console)
@@ -141,11 +159,12 @@ class Session:
 
 
 def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
-                 examples: Sequence[TrainExample] = ()) -> Session:
+                 examples: Sequence[TrainExample] = (), labels: LabelSet | None = None) -> Session:
     """The base model with the method applied (and any part the objective trains, e.g. a reward head),
     weights in the chosen precision, on the device; the reference is made now, before any checkpoint is
     restored, so it is the model before training. A distillation teacher is loaded too; one whose top-k is
-    cached (`objective.cache`) is computed once over `examples` (the phase's data), or read from the cache."""
+    cached (`objective.cache`) is computed once over `examples` (the phase's data), or read from the cache. A
+    classification task's model has a new head for `labels`, trained by every method."""
     cfg, method, objective = loaded.run, recipe.method, recipe.objective
     device = precision.pick_device()
     chosen = precision.resolve_precision(cfg.train.precision, device)
@@ -159,7 +178,9 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
         # the checkpoint's own dtype: a bf16 checkpoint is not widened to fp32 in memory only to be narrowed
         # again (an 8B model would pass through 32 GB); trainable weights are widened to fp32 below, exactly
         load_kwargs.setdefault("dtype", "auto")
-    model = method.apply(load_causal_lm(cfg.model, **load_kwargs), recipe.method_params)
+    model = method.apply(load_model(cfg.model, head_of(labels), **load_kwargs), recipe.method_params)
+    if labels is not None:
+        train_head(model)
     if objective.attach:
         objective.attach(model)
     precision.cast_frozen_weights(model, chosen)
@@ -203,6 +224,9 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
         samples: list[dict] = []
         if not test:
             return scores, samples
+        if prepared.labels is not None:  # a classification task: every metric comes from one forward pass
+            return labelled_scores(model, test, prepared.labels, prepared.tokenizer.pad_token_id,
+                                   cfg.eval.batch_size, session.autocast)
         if rewards:  # an online objective: the mean reward of greedy completions (its loss needs rollouts)
             scores, samples = heldout_rewards(model, prepared.tokenizer, test_raw, rewards,
                                               chat=prepared.chat, batch_size=cfg.eval.batch_size,
@@ -231,15 +255,26 @@ def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, 
     """What `train_loop` needs for one phase on the session's model."""
     recipe = session.recipe
     method, params = recipe.method, recipe.method_params
+    watched = cfg.train.early_stopping_metric  # a generation metric makes periodic evaluations generate
     return LoopInputs(
         session.model, recipe.objective, prepared.train, cfg.train, prepared.tokenizer.pad_token_id, session.device,
         session.scoring, metrics, console, checkpoint_dir,
-        evaluate=(lambda: evaluate(generate=False)[0]) if prepared.test else None,
+        evaluate=(lambda: evaluate(generate=watched in GENERATION_METRICS)[0]) if prepared.test else None,
         objective_params=recipe.objective_params, frozen=session.frozen,
-        lr_scale=(lambda name: method.lr_scale(name, params)) if method.lr_scale else None,
+        lr_scale=lr_scales(session.model, method, params, cfg.train.layer_lr_decay),
         rollout=Rollouts(session.model, prepared.tokenizer, prepared.chat, recipe.objective, recipe.objective_params,
                          recipe.rewards, session.autocast) if recipe.rewards else _on_policy(session, prepared, cfg),
         updates=getattr(recipe.objective_params, "updates", 1))
+
+
+def lr_scales(model, method: Method, params: MethodParams, layer_decay: float | None) -> Callable | None:
+    """Each parameter's learning-rate multiplier: the method's (LoRA+) times layer-wise decay (LLRD)."""
+    by_layer = layer_lr_decay(model, layer_decay) if layer_decay is not None else None
+    if method.lr_scale is None:
+        return by_layer
+    if by_layer is None:
+        return lambda name: method.lr_scale(name, params)
+    return lambda name: method.lr_scale(name, params) * by_layer(name)
 
 
 def _on_policy(session: Session, prepared: Prepared, cfg) -> OnPolicy | None:

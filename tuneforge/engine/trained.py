@@ -19,7 +19,9 @@ from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.base import frozen_copy_reference
-from tuneforge.models.load import load_causal_lm
+from tuneforge.data.labels import LabelSet
+from tuneforge.engine.labelled import head_of
+from tuneforge.models.load import load_causal_lm, load_model
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams
 
@@ -32,6 +34,7 @@ class TrainedRun:
     tokenizer: object
     autocast: object  # for generation
     scoring: object  # for the objective's own scores (exact log-ratios where it compares with a reference)
+    labels: LabelSet | None = None  # a classification run's classes
 
 
 def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, precision_override: str | None = None
@@ -47,13 +50,14 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
     objective = get_objective(cfg.objective.name)
     base_kwargs = {} if full_precision_base else method.load_base_kwargs(
         validate_method_params(cfg.method), precision.dtype(chosen, objective.needs_reference))
-    model = method.load(run_dir, lambda: load_causal_lm(cfg.model, **base_kwargs))
+    labels = LabelSet.read(run_dir) if cfg.task != "causal_lm" else None
+    model = method.load(run_dir, lambda: load_model(cfg.model, head_of(labels), **base_kwargs))
     if objective.load:
         objective.load(model, run_dir)
     precision.ready_for_inference(model, chosen, device)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     return TrainedRun(run_dir, cfg, model, tokenizer, precision.autocast_factory(chosen, device),
-                      precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference))
+                      precision.autocast_factory(chosen, device, exact_ratios=objective.needs_reference), labels)
 
 
 def require_run_dir(run_dir: Path) -> RunConfig:

@@ -81,6 +81,50 @@ def trainable_summary(model) -> tuple[int, int]:
     return trainable, total
 
 
+HEAD_NAMES = ("pre_classifier", "classifier", "score")  # what transformers calls a classification head
+POOLER = "pooler"  # BERT's pooler (dense + tanh over [CLS]) feeds its classifier: part of the head
+
+
+def head_modules(model) -> list[str]:
+    """The names of a classifier's head modules (its pooler too, when the head reads one), or [] for a causal
+    LM."""
+    if peft_task_type(model) == "CAUSAL_LM":
+        return []
+    pooled = peft_task_type(model) == "SEQ_CLS" and _has_pooler(model)
+    return [n for n in HEAD_NAMES if getattr(model, n, None) is not None] + ([POOLER] if pooled else [])
+
+
+def _has_pooler(model) -> bool:
+    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    return getattr(body, POOLER, None) is not None
+
+
+def peft_task_type(model) -> str:
+    """peft's task type for the model's class: a classification head is then kept trainable and saved with the
+    adapter (`modules_to_save`)."""
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return "TOKEN_CLS" if name.endswith("ForTokenClassification") else "CAUSAL_LM"
+
+
+def train_head(model) -> None:
+    """A classification head starts untrained, so it trains under every method: peft's wrapper already trains
+    and saves it (`modules_to_save`, see `peft_adapter`); for the others its parameters (and BERT's pooler's)
+    are marked trained here, and saved with what the method saves."""
+    if hasattr(model, "peft_config"):
+        return
+    names = head_modules(model)
+    if not any(n in HEAD_NAMES for n in names):
+        from tuneforge.errors import ModelError
+
+        raise ModelError(f"cannot find the classification head of {type(model).__name__} (looked for "
+                         f"{', '.join(HEAD_NAMES)})\n  fix: use a model class transformers gives such a head")
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in names:
+            module.requires_grad_(True)
+
+
 def run_subdir(run_dir: str | Path, name: str) -> Path:
     return Path(run_dir) / name
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tuneforge.errors import ConfigError
 from tuneforge.methods.base import Method, MethodParams, run_subdir
 from tuneforge.methods.selective import decoder_layers, load_tensors, save_trainable
 
@@ -38,14 +39,30 @@ def apply(model, params: AdapterParams):
         param.requires_grad_(False)
     hidden = model.config.hidden_size
     width = max(1, hidden // params.reduction_factor)
-    sites = ("self_attn", "mlp") if params.placement == "houlsby" else ("mlp",)
     for layer in decoder_layers(model):
-        for site in sites:
-            inner = getattr(layer, site)
+        for site in adapter_sites(layer, params.placement):
+            owner, _, name = site.rpartition(".")
+            parent = layer.get_submodule(owner) if owner else layer
+            inner = getattr(parent, name)
             wrapped = Bottleneck(inner, hidden, width, params.nonlinearity).to(next(inner.parameters()).device)
-            setattr(layer, site, wrapped)
+            setattr(parent, name, wrapped)
     model.tuneforge_bottleneck = params.model_dump()
     return model
+
+
+def adapter_sites(layer, placement: str) -> tuple[str, ...]:
+    """Where a layer's adapters go: on the output of the attention block and of the MLP, before the residual
+    sum (Houlsby), or after the MLP only (Pfeiffer). Llama-style layers name them self_attn and mlp; BERT-style
+    ones end each block in a projection followed by the residual and LayerNorm (attention.output.dense,
+    output.dense)."""
+    if hasattr(layer, "mlp"):
+        attention, mlp = "self_attn", "mlp"
+    elif hasattr(layer, "attention") and hasattr(layer, "output"):
+        attention, mlp = "attention.output.dense", "output.dense"
+    else:
+        raise ConfigError(f"method 'adapter' does not know where to place adapters in {type(layer).__name__}\n  "
+                          "fix: use lora or ia3 for this model")
+    return (attention, mlp) if placement == "houlsby" else (mlp,)
 
 
 def adapters(model) -> list:

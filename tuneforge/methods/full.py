@@ -24,11 +24,17 @@ def save(model, run_dir) -> None:
 
 
 def load(run_dir, load_base):
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The saved model, by the class its config names (a causal LM, or a classifier with its head)."""
+    import json
 
+    import torch
+    import transformers
+
+    folder = run_subdir(run_dir, MODEL_DIR)
+    architecture = (json.loads((folder / "config.json").read_text()).get("architectures") or [""])[0]
+    factory = getattr(transformers, architecture, None) or transformers.AutoModelForCausalLM
     with no_progress_bars():
-        return AutoModelForCausalLM.from_pretrained(run_subdir(run_dir, MODEL_DIR), dtype=torch.float32)
+        return factory.from_pretrained(folder, dtype=torch.float32)
 
 
 METHOD = Method("full", "train every parameter", FullParams, apply, save, load, MODEL_DIR, merge=unchanged,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneforge.methods.base import MethodParams
+from tuneforge.methods.base import MethodParams, peft_task_type
 from tuneforge.methods.peft_adapter import peft_method
 
 
@@ -19,7 +19,7 @@ class Ia3Params(MethodParams):
 def ia3_config(params: Ia3Params, model):
     from peft import IA3Config
 
-    return IA3Config(task_type="CAUSAL_LM", target_modules=params.target_modules,
+    return IA3Config(task_type=peft_task_type(model), target_modules=params.target_modules,
                      feedforward_modules=params.feedforward_modules)
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from tuneforge.errors import ConfigError
-from tuneforge.methods.base import MethodParams
+from tuneforge.methods.base import MethodParams, peft_task_type
 from tuneforge.methods.peft_adapter import ADAPTER_DIR, peft_method
 
 __all__ = ["ADAPTER_DIR", "DORA", "METHOD", "QLORA", "LoraParams"]
@@ -56,7 +56,7 @@ def lora_config(params: LoraParams, model):
 
     init = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}[params.init]
     return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
-                      target_modules=params.target_modules, bias=params.bias, task_type="CAUSAL_LM",
+                      target_modules=params.target_modules, bias=params.bias, task_type=peft_task_type(model),
                       use_dora=params.dora, use_rslora=params.rslora, init_lora_weights=init)
 
 

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from tuneforge.methods.base import Method, MethodParams, adapter_disabled_reference, run_subdir
+from tuneforge.methods.base import Method, MethodParams, adapter_disabled_reference, head_modules, run_subdir
 from tuneforge.models import no_progress_bars
 
 ADAPTER_DIR = "adapter"
@@ -22,8 +22,11 @@ def peft_method(name: str, summary: str, params: type[MethodParams], make_config
     def apply(model, chosen: MethodParams):
         from peft import get_peft_model
 
+        config = make_config(chosen, model)
+        if head_modules(model):  # a classifier's new head (and BERT's pooler) trains and is saved with the adapter
+            config.modules_to_save = sorted(set(config.modules_to_save or []) | set(head_modules(model)))
         with quiet_peft():
-            return get_peft_model(model, make_config(chosen, model))
+            return get_peft_model(model, config)
 
     return Method(name, summary, params, apply, save, load, ADAPTER_DIR, reference=adapter_disabled_reference,
                   lr_scale=lr_scale, supports_packing=supports_packing, base_kwargs=base_kwargs,

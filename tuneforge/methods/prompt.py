@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tuneforge.methods.base import MethodParams
+from tuneforge.methods.base import MethodParams, peft_task_type
 from tuneforge.methods.peft_adapter import peft_method
 
 
@@ -36,9 +36,9 @@ def prompt_config(params: PromptParams, model):
     from peft import PromptTuningConfig
 
     if params.init_text is None:
-        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=params.num_virtual_tokens,
+        return PromptTuningConfig(task_type=peft_task_type(model), num_virtual_tokens=params.num_virtual_tokens,
                                   prompt_tuning_init="RANDOM")
-    return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=params.num_virtual_tokens,
+    return PromptTuningConfig(task_type=peft_task_type(model), num_virtual_tokens=params.num_virtual_tokens,
                               prompt_tuning_init="TEXT", prompt_tuning_init_text=params.init_text,
                               tokenizer_name_or_path=model.name_or_path)
 
@@ -46,13 +46,13 @@ def prompt_config(params: PromptParams, model):
 def prefix_config(params: PrefixParams, model):
     from peft import PrefixTuningConfig
 
-    return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=params.num_virtual_tokens)
+    return PrefixTuningConfig(task_type=peft_task_type(model), num_virtual_tokens=params.num_virtual_tokens)
 
 
 def ptuning_config(params: PtuningParams, model):
     from peft import PromptEncoderConfig
 
-    return PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=params.num_virtual_tokens,
+    return PromptEncoderConfig(task_type=peft_task_type(model), num_virtual_tokens=params.num_virtual_tokens,
                                encoder_hidden_size=params.encoder_hidden_size)
 
 

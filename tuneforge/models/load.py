@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +18,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     """'default' -> the cached converted default model; a directory -> itself; anything else -> a hub id."""
     if cfg.path == default.DEFAULT_NAME:
         return str(default.default_model_dir())
+    if cfg.path == default.ENCODER_NAME:
+        return str(default.encoder_dir())
     path = Path(cfg.path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -46,21 +50,94 @@ def load_tokenizer(cfg: ModelConfig):
 def load_causal_lm(cfg: ModelConfig, dtype=None, **extra):
     """The causal LM in `dtype` (default fp32), in training mode off. `extra` goes to from_pretrained (e.g. a
     quantization config, which also places the model on its device as it loads)."""
+    return load_model(cfg, dtype=dtype, **extra)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A classification task's head: what it predicts and its classes (none for regression: one output)."""
+
+    task: str  # sequence_classification | token_classification | regression
+    names: tuple[str, ...] = ()
+
+    @property
+    def auto_class(self) -> str:
+        return "AutoModelForTokenClassification" if self.task == "token_classification" else \
+            "AutoModelForSequenceClassification"
+
+    def config_kwargs(self) -> dict:
+        if self.task == "regression":
+            return {"num_labels": 1, "problem_type": "regression"}
+        problem = {"sequence_classification": "single_label_classification"}.get(self.task)
+        return {"num_labels": len(self.names), "id2label": dict(enumerate(self.names)),
+                "label2id": {n: i for i, n in enumerate(self.names)}, **({"problem_type": problem} if problem else {})}
+
+
+def load_model(cfg: ModelConfig, head: Head | None = None, dtype=None, **extra):
+    """The model in `dtype` (default fp32), frozen, in eval mode: a causal LM, or with `head` the model class of
+    that classification task, its head new (seeded by the caller) and sized for the classes. The config's
+    dropout overrides apply. `extra` goes to from_pretrained (e.g. a quantization config, which also places
+    the model on its device as it loads)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     if "quantization_config" in extra:
         extra.setdefault("device_map", {"": 0} if torch.cuda.is_available() else "cpu")
     path = resolve_model_path(cfg)
     _refuse_pickle_only(path, cfg)
+    factory = getattr(transformers, head.auto_class if head else "AutoModelForCausalLM")
+    kwargs = {**(head.config_kwargs() if head else {}), **dropout_overrides(cfg, path)}
     # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is loaded
-    model = _from_pretrained(AutoModelForCausalLM, path, cfg, dtype=dtype or torch.float32, use_safetensors=True,
-                             **extra)
+    with _quiet_new_head():
+        model = _from_pretrained(factory, path, cfg, dtype=dtype or torch.float32, use_safetensors=True,
+                                 **kwargs, **extra)
+    if head and getattr(model.config, "pad_token_id", None) is None:
+        # a decoder with a classification head finds each sequence's last token by the padding id
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
     model.config.use_cache = False
     # frozen until a method chooses what it trains: `requires_grad` then marks the trained parameters, which
     # stay fp32 when the frozen ones are cast to bf16 (in training and when a trained run is loaded again)
     model.requires_grad_(False)
     return model
+
+
+# the names model configs give their dropout: BERT/RoBERTa/DeBERTa, Llama-style, GPT-2, DistilBERT
+HIDDEN_DROPOUT = ("hidden_dropout_prob", "hidden_dropout", "resid_pdrop", "embd_pdrop", "dropout")
+ATTENTION_DROPOUT = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
+def dropout_overrides(cfg: ModelConfig, path: str) -> dict:
+    """The model config's dropout keys set to `model.hidden_dropout` / `model.attention_dropout`; a model with
+    no such key is refused rather than silently left as it is."""
+    from transformers import AutoConfig
+
+    wanted = {keys: value for keys, value in ((HIDDEN_DROPOUT, cfg.hidden_dropout),
+                                              (ATTENTION_DROPOUT, cfg.attention_dropout)) if value is not None}
+    if not wanted:
+        return {}
+    config = _from_pretrained(AutoConfig, path, cfg)
+    out = {}
+    for keys, value in wanted.items():
+        found = [k for k in keys if hasattr(config, k)]
+        if not found:
+            which = "hidden_dropout" if keys is HIDDEN_DROPOUT else "attention_dropout"
+            raise ModelError(f"model '{cfg.path}' ({config.model_type}) has no {which.replace('_', ' ')} setting in "
+                             f"its config (looked for {', '.join(keys)})\n  fix: remove model.{which}")
+        out.update(dict.fromkeys(found, value))
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_new_head():
+    """transformers warns that a classification head is newly initialised: that is the point of loading it."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _refuse_pickle_only(path: str, cfg: ModelConfig) -> None:

@@ -24,10 +24,10 @@ __all__ = ["REGISTRY", "LossContext", "LossOutput", "Objective", "get_objective"
 
 @cache
 def registry() -> dict[str, Objective]:
-    from tuneforge.objectives import distill, preference, reward, rl, sft
+    from tuneforge.objectives import classify, distill, preference, reward, rl, sft
 
     entries = {o.name: o for o in (sft.OBJECTIVE, *preference.OBJECTIVES, reward.OBJECTIVE, *rl.OBJECTIVES,
-                                   *distill.OBJECTIVES)}
+                                   *distill.OBJECTIVES, *classify.OBJECTIVES)}
     if {name: o.params for name, o in entries.items()} != PARAMS:
         raise RuntimeError("objectives.params.PARAMS and the registry disagree")  # caught by any test run
     return entries

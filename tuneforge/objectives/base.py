@@ -67,7 +67,8 @@ class Objective:
     params: type[ObjectiveParams] = ObjectiveParams
     # what records it trains on: "pairs" (preference), "rated" (KTO), "prompts" (online, sampled)
     # "teacher_answers": prompts whose answers a teacher writes before training (sequence-level distillation)
-    data: Literal["sft", "pairs", "rated", "prompts", "teacher_answers"] = "sft"
+    # "labels": labelled records of a classification task (a class, a number, or a tag per word)
+    data: Literal["sft", "pairs", "rated", "prompts", "teacher_answers", "labels"] = "sft"
     needs_reference: bool = False
     # an objective that trains parts of its own (a reward head): attach them to the model before training,
     # and save / load them next to what the method saves

@@ -11,6 +11,12 @@ class ObjectiveParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SmoothedParams(ObjectiveParams):
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="mix this much of a uniform distribution into "
+                                   "each target (Szegedy et al., 2016); the held-out loss stays the plain "
+                                   "cross-entropy")
+
+
 class BetaParams(ObjectiveParams):
     beta: float = Field(0.1, gt=0, description="strength of the pull toward the reference (higher = stay closer)")
 
@@ -136,7 +142,7 @@ class SeqkdParams(ObjectiveParams):
 
 
 PARAMS: dict[str, type[ObjectiveParams]] = {
-    "sft": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
+    "sft": SmoothedParams, "classify": SmoothedParams, "regress": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
     "orpo": OrpoParams, "kto": KtoParams, "reward": ObjectiveParams, "grpo": GrpoParams, "rloo": OnlineParams,
     "ppo": PpoParams, "kd": KdParams, "seqkd": SeqkdParams, "gkd": GkdParams,
 }

@@ -34,3 +34,40 @@ def plot_loss(run_dir: str | Path) -> Path | None:
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+CONFUSION_PLOT = "confusion.png"
+
+
+def plot_confusion(run_dir: str | Path) -> Path | None:
+    """confusion.png: a classification run's confusion matrix on its test data (eval.json), true class by row."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        confusion = json.loads((Path(run_dir) / "eval.json").read_text())["after"]["confusion"]
+        names, matrix = confusion["labels"], confusion["matrix"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    size = 2.5 + 0.45 * len(names)
+    figure, axes = plt.subplots(figsize=(size + 1, size), dpi=110)
+    image = axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axes.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
+    figure.colorbar(image, ax=axes)
+    axes.set_title(f"{Path(run_dir).name}: confusion on the test data")
+    figure.tight_layout()
+    path = Path(run_dir) / CONFUSION_PLOT
+    figure.savefig(path)
+    plt.close(figure)
+    return path

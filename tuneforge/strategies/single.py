@@ -69,7 +69,7 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             world.from_main(lambda: check_same_run(run_dir, read_json(resume_from / "state.json").get(
                 "fingerprint", {}), cfg, fingerprint, force, console))
         with guard("loading the model"):
-            session = open_session(loaded, recipe, console, prepared.train + prepared.test)
+            session = open_session(loaded, recipe, console, prepared.train + prepared.test, prepared.labels)
         status = {"fingerprint": fingerprint, **session.summary(), "data": prepared.stats,
                   **({"processes": world.size} if world.active else {})}
         evaluate = make_evaluator(session, prepared, cfg)
@@ -79,6 +79,8 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
                 create_run_dir(run_dir, resume_from is not None, cfg.output.overwrite)
                 (run_dir / "config.yaml").write_text(dump_yaml(cfg))
                 prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+                if prepared.labels is not None:
+                    prepared.labels.write(run_dir)
                 write_json(run_dir / RUN_FILE, {"status": "training", **status})
             if cfg.eval.compare_base and not resume_from:
                 with guard("evaluating the base model"):
@@ -96,7 +98,7 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             if world.sharded:  # the trained weights gathered whole; the main process rebuilds the model with them
                 trained = checkpoint.trainable_state(session.model)
                 if main:
-                    session = open_session(loaded, recipe, console)
+                    session = open_session(loaded, recipe, console, labels=prepared.labels)
                     checkpoint.restore_trainable(session.model, trained, "the gathered FSDP shards")
                     evaluate = make_evaluator(session, prepared, cfg)
             if not main:  # the main process saves, evaluates and writes the results
