@@ -92,16 +92,18 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
              max_examples: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N")] = None,
              output: Annotated[Path | None, typer.Option(help="also write scores and samples as JSON")] = None,
              ) -> None:
-    """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU."""
+    """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU; a classification run
+    reports all of its task's metrics (accuracy, F1, per class; entity F1; MSE and Pearson's r)."""
     from tuneforge.config import parse_metrics
     from tuneforge.engine.session import evaluate_run
+    from tuneforge.engine.tracking import flat_scores
     from tuneforge.engine.trained import load_trained
 
     wanted = parse_metrics(metrics, "--metrics")
     trained = load_trained(run_dir)
     scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    max_examples=max_examples)
-    for name, value in scores.items():
+    for name, value in flat_scores(scores).items():
         print(f"{name:>16}  {value:.4f}")
     if output:
         output.write_text(json.dumps({"scores": scores, "samples": samples}, indent=2))
@@ -164,6 +166,11 @@ def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, to
         return (lambda name, history: adapters.generate(name, [history], max_new_tokens=max_new_tokens,
                                                         temperature=temperature, top_p=top_p)[0]), adapters.names
     trained = load_trained(run_dirs[0])
+    if trained.labels is not None:  # a classifier: each message is a text to label
+        from tuneforge.engine.labelled import describe_predictions
+
+        print(f"a {trained.config.task} model: each message is labelled on its own")
+        return (lambda name, history: describe_predictions(trained, [history[-1]["content"]])[0]), [run_dirs[0].name]
     chat_template = use_chat_template(trained.tokenizer, trained.config.data.template)
     if not chat_template:
         print("note: this model has no chat template; each message is completed as plain text, without history")

@@ -8,7 +8,8 @@
 each list), so the test measures what the model knows about words, not recall of the training phrases.
 - `ner-train` / `ner-test`: sentences with people, places and organisations tagged in BIO (B-PER, I-PER,
   B-LOC, I-LOC, B-ORG, I-ORG, O), one tag per word, as CoNLL-2003 and the Hugging Face `tokens` + `ner_tags`
-  layout have them. Some names are both a person and a place (Jordan, Florence, Georgia), told apart by context.
+  layout have them. Some names are both a person and a place (Jordan, Florence, Georgia), told apart by context;
+  test sentences name people, places and organisations training never shows.
 """
 
 from __future__ import annotations
@@ -93,14 +94,16 @@ def generate_sentiment() -> dict[str, list[dict[str, str]]]:
 
 
 FIRST = ["Ada", "Jordan", "Maria", "Kenji", "Florence", "Omar", "Georgia", "Lars", "Priya", "Chen", "Sofia", "Diego",
-         "Amara", "Ivan", "Lucia", "Tom", "Fatima", "Noah", "Elena", "Kwame"]
+         "Amara", "Ivan", "Lucia", "Tom", "Fatima", "Noah", "Elena", "Kwame", "Sydney", "Aisha", "Paolo", "Yuki"]
 LAST = ["Lovelace", "Okafor", "Schmidt", "Tanaka", "Garcia", "Nguyen", "Rossi", "Andersen", "Kowalski", "Haddad",
         "Silva", "Moreau", "Patel", "Brown", "Ivanova"]
 PLACES = ["Paris", "Jordan", "Florence", "Georgia", "New York", "Lagos", "Oslo", "Kyoto", "Buenos Aires", "Cairo",
-          "Lima", "San Francisco", "Berlin", "Nairobi", "Hanoi", "Rio de Janeiro", "Toronto", "Lyon"]
+          "Lima", "San Francisco", "Berlin", "Nairobi", "Hanoi", "Rio de Janeiro", "Toronto", "Lyon", "Sydney",
+          "Cape Town", "Marseille", "Bogota"]
 ORGS = ["Acme Corp", "the United Nations", "Globex", "Northwind Traders", "the World Bank", "Initech",
         "Stark Industries", "Oxford University", "the Red Cross", "Umbrella Health", "Blue Harbor Bank",
-        "Vandelay Industries", "the European Space Agency", "Contoso"]
+        "Vandelay Industries", "the European Space Agency", "Contoso", "Hooli", "Cyberdyne Systems",
+        "the Wildlife Trust", "Pied Piper Labs"]
 NER_TEMPLATES = [
     "{PER} joined {ORG} in {LOC} last year .",
     "{PER} flew from {LOC} to {LOC} on Monday .",
@@ -119,19 +122,21 @@ NER_TEMPLATES = [
 ]
 
 
-def _entity(rng: random.Random, kind: str) -> list[str]:
+def _entity(rng: random.Random, kind: str, test: bool) -> list[str]:
+    """A name; test sentences draw from the last four of each list, which training never shows (Sydney is a
+    person and a place there, like Jordan in training)."""
     if kind == "PER":
-        return [rng.choice(FIRST)] + ([rng.choice(LAST)] if rng.random() < 0.7 else [])
-    return rng.choice(PLACES if kind == "LOC" else ORGS).split()
+        return [rng.choice(_phrases(FIRST, test))] + ([rng.choice(_phrases(LAST, test))] if rng.random() < 0.7 else [])
+    return rng.choice(_phrases(PLACES if kind == "LOC" else ORGS, test)).split()
 
 
-def _sentence(rng: random.Random) -> dict[str, list[str]]:
+def _sentence(rng: random.Random, test: bool) -> dict[str, list[str]]:
     tokens: list[str] = []
     tags: list[str] = []
     for part in rng.choice(NER_TEMPLATES).split():
         if part.startswith("{") and part.endswith("}"):
             kind = part[1:-1]
-            words = _entity(rng, kind)
+            words = _entity(rng, kind, test)
             if words[0] == "the":  # "the United Nations": the article is outside the entity, as in CoNLL
                 tokens.append("the")
                 tags.append("O")
@@ -147,21 +152,15 @@ def _sentence(rng: random.Random) -> dict[str, list[str]]:
 
 def generate_ner() -> dict[str, list[dict[str, list[str]]]]:
     rng = random.Random(NER_SEED)
-    total = sum(NER_SIZES.values())
     seen: set[str] = set()
-    records = []
-    while len(records) < total:
-        record = _sentence(rng)
-        key = " ".join(record["tokens"])
-        if key not in seen:
-            seen.add(key)
-            records.append(record)
-    return _cut(records, NER_SIZES)
-
-
-def _cut(records: list, sizes: dict[str, int]) -> dict[str, list]:
-    out, index = {}, 0
-    for name, size in sizes.items():
-        out[name] = records[index: index + size]
-        index += size
+    out = {}
+    for split, size in NER_SIZES.items():
+        records: list[dict[str, list[str]]] = []
+        while len(records) < size:
+            record = _sentence(rng, test=split.endswith("test"))
+            key = " ".join(record["tokens"])
+            if key not in seen:
+                seen.add(key)
+                records.append(record)
+        out[split] = records
     return out

@@ -152,7 +152,7 @@ def _tagged(record: RawRecord, label_names: Sequence[str] | None) -> Labeled:
     data = _require_object(record)
     word_key, tag_key = _first(data, WORD_KEYS), _first(data, TAG_KEYS)
     if word_key is None or tag_key is None:
-        raise DataError(record.path, record.where, tag_key and "tokens" or "tags", "missing: a token_classification "
+        raise DataError(record.path, record.where, (tag_key and "tokens") or "tags", "missing: a token_classification "
                         "record needs its words (tokens) and one tag per word (tags or ner_tags)",
                         "give e.g. {\"tokens\": [\"Ada\", \"lives\", \"in\", \"Paris\"], \"tags\": [\"B-PER\", \"O\", "
                         "\"O\", \"B-LOC\"]}, or map your columns with `columns:`")
@@ -371,7 +371,7 @@ def split_off_test(records: Sequence[Labeled], fraction: float, stratify: bool, 
 
     classes = [r.label for r in records] if stratify else None
     if stratify:
-        if records and records[0].words or (records and isinstance(records[0].label, float)):
+        if (records and records[0].words) or (records and isinstance(records[0].label, float)):
             raise ConfigError(f"{where}: data.stratify splits by class, which token_classification and regression "
                               "records do not have\n  fix: set data.stratify: false")
         counts = Counter(classes)

@@ -13,9 +13,11 @@ import torch
 from tuneforge.config import DataConfig, DatasetSpec, ModelConfig
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import Example
+from tuneforge.data.labels import encode_labeled
 from tuneforge.data.render import prompt_ids_for_generation, use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.heldout import heldout_scores
+from tuneforge.engine.labelled import predict
 from tuneforge.engine.trained import load_trained
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.generate import generate_batch
@@ -81,6 +83,8 @@ def measure_run(run_dir: Path, base_general: dict[str, float], latency_prompts: 
     """Inference latency unmerged and merged, and the general-set scores after training, into compare.json."""
     trained = load_trained(run_dir)
     method = get_method(trained.config.method.name)
+    if trained.labels is not None:
+        return _measure_classifier(run_dir, trained, method, latency_prompts)
     test = load_examples(trained.config.data.test or trained.config.data.train, seed=0)[:latency_prompts + 1]
     chat = use_chat_template(trained.tokenizer, trained.config.data.template)
     prompts = [p for p, _ in filter(None, (prompt_ids_for_generation(e, trained.tokenizer, chat=chat) for e in test))]
@@ -99,5 +103,35 @@ def measure_run(run_dir: Path, base_general: dict[str, float], latency_prompts: 
         result["merged_latency_ms_per_token"] = decode_latency_ms(model, merged.tokenizer, prompts, merged.autocast)
     else:
         result["merged_latency_ms_per_token"] = None
+    (Path(run_dir) / MEASURE_FILE).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _measure_classifier(run_dir: Path, trained, method, texts: int) -> dict:
+    """A classifier's latency: milliseconds to label one test text (the median of `texts`, after one warm-up),
+    unmerged and merged; forgetting is a language model's measure and does not apply."""
+    cfg = trained.config
+    records = load_examples(cfg.data.test or cfg.data.train, seed=0, task=cfg.task,
+                            label_names=cfg.data.label_names)[:texts + 1]
+    examples, _ = encode_labeled(records, trained.tokenizer, trained.labels, cfg.data.max_seq_len)
+    pad_id = trained.tokenizer.pad_token_id
+
+    def latency(model, autocast) -> float:
+        timings = []
+        for index, example in enumerate(examples):
+            started = time.perf_counter()
+            predict(model, [example], pad_id, autocast=autocast)
+            if index:
+                timings.append(time.perf_counter() - started)
+        return 1000 * sorted(timings)[len(timings) // 2]
+
+    result: dict = {"latency_ms_per_text": latency(trained.model, trained.autocast), "forgetting": None,
+                    "general_before": None, "general_after": None}
+    del trained
+    if method.merge is not None:
+        merged = load_trained(run_dir, full_precision_base=True)
+        result["merged_latency_ms_per_text"] = latency(method.merge(merged.model).eval(), merged.autocast)
+    else:
+        result["merged_latency_ms_per_text"] = None
     (Path(run_dir) / MEASURE_FILE).write_text(json.dumps(result, indent=2))
     return result

@@ -22,14 +22,20 @@ from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
 from tuneforge.engine.heldout import heldout_scores
-from tuneforge.engine.labelled import encode_splits, head_of, labelled_scores, labelled_splits
+from tuneforge.engine.labelled import (
+    encode_splits,
+    evaluate_labelled_run,
+    head_of,
+    labelled_scores,
+    labelled_splits,
+)
 from tuneforge.engine.loop import LoopInputs
+from tuneforge.engine.optim import layer_lr_decay
 from tuneforge.engine.rollout import OnPolicy, Rollouts, heldout_rewards
 from tuneforge.engine.teacher import load_teacher, teacher_answers
 from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
-from tuneforge.engine.optim import layer_lr_decay
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.metrics import GENERATION_METRICS
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
@@ -289,6 +295,8 @@ def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, bat
                  max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
     """A finished run's scores on a dataset file in any supported format, by the evaluator training used
     (`make_evaluator`): the objective's own held-out scores and the generation metrics asked for."""
+    if trained.labels is not None:  # a classification run reports all of its task's metrics
+        return evaluate_labelled_run(trained, data_path, batch_size=batch_size, max_examples=max_examples)
     cfg = trained.config.model_copy(deep=True)
     cfg.eval = cfg.eval.model_copy(update={"metrics": metrics, "batch_size": batch_size,
                                            "max_new_tokens": max_new_tokens})

@@ -12,15 +12,15 @@ import torch
 from tuneforge.config import DataConfig, DatasetSpec, RunConfig, load_config
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.formats import Example
+from tuneforge.data.labels import LabelSet
 from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
+from tuneforge.engine.labelled import head_of
 from tuneforge.engine.rollout import Rewards
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.base import frozen_copy_reference
-from tuneforge.data.labels import LabelSet
-from tuneforge.engine.labelled import head_of
 from tuneforge.models.load import load_causal_lm, load_model
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams

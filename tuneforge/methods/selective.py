@@ -128,7 +128,14 @@ def load_tensors(model, folder: Path) -> None:
 
 
 def bitfit_merged(model):
-    """A bitfit model is a plain model with biases; its config must say so for transformers to load them."""
+    """A bitfit model is a plain model with biases; its config must say so for transformers to load them (a model
+    with biases everywhere already, such as BERT, needs nothing)."""
+    import torch
+
+    with torch.device("meta"):
+        fresh = type(model)(model.config)
+    if set(model.state_dict()) <= set(fresh.state_dict()):
+        return model
     flags = [flag for flag in ("attention_bias", "mlp_bias") if hasattr(model.config, flag)]
     if len(flags) < 2:
         raise ConfigError(f"cannot export a bitfit model of type {model.config.model_type}: its config has no "

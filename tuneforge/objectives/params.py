@@ -142,7 +142,8 @@ class SeqkdParams(ObjectiveParams):
 
 
 PARAMS: dict[str, type[ObjectiveParams]] = {
-    "sft": SmoothedParams, "classify": SmoothedParams, "regress": ObjectiveParams, "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
+    "sft": SmoothedParams, "classify": SmoothedParams, "regress": ObjectiveParams,
+    "dpo": BetaParams, "ipo": BetaParams, "cdpo": CdpoParams, "simpo": SimpoParams,
     "orpo": OrpoParams, "kto": KtoParams, "reward": ObjectiveParams, "grpo": GrpoParams, "rloo": OnlineParams,
     "ppo": PpoParams, "kd": KdParams, "seqkd": SeqkdParams, "gkd": GkdParams,
 }

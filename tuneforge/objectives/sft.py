@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 import torch.nn.functional as F
 
 from tuneforge.models.parts import label_logits, label_token_nll

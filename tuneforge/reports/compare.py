@@ -29,8 +29,12 @@ COLUMNS = (
     Column("wall_s", "train wall s", "min", "{:.1f}"),
     Column("task_loss", "task loss", "min", "{:.3f}"),
     Column("exact_match", "task exact match", "max", "{:.1f}"),
+    Column("accuracy", "task accuracy", "max", "{:.1f}"),
+    Column("f1", "task F1", "max", "{:.1f}"),
     Column("latency_ms", "latency ms/token", "min", "{:.1f}"),
     Column("merged_latency_ms", "merged ms/token", "min", "{:.1f}"),
+    Column("text_latency_ms", "latency ms/text", "min", "{:.1f}"),
+    Column("merged_text_latency_ms", "merged ms/text", "min", "{:.1f}"),
     Column("forgetting_loss", "forgetting: loss of base replies, change", "min", "{:+.3f}"),
     Column("forgetting_accuracy", "forgetting: general accuracy change", "max", "{:+.1f}"),
 )
@@ -53,10 +57,14 @@ def run_row(run_dir: Path) -> dict:
         "wall_s": status["train"]["wall_s"],
         "task_loss": after.get("loss"),
         "exact_match": after.get("exact_match"),
-        "latency_ms": measured["latency_ms_per_token"],
-        "merged_latency_ms": measured["merged_latency_ms_per_token"],
-        "forgetting_loss": measured["forgetting"]["loss_change"],
-        "forgetting_accuracy": measured["forgetting"]["accuracy_change"],
+        "accuracy": after.get("accuracy"),
+        "f1": after.get("f1"),
+        "latency_ms": measured.get("latency_ms_per_token"),
+        "merged_latency_ms": measured.get("merged_latency_ms_per_token"),
+        "text_latency_ms": measured.get("latency_ms_per_text"),
+        "merged_text_latency_ms": measured.get("merged_latency_ms_per_text"),
+        "forgetting_loss": (measured.get("forgetting") or {}).get("loss_change"),
+        "forgetting_accuracy": (measured.get("forgetting") or {}).get("accuracy_change"),
         "before": evaluation.get("before", {}),
         "general_before": measured["general_before"],
     }
@@ -73,13 +81,20 @@ def winners(rows: list[dict]) -> dict[str, str]:
     return best
 
 
+def shown_columns(rows: list[dict]) -> tuple[Column, ...]:
+    """The columns some run has a figure for (a classification task has no exact match or forgetting, a language
+    model no accuracy)."""
+    return tuple(c for c in COLUMNS if any(r.get(c.key) is not None for r in rows))
+
+
 def write_report(out_dir: Path, run_dirs: list[Path], title: str) -> dict[str, Path]:
     rows = [run_row(d) for d in run_dirs]
     best = winners(rows)
-    charts = _charts(out_dir, rows)
+    columns = shown_columns(rows)
+    charts = _charts(out_dir, rows, columns)
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html"}
-    paths["md"].write_text(_markdown(rows, best, title, charts))
-    paths["html"].write_text(_html(rows, best, title, charts))
+    paths["md"].write_text(_markdown(rows, best, title, charts, columns))
+    paths["html"].write_text(_html(rows, best, title, charts, columns))
     (out_dir / "report.json").write_text(json.dumps({"rows": rows, "winners": best}, indent=2))
     return {**paths, **{f"chart:{p.stem}": p for p in charts}}
 
@@ -89,22 +104,28 @@ def _cell(row: dict, column: Column) -> str:
     return "—" if value is None else column.fmt.format(value)
 
 
-def _markdown(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]) -> str:
-    header = "| method | " + " | ".join(c.title for c in COLUMNS) + " |"
-    lines = [f"# {title}", "", header, "|" + " --- |" * (len(COLUMNS) + 1)]
+def _markdown(rows: list[dict], best: dict[str, str], title: str, charts: list[Path],
+              columns: tuple[Column, ...]) -> str:
+    header = "| method | " + " | ".join(c.title for c in columns) + " |"
+    lines = [f"# {title}", "", header, "|" + " --- |" * (len(columns) + 1)]
     for row in rows:
-        cells = [f"**{_cell(row, c)}**" if best.get(c.key) == row["method"] else _cell(row, c) for c in COLUMNS]
+        cells = [f"**{_cell(row, c)}**" if best.get(c.key) == row["method"] else _cell(row, c) for c in columns]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     lines += ["", "Best per column (bold above): " + "; ".join(f"{c.title}: **{best[c.key]}**"
-                                                              for c in COLUMNS if c.key in best), ""]
+                                                              for c in columns if c.key in best), ""]
     lines += [_legend(rows), ""] + [f"![{p.stem}]({p.name})" for p in charts]
     return "\n".join(lines) + "\n"
 
 
 def _legend(rows: list[dict]) -> str:
     base = rows[0]
-    before = ", ".join(f"{k} {v:.3g}" for k, v in base["before"].items()) or "not measured"
+    before = ", ".join(f"{k} {v:.3g}" for k, v in base["before"].items()
+                       if isinstance(v, int | float)) or "not measured"
     general = base["general_before"]
+    if general is None:  # a classification task
+        return (f"Base model before training (its new head untrained): task {before}. Latency is the median "
+                "milliseconds to label one test text; merged = the adapter folded into the base (— where a method "
+                "cannot merge).")
     return (f"Base model before training: task {before}; on the general set, answer accuracy "
             f"{general['accuracy']:.1f}% and loss of its own replies {general['loss']:.3f}. Latency is greedy "
             "decoding one prompt at a time (median ms per generated token); merged = the adapter folded into the "
@@ -114,12 +135,13 @@ def _legend(rows: list[dict]) -> str:
             "model no longer answers the way the base did). Both compare the tuned model with the base model.")
 
 
-def _html(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]) -> str:
-    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in COLUMNS)
+def _html(rows: list[dict], best: dict[str, str], title: str, charts: list[Path],
+          columns: tuple[Column, ...]) -> str:
+    head = "".join(f"<th>{html.escape(c.title)}</th>" for c in columns)
     body = []
     for row in rows:
         cells = "".join(f"<td class='{'best' if best.get(c.key) == row['method'] else ''}'>{_cell(row, c)}</td>"
-                        for c in COLUMNS)
+                        for c in columns)
         body.append(f"<tr><th>{html.escape(row['method'])}</th>{cells}</tr>")
     images = "".join(f"<img src='{p.name}' alt='{p.stem}'>" for p in charts)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
@@ -129,7 +151,7 @@ def _html(rows: list[dict], best: dict[str, str], title: str, charts: list[Path]
             f"{''.join(body)}</table><p>{html.escape(_legend(rows))}</p>{images}</body></html>\n")
 
 
-def _charts(out_dir: Path, rows: list[dict]) -> list[Path]:
+def _charts(out_dir: Path, rows: list[dict], shown: tuple[Column, ...]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,9 +159,11 @@ def _charts(out_dir: Path, rows: list[dict]) -> list[Path]:
 
     paths = []
     for group, keys in (("cost", ("trainable_pct", "peak_memory_gib", "tokens_per_s", "wall_s")),
-                        ("quality", ("exact_match", "task_loss", "forgetting_loss", "forgetting_accuracy")),
-                        ("inference", ("latency_ms", "merged_latency_ms"))):
-        columns = [c for c in COLUMNS if c.key in keys]
+                        ("quality", ("exact_match", "accuracy", "f1", "task_loss", "forgetting_loss",
+                                     "forgetting_accuracy")),
+                        ("inference", ("latency_ms", "merged_latency_ms", "text_latency_ms",
+                                       "merged_text_latency_ms"))):
+        columns = [c for c in shown if c.key in keys]
         figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), dpi=100, squeeze=False)
         for axis, column in zip(axes[0], columns, strict=True):
             names = [r["method"] for r in rows]

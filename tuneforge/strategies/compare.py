@@ -15,7 +15,8 @@ from tuneforge.errors import RunDirError
 from tuneforge.reports.compare import write_report
 
 QUICK = ["train.max_steps=12", "train.batch_size=8", "eval.max_examples=30", "eval.max_new_tokens=16",
-         "eval.batch_size=30", "eval.metrics=[loss,exact_match]"]
+         "eval.batch_size=30"]
+QUICK_LM = ["eval.metrics=[loss,exact_match]"]  # a classification task reports its own metrics
 
 
 def compare(config: str | Path | dict, methods: Sequence[str], out_dir: str | Path, *, quick: bool = False,
@@ -27,10 +28,13 @@ def compare(config: str | Path | dict, methods: Sequence[str], out_dir: str | Pa
     from tuneforge.methods import get_method
 
     out = Path(out_dir)
-    base = load_config(config, [*(QUICK if quick else []), *overrides])
+    base = load_config(config, overrides)
+    lm = base.run.task == "causal_lm"
+    base = load_config(config, [*(QUICK + (QUICK_LM if lm else []) if quick else []), *overrides])
     for name in methods:
         get_method(name)  # every name is checked before anything trains
-    general = base_general_scores(base.run.model, base.run.train.precision)
+    # forgetting on a general set is a language model's measure
+    general = base_general_scores(base.run.model, base.run.train.precision) if lm else None
     runs = []
     for index, name in enumerate(methods):
         cfg = base.run.model_copy(deep=True)
