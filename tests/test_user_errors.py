@@ -139,7 +139,7 @@ def test_an_output_dir_that_cannot_be_written_fails_before_the_model_loads(tmp_p
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model loaded before the output directory was checked")
 
-    monkeypatch.setattr(run_module, "load_causal_lm", must_not_load)
+    monkeypatch.setattr(run_module, "load_model", must_not_load)
     path = config_file(tmp_path, tiny_model_dir)
     refused(["train", str(path), "output.dir=/proc/tuneforge-run"], "output.dir", "cannot write")
 

@@ -85,8 +85,9 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
 @user_errors
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
              data: Annotated[str, typer.Option(help="dataset file in any supported format")],
-             metrics: Annotated[str, typer.Option(help="comma list of loss, exact_match, rouge, bleu")] =
-             "loss,exact_match,rouge,bleu",
+             metrics: Annotated[str | None, typer.Option(help="comma list of loss, exact_match, rouge, bleu "
+                                                         "(default: all four); a classification run reports all of "
+                                                         "its task's")] = None,
              batch_size: Annotated[int, typer.Option(min=1)] = 16,
              max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
              max_examples: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N")] = None,
@@ -94,12 +95,14 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
              ) -> None:
     """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU; a classification run
     reports all of its task's metrics (accuracy, F1, per class; entity F1; MSE and Pearson's r)."""
-    from tuneforge.config import parse_metrics
+    from tuneforge.config import TASK_METRICS, parse_metrics
     from tuneforge.engine.session import evaluate_run
     from tuneforge.engine.tracking import flat_scores
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.engine.trained import load_trained, require_run_dir
 
-    wanted = parse_metrics(metrics, "--metrics")
+    task = require_run_dir(run_dir).task
+    default = "loss,exact_match,rouge,bleu" if task == "causal_lm" else ",".join(TASK_METRICS[task])
+    wanted = parse_metrics(metrics or default, "--metrics", task)
     trained = load_trained(run_dir)
     scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    max_examples=max_examples)

@@ -178,14 +178,15 @@ class EvalConfig(Strict):
         return [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
 
 
-def parse_metrics(text: str, where: str) -> list[str]:
-    """A comma list of metric names (the command line's --metrics), each checked."""
+def parse_metrics(text: str, where: str, task: str = "causal_lm") -> list[str]:
+    """A comma list of metric names (the command line's --metrics), each checked against what `task` reports."""
     names = [m.strip() for m in text.split(",") if m.strip()]
-    valid = list(Metric.__args__)
+    valid = list(TASK_METRICS[task])
     for name in names:
         if name not in valid:
             hint = closest_name(name, valid)
-            raise ConfigError(f"{where}: unknown metric {name!r}\n  fix: " + (f"did you mean '{hint}'? " if hint
+            what = "unknown metric" if name not in Metric.__args__ else f"a metric task {task} does not report:"
+            raise ConfigError(f"{where}: {what} {name!r}\n  fix: " + (f"did you mean '{hint}'? " if hint
                               else "") + f"choose from {', '.join(valid)}")
     if not names:
         raise ConfigError(f"{where}: no metric given\n  fix: choose from {', '.join(valid)}")

@@ -28,3 +28,24 @@ def save_tiny_llama(directory: str | Path, tokenizer, **kwargs) -> Path:
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def save_tiny_bert(directory: str | Path, tokenizer, *, hidden: int = 32, layers: int = 2, heads: int = 2,
+                   intermediate: int = 64, seed: int = 0, init: float = 0.3) -> Path:
+    """A randomly initialised BERT encoder (BertModel, as a sentence encoder is published) sharing `tokenizer`'s
+    vocabulary, written with the tokenizer as a Hugging Face directory usable as `model: <directory>`. Its
+    weights are drawn wider than BERT's 0.02, so that its [CLS] state differs between texts the way a trained
+    encoder's does (at 0.02 a tiny random BERT gives every text nearly the same one); no dropout, which at this size
+    only slows learning down."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128,
+                        pad_token_id=tokenizer.pad_token_id, initializer_range=init, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory

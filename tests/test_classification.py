@@ -1,0 +1,317 @@
+"""Classification tasks: sequence classification, token classification (BIO tags) and regression on
+BERT-style encoders (and a decoder with a classification head): the losses against hand-computed values, the
+records' checks (located, before any model loads), training end to end with the head trained and saved under
+every kind of method, the metrics (scikit-learn, seqeval), and what a finished run is used for (eval, chat,
+export)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import classification_config, sentiment_records, write_jsonl
+from tuneforge.api import train
+from tuneforge.config import load_config
+from tuneforge.data.labels import LabelSet, collate_labeled, encode_labeled, normaliser
+from tuneforge.data.sources import RawRecord
+from tuneforge.errors import ConfigError, DataError
+from tuneforge.objectives.classify import class_cross_entropy, squared_error
+
+
+# --- losses, by hand ---------------------------------------------------------------------------------------
+
+def test_class_cross_entropy_with_smoothing_and_ignored_tokens_by_hand():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    targets = torch.tensor([0, 1, -100])  # the third is not a labelled token
+    log_p = [[2 - math.log(math.exp(2) + 1), -math.log(math.exp(2) + 1)],
+             [-math.log(1 + math.e), 1 - math.log(1 + math.e)]]
+    plain = -(log_p[0][0] + log_p[1][1])
+    assert float(class_cross_entropy(logits, targets)) == pytest.approx(plain, rel=1e-6)
+    # smoothing 0.2 over 2 classes: the target gets 0.9, the other 0.1
+    smoothed = -sum(0.9 * row[t] + 0.1 * row[1 - t] for row, t in zip(log_p, (0, 1), strict=True))
+    assert float(class_cross_entropy(logits, targets, 0.2)) == pytest.approx(smoothed, rel=1e-6)
+    per_token = class_cross_entropy(logits[None], targets[None])  # [batch, tokens, classes]
+    assert float(per_token) == pytest.approx(plain, rel=1e-6)
+
+
+def test_squared_error_by_hand():
+    assert float(squared_error(torch.tensor([[1.0], [3.0]]), torch.tensor([2.0, 0.5]))) == pytest.approx(1 + 6.25)
+
+
+def test_sft_label_smoothing_matches_torch_and_keeps_the_plain_nll(tiny_model_dir, tokenizer):
+    from tuneforge.data.batching import collate
+    from tuneforge.data.dataset import encode_examples, load_examples
+    from tuneforge.models.parts import label_logits
+    from tuneforge.objectives import LossContext, get_objective
+    from tuneforge.objectives.params import SmoothedParams
+    from tuneforge.models.load import load_causal_lm
+    from tuneforge.config import DataConfig, ModelConfig
+
+    model = load_causal_lm(ModelConfig(path=str(tiny_model_dir)))
+    cfg = DataConfig(train=["quickstart:train"], max_seq_len=64, cache=False)
+    encoded, _ = encode_examples(load_examples(cfg.train, seed=0)[:4], tokenizer, cfg)
+    batch = collate(encoded, tokenizer.pad_token_id)
+    count = sum(e.num_label_tokens for e in encoded)
+    out = get_objective("sft").loss(model, batch, LossContext(count, params=SmoothedParams(label_smoothing=0.1)))
+    logits, targets, _ = label_logits(model, batch)
+    expected = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert out.metrics["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, targets)), rel=1e-5)
+    assert out.metrics["nll"] < float(out.loss)  # smoothing adds the uniform part's cost
+
+
+# --- records and their checks -------------------------------------------------------------------------------
+
+def record(data: dict, where: int = 3) -> RawRecord:
+    return RawRecord("data.jsonl", where, data)
+
+
+def test_records_read_with_the_published_layouts():
+    read = normaliser("sequence_classification")
+    assert read(record({"sentence": "good", "label": 1})).label == "1"  # SST-2: integer labels, kept as names
+    pair = read(record({"premise": "a", "hypothesis": "b", "label": "entailment"}))
+    assert (pair.text, pair.text_pair, pair.label) == ("a", "b", "entailment")
+    named = normaliser("sequence_classification", ["neg", "pos"])(record({"text": "x", "label": 1}))
+    assert named.label == "pos"
+    tagged = normaliser("token_classification", ["O", "B-PER", "I-PER"])(
+        record({"tokens": ["Ada", "Lovelace", "wrote"], "ner_tags": [1, 2, 0]}))  # CoNLL / HF layout
+    assert tagged.tags == ("B-PER", "I-PER", "O")
+    assert normaliser("regression")(record({"text": "x", "score": "3.5"})).label == 3.5  # a CSV cell
+
+
+@pytest.mark.parametrize(("task", "data", "problem"), [
+    ("sequence_classification", {"text": "no label here"}, "field 'label': missing"),
+    ("sequence_classification", {"label": "positive"}, "field 'text': missing"),
+    ("sequence_classification", {"text": "x", "label": [1, 2]}, "a class label must be a string or an integer"),
+    ("regression", {"text": "x", "label": "high"}, "a regression target must be a finite number, got 'high'"),
+    ("regression", {"text": "x", "label": float("nan")}, "must be a finite number"),
+    ("token_classification", {"tokens": ["Ada", "wrote"], "tags": ["B-PER"]},
+     "the tags do not line up with the words: 1 tags for 2 words"),
+    ("token_classification", {"tokens": ["Ada"], "tags": ["PERSON"]}, "is not a BIO tag"),
+])
+def test_a_bad_record_is_refused_with_its_file_line_and_field(task, data, problem):
+    with pytest.raises(DataError) as caught:
+        normaliser(task)(record(data))
+    assert str(caught.value).startswith("data.jsonl:3: ") and problem in str(caught.value)
+    assert "\n  fix: " in str(caught.value)
+
+
+def test_a_test_label_training_never_saw_is_refused(tmp_path, tiny_bert_dir):
+    from tuneforge.engine.datakind import load_splits
+    from tuneforge.engine.labelled import labelled_splits
+    from tuneforge.objectives import get_objective
+
+    config = classification_config(tmp_path, tiny_bert_dir)
+    write_jsonl(Path(config["data"]["test"]), [*sentiment_records(3), {"text": "so so", "label": "mixed"}])
+    loaded = load_config(config)
+    with pytest.raises(DataError, match=r"test.jsonl:4: field 'label': label 'mixed' never occurs in the training"):
+        labelled_splits(loaded, load_splits(loaded, get_objective("classify"), []))
+
+
+def test_a_stratified_split_refuses_a_class_with_one_example(tmp_path, tiny_bert_dir):
+    from tuneforge.engine.datakind import load_splits
+    from tuneforge.engine.labelled import labelled_splits
+    from tuneforge.objectives import get_objective
+
+    config = classification_config(tmp_path, tiny_bert_dir, data={"test": None, "test_fraction": 0.3,
+                                                                   "stratify": True})
+    write_jsonl(Path(config["data"]["train"]), [*sentiment_records(12), {"text": "once", "label": "rare"}])
+    loaded = load_config(config)
+    splits = load_splits(loaded, get_objective("classify"), [])
+    with pytest.raises(DataError, match=r"train.jsonl:13: field 'label': class 'rare' has a single example"):
+        labelled_splits(loaded, splits)
+    write_jsonl(Path(config["data"]["train"]), sentiment_records(30))
+    train_records, test_records, labels = labelled_splits(loaded, load_splits(loaded, get_objective("classify"), []))
+    assert len(test_records) == 9 and {r.label for r in test_records} == set(labels.names)  # 3 of each class
+
+
+def test_bad_data_stops_the_cli_with_exit_2_before_any_model_loads(tmp_path, tiny_bert_dir):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    config = classification_config(tmp_path, tiny_bert_dir, model="/nonexistent/model")  # never reached
+    write_jsonl(Path(config["data"]["train"]), [*sentiment_records(4), {"text": "x", "label": None}])
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 2
+    assert "train.jsonl:5: field 'label': missing" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    (["objective=dpo"], "objective 'dpo' does not train task 'sequence_classification'"),
+    (["eval.metrics=[exact_match]"], "['exact_match'] do not apply to task sequence_classification"),
+    (["train.early_stopping_metric=acuracy"], "did you mean 'accuracy'?"),
+    (["train.packing=true"], "packing joins language-model sequences"),
+])
+def test_config_mistakes_of_a_classification_run_are_named(tmp_path, tiny_bert_dir, overrides, problem):
+    from tuneforge.engine.session import read_recipe
+
+    with pytest.raises(ConfigError) as caught:
+        read_recipe(load_config(classification_config(tmp_path, tiny_bert_dir), overrides))
+    assert problem in str(caught.value)
+
+
+def test_first_sub_token_labelling_and_the_batch(encoder_tokenizer):
+    records = [normaliser("token_classification")(record({"tokens": ["Lovelace", "wrote"], "tags": ["B-PER", "O"]}))]
+    labels = LabelSet.of("token_classification", records)
+    assert labels.names == ("O", "B-PER")  # O first
+    [example], _ = encode_labeled(records, encoder_tokenizer, labels, 32)
+    pieces = encoder_tokenizer.convert_ids_to_tokens(list(example.input_ids))
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and len(pieces) > 4  # "lovelace" is several pieces
+    expected = [-100] * len(pieces)
+    expected[1], expected[pieces.index("wrote")] = 1, 0
+    assert list(example.target) == expected and example.num_label_tokens == 2
+    batch = collate_labeled([example, example], encoder_tokenizer.pad_token_id)
+    assert batch["labels"].shape == batch["input_ids"].shape and int(batch["num_label_tokens"]) == 4
+
+
+# --- training end to end -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sentiment_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    tmp = tmp_path_factory.mktemp("sentiment")
+    result = train(classification_config(tmp, tiny_bert_dir, eval={"compare_base": True}), quiet=True)
+    return result.run_dir
+
+
+def test_a_lora_classifier_learns_and_reports_every_metric(sentiment_run):
+    evaluation = json.loads((sentiment_run / "eval.json").read_text())
+    before, after = evaluation["before"], evaluation["after"]
+    assert after["accuracy"] == 100.0 and after["loss"] < before["loss"]
+    assert set(after["per_class"]) == {"negative", "neutral", "positive"}
+    assert after["confusion"]["matrix"] == [[3, 0, 0], [0, 3, 0], [0, 0, 3]]
+    assert after["f1"] == after["f1_micro"] == 100.0
+    assert json.loads((sentiment_run / "labels.json").read_text()) == {
+        "task": "sequence_classification", "names": ["negative", "neutral", "positive"]}
+    assert (sentiment_run / "confusion.png").stat().st_size > 1000
+    sample = evaluation["samples"][0]
+    assert sample["prediction"] == sample["reference"] and sum(sample["probabilities"].values()) == pytest.approx(1,
+                                                                                                              abs=1e-3)
+    # the head and BERT's pooler are saved with the adapter, in peft's format
+    config = json.loads((sentiment_run / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and {"classifier", "pooler"} <= set(config["modules_to_save"])
+
+
+def test_eval_and_chat_on_a_finished_classification_run(sentiment_run):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    run_config = load_config(sentiment_run / "config.yaml").run
+    result = CliRunner().invoke(app, ["eval", str(sentiment_run), "--data", run_config.data.test[0].path])
+    assert result.exit_code == 0, result.stderr
+    assert "accuracy  100.0000" in result.stdout and "per_class" not in result.stdout
+    chat = CliRunner().invoke(app, ["chat", str(sentiment_run), "--message", "great thing number 500"])
+    assert chat.exit_code == 0, chat.stderr
+    assert "assistant: positive  (positive 0." in chat.stdout
+
+
+def test_the_merged_export_is_a_plain_transformers_classifier(sentiment_run, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tuneforge.engine.export import export_run
+
+    out = export_run(sentiment_run, tmp_path / "export", merge=True)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    texts = [r["text"] for r in sentiment_records(9, offset=100)]
+    with torch.no_grad():
+        predicted = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+    assert [model.config.id2label[i] for i in predicted] == [r["label"] for r in sentiment_records(9, offset=100)]
+
+
+@pytest.mark.parametrize("method", ["bitfit", "adapter", "full"])
+def test_every_kind_of_method_trains_and_reloads_the_head(tmp_path, tiny_bert_dir, method):
+    from tuneforge.engine.session import evaluate_run
+    from tuneforge.engine.trained import load_trained
+
+    config = classification_config(tmp_path, tiny_bert_dir, train={"lr": 3e-3 if method == "full" else 2e-2})
+    config["method"] = {"name": method}
+    result = train(config, quiet=True)
+    after = json.loads((result.run_dir / "eval.json").read_text())["after"]
+    reloaded, _ = evaluate_run(load_trained(result.run_dir), config["data"]["test"], ["loss"])
+    assert reloaded["accuracy"] == after["accuracy"] and reloaded["loss"] == pytest.approx(after["loss"], rel=1e-4)
+    assert after["accuracy"] > 34  # better than a constant guess
+
+
+def test_token_classification_scores_entities_with_seqeval(tmp_path, tiny_bert_dir):
+    records = [{"tokens": [name, "visited", place, "."], "tags": ["B-PER", "O", "B-LOC", "O"]}
+               for name, place in zip(["Ada", "Tom", "Omar", "Lars"] * 5, ["Paris", "Oslo", "Lima", "Kyoto"] * 5,
+                                      strict=True)]
+    config = classification_config(tmp_path, tiny_bert_dir, task="token_classification",
+                                   train={"max_steps": 30, "lr": 2e-2})
+    write_jsonl(Path(config["data"]["train"]), records)
+    write_jsonl(Path(config["data"]["test"]), records[:4])
+    result = train(config, quiet=True)
+    after = json.loads((result.run_dir / "eval.json").read_text())["after"]
+    assert set(after["per_class"]) == {"PER", "LOC"}  # entity types, not tags
+    assert after["f1"] == 100.0 and after["accuracy"] == 100.0
+    assert json.loads((result.run_dir / "eval.json").read_text())["samples"][0]["prediction"] == "B-PER O B-LOC O"
+
+
+def test_regression_reports_mse_and_pearson(tmp_path, tiny_bert_dir):
+    records = [{"text": f"{word} item {i}", "label": value} for i, (word, value) in
+               enumerate([("tiny", 0.0), ("small", 1.0), ("big", 2.0), ("huge", 3.0)] * 6)]
+    config = classification_config(tmp_path, tiny_bert_dir, task="regression", train={"max_steps": 25, "lr": 3e-3})
+    config["method"] = {"name": "full"}
+    write_jsonl(Path(config["data"]["train"]), records)
+    write_jsonl(Path(config["data"]["test"]), records[:8])
+    result = train(config, quiet=True)
+    after = json.loads((result.run_dir / "eval.json").read_text())["after"]
+    assert set(after) >= {"loss", "mse", "pearson"} and after["mse"] == pytest.approx(after["loss"], rel=1e-4)
+    assert after["pearson"] > 0.9 and after["mse"] < 0.5
+
+
+def test_a_decoder_with_a_classification_head_trains(tmp_path, tiny_model_dir):
+    config = classification_config(tmp_path, tiny_model_dir)
+    result = train(config, quiet=True)
+    config_json = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert "score" in config_json["modules_to_save"]
+    after = json.loads((result.run_dir / "eval.json").read_text())["after"]
+    assert after["accuracy"] > 34
+
+
+# --- regularisation and schedules ----------------------------------------------------------------------------
+
+def test_layer_wise_learning_rate_decay_scales_by_depth(tiny_bert_dir):
+    from tuneforge.engine.optim import layer_lr_decay
+    from tuneforge.models.load import Head, load_model
+    from tuneforge.config import ModelConfig
+
+    model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head("sequence_classification", ("a", "b")))
+    scale = layer_lr_decay(model, 0.5)  # 2 layers
+    assert scale("classifier.weight") == scale("bert.pooler.dense.weight") == 1.0
+    assert scale("bert.encoder.layer.1.attention.self.query.weight") == 1.0
+    assert scale("base_model.model.bert.encoder.layer.0.output.dense.lora_A.default.weight") == 0.5
+    assert scale("bert.embeddings.word_embeddings.weight") == 0.25
+
+
+def test_dropout_override_reaches_the_model_config(tiny_bert_dir):
+    from tuneforge.models.load import Head, load_model
+    from tuneforge.config import ModelConfig
+
+    model = load_model(ModelConfig(path=str(tiny_bert_dir), hidden_dropout=0.3, attention_dropout=0.0),
+                       Head("sequence_classification", ("a", "b")))
+    assert model.config.hidden_dropout_prob == 0.3 and model.config.attention_probs_dropout_prob == 0.0
+
+
+def test_plateau_schedule_and_early_stopping_watch_a_metric(tmp_path, tiny_bert_dir):
+    from tuneforge.engine.tracking import read_metrics
+
+    # a learning rate too small to move accuracy: it plateaus, the rate is halved each evaluation, then it stops
+    config = classification_config(tmp_path, tiny_bert_dir, train={
+        "lr": 1e-7, "max_steps": 12, "eval_every": 2, "schedule": "plateau", "plateau_patience": 1,
+        "early_stopping_metric": "accuracy", "early_stopping_patience": 3})
+    result = train(config, quiet=True)
+    assert result.train["stopped_early"] and result.steps == 8  # evaluations at 2 (best), 4, 6, 8
+    rates = {r["step"]: r["lr"] for r in read_metrics(result.run_dir) if r["kind"] == "train"}
+    assert rates[1] == pytest.approx(1e-7) and rates[5] == pytest.approx(0.5e-7) and rates[7] == pytest.approx(0.25e-7)
+
