@@ -363,6 +363,47 @@ def collate_labeled(examples: Sequence[LabeledExample], pad_id: int) -> dict:
     return batch
 
 
+PACK_WIDTH = 128  # tokens per packed row at least: short texts share a row, the attention per row stays small
+
+
+def collate_labeled_packed(examples: Sequence[LabeledExample], pad_id: int) -> dict:
+    """`collate_labeled`'s batch without its padding: the texts packed first-fit-decreasing into rows of at
+    least PACK_WIDTH tokens (or the longest text), each attending only to itself (a 4-D block-diagonal mask),
+    positions restarting at 0. `unpack_index` [texts, longest] gives each token's place in the flattened rows,
+    so the encoder's output can be gathered back into the padded layout the head and labels use
+    (`models.parts.unpacked_encoder_output`): the same logits, with the padding's share of the compute gone."""
+    import torch
+
+    from tuneforge.data.batching import _first_fit_decreasing
+
+    padded = collate_labeled(examples, pad_id)
+    lengths = [len(e) for e in examples]
+    rows = _first_fit_decreasing(lengths, max(max(lengths), PACK_WIDTH))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    types = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    allowed = torch.zeros((len(rows), width, width), dtype=torch.bool)
+    index = torch.zeros((len(examples), max(lengths)), dtype=torch.long)
+    for r, row in enumerate(rows):
+        offset = 0
+        for i in row:
+            n, span = lengths[i], slice(offset, offset + lengths[i])
+            input_ids[r, span] = padded["input_ids"][i, :n]
+            if "token_type_ids" in padded:
+                types[r, span] = padded["token_type_ids"][i, :n]
+            positions[r, span] = torch.arange(n)
+            allowed[r, span, span] = True
+            index[i, :n] = r * width + offset + torch.arange(n)
+            offset += n
+        allowed[r, offset:, offset:] = torch.eye(width - offset, dtype=torch.bool)  # padding sees itself
+    packed = {**padded, "input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": positions,
+              "unpack_index": index}
+    if "token_type_ids" in padded:
+        packed["token_type_ids"] = types
+    return packed
+
+
 def split_off_test(records: Sequence[Labeled], fraction: float, stratify: bool, seed: int,
                    where: str) -> tuple[list[Labeled], list[Labeled]]:
     """(train, test): a seeded `fraction` of the records held out, in each class's proportion when

@@ -27,7 +27,7 @@ from tuneforge.data.batching import (
     to_device,
 )
 from tuneforge.data.dataset import TrainExample
-from tuneforge.data.labels import LabeledExample, collate_labeled
+from tuneforge.data.labels import LabeledExample, collate_labeled, collate_labeled_packed
 from tuneforge.engine import checkpoint, distributed
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.resources import resource_guard
@@ -146,8 +146,10 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     """One optimizer step over an accumulation window (this process's share of it); the loss is normalised by
     the whole window's label tokens."""
     world = distributed.world()
-    collate_fn = collate_labeled if isinstance(inputs.examples[window[0][0]], LabeledExample) else collate
-    if inputs.cfg.packing:
+    collate_fn = collate
+    if isinstance(inputs.examples[window[0][0]], LabeledExample):
+        collate_fn = collate_labeled_packed if inputs.cfg.packing else collate_labeled
+    elif inputs.cfg.packing:
         collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
     share = world.share(window)
     # a window shorter than the processes (an epoch's end): a process with no micro-batch of its own runs the

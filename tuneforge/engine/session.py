@@ -41,6 +41,7 @@ from tuneforge.evaluation.metrics import GENERATION_METRICS
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
 from tuneforge.methods.base import MethodParams, train_head
 from tuneforge.models.load import load_model, load_tokenizer
+from tuneforge.models.parts import PACKABLE_ENCODERS, packable_encoder
 from tuneforge.objectives import Objective, get_objective, validate_objective_params
 from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.params import GkdParams, ObjectiveParams
@@ -70,9 +71,6 @@ def read_recipe(loaded: LoadedConfig) -> Recipe:
         wanted = "classify (or regress for regression)" if cfg.task != "causal_lm" else "a language-model objective"
         raise ConfigError(f"{loaded.where('objective')}: objective '{objective.name}' does not train task "
                           f"'{cfg.task}'\n  fix: use objective {wanted}, or set task to match")
-    if cfg.task != "causal_lm" and cfg.train.packing:
-        raise ConfigError(f"{loaded.where('train', 'packing')}: packing joins language-model sequences; a "
-                          f"{cfg.task} model reads each text on its own\n  fix: set train.packing: false")
     if cfg.train.packing and not method.supports_packing:
         raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
@@ -187,6 +185,10 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
     model = method.apply(load_model(cfg.model, head_of(labels), **load_kwargs), recipe.method_params)
     if labels is not None:
         train_head(model)
+        if cfg.train.packing and packable_encoder(model) is None:
+            raise ConfigError(f"{loaded.where('train', 'packing')}: packing a {cfg.task} batch needs a BERT-style "
+                              f"encoder ({', '.join(PACKABLE_ENCODERS)}); {model.config.model_type} is not one\n"
+                              "  fix: set train.packing: false")
     if objective.attach:
         objective.attach(model)
     precision.cast_frozen_weights(model, chosen)

@@ -7,6 +7,8 @@ small model's FLOPs), so callers get hidden states rather than full logits.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -118,3 +120,36 @@ class Bottleneck(torch.nn.Module):
         hidden = out[0] if isinstance(out, tuple) else out
         adapted = hidden + self.up(self.act(self.down(hidden)))
         return (adapted, *out[1:]) if isinstance(out, tuple) else adapted
+
+
+PACKABLE_ENCODERS = ("bert",)  # absolute positions from position_ids, a 4-D attention mask honoured (tested)
+
+
+def packable_encoder(model) -> torch.nn.Module | None:
+    """The transformer stack of a BERT-style classifier whose rows can be packed (`unpacked_encoder_output`),
+    or None. Found through any wrapper (peft, DDP) by its name, <base model prefix>.encoder."""
+    config = getattr(model, "config", None) or model.module.config  # DDP keeps the model in .module
+    if getattr(config, "model_type", None) not in PACKABLE_ENCODERS:
+        return None
+    wanted = f"{config.model_type}.encoder"
+    return next((m for name, m in model.named_modules() if name == wanted or name.endswith("." + wanted)), None)
+
+
+@contextlib.contextmanager
+def unpacked_encoder_output(model, index: torch.Tensor):
+    """While open, the encoder stack's output (packed rows [rows, width, hidden]) is gathered back into the
+    padded layout [sequences, length, hidden] by `index` (each token's place in the flattened rows), so the
+    pooler, the head and the loss see exactly what they would see for the unpacked batch."""
+    def gather(module, args, output):
+        hidden = output[0]
+        unpacked = hidden.reshape(-1, hidden.shape[-1])[index]
+        if isinstance(output, tuple):
+            return (unpacked, *output[1:])
+        output["last_hidden_state"] = unpacked  # a ModelOutput: its attribute follows
+        return output
+
+    handle = packable_encoder(model).register_forward_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -9,15 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.config import IGNORE_INDEX
+from tuneforge.models.parts import unpacked_encoder_output
 from tuneforge.objectives.base import LossContext, LossOutput, Objective
 from tuneforge.objectives.params import ObjectiveParams, SmoothedParams
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
 def head_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The head's outputs: [batch, classes], [batch, tokens, classes], or [batch, 1] for regression, in fp32."""
-    return model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+    """The head's outputs: [batch, classes], [batch, tokens, classes], or [batch, 1] for regression, in fp32.
+    A packed batch (`collate_labeled_packed`) runs the encoder on its packed rows and the head on the texts."""
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    if "unpack_index" not in batch:
+        return model(**inputs).logits.float()
+    with unpacked_encoder_output(model, batch["unpack_index"]):
+        return model(**inputs).logits.float()
 
 
 def class_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
