@@ -82,7 +82,9 @@ def trainable_summary(model) -> tuple[int, int]:
 
 
 HEAD_NAMES = ("pre_classifier", "classifier", "score")  # what transformers calls a classification head
-POOLER = "pooler"  # BERT's pooler (dense + tanh over [CLS]) feeds its classifier: part of the head
+# BERT's pooler (dense + tanh over [CLS]) feeds its classifier: part of the head. Named by its linear layer, which
+# holds its weights: peft cannot merge a whole non-linear module kept in modules_to_save (IA3's unload fails)
+POOLER = "pooler.dense"
 
 
 def head_modules(model) -> list[str]:
@@ -95,8 +97,7 @@ def head_modules(model) -> list[str]:
 
 
 def _has_pooler(model) -> bool:
-    body = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    return getattr(body, POOLER, None) is not None
+    return any(name.endswith("." + POOLER) for name, _ in model.named_modules())
 
 
 def peft_task_type(model) -> str:
@@ -121,7 +122,7 @@ def train_head(model) -> None:
         raise ModelError(f"cannot find the classification head of {type(model).__name__} (looked for "
                          f"{', '.join(HEAD_NAMES)})\n  fix: use a model class transformers gives such a head")
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in names:
+        if any(name == n or name.endswith("." + n) for n in names):
             module.requires_grad_(True)
 
 
