@@ -374,3 +374,17 @@ def test_packing_trains_the_same_weights_and_is_refused_where_it_cannot_work(tmp
         torch.testing.assert_close(runs[True][name], tensor, atol=1e-4, rtol=1e-3)
     with pytest.raises(ConfigError, match="packing a sequence_classification batch needs a BERT-style encoder"):
         train(classification_config(tmp_path, tiny_model_dir, train={"packing": True}), quiet=True)
+
+
+def test_data_check_shows_the_label_set_and_the_records_as_tokens(tmp_path, tiny_bert_dir):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    path = tmp_path / "run.yaml"
+    path.write_text(json.dumps(classification_config(tmp_path, tiny_bert_dir)))
+    result = CliRunner().invoke(app, ["data", "check", str(path), "--samples", "1"])
+    assert result.exit_code == 0, result.stderr
+    assert "3 labels, in the head's order: negative, neutral, positive" in result.stdout
+    assert "negative 10, neutral 10, positive 10" in result.stdout
+    assert "[CLS] great thing number 0 [SEP]  ->  positive" in result.stdout

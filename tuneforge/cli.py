@@ -212,6 +212,9 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
     splits = load_splits(loaded, get_objective(cfg.objective.name), notes)
     for note in notes:
         print(note)
+    if cfg.task != "causal_lm":
+        _check_labelled(loaded, splits, samples)
+        return
     tokenizer = load_tokenizer(cfg.model)
     failed = False
     for split, examples in splits.items():
@@ -238,6 +241,34 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
             print("  " + marked_text(item, tokenizer).replace("\n", "\n  "))
     if failed:
         raise typer.Exit(2)
+
+
+def _check_labelled(loaded, splits: dict, samples: int) -> None:
+    """`data check` for a classification task: the label set, each split's classes and lengths, and a few
+    records as the model's tokens with their label."""
+    from tuneforge.data.labels import encode_labeled
+    from tuneforge.engine.labelled import labelled_splits
+    from tuneforge.models.load import load_tokenizer
+
+    cfg = loaded.run
+    train_records, test_records, labels = labelled_splits(loaded, splits)
+    tokenizer = load_tokenizer(cfg.model)
+    if labels.names:
+        print(f"{cfg.task}: {len(labels.names)} labels, in the head's order: {', '.join(labels.names)}")
+    for split, records in (("train", train_records), ("test", test_records)):
+        if not records:
+            continue
+        encoded, stats = encode_labeled(records, tokenizer, labels, cfg.data.max_seq_len)
+        summary = stats.summary()
+        print(f"[{split}] {summary['examples']} records, {summary['truncated']} truncated to "
+              f"max_seq_len={cfg.data.max_seq_len}; tokens {summary['tokens']}, length p50 {summary['length_p50']} "
+              f"max {summary['length_max']}")
+        if summary["classes"]:
+            print("  " + ", ".join(f"{name} {count}" for name, count in summary["classes"].items()))
+        for item in encoded[:samples]:
+            truth = " ".join(item.example.truth) if item.example.words else item.example.truth
+            print(f"  --- {item.example.location}: {' '.join(tokenizer.convert_ids_to_tokens(list(item.input_ids)))}"
+                  f"  ->  {truth}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
