@@ -21,7 +21,6 @@ from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.objectives.classify import class_cross_entropy, squared_error
 
-
 # --- losses, by hand ---------------------------------------------------------------------------------------
 
 def test_class_cross_entropy_with_smoothing_and_ignored_tokens_by_hand():
@@ -43,13 +42,13 @@ def test_squared_error_by_hand():
 
 
 def test_sft_label_smoothing_matches_torch_and_keeps_the_plain_nll(tiny_model_dir, tokenizer):
+    from tuneforge.config import DataConfig, ModelConfig
     from tuneforge.data.batching import collate
     from tuneforge.data.dataset import encode_examples, load_examples
+    from tuneforge.models.load import load_causal_lm
     from tuneforge.models.parts import label_logits
     from tuneforge.objectives import LossContext, get_objective
     from tuneforge.objectives.params import SmoothedParams
-    from tuneforge.models.load import load_causal_lm
-    from tuneforge.config import DataConfig, ModelConfig
 
     model = load_causal_lm(ModelConfig(path=str(tiny_model_dir)))
     cfg = DataConfig(train=["quickstart:train"], max_seq_len=64, cache=False)
@@ -125,8 +124,10 @@ def test_a_stratified_split_refuses_a_class_with_one_example(tmp_path, tiny_bert
     with pytest.raises(DataError, match=r"train.jsonl:13: field 'label': class 'rare' has a single example"):
         labelled_splits(loaded, splits)
     write_jsonl(Path(config["data"]["train"]), sentiment_records(30))
-    train_records, test_records, labels = labelled_splits(loaded, load_splits(loaded, get_objective("classify"), []))
-    assert len(test_records) == 9 and {r.label for r in test_records} == set(labels.names)  # 3 of each class
+    splits = load_splits(loaded, get_objective("classify"), [])
+    train_records, test_records, labels = labelled_splits(loaded, splits)
+    assert len(train_records) == 21 and len(test_records) == 9
+    assert {r.label for r in test_records} == set(labels.names)  # 3 of each class
 
 
 def test_bad_data_stops_the_cli_with_exit_2_before_any_model_loads(tmp_path, tiny_bert_dir):
@@ -294,9 +295,9 @@ def test_a_decoder_with_a_classification_head_trains(tmp_path, tiny_model_dir):
 # --- regularisation and schedules ----------------------------------------------------------------------------
 
 def test_layer_wise_learning_rate_decay_scales_by_depth(tiny_bert_dir):
+    from tuneforge.config import ModelConfig
     from tuneforge.engine.optim import layer_lr_decay
     from tuneforge.models.load import Head, load_model
-    from tuneforge.config import ModelConfig
 
     model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head("sequence_classification", ("a", "b")))
     scale = layer_lr_decay(model, 0.5)  # 2 layers
@@ -307,8 +308,8 @@ def test_layer_wise_learning_rate_decay_scales_by_depth(tiny_bert_dir):
 
 
 def test_dropout_override_reaches_the_model_config(tiny_bert_dir):
-    from tuneforge.models.load import Head, load_model
     from tuneforge.config import ModelConfig
+    from tuneforge.models.load import Head, load_model
 
     model = load_model(ModelConfig(path=str(tiny_bert_dir), hidden_dropout=0.3, attention_dropout=0.0),
                        Head("sequence_classification", ("a", "b")))
@@ -333,11 +334,11 @@ def test_plateau_schedule_and_early_stopping_watch_a_metric(tmp_path, tiny_bert_
 
 @pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
 def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, encoder_tokenizer, task):
+    from tuneforge.config import ModelConfig
     from tuneforge.data.labels import collate_labeled_packed
     from tuneforge.models.load import Head, load_model
     from tuneforge.objectives import LossContext
     from tuneforge.objectives.classify import classify_loss, head_logits
-    from tuneforge.config import ModelConfig
 
     if task == "token_classification":
         raw = [{"tokens": ["word"] * (1 + i % 7) + ["Ada"], "tags": ["O"] * (1 + i % 7) + ["B-PER"]}
