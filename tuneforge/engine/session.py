@@ -67,6 +67,10 @@ def read_recipe(loaded: LoadedConfig) -> Recipe:
     objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
     rewards = (resolve_rewards(objective_params, loaded.where("objective"), loaded.resolve_path)
                if objective.data == "prompts" else [])
+    if cfg.task != "causal_lm" and cfg.strategy.name != "single":
+        raise ConfigError(f"{loaded.where('strategy')}: strategy '{cfg.strategy.name}' trains language models only "
+                          f"so far; task '{cfg.task}' trains with strategy single (and `tuneforge compare`)\n  fix: "
+                          "remove the strategy section, or set task: causal_lm")
     if (objective.data == "labels") != (cfg.task != "causal_lm"):
         wanted = "classify (or regress for regression)" if cfg.task != "causal_lm" else "a language-model objective"
         raise ConfigError(f"{loaded.where('objective')}: objective '{objective.name}' does not train task "
