@@ -106,6 +106,7 @@ def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int,
     return out, extra
 
 
+MIN_GAIN = 5.0  # exact-match points on 100 prompts below which a "share of the gain" is noise over noise
 # each whole-vocabulary kd variant and its top-32 twin (the same settings, the teacher's 32 from the cache)
 TWINS = {"kd": "kd-top32", "kd-t2": "kd-top32-t2", "kd-t4": "kd-top32-t4"}
 
@@ -124,8 +125,9 @@ def gains(figures: dict) -> list[str]:
         if top in figures and "cache" in figures[top]:
             cache, top_gain = figures[top]["cache"], figures[top]["exact_match"] - sft
             full_bytes = cache["full_vocabulary_bytes_fp32"]
-            kept = (f"it keeps {100 * top_gain / gain:.0f}% of {full}'s gain" if gain > 0 else
-                    f"{full} gained nothing over SFT here, so no share of a gain is defined ({top_gain:+.1f})")
+            kept = (f"it keeps {100 * top_gain / gain:.0f}% of {full}'s gain" if gain >= MIN_GAIN else
+                    f"{full} gained {gain:+.1f} over SFT here, within what one seed moves a cell, so no share of a "
+                    f"gain is defined ({top_gain:+.1f})")
             notes.append(f"{top}: {top_gain:+.1f} over SFT; its cache {cache['bytes'] / 2**20:.1f} MiB for "
                          f"{cache['positions']} trained positions ({100 * cache['bytes'] / full_bytes:.2f}% of a "
                          f"full-vocabulary fp32 cache, {full_bytes / 2**30:.1f} GiB); {kept}")
