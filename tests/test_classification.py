@@ -333,8 +333,9 @@ def test_plateau_schedule_and_early_stopping_watch_a_metric(tmp_path, tiny_bert_
 
 # --- padding-free encoder batches ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
-def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, encoder_tokenizer, task):
+def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, encoder_tokenizer, task, attention):
     from tuneforge.config import ModelConfig
     from tuneforge.data.labels import collate_labeled_packed
     from tuneforge.models.load import Head, load_model
@@ -350,7 +351,8 @@ def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, e
     records = [normaliser(task)(record(r, i)) for i, r in enumerate(raw)]
     labels = LabelSet.of(task, records)
     examples, _ = encode_labeled(records, encoder_tokenizer, labels, 64)
-    model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head(task, labels.names)).eval()
+    model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head(task, labels.names),
+                       attn_implementation=attention).eval()
     padded, packed = collate_labeled(examples, 0), collate_labeled_packed(examples, 0)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()  # the padding is gone
     assert packed["attention_mask"].dim() == 4 and packed["position_ids"].max() == max(len(e) for e in examples) - 1

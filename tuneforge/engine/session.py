@@ -186,6 +186,11 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
         # the checkpoint's own dtype: a bf16 checkpoint is not widened to fp32 in memory only to be narrowed
         # again (an 8B model would pass through 32 GB); trainable weights are widened to fp32 below, exactly
         load_kwargs.setdefault("dtype", "auto")
+    if labels is not None and device.type == "cpu" and chosen == "bf16":
+        # SDPA's bf16 backward on a CPU is several times slower than eager attention's products of the same
+        # shapes: a default-encoder LoRA step 324 -> 127 ms padded, 209 -> 102 packed (`python -m
+        # bench.attention_cpu`, AMX Xeon, 2 threads); in fp32 the two are level
+        load_kwargs.setdefault("attn_implementation", "eager")
     model = method.apply(load_model(cfg.model, head_of(labels), **load_kwargs), recipe.method_params)
     if labels is not None:
         train_head(model)
