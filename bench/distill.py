@@ -51,6 +51,7 @@ VARIANTS: dict[str, dict] = {
     "kd-t2-all": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "data": {"train_on_prompt": True}},
     "kd-top32-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 32},
     "kd-top32-t4": {"name": "kd", "alpha": 0.9, "temperature": 4.0, "top_k": 32},
+    "kd-top128-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 128},  # how much of the tail k carries
     "seqkd": {"name": "seqkd"},
     "gkd": {"name": "gkd", "lam": 0.5, "max_new_tokens": 16},
     "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5, "max_new_tokens": 16},  # SFT on the data's answers too
@@ -107,22 +108,22 @@ def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int,
 
 
 MIN_GAIN = 5.0  # exact-match points on 100 prompts below which a "share of the gain" is noise over noise
-# each whole-vocabulary kd variant and its top-32 twin (the same settings, the teacher's 32 from the cache)
-TWINS = {"kd": "kd-top32", "kd-t2": "kd-top32-t2", "kd-t4": "kd-top32-t4"}
+# each whole-vocabulary kd variant and its top-k twins (the same settings, the teacher's k from the cache)
+TWINS = {"kd": ("kd-top32",), "kd-t2": ("kd-top32-t2", "kd-top128-t2"), "kd-t4": ("kd-top32-t4",)}
 
 
 def gains(figures: dict) -> list[str]:
-    """Each kd variant's exact match over SFT alone's, and what its top-32 twin keeps of that gain, at what
+    """Each kd variant's exact match over SFT alone's, and what each top-k twin keeps of that gain, at what
     share of a full-vocabulary cache's storage."""
     if "sft" not in figures:
         return []
     sft, notes = figures["sft"]["exact_match"], []
-    for full, top in TWINS.items():
+    for full, tops in TWINS.items():
         if full not in figures:
             continue
         gain = figures[full]["exact_match"] - sft
         notes.append(f"{full} over SFT alone: {gain:+.1f} exact match")
-        if top in figures and "cache" in figures[top]:
+        for top in (t for t in tops if t in figures and "cache" in figures[t]):
             cache, top_gain = figures[top]["cache"], figures[top]["exact_match"] - sft
             full_bytes = cache["full_vocabulary_bytes_fp32"]
             kept = (f"it keeps {100 * top_gain / gain:.0f}% of {full}'s gain" if gain >= MIN_GAIN else

@@ -163,7 +163,8 @@ def test_first_sub_token_labelling_and_the_batch(encoder_tokenizer):
     records = [normaliser("token_classification")(record({"tokens": ["Lovelace", "wrote"], "tags": ["B-PER", "O"]}))]
     labels = LabelSet.of("token_classification", records)
     assert labels.names == ("O", "B-PER")  # O first
-    [example], _ = encode_labeled(records, encoder_tokenizer, labels, 32)
+    [example], stats = encode_labeled(records, encoder_tokenizer, labels, 32)
+    assert stats.summary()["label_tokens"] == 2  # the tagged words, not the records
     pieces = encoder_tokenizer.convert_ids_to_tokens(list(example.input_ids))
     assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]" and len(pieces) > 4  # "lovelace" is several pieces
     expected = [-100] * len(pieces)

@@ -268,11 +268,12 @@ class LabeledStats:
     truncated: int = 0
     lengths: list[int] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    label_tokens: int = 0  # what the loss averages over: texts, or tagged words
 
     def summary(self) -> dict:
         lengths = sorted(self.lengths) or [0]
         return {"examples": self.examples, "kept": self.examples, "truncated": self.truncated, "dropped": 0,
-                "tokens": sum(lengths), "label_tokens": self.examples, "length_max": lengths[-1],
+                "tokens": sum(lengths), "label_tokens": self.label_tokens, "length_max": lengths[-1],
                 "length_p50": lengths[len(lengths) // 2], "classes": dict(sorted(self.counts.items()))}
 
 
@@ -308,6 +309,7 @@ def encode_labeled(records: Sequence[Labeled], tokenizer, labels: LabelSet, max_
         stats.truncated += truncated
         stats.lengths.append(len(ids))
         out.append(LabeledExample(i, record, ids, target, types, truncated))
+        stats.label_tokens += out[-1].num_label_tokens
     return out, stats
 
 
