@@ -370,7 +370,7 @@ PACK_WIDTH = 128  # tokens per packed row at least: short texts share a row, the
 
 def collate_labeled_packed(examples: Sequence[LabeledExample], pad_id: int) -> dict:
     """`collate_labeled`'s batch without its padding: the texts packed first-fit-decreasing into rows of at
-    least PACK_WIDTH tokens (or the longest text), each attending only to itself (a 4-D block-diagonal mask),
+    least PACK_WIDTH tokens (or the longest text), each attending only to itself (a 4-D block-diagonal additive mask),
     positions restarting at 0. `unpack_index` [texts, longest] gives each token's place in the flattened rows,
     so the encoder's output can be gathered back into the padded layout the head and labels use
     (`models.parts.unpacked_encoder_output`): the same logits, with the padding's share of the compute gone."""
@@ -399,7 +399,9 @@ def collate_labeled_packed(examples: Sequence[LabeledExample], pad_id: int) -> d
             index[i, :n] = r * width + offset + torch.arange(n)
             offset += n
         allowed[r, offset:, offset:] = torch.eye(width - offset, dtype=torch.bool)  # padding sees itself
-    packed = {**padded, "input_ids": input_ids, "attention_mask": allowed[:, None], "position_ids": positions,
+    # additive (0 or the most negative float): eager attention adds a 4-D mask to its scores as it is, SDPA takes it too
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)[:, None]
+    packed = {**padded, "input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
               "unpack_index": index}
     if "token_type_ids" in padded:
         packed["token_type_ids"] = types

@@ -22,9 +22,6 @@ def head_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     if "unpack_index" not in batch:
         return model(**inputs).logits.float()
-    # the block-diagonal mask as an additive one: eager attention adds a 4-D mask to the scores as it is
-    inputs["attention_mask"] = torch.zeros(inputs["attention_mask"].shape, device=inputs["input_ids"].device
-                                           ).masked_fill_(~inputs["attention_mask"], torch.finfo(torch.float32).min)
     with unpacked_encoder_output(model, batch["unpack_index"]):
         return model(**inputs).logits.float()
 
