@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from tuneforge.config import IGNORE_INDEX, LoadedConfig, ModelConfig, model_path_from
@@ -22,7 +23,7 @@ from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
-from tuneforge.objectives.distill import log1mexp
+from tuneforge.objectives.distill import drawn_frequencies, log1mexp
 from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
@@ -48,11 +49,13 @@ def batch_sequences_of(batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tenso
 
 
 class CachedTeacher:
-    """The teacher's top-k log-probs at every trained position of the examples it was computed for, read from a
-    safetensors file and looked up per sequence by `sequence_digest` (no teacher model in memory)."""
+    """The teacher's top-k (or k drawn) log-probs at every trained position of the examples it was computed for,
+    read from a safetensors file and looked up per sequence by `sequence_digest` (no teacher model in memory)."""
 
     def __init__(self, path: Path):
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            self.drawn = (handle.metadata() or {}).get("support") == "draws"
         self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
         self.rest = tensors["rest"]
         self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
@@ -60,7 +63,8 @@ class CachedTeacher:
 
     def describe(self) -> str:
         positions = self.logprobs.shape[0]
-        return (f"its top {self.top_k} tokens at {positions} trained positions, cached in {self.path} "
+        return (f"{'tokens from its ' + str(self.top_k) + ' draws' if self.drawn else f'its top {self.top_k} tokens'}"
+                f" at {positions} trained positions, cached in {self.path} "
                 f"({_mib(self.path.stat().st_size)} on disk and in memory)")
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
@@ -75,18 +79,23 @@ class CachedTeacher:
         device = batch["input_ids"].device
         return TeacherTokens(torch.cat([self.logprobs[p] for p in parts]).to(device),
                              torch.cat([self.ids[p] for p in parts]).to(device=device, dtype=torch.long),
-                             torch.cat([self.rest[p] for p in parts]).to(device))
+                             torch.cat([self.rest[p] for p in parts]).to(device), drawn=self.drawn)
 
 
 def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_size: int, path: Path) -> None:
-    """Run the teacher once over `examples` and write its top-k per trained position, atomically (a temporary file
-    renamed into place), each distinct sequence once."""
+    """Run the teacher once over `examples` and write its top-k (or k draws) per trained position, atomically (a
+    temporary file renamed into place), each distinct sequence once. Draws come from their own seeded generator:
+    the same file every time, and the run's random stream untouched."""
     from tuneforge.data.batching import collate, model_device, to_device
 
     digests, offsets, logprobs, ids, rests, seen = [], [0], [], [], [], set()
-    for start in range(0, len(examples), batch_size):
-        batch = to_device(collate(examples[start: start + batch_size], pad_id), model_device(teacher.model))
-        tokens = teacher(batch)
+    device = model_device(teacher.model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        computed = [(batch, teacher(batch)) for batch in
+                    (to_device(collate(examples[start: start + batch_size], pad_id), device)
+                     for start in range(0, len(examples), batch_size))]
+    for batch, tokens in computed:
         at = 0
         for sequence, labels, count in batch_sequences_of(batch):
             digest = sequence_digest(sequence, labels)
@@ -100,7 +109,8 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
             at += count
     _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
                                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
-                                  "rest": torch.cat(rests).contiguous()}))
+                                  "rest": torch.cat(rests).contiguous()},
+                                 metadata={"support": "draws" if teacher.draws else "top"}))
 
 
 def _mib(size: float) -> str:
@@ -109,15 +119,18 @@ def _mib(size: float) -> str:
 
 class LiveTeacher:
     """The teacher's log-probabilities over the whole vocabulary, or its top `top_k` (at T = 1) with the log-mass
-    the rest of the vocabulary holds at the loss's `temperature`, computed per batch."""
+    the rest of the vocabulary holds at the loss's `temperature`, or (`draws`) the frequencies of `top_k` tokens
+    drawn from it at the temperature, computed per batch."""
 
-    def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None, temperature: float = 1.0):
+    def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None, temperature: float = 1.0,
+                 draws: bool = False):
         self.model, self.autocast, self.vocab, self.top_k = model, autocast, vocab, top_k
-        self.temperature = temperature
+        self.temperature, self.draws = temperature, draws and top_k is not None
 
     def describe(self) -> str:
-        return (f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, "
-                + (f"its top {self.top_k} tokens" if self.top_k else "the whole vocabulary") + " at each trained token")
+        support = (f"{self.top_k} draws from it" if self.draws else f"its top {self.top_k} tokens" if self.top_k
+                   else "the whole vocabulary")
+        return f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, {support} at each trained token"
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
@@ -126,6 +139,10 @@ class LiveTeacher:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if self.top_k is None:
             return TeacherTokens(logprobs)
+        if self.draws:
+            tempered = torch.softmax(logits.float() / self.temperature, dim=-1)
+            ids, frequencies = drawn_frequencies(torch.multinomial(tempered, self.top_k, replacement=True))
+            return TeacherTokens(frequencies, ids, torch.full_like(frequencies[:, 0], -torch.inf), drawn=True)
         top = logprobs.topk(self.top_k, dim=-1)
         tempered = top.values if self.temperature == 1 else \
             torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
@@ -142,11 +159,12 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
     source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples)
+        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples,
+                            params.top_k_from)
         if cached.is_file():
             return CachedTeacher(cached)
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
-                       len(source.tokenizer), params.top_k, params.temperature)
+                       len(source.tokenizer), params.top_k, params.temperature, params.top_k_from == "draws")
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
@@ -209,13 +227,16 @@ class TeacherSource:
 CACHE_VERSION = 2  # 2: each position's rest of the vocabulary at the temperature
 
 
-def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence) -> Path:
-    """Where a teacher's top-k over these examples is kept: the key covers the teacher's weights, k, the
-    temperature (the rest's mass is kept at it), the precision it ran in and every sequence's tokens and labels."""
+def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence,
+               top_k_from: str = "top") -> Path:
+    """Where a teacher's top-k (or k draws) over these examples is kept: the key covers the teacher's weights, k,
+    which k, the temperature (the rest's mass, or the draws, are at it), the precision it ran in and every
+    sequence's tokens and labels."""
     from tuneforge.config import tuneforge_home
     from tuneforge.data.batching import batch_sequences
 
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k,
+    which = {} if top_k_from == "top" else {"top_k_from": top_k_from}  # "top" caches keep their names
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k, **which,
                                         "temperature": temperature, "precision": chosen}, sort_keys=True).encode())
     for sequence in batch_sequences(list(examples)):
         digest.update(sequence_digest(torch.tensor(sequence.input_ids), torch.tensor(sequence.labels)))

@@ -32,11 +32,14 @@ class TeacherTokens:
     """A teacher's next-token log-probabilities (at temperature 1) at each trained position of a batch, in the
     order `models.parts` gives the label positions: over the whole vocabulary (`ids` None: [positions, vocab]),
     or over its top-k tokens (`ids` and `logprobs` [positions, k]; the loss adds the rest of the vocabulary as
-    one more entry, whose log-mass at the loss's temperature is `rest` [positions] when the teacher knew it)."""
+    one more entry, whose log-mass at the loss's temperature is `rest` [positions] when the teacher knew it), or,
+    `drawn`, over k draws from its distribution at the loss's temperature (`ids` the distinct tokens drawn,
+    `logprobs` log(count / k), −inf in the slots a repeated draw leaves empty)."""
 
     logprobs: torch.Tensor
     ids: torch.Tensor | None = None
     rest: torch.Tensor | None = None
+    drawn: bool = False
 
 
 class Teacher(Protocol):

@@ -1,6 +1,6 @@
 """Knowledge distillation's divergences between a teacher's and a student's next-token distributions, as pure
-functions of log-probabilities over one support: the whole vocabulary, or the teacher's top-k tokens
-renormalised over those k (what a cache of top-k teacher log-probs holds)."""
+functions of log-probabilities over one support: the whole vocabulary, the teacher's top-k tokens with the rest
+of the vocabulary pooled, or k tokens drawn from the teacher (what a cache of teacher log-probs holds)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,28 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
     return _with_rest(student), torch.log_softmax(teacher + spread, dim=-1)
 
 
+def drawn_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log-probs at T over its whole vocabulary, read at the tokens drawn from the teacher, and the
+    draws' frequencies as the teacher's (`drawn_frequencies`). The forward KL against these is the cross-entropy
+    with the draws' empirical distribution (less its constant entropy), whose gradient q − p̂ equals the full
+    forward KL's, q − p, in expectation (Anshumann et al., 2025, https://arxiv.org/abs/2503.16870): unbiased
+    where a top-k support is not, since the student is not renormalised over the tokens kept."""
+    student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
+    return student, teacher_logprobs.float()
+
+
+def drawn_frequencies(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k draws of token ids per position (..., k) as the distinct ids (sorted; a repeated id's later slots keep
+    it) and log(count / k) at each id's first slot, −inf at the repeats, so every id counts once."""
+    ids = draws.sort(dim=-1).values
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[..., 1:] = ids[..., 1:] != ids[..., :-1]
+    counts = (ids.unsqueeze(-1) == ids.unsqueeze(-2)).sum(-1)
+    logfreq = (counts.float() / ids.shape[-1]).log()
+    return ids, torch.where(first, logfreq, torch.full_like(logfreq, -math.inf))
+
+
 def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
     """The k log-probs and, last, the log of the mass they leave."""
     return torch.cat([logprobs, log1mexp(torch.logsumexp(logprobs, dim=-1, keepdim=True))], dim=-1)
@@ -82,7 +104,7 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     """Token-level distillation on the training data (Hinton et al., 2015, https://arxiv.org/abs/1503.02531):
     at every trained position, alpha · T² · D(teacher, student) + (1 − alpha) · cross-entropy on the data's
     token, summed and divided by the window's trained tokens like SFT. D is `generalized_jsd` at `beta`, over the
-    whole vocabulary or the teacher's top-k."""
+    whole vocabulary, the teacher's top-k or k draws from it."""
     params: KdParams = ctx.params
     if ctx.teacher is None:
         raise RuntimeError("objective kd needs a teacher in its loss context")  # the session loads one
@@ -91,6 +113,8 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     t = params.temperature
     if teacher.ids is None:
         student, target = full_support(logits[:, : teacher.logprobs.shape[-1]], teacher.logprobs, t)
+    elif teacher.drawn:
+        student, target = drawn_support(logits, teacher.logprobs, teacher.ids, t)
     else:
         student, target = top_k_support(logits, teacher.logprobs, teacher.ids, t, teacher.rest)
     divergence = t**2 * generalized_jsd(student, target, params.beta).sum()
