@@ -1,5 +1,5 @@
 """Distillation's divergences against values computed by hand: forward and reverse KL, the generalised JSD,
-temperature, and the top-k support renormalised over the teacher's k tokens."""
+temperature, the top-k support with the rest pooled, and the support of tokens drawn from the teacher."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneforge.objectives.distill import full_support, generalized_jsd, top_k_support
+from tuneforge.objectives.distill import (
+    drawn_frequencies,
+    drawn_support,
+    drawn_tail,
+    full_support,
+    generalized_jsd,
+    top_k_support,
+)
 
 TEACHER = [0.5, 0.5]
 STUDENT = [0.25, 0.75]
@@ -101,6 +108,74 @@ def test_the_top_k_of_the_whole_vocabulary_is_the_full_support():
     top = torch.log_softmax(teacher_logits, dim=-1).topk(8, dim=-1)
     assert torch.allclose(generalized_jsd(*top_k_support(student_logits, top.values, top.indices, 1.0), 0.5), full,
                           atol=1e-5)
+
+
+def test_drawn_frequencies_count_each_token_once():
+    ids, logfreq = drawn_frequencies(torch.tensor([[3, 1, 3, 3], [2, 0, 5, 7]]))
+    assert ids.tolist() == [[1, 3, 3, 3], [0, 2, 5, 7]]
+    assert logfreq.exp().tolist() == [[0.25, 0.75, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]
+
+
+def test_the_drawn_support_is_the_cross_entropy_with_the_draws_and_its_gradient_is_unbiased():
+    """Against 4 draws (token 1 once, token 3 three times) the forward KL is Σ p̂ (log p̂ − log q) with q the
+    student's whole-vocabulary softmax at T, not renormalised over the tokens drawn; its gradient in the logits is
+    (q − p̂) / T, and averaged over many draws it is the full forward KL's, (q − p) / T."""
+    student_logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]], requires_grad=True)
+    ids, logfreq = drawn_frequencies(torch.tensor([[3, 1, 3, 3]]))
+    student, teacher = drawn_support(student_logits, logfreq, ids, 2.0)
+    q = torch.softmax(student_logits.detach() / 2.0, dim=-1)[0]
+    by_hand = 0.25 * math.log(0.25 / float(q[1])) + 0.75 * math.log(0.75 / float(q[3]))
+    loss = generalized_jsd(student, teacher, 0.0).sum()
+    assert float(loss) == pytest.approx(by_hand, rel=1e-6)
+    loss.backward()
+    torch.testing.assert_close(student_logits.grad[0], (q - torch.tensor([0.0, 0.25, 0.0, 0.75])) / 2.0)
+
+    generator = torch.Generator().manual_seed(0)  # one distribution, 20,000 positions of 8 draws each
+    teacher_logits, student_logits = torch.randn(1, 6, generator=generator), torch.randn(1, 6, generator=generator)
+    p = torch.softmax(teacher_logits / 2.0, dim=-1)
+    draws = torch.multinomial(p.expand(20_000, 6), 8, replacement=True, generator=generator)
+    ids, logfreq = drawn_frequencies(draws)
+    logits = student_logits.expand(20_000, 6).clone().requires_grad_(True)
+    generalized_jsd(*drawn_support(logits, logfreq, ids, 2.0), 0.0).sum().backward()
+    full = student_logits.clone().requires_grad_(True)
+    generalized_jsd(*full_support(full, teacher_logits, 2.0), 0.0).sum().backward()
+    # the mean of 20,000 estimates: its standard error is under 0.0007 an entry (√(p(1 − p) / 8 / 20,000) / T)
+    torch.testing.assert_close(logits.grad.mean(0), full.grad[0], atol=0.005, rtol=0)
+
+
+def test_draws_are_refused_for_the_reverse_kl_and_the_jsd():
+    from pydantic import ValidationError
+
+    from tuneforge.objectives.params import KdParams
+
+    with pytest.raises(ValidationError, match="forward KL"):
+        KdParams(teacher="x", top_k=32, draws=16, beta=0.5)
+    with pytest.raises(ValidationError, match="cannot exceed top_k"):
+        KdParams(teacher="x", top_k=8, draws=16)
+    with pytest.raises(ValidationError, match="set top_k too"):
+        KdParams(teacher="x", draws=16)
+    assert KdParams(teacher="x", top_k=32, draws=16).beta == 0
+
+
+def test_the_top_and_draws_from_the_rest_estimate_the_whole_distribution_without_bias():
+    """The top 2 of 6 tokens exactly, then 3 draws from the other 4, each worth the rest's mass times its share of
+    the draws: every estimate sums to 1, and their mean over many positions is the distribution itself."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 6, generator=generator)
+    tempered = torch.log_softmax(logits / 2.0, dim=-1)
+    torch.manual_seed(0)
+    ids, estimate = drawn_tail(tempered.expand(20_000, 6), 2, 3)
+    top = tempered.topk(2, dim=-1)
+    assert torch.equal(ids[:, :2], top.indices.expand(20_000, 2))
+    assert torch.equal(estimate[:, :2], top.values.expand(20_000, 2))
+    assert not set(ids[:, 2:].flatten().tolist()) & set(top.indices.flatten().tolist())
+    dense = torch.zeros(20_000, 6).scatter_add(-1, ids, estimate.exp())
+    torch.testing.assert_close(dense.sum(-1), torch.ones(20_000))
+    # the tail holds about 0.4 here: the mean's standard error is under 0.002 an entry
+    torch.testing.assert_close(dense.mean(0), tempered.exp()[0], atol=0.01, rtol=0)
+    # a teacher whose top hold all its mass draws anywhere, at weight zero
+    _, estimate = drawn_tail(torch.tensor([[-math.inf, 0.0, -math.inf]]), 1, 2)
+    assert estimate[0, 0] == 0 and torch.isneginf(estimate[0, 1:]).all()
 
 
 # ------------------------------------------------------------------------------------- the kd objective
@@ -211,6 +286,50 @@ def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batc
                                   DataConfig(train=[str(other)], max_seq_len=64, cache=False))
     with pytest.raises(TrainingError, match="no entry for a sequence"):
         cached(collate(stranger, tokenizer.pad_token_id))
+
+
+def test_a_teacher_draws_at_the_temperature_and_its_cache_of_draws_is_read_back_per_sequence(tmp_path, tokenizer):
+    """The live teacher keeps its top k − draws at T and draws the rest with replacement; a cache of draws is the same
+    file every time it is written (its own seeded generator), holds the draws the live teacher makes from that
+    seed, and gives a padded and a packed batch of the same sequences the same tokens and the same kd loss."""
+    from tests.conftest import qa_records, write_jsonl
+    from tuneforge.config import DataConfig, DatasetSpec
+    from tuneforge.data.batching import collate, collate_packed
+    from tuneforge.data.dataset import encode_examples, load_examples
+    from tuneforge.engine.teacher import CachedTeacher, LiveTeacher, write_cache
+    from tuneforge.models.parts import label_logits
+    from tuneforge.models.tiny import build_tiny_llama
+    from tuneforge.objectives import REGISTRY, LossContext
+    from tuneforge.objectives.params import KdParams
+
+    path = write_jsonl(tmp_path / "train.jsonl", qa_records(12))
+    items, _ = encode_examples(load_examples([DatasetSpec(path=str(path))], seed=0), tokenizer,
+                               DataConfig(train=[str(path)], max_seq_len=64, cache=False))
+    model = build_tiny_llama(tokenizer, seed=2)
+    live = LiveTeacher(model, torch.no_grad, len(tokenizer), 8, temperature=2.0, draws=5)
+    first = collate(items[:5], tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    drawn = live(first)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ids, estimate = drawn_tail(torch.log_softmax(label_logits(model, first)[0] / 2.0, dim=-1), 3, 5)
+    assert drawn.drawn and torch.equal(drawn.ids, ids) and torch.equal(drawn.logprobs, estimate)
+
+    for name in ("a", "b"):
+        write_cache(live, items, tokenizer.pad_token_id, 5, tmp_path / f"{name}.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    cached = CachedTeacher(tmp_path / "a.safetensors")
+    assert cached.drawn and "its top 3 tokens and 5 drawn from the rest" in cached.describe()
+    got = cached(first)
+    assert torch.equal(got.ids, drawn.ids) and torch.equal(got.logprobs, drawn.logprobs) and got.drawn
+
+    student = build_tiny_llama(tokenizer, seed=1)
+    params = KdParams(teacher="x", top_k=8, draws=5, alpha=0.5, temperature=2.0)
+    order = [items[i] for i in (7, 2, 11, 0, 5)]
+    labels = sum(i.num_label_tokens for i in order)
+    losses = [float(REGISTRY["kd"].loss(student, make(order, tokenizer.pad_token_id), LossContext(
+        num_label_tokens=labels, params=params, teacher=cached)).loss) for make in (collate, collate_packed)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------- end to end

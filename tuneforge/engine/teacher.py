@@ -23,7 +23,7 @@ from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
-from tuneforge.objectives.distill import drawn_frequencies, log1mexp
+from tuneforge.objectives.distill import drawn_tail, log1mexp
 from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
@@ -55,17 +55,16 @@ class CachedTeacher:
     def __init__(self, path: Path):
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
-            self.drawn = (handle.metadata() or {}).get("support") == "draws"
+            self.draws = int((handle.metadata() or {}).get("draws", 0))
+        self.drawn = self.draws > 0
         self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
         self.rest = tensors["rest"]
         self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
         self.path, self.top_k = path, self.logprobs.shape[-1]
 
     def describe(self) -> str:
-        positions = self.logprobs.shape[0]
-        return (f"{'tokens from its ' + str(self.top_k) + ' draws' if self.drawn else f'its top {self.top_k} tokens'}"
-                f" at {positions} trained positions, cached in {self.path} "
-                f"({_mib(self.path.stat().st_size)} on disk and in memory)")
+        return (f"{_support(self.top_k, self.draws)} at {self.logprobs.shape[0]} trained positions, cached in "
+                f"{self.path} ({_mib(self.path.stat().st_size)} on disk and in memory)")
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
         parts = []
@@ -83,7 +82,7 @@ class CachedTeacher:
 
 
 def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_size: int, path: Path) -> None:
-    """Run the teacher once over `examples` and write its top-k (or k draws) per trained position, atomically (a
+    """Run the teacher once over `examples` and write its top-k (or top and drawn k) per trained position, atomically (a
     temporary file renamed into place), each distinct sequence once. Draws come from their own seeded generator:
     the same file every time, and the run's random stream untouched."""
     from tuneforge.data.batching import collate, model_device, to_device
@@ -110,7 +109,13 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
     _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
                                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
                                   "rest": torch.cat(rests).contiguous()},
-                                 metadata={"support": "draws" if teacher.draws else "top"}))
+                                 metadata={"draws": str(teacher.draws)}))
+
+
+def _support(top_k: int | None, draws: int) -> str:
+    if not top_k:
+        return "the whole vocabulary"
+    return f"its top {top_k - draws} tokens and {draws} drawn from the rest" if draws else f"its top {top_k} tokens"
 
 
 def _mib(size: float) -> str:
@@ -119,18 +124,17 @@ def _mib(size: float) -> str:
 
 class LiveTeacher:
     """The teacher's log-probabilities over the whole vocabulary, or its top `top_k` (at T = 1) with the log-mass
-    the rest of the vocabulary holds at the loss's `temperature`, or (`draws`) the frequencies of `top_k` tokens
-    drawn from it at the temperature, computed per batch."""
+    the rest of the vocabulary holds at the loss's `temperature`, or with `draws`: its top `top_k − draws` at the
+    temperature and `draws` tokens drawn from the rest (`drawn_tail`), computed per batch."""
 
     def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None, temperature: float = 1.0,
-                 draws: bool = False):
+                 draws: int = 0):
         self.model, self.autocast, self.vocab, self.top_k = model, autocast, vocab, top_k
-        self.temperature, self.draws = temperature, draws and top_k is not None
+        self.temperature, self.draws = temperature, draws if top_k else 0
 
     def describe(self) -> str:
-        support = (f"{self.top_k} draws from it" if self.draws else f"its top {self.top_k} tokens" if self.top_k
-                   else "the whole vocabulary")
-        return f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, {support} at each trained token"
+        return f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, " + _support(
+            self.top_k, self.draws) + " at each trained token"
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
@@ -140,9 +144,9 @@ class LiveTeacher:
         if self.top_k is None:
             return TeacherTokens(logprobs)
         if self.draws:
-            tempered = torch.softmax(logits.float() / self.temperature, dim=-1)
-            ids, frequencies = drawn_frequencies(torch.multinomial(tempered, self.top_k, replacement=True))
-            return TeacherTokens(frequencies, ids, torch.full_like(frequencies[:, 0], -torch.inf), drawn=True)
+            ids, estimate = drawn_tail(torch.log_softmax(logits.float() / self.temperature, dim=-1),
+                                       self.top_k - self.draws, self.draws)
+            return TeacherTokens(estimate, ids, torch.full_like(estimate[:, 0], -torch.inf), drawn=True)
         top = logprobs.topk(self.top_k, dim=-1)
         tempered = top.values if self.temperature == 1 else \
             torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
@@ -159,12 +163,11 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
     source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples,
-                            params.top_k_from)
+        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples, params.draws)
         if cached.is_file():
             return CachedTeacher(cached)
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
-                       len(source.tokenizer), params.top_k, params.temperature, params.top_k_from == "draws")
+                       len(source.tokenizer), params.top_k, params.temperature, params.draws)
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
@@ -228,14 +231,14 @@ CACHE_VERSION = 2  # 2: each position's rest of the vocabulary at the temperatur
 
 
 def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence,
-               top_k_from: str = "top") -> Path:
-    """Where a teacher's top-k (or k draws) over these examples is kept: the key covers the teacher's weights, k,
-    which k, the temperature (the rest's mass, or the draws, are at it), the precision it ran in and every
+               draws: int = 0) -> Path:
+    """Where a teacher's top-k (or top and drawn k) over these examples is kept: the key covers the teacher's
+    weights, k, the draws, the temperature (the rest's mass, or the draws, are at it), the precision it ran in and every
     sequence's tokens and labels."""
     from tuneforge.config import tuneforge_home
     from tuneforge.data.batching import batch_sequences
 
-    which = {} if top_k_from == "top" else {"top_k_from": top_k_from}  # "top" caches keep their names
+    which = {"draws": draws} if draws else {}  # caches without draws keep their names
     digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k, **which,
                                         "temperature": temperature, "precision": chosen}, sort_keys=True).encode())
     for sequence in batch_sequences(list(examples)):

@@ -69,11 +69,13 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
 
 def drawn_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's log-probs at T over its whole vocabulary, read at the tokens drawn from the teacher, and the
-    draws' frequencies as the teacher's (`drawn_frequencies`). The forward KL against these is the cross-entropy
-    with the draws' empirical distribution (less its constant entropy), whose gradient q − p̂ equals the full
-    forward KL's, q − p, in expectation (Anshumann et al., 2025, https://arxiv.org/abs/2503.16870): unbiased
-    where a top-k support is not, since the student is not renormalised over the tokens kept."""
+    """The student's log-probs at T over its whole vocabulary, read at the teacher's kept tokens, and the teacher's
+    estimate of its distribution at T as it is: its top tokens exactly and tokens drawn from the rest weighted by
+    the rest's mass and how often each was drawn (`drawn_frequencies`). The forward KL against these is the
+    cross-entropy with that estimate (less its entropy), whose gradient q − p̂ equals the full forward KL's, q − p,
+    in expectation: unbiased where a top-k support is not, since the student is not renormalised over the tokens
+    kept (sampled sparse KD: Anshumann et al., 2025, https://arxiv.org/abs/2503.16870; the top kept exactly, so
+    only the tail is estimated)."""
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
     return student, teacher_logprobs.float()
 
@@ -87,6 +89,22 @@ def drawn_frequencies(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     counts = (ids.unsqueeze(-1) == ids.unsqueeze(-2)).sum(-1)
     logfreq = (counts.float() / ids.shape[-1]).log()
     return ids, torch.where(first, logfreq, torch.full_like(logfreq, -math.inf))
+
+
+def drawn_tail(tempered: torch.Tensor, top: int, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An unbiased sparse estimate of the distribution whose log-probs are `tempered` (positions, vocab): the `top`
+    most likely tokens with their own log-probs, then `draws` tokens drawn with replacement from the rest of the
+    vocabulary in proportion to their probability, each worth the rest's mass times its share of the draws
+    (`drawn_frequencies`). Returns ids and log-probs (positions, top + draws)."""
+    head = tempered.topk(top, dim=-1) if top else None
+    tail = tempered if head is None else tempered.scatter(-1, head.indices, -torch.inf)
+    rest = torch.logsumexp(tail, dim=-1, keepdim=True)  # −inf where the top hold everything (fp32)
+    weights = torch.where(torch.isfinite(rest), (tail - rest).exp(), torch.ones_like(tail))
+    ids, shares = drawn_frequencies(torch.multinomial(weights, draws, replacement=True))
+    drawn = shares + rest
+    if head is None:
+        return ids, drawn
+    return torch.cat([head.indices, ids], dim=-1), torch.cat([head.values, drawn], dim=-1)
 
 
 def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
@@ -104,7 +122,7 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     """Token-level distillation on the training data (Hinton et al., 2015, https://arxiv.org/abs/1503.02531):
     at every trained position, alpha · T² · D(teacher, student) + (1 − alpha) · cross-entropy on the data's
     token, summed and divided by the window's trained tokens like SFT. D is `generalized_jsd` at `beta`, over the
-    whole vocabulary, the teacher's top-k or k draws from it."""
+    whole vocabulary, the teacher's top-k, or its top and tokens drawn from the rest."""
     params: KdParams = ctx.params
     if ctx.teacher is None:
         raise RuntimeError("objective kd needs a teacher in its loss context")  # the session loads one
