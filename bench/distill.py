@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict] = {
     # 16 drawn from the rest of the vocabulary
     "kd-draws32-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 32, "draws": 32},
     "kd-top16-draws16-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 32, "draws": 16},
+    "kd-priority32-t2": {"name": "kd", "alpha": 0.9, "temperature": 2.0, "top_k": 32, "priority": True},
     "seqkd": {"name": "seqkd"},
     "gkd": {"name": "gkd", "lam": 0.5, "max_new_tokens": 16},
     "gkd-sft": {"name": "gkd", "lam": 0.5, "alpha": 0.5, "max_new_tokens": 16},  # SFT on the data's answers too
@@ -114,7 +115,7 @@ def run_variant(name: str, task: dict, student: Path, teacher: Path, steps: int,
 MIN_GAIN = 5.0  # exact-match points on 100 prompts below which a "share of the gain" is noise over noise
 # each whole-vocabulary kd variant and its top-k twins (the same settings, the teacher's k from the cache)
 TWINS = {"kd": ("kd-top32",), "kd-t2": ("kd-top32-t2", "kd-top128-t2", "kd-draws32-t2",
-                                                        "kd-top16-draws16-t2"), "kd-t4": ("kd-top32-t4",)}
+                                                        "kd-top16-draws16-t2", "kd-priority32-t2"), "kd-t4": ("kd-top32-t4",)}
 
 
 def gains(figures: dict) -> list[str]:

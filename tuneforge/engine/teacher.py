@@ -23,7 +23,7 @@ from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
-from tuneforge.objectives.distill import drawn_tail, log1mexp
+from tuneforge.objectives.distill import drawn_tail, log1mexp, priority_sample
 from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
@@ -56,7 +56,7 @@ class CachedTeacher:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
             self.draws = int((handle.metadata() or {}).get("draws", 0))
-        self.drawn = self.draws > 0
+        self.drawn = self.draws != 0
         self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
         self.rest = tensors["rest"]
         self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
@@ -143,6 +143,9 @@ class LiveTeacher:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if self.top_k is None:
             return TeacherTokens(logprobs)
+        if self.draws < 0:
+            ids, estimate = priority_sample(torch.log_softmax(logits.float() / self.temperature, dim=-1), self.top_k)
+            return TeacherTokens(estimate, ids, torch.full_like(estimate[:, 0], -torch.inf), drawn=True)
         if self.draws:
             ids, estimate = drawn_tail(torch.log_softmax(logits.float() / self.temperature, dim=-1),
                                        self.top_k - self.draws, self.draws)
@@ -163,11 +166,12 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
     source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples, params.draws)
+        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples,
+                            -1 if params.priority else params.draws)
         if cached.is_file():
             return CachedTeacher(cached)
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
-                       len(source.tokenizer), params.top_k, params.temperature, params.draws)
+                       len(source.tokenizer), params.top_k, params.temperature, -1 if params.priority else params.draws)
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)

@@ -107,6 +107,18 @@ def drawn_tail(tempered: torch.Tensor, top: int, draws: int) -> tuple[torch.Tens
     return torch.cat([head.indices, ids], dim=-1), torch.cat([head.values, drawn], dim=-1)
 
 
+def priority_sample(tempered: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Priority sampling (Duffield, Lund & Thorup, 2007) of k distinct tokens from the distribution whose
+    log-probs are `tempered` (positions, vocab): each token's priority is p / u with u uniform on (0, 1), the k of
+    highest priority are kept, each estimated at max(p, τ) where τ is the (k + 1)-th priority. Every token's
+    estimate is unbiased (E = p; 0 when not kept), the likely tokens are kept exactly, and no slot is spent on a
+    repeat. Returns ids and log estimates (positions, k)."""
+    priority = tempered - torch.log(torch.rand_like(tempered))
+    top = priority.topk(k + 1, dim=-1)
+    ids = top.indices[..., :k]
+    return ids, torch.maximum(tempered.gather(-1, ids), top.values[..., k:])
+
+
 def _with_rest(logprobs: torch.Tensor) -> torch.Tensor:
     """The k log-probs and, last, the log of the mass they leave."""
     return torch.cat([logprobs, log1mexp(torch.logsumexp(logprobs, dim=-1, keepdim=True))], dim=-1)

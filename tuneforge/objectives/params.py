@@ -113,6 +113,7 @@ class KdParams(ObjectiveParams):
                                             "kept exactly): the estimate of the whole distribution is then unbiased, "
                                             "and the rest of the vocabulary is not pooled; beta 0 only. 0: the top "
                                             "k, and the rest pooled into one entry")
+    priority: bool = False
     cache: bool = Field(True, description="with top_k: compute the teacher's top-k once per dataset and keep it on "
                                           "disk under $TUNEFORGE_HOME, keyed by teacher, data and settings; training "
                                           "then needs no teacher in memory")
