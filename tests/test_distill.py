@@ -1,5 +1,5 @@
 """Distillation's divergences against values computed by hand: forward and reverse KL, the generalised JSD,
-temperature, the top-k support with the rest pooled, and the support of tokens drawn from the teacher."""
+temperature, the top-k support with the rest pooled, and priority-sampled tokens' unbiased estimate."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import pytest
 import torch
 
 from tuneforge.objectives.distill import (
-    drawn_frequencies,
-    drawn_support,
-    drawn_tail,
     full_support,
     generalized_jsd,
+    priority_sample,
+    sampled_support,
     top_k_support,
 )
 
@@ -110,19 +109,38 @@ def test_the_top_k_of_the_whole_vocabulary_is_the_full_support():
                           atol=1e-5)
 
 
-def test_drawn_frequencies_count_each_token_once():
-    ids, logfreq = drawn_frequencies(torch.tensor([[3, 1, 3, 3], [2, 0, 5, 7]]))
-    assert ids.tolist() == [[1, 3, 3, 3], [0, 2, 5, 7]]
-    assert logfreq.exp().tolist() == [[0.25, 0.75, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]]
+def test_priority_sampling_by_hand():
+    """p = (0.5, 0.3, 0.15, 0.05), u = (0.9, 0.5, 0.6, 0.1): priorities p / u = (0.556, 0.6, 0.25, 0.5); the two
+    highest are tokens 1 and 0, τ is the third, 0.5, and each kept token is estimated at max(p, τ)."""
+    tempered = _logs([0.5, 0.3, 0.15, 0.05])
+    ids, estimate = priority_sample(tempered, 2, uniform=torch.tensor([[0.9, 0.5, 0.6, 0.1]]))
+    assert ids.tolist() == [[1, 0]]
+    assert estimate.exp().tolist()[0] == pytest.approx([0.5, 0.5], rel=1e-6)
+    # a token far above τ is kept exactly, whatever its u; priorities (0.909, 0.3, 0.24, 0.02): τ = 0.24, and
+    # token 1 (0.06) is kept at 0.24, standing for the tokens like it that were not
+    ids, estimate = priority_sample(_logs([0.9, 0.06, 0.03, 0.01]), 2,
+                                    uniform=torch.tensor([[0.99, 0.2, 0.125, 0.5]]))
+    assert ids.tolist() == [[0, 1]]
+    assert estimate.exp().tolist()[0] == pytest.approx([0.9, 0.24], rel=1e-5)
 
 
-def test_the_drawn_support_is_the_cross_entropy_with_the_draws_and_its_gradient_is_unbiased():
-    """Against 4 draws (token 1 once, token 3 three times) the forward KL is Σ p̂ (log p̂ − log q) with q the
-    student's whole-vocabulary softmax at T, not renormalised over the tokens drawn; its gradient in the logits is
-    (q − p̂) / T, and averaged over many draws it is the full forward KL's, (q − p) / T."""
+def test_priority_samples_are_distinct_and_estimate_the_distribution_without_bias():
+    generator = torch.Generator().manual_seed(3)
+    tempered = torch.log_softmax(torch.randn(1, 6, generator=generator) / 2.0, dim=-1).expand(40_000, 6)
+    torch.manual_seed(0)
+    ids, estimate = priority_sample(tempered.contiguous(), 3)
+    assert (ids.sort(-1).values.diff(dim=-1) > 0).all()  # three distinct tokens at every position
+    dense = torch.zeros(40_000, 6).scatter_add(-1, ids, estimate.exp())
+    # the mean of 40,000 estimates of each probability (measured standard error under 0.002)
+    torch.testing.assert_close(dense.mean(0), tempered[0].exp(), atol=0.01, rtol=0)
+
+
+def test_the_sampled_support_is_the_cross_entropy_with_the_estimate_and_its_gradient_is_unbiased():
+    """Against an estimate of 0.25 at token 1 and 0.75 at token 3 the forward KL is Σ p̂ (log p̂ − log q) with q the
+    student's whole-vocabulary softmax at T, not renormalised over the tokens kept; its gradient in the logits is
+    (q − p̂) / T, and averaged over many priority samples it is the full forward KL's, (q − p) / T."""
     student_logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]], requires_grad=True)
-    ids, logfreq = drawn_frequencies(torch.tensor([[3, 1, 3, 3]]))
-    student, teacher = drawn_support(student_logits, logfreq, ids, 2.0)
+    student, teacher = sampled_support(student_logits, _logs([0.25, 0.75]), torch.tensor([[1, 3]]), 2.0)
     q = torch.softmax(student_logits.detach() / 2.0, dim=-1)[0]
     by_hand = 0.25 * math.log(0.25 / float(q[1])) + 0.75 * math.log(0.75 / float(q[3]))
     loss = generalized_jsd(student, teacher, 0.0).sum()
@@ -130,52 +148,27 @@ def test_the_drawn_support_is_the_cross_entropy_with_the_draws_and_its_gradient_
     loss.backward()
     torch.testing.assert_close(student_logits.grad[0], (q - torch.tensor([0.0, 0.25, 0.0, 0.75])) / 2.0)
 
-    generator = torch.Generator().manual_seed(0)  # one distribution, 20,000 positions of 8 draws each
+    generator = torch.Generator().manual_seed(0)  # one distribution, 40,000 positions of 3 samples each
     teacher_logits, student_logits = torch.randn(1, 6, generator=generator), torch.randn(1, 6, generator=generator)
-    p = torch.softmax(teacher_logits / 2.0, dim=-1)
-    draws = torch.multinomial(p.expand(20_000, 6), 8, replacement=True, generator=generator)
-    ids, logfreq = drawn_frequencies(draws)
-    logits = student_logits.expand(20_000, 6).clone().requires_grad_(True)
-    generalized_jsd(*drawn_support(logits, logfreq, ids, 2.0), 0.0).sum().backward()
+    torch.manual_seed(0)
+    ids, estimate = priority_sample(torch.log_softmax(teacher_logits / 2.0, dim=-1).expand(40_000, 6).contiguous(), 3)
+    logits = student_logits.expand(40_000, 6).clone().requires_grad_(True)
+    generalized_jsd(*sampled_support(logits, estimate, ids, 2.0), 0.0).sum().backward()
     full = student_logits.clone().requires_grad_(True)
     generalized_jsd(*full_support(full, teacher_logits, 2.0), 0.0).sum().backward()
-    # the mean of 20,000 estimates: its standard error is under 0.0007 an entry (√(p(1 − p) / 8 / 20,000) / T)
     torch.testing.assert_close(logits.grad.mean(0), full.grad[0], atol=0.005, rtol=0)
 
 
-def test_draws_are_refused_for_the_reverse_kl_and_the_jsd():
+def test_priority_sampling_is_refused_for_the_reverse_kl_and_the_jsd():
     from pydantic import ValidationError
 
     from tuneforge.objectives.params import KdParams
 
     with pytest.raises(ValidationError, match="forward KL"):
-        KdParams(teacher="x", top_k=32, draws=16, beta=0.5)
-    with pytest.raises(ValidationError, match="cannot exceed top_k"):
-        KdParams(teacher="x", top_k=8, draws=16)
+        KdParams(teacher="x", top_k=32, top_k_by="priority", beta=0.5)
     with pytest.raises(ValidationError, match="set top_k too"):
-        KdParams(teacher="x", draws=16)
-    assert KdParams(teacher="x", top_k=32, draws=16).beta == 0
-
-
-def test_the_top_and_draws_from_the_rest_estimate_the_whole_distribution_without_bias():
-    """The top 2 of 6 tokens exactly, then 3 draws from the other 4, each worth the rest's mass times its share of
-    the draws: every estimate sums to 1, and their mean over many positions is the distribution itself."""
-    generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(1, 6, generator=generator)
-    tempered = torch.log_softmax(logits / 2.0, dim=-1)
-    torch.manual_seed(0)
-    ids, estimate = drawn_tail(tempered.expand(20_000, 6), 2, 3)
-    top = tempered.topk(2, dim=-1)
-    assert torch.equal(ids[:, :2], top.indices.expand(20_000, 2))
-    assert torch.equal(estimate[:, :2], top.values.expand(20_000, 2))
-    assert not set(ids[:, 2:].flatten().tolist()) & set(top.indices.flatten().tolist())
-    dense = torch.zeros(20_000, 6).scatter_add(-1, ids, estimate.exp())
-    torch.testing.assert_close(dense.sum(-1), torch.ones(20_000))
-    # the tail holds about 0.4 here: the mean's standard error is under 0.002 an entry
-    torch.testing.assert_close(dense.mean(0), tempered.exp()[0], atol=0.01, rtol=0)
-    # a teacher whose top hold all its mass draws anywhere, at weight zero
-    _, estimate = drawn_tail(torch.tensor([[-math.inf, 0.0, -math.inf]]), 1, 2)
-    assert estimate[0, 0] == 0 and torch.isneginf(estimate[0, 1:]).all()
+        KdParams(teacher="x", top_k_by="priority")
+    assert KdParams(teacher="x", top_k=32, top_k_by="priority").beta == 0
 
 
 # ------------------------------------------------------------------------------------- the kd objective
@@ -288,10 +281,10 @@ def test_the_cached_top_k_gives_the_live_teachers_loss_on_padded_and_packed_batc
         cached(collate(stranger, tokenizer.pad_token_id))
 
 
-def test_a_teacher_draws_at_the_temperature_and_its_cache_of_draws_is_read_back_per_sequence(tmp_path, tokenizer):
-    """The live teacher keeps its top k − draws at T and draws the rest with replacement; a cache of draws is the same
-    file every time it is written (its own seeded generator), holds the draws the live teacher makes from that
-    seed, and gives a padded and a packed batch of the same sequences the same tokens and the same kd loss."""
+def test_a_priority_sampling_teacher_and_its_cache_give_the_same_tokens_per_sequence(tmp_path, tokenizer):
+    """The live teacher priority-samples k tokens at T; a cache of them is the same file every time it is written
+    (its own seeded generator), holds what the live teacher samples from that seed, and gives a padded and a
+    packed batch of the same sequences the same tokens and the same kd loss."""
     from tests.conftest import qa_records, write_jsonl
     from tuneforge.config import DataConfig, DatasetSpec
     from tuneforge.data.batching import collate, collate_packed
@@ -306,25 +299,25 @@ def test_a_teacher_draws_at_the_temperature_and_its_cache_of_draws_is_read_back_
     items, _ = encode_examples(load_examples([DatasetSpec(path=str(path))], seed=0), tokenizer,
                                DataConfig(train=[str(path)], max_seq_len=64, cache=False))
     model = build_tiny_llama(tokenizer, seed=2)
-    live = LiveTeacher(model, torch.no_grad, len(tokenizer), 8, temperature=2.0, draws=5)
+    live = LiveTeacher(model, torch.no_grad, len(tokenizer), 8, temperature=2.0, top_k_by="priority")
     first = collate(items[:5], tokenizer.pad_token_id)
     torch.manual_seed(0)
-    drawn = live(first)
+    sampled = live(first)
     torch.manual_seed(0)
     with torch.no_grad():
-        ids, estimate = drawn_tail(torch.log_softmax(label_logits(model, first)[0] / 2.0, dim=-1), 3, 5)
-    assert drawn.drawn and torch.equal(drawn.ids, ids) and torch.equal(drawn.logprobs, estimate)
+        ids, estimate = priority_sample(torch.log_softmax(label_logits(model, first)[0] / 2.0, dim=-1), 8)
+    assert sampled.sampled and torch.equal(sampled.ids, ids) and torch.equal(sampled.logprobs, estimate)
 
     for name in ("a", "b"):
         write_cache(live, items, tokenizer.pad_token_id, 5, tmp_path / f"{name}.safetensors")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     cached = CachedTeacher(tmp_path / "a.safetensors")
-    assert cached.drawn and "its top 3 tokens and 5 drawn from the rest" in cached.describe()
+    assert "8 tokens priority-sampled from it" in cached.describe()
     got = cached(first)
-    assert torch.equal(got.ids, drawn.ids) and torch.equal(got.logprobs, drawn.logprobs) and got.drawn
+    assert got.sampled and torch.equal(got.ids, sampled.ids) and torch.equal(got.logprobs, sampled.logprobs)
 
     student = build_tiny_llama(tokenizer, seed=1)
-    params = KdParams(teacher="x", top_k=8, draws=5, alpha=0.5, temperature=2.0)
+    params = KdParams(teacher="x", top_k=8, top_k_by="priority", alpha=0.5, temperature=2.0)
     order = [items[i] for i in (7, 2, 11, 0, 5)]
     labels = sum(i.num_label_tokens for i in order)
     losses = [float(REGISTRY["kd"].loss(student, make(order, tokenizer.pad_token_id), LossContext(

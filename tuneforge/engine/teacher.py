@@ -23,7 +23,7 @@ from tuneforge.errors import ConfigError, TrainingError
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
-from tuneforge.objectives.distill import drawn_tail, log1mexp, priority_sample
+from tuneforge.objectives.distill import log1mexp, priority_sample
 from tuneforge.objectives.params import KdParams, ObjectiveParams, SeqkdParams
 
 
@@ -49,21 +49,21 @@ def batch_sequences_of(batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tenso
 
 
 class CachedTeacher:
-    """The teacher's top-k (or k drawn) log-probs at every trained position of the examples it was computed for,
-    read from a safetensors file and looked up per sequence by `sequence_digest` (no teacher model in memory)."""
+    """The teacher's top-k (or k priority-sampled) log-probs at every trained position of the examples it was
+    computed for, read from a safetensors file and looked up per sequence by `sequence_digest` (no teacher model in
+    memory)."""
 
     def __init__(self, path: Path):
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as handle:
-            self.draws = int((handle.metadata() or {}).get("draws", 0))
-        self.drawn = self.draws != 0
+            self.top_k_by = (handle.metadata() or {}).get("top_k_by", "top")
         self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
         self.rest = tensors["rest"]
         self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
         self.path, self.top_k = path, self.logprobs.shape[-1]
 
     def describe(self) -> str:
-        return (f"{_support(self.top_k, self.draws)} at {self.logprobs.shape[0]} trained positions, cached in "
+        return (f"{_support(self.top_k, self.top_k_by)} at {self.logprobs.shape[0]} trained positions, cached in "
                 f"{self.path} ({_mib(self.path.stat().st_size)} on disk and in memory)")
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
@@ -78,13 +78,14 @@ class CachedTeacher:
         device = batch["input_ids"].device
         return TeacherTokens(torch.cat([self.logprobs[p] for p in parts]).to(device),
                              torch.cat([self.ids[p] for p in parts]).to(device=device, dtype=torch.long),
-                             torch.cat([self.rest[p] for p in parts]).to(device), drawn=self.drawn)
+                             torch.cat([self.rest[p] for p in parts]).to(device),
+                             sampled=self.top_k_by == "priority")
 
 
 def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_size: int, path: Path) -> None:
-    """Run the teacher once over `examples` and write its top-k (or top and drawn k) per trained position, atomically (a
-    temporary file renamed into place), each distinct sequence once. Draws come from their own seeded generator:
-    the same file every time, and the run's random stream untouched."""
+    """Run the teacher once over `examples` and write its top-k (or k priority-sampled) per trained position,
+    atomically (a temporary file renamed into place), each distinct sequence once. Samples come from their own
+    seeded generator: the same file every time, and the run's random stream untouched."""
     from tuneforge.data.batching import collate, model_device, to_device
 
     digests, offsets, logprobs, ids, rests, seen = [], [0], [], [], [], set()
@@ -109,13 +110,13 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
     _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
                                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
                                   "rest": torch.cat(rests).contiguous()},
-                                 metadata={"draws": str(teacher.draws)}))
+                                 metadata={"top_k_by": teacher.top_k_by}))
 
 
-def _support(top_k: int | None, draws: int) -> str:
+def _support(top_k: int | None, top_k_by: str) -> str:
     if not top_k:
         return "the whole vocabulary"
-    return f"its top {top_k - draws} tokens and {draws} drawn from the rest" if draws else f"its top {top_k} tokens"
+    return f"{top_k} tokens priority-sampled from it" if top_k_by == "priority" else f"its top {top_k} tokens"
 
 
 def _mib(size: float) -> str:
@@ -124,17 +125,17 @@ def _mib(size: float) -> str:
 
 class LiveTeacher:
     """The teacher's log-probabilities over the whole vocabulary, or its top `top_k` (at T = 1) with the log-mass
-    the rest of the vocabulary holds at the loss's `temperature`, or with `draws`: its top `top_k − draws` at the
-    temperature and `draws` tokens drawn from the rest (`drawn_tail`), computed per batch."""
+    the rest of the vocabulary holds at the loss's `temperature`, or (`top_k_by` 'priority') `top_k` tokens
+    priority-sampled from it at the temperature with their unbiased estimates, computed per batch."""
 
     def __init__(self, model: torch.nn.Module, autocast, vocab: int, top_k: int | None, temperature: float = 1.0,
-                 draws: int = 0):
+                 top_k_by: str = "top"):
         self.model, self.autocast, self.vocab, self.top_k = model, autocast, vocab, top_k
-        self.temperature, self.draws = temperature, draws if top_k else 0
+        self.temperature, self.top_k_by = temperature, top_k_by
 
     def describe(self) -> str:
         return f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f}M parameters, " + _support(
-            self.top_k, self.draws) + " at each trained token"
+            self.top_k, self.top_k_by) + " at each trained token"
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
@@ -143,13 +144,9 @@ class LiveTeacher:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         if self.top_k is None:
             return TeacherTokens(logprobs)
-        if self.draws < 0:
+        if self.top_k_by == "priority":
             ids, estimate = priority_sample(torch.log_softmax(logits.float() / self.temperature, dim=-1), self.top_k)
-            return TeacherTokens(estimate, ids, torch.full_like(estimate[:, 0], -torch.inf), drawn=True)
-        if self.draws:
-            ids, estimate = drawn_tail(torch.log_softmax(logits.float() / self.temperature, dim=-1),
-                                       self.top_k - self.draws, self.draws)
-            return TeacherTokens(estimate, ids, torch.full_like(estimate[:, 0], -torch.inf), drawn=True)
+            return TeacherTokens(estimate, ids, torch.full_like(estimate[:, 0], -torch.inf), sampled=True)
         top = logprobs.topk(self.top_k, dim=-1)
         tempered = top.values if self.temperature == 1 else \
             torch.log_softmax(logits.float() / self.temperature, dim=-1).gather(-1, top.indices)
@@ -166,12 +163,11 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
     source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
-        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples,
-                            -1 if params.priority else params.draws)
+        cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples, params.top_k_by)
         if cached.is_file():
             return CachedTeacher(cached)
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
-                       len(source.tokenizer), params.top_k, params.temperature, -1 if params.priority else params.draws)
+                       len(source.tokenizer), params.top_k, params.temperature, params.top_k_by)
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
@@ -235,14 +231,14 @@ CACHE_VERSION = 2  # 2: each position's rest of the vocabulary at the temperatur
 
 
 def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence,
-               draws: int = 0) -> Path:
-    """Where a teacher's top-k (or top and drawn k) over these examples is kept: the key covers the teacher's
-    weights, k, the draws, the temperature (the rest's mass, or the draws, are at it), the precision it ran in and every
-    sequence's tokens and labels."""
+               top_k_by: str = "top") -> Path:
+    """Where a teacher's top-k (or k priority-sampled) over these examples is kept: the key covers the teacher's
+    weights, k, how they are chosen, the temperature (the rest's mass, or the samples, are at it), the precision it
+    ran in and every sequence's tokens and labels."""
     from tuneforge.config import tuneforge_home
     from tuneforge.data.batching import batch_sequences
 
-    which = {"draws": draws} if draws else {}  # caches without draws keep their names
+    which = {} if top_k_by == "top" else {"top_k_by": top_k_by}  # top-k caches keep their names
     digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "teacher": identity, "top_k": top_k, **which,
                                         "temperature": temperature, "precision": chosen}, sort_keys=True).encode())
     for sequence in batch_sequences(list(examples)):

@@ -33,14 +33,13 @@ class TeacherTokens:
     order `models.parts` gives the label positions: over the whole vocabulary (`ids` None: [positions, vocab]),
     or over its top-k tokens (`ids` and `logprobs` [positions, k]; the loss adds the rest of the vocabulary as
     one more entry, whose log-mass at the loss's temperature is `rest` [positions] when the teacher knew it), or,
-    `drawn`, an estimate of its whole distribution at the loss's temperature: its top tokens exactly and tokens
-    drawn from the rest, each weighted by the rest's mass and its share of the draws (−inf in the slots a repeated
-    draw leaves empty)."""
+    `sampled`, over k tokens priority-sampled from its distribution at the loss's temperature, `logprobs` then an
+    unbiased estimate of that distribution at them."""
 
     logprobs: torch.Tensor
     ids: torch.Tensor | None = None
     rest: torch.Tensor | None = None
-    drawn: bool = False
+    sampled: bool = False
 
 
 class Teacher(Protocol):

@@ -1,6 +1,6 @@
 """Knowledge distillation's divergences between a teacher's and a student's next-token distributions, as pure
 functions of log-probabilities over one support: the whole vocabulary, the teacher's top-k tokens with the rest
-of the vocabulary pooled, or k tokens drawn from the teacher (what a cache of teacher log-probs holds)."""
+of the vocabulary pooled, or k tokens priority-sampled from the teacher (what a cache of teacher log-probs holds)."""
 
 from __future__ import annotations
 
@@ -67,53 +67,27 @@ def top_k_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, 
     return _with_rest(student), torch.log_softmax(teacher + spread, dim=-1)
 
 
-def drawn_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
-                  temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's log-probs at T over its whole vocabulary, read at the teacher's kept tokens, and the teacher's
-    estimate of its distribution at T as it is: its top tokens exactly and tokens drawn from the rest weighted by
-    the rest's mass and how often each was drawn (`drawn_frequencies`). The forward KL against these is the
-    cross-entropy with that estimate (less its entropy), whose gradient q − p̂ equals the full forward KL's, q − p,
-    in expectation: unbiased where a top-k support is not, since the student is not renormalised over the tokens
-    kept (sampled sparse KD: Anshumann et al., 2025, https://arxiv.org/abs/2503.16870; the top kept exactly, so
-    only the tail is estimated)."""
+def sampled_support(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log-probs at T over its whole vocabulary, read at the teacher's sampled tokens, and the
+    teacher's unbiased sparse estimate of its distribution at T there (`priority_sample`), as it is. The forward KL
+    against these is the cross-entropy with the estimate (less its entropy), whose gradient q − p̂ equals the full
+    forward KL's, q − p, in expectation: unbiased where a top-k support is not, since the student is not
+    renormalised over the tokens kept (sampled sparse KD: Anshumann et al., 2025, https://arxiv.org/abs/2503.16870)."""
     student = torch.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)
     return student, teacher_logprobs.float()
 
 
-def drawn_frequencies(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """k draws of token ids per position (..., k) as the distinct ids (sorted; a repeated id's later slots keep
-    it) and log(count / k) at each id's first slot, −inf at the repeats, so every id counts once."""
-    ids = draws.sort(dim=-1).values
-    first = torch.ones_like(ids, dtype=torch.bool)
-    first[..., 1:] = ids[..., 1:] != ids[..., :-1]
-    counts = (ids.unsqueeze(-1) == ids.unsqueeze(-2)).sum(-1)
-    logfreq = (counts.float() / ids.shape[-1]).log()
-    return ids, torch.where(first, logfreq, torch.full_like(logfreq, -math.inf))
-
-
-def drawn_tail(tempered: torch.Tensor, top: int, draws: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An unbiased sparse estimate of the distribution whose log-probs are `tempered` (positions, vocab): the `top`
-    most likely tokens with their own log-probs, then `draws` tokens drawn with replacement from the rest of the
-    vocabulary in proportion to their probability, each worth the rest's mass times its share of the draws
-    (`drawn_frequencies`). Returns ids and log-probs (positions, top + draws)."""
-    head = tempered.topk(top, dim=-1) if top else None
-    tail = tempered if head is None else tempered.scatter(-1, head.indices, -torch.inf)
-    rest = torch.logsumexp(tail, dim=-1, keepdim=True)  # −inf where the top hold everything (fp32)
-    weights = torch.where(torch.isfinite(rest), (tail - rest).exp(), torch.ones_like(tail))
-    ids, shares = drawn_frequencies(torch.multinomial(weights, draws, replacement=True))
-    drawn = shares + rest
-    if head is None:
-        return ids, drawn
-    return torch.cat([head.indices, ids], dim=-1), torch.cat([head.values, drawn], dim=-1)
-
-
-def priority_sample(tempered: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Priority sampling (Duffield, Lund & Thorup, 2007) of k distinct tokens from the distribution whose
-    log-probs are `tempered` (positions, vocab): each token's priority is p / u with u uniform on (0, 1), the k of
-    highest priority are kept, each estimated at max(p, τ) where τ is the (k + 1)-th priority. Every token's
-    estimate is unbiased (E = p; 0 when not kept), the likely tokens are kept exactly, and no slot is spent on a
-    repeat. Returns ids and log estimates (positions, k)."""
-    priority = tempered - torch.log(torch.rand_like(tempered))
+def priority_sample(tempered: torch.Tensor, k: int,
+                    uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Priority sampling (Duffield, Lund & Thorup, 2007, https://doi.org/10.1145/1314690.1314696) of k distinct
+    tokens from the distribution whose log-probs are `tempered` (positions, vocab): token i's priority is p_i / u_i
+    with u_i uniform on (0, 1) (`uniform`, drawn when not given), the k of highest priority are kept, each
+    estimated at max(p_i, τ) where τ is the (k + 1)-th priority. Each token's estimate is unbiased (its mean is p_i;
+    0 when it is not kept), the likely tokens are kept exactly, and no slot is spent on a repeat. Returns the ids
+    and the log estimates (positions, k)."""
+    u = torch.rand_like(tempered) if uniform is None else uniform
+    priority = tempered - torch.log(u)
     top = priority.topk(k + 1, dim=-1)
     ids = top.indices[..., :k]
     return ids, torch.maximum(tempered.gather(-1, ids), top.values[..., k:])
@@ -134,7 +108,7 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     """Token-level distillation on the training data (Hinton et al., 2015, https://arxiv.org/abs/1503.02531):
     at every trained position, alpha · T² · D(teacher, student) + (1 − alpha) · cross-entropy on the data's
     token, summed and divided by the window's trained tokens like SFT. D is `generalized_jsd` at `beta`, over the
-    whole vocabulary, the teacher's top-k, or its top and tokens drawn from the rest."""
+    whole vocabulary, the teacher's top-k, or k tokens priority-sampled from it."""
     params: KdParams = ctx.params
     if ctx.teacher is None:
         raise RuntimeError("objective kd needs a teacher in its loss context")  # the session loads one
@@ -143,8 +117,8 @@ def kd_loss(model, batch: dict[str, torch.Tensor], ctx: LossContext) -> LossOutp
     t = params.temperature
     if teacher.ids is None:
         student, target = full_support(logits[:, : teacher.logprobs.shape[-1]], teacher.logprobs, t)
-    elif teacher.drawn:
-        student, target = drawn_support(logits, teacher.logprobs, teacher.ids, t)
+    elif teacher.sampled:
+        student, target = sampled_support(logits, teacher.logprobs, teacher.ids, t)
     else:
         student, target = top_k_support(logits, teacher.logprobs, teacher.ids, t, teacher.rest)
     divergence = t**2 * generalized_jsd(student, target, params.beta).sum()

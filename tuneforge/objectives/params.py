@@ -4,6 +4,8 @@ anything loads). `PARAMS` maps each registered objective to its schema; the regi
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -108,25 +110,23 @@ class KdParams(ObjectiveParams):
     top_k: int | None = Field(None, ge=1, description="compare over the teacher's top-k tokens and the rest of "
                                                       "the vocabulary as one (what a cache of them holds); unset: "
                                                       "the whole vocabulary")
-    draws: int = Field(0, ge=0, description="with top_k: how many of the k tokens a position keeps are drawn from "
-                                            "the teacher at the temperature, beyond its top k − draws (which are "
-                                            "kept exactly): the estimate of the whole distribution is then unbiased, "
-                                            "and the rest of the vocabulary is not pooled; beta 0 only. 0: the top "
-                                            "k, and the rest pooled into one entry")
-    priority: bool = False
+    top_k_by: Literal["top", "priority"] = Field(
+        "top", description="with top_k: which k tokens each position keeps: 'top', the teacher's k most likely, with "
+                           "the rest of the vocabulary pooled into one more entry; 'priority', k distinct tokens "
+                           "priority-sampled from the teacher at the temperature, an unbiased estimate of its whole "
+                           "distribution (the likely tokens kept exactly; forward KL, beta 0, only)")
     cache: bool = Field(True, description="with top_k: compute the teacher's top-k once per dataset and keep it on "
                                           "disk under $TUNEFORGE_HOME, keyed by teacher, data and settings; training "
                                           "then needs no teacher in memory")
 
     @model_validator(mode="after")
-    def _draws_estimate_the_forward_kl(self) -> KdParams:
-        if self.draws and not self.top_k:
-            raise ValueError("draws are some of the top_k slots: set top_k too (e.g. top_k: 32, draws: 16)")
-        if self.draws > (self.top_k or 0):
-            raise ValueError(f"draws ({self.draws}) cannot exceed top_k ({self.top_k})")
-        if self.draws and self.beta != 0:
-            raise ValueError("draws estimate the forward KL (beta 0) only: the reverse KL and the JSD need the "
-                             "teacher's probability of tokens never drawn; set beta: 0, or draws: 0")
+    def _samples_estimate_the_forward_kl(self) -> KdParams:
+        if self.top_k_by == "priority" and not self.top_k:
+            raise ValueError("top_k_by picks the top_k tokens: set top_k too (e.g. top_k: 32)")
+        if self.top_k_by == "priority" and self.beta != 0:
+            raise ValueError("priority-sampled tokens estimate the forward KL (beta 0) only: the reverse KL and "
+                             "the JSD need the teacher's probability of tokens never sampled; set beta: 0, or "
+                             "top_k_by: top")
         return self
 
 
