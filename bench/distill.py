@@ -5,6 +5,7 @@ measured side by side (`tuneforge.reports.distill`), with the teacher cache's di
 full-vocabulary cache would take.
 
     python -m bench.distill [--steps 50] [--layers 10] [--reuse] [--only kd,sft]
+    python -m bench.distill --steps 35 --seeds 42,1,2,3,4 --reuse --only sft,kd-t2,kd-top32-t2,kd-priority32-t2
 
 The teacher is runs/quickstart (`make demo`; trained here when missing). Report: bench/results/distill/.
 """
@@ -137,6 +138,42 @@ def gains(figures: dict) -> list[str]:
     return notes
 
 
+def over_seeds(scores: dict[str, dict[int, dict]], seeds: list[int], steps: int) -> str:
+    """Exact match and test loss of every variant at every seed, their means and standard deviations, and what
+    each top-k twin keeps of its whole-vocabulary twin's mean gain over SFT (single runs on the steep part of the
+    learning curve spread by tens of points: the mean over seeds is the figure to read)."""
+    def stats(values: list[float]) -> str:
+        mean = sum(values) / len(values)
+        sd = (sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
+        return f"{mean:.1f} ± {sd:.1f}" if max(values) > 1.5 else f"{mean:.3f} ± {sd:.3f}"
+
+    lines = [f"# Distillation over {len(seeds)} seeds, {steps} steps", "",
+             "| variant | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | exact match, mean ± sd | test loss, mean ± sd |",
+             "| --- |" + " --- |" * (len(seeds) + 2)]
+    means = {}
+    for name, by_seed in scores.items():
+        em = [by_seed[s]["exact_match"] for s in seeds]
+        loss = [by_seed[s]["test_loss"] for s in seeds]
+        means[name] = (sum(em) / len(em), sum(loss) / len(loss))
+        lines.append(f"| {name} | " + " | ".join(f"{e:.0f}" for e in em) + f" | {stats(em)} | {stats(loss)} |")
+    lines += ["", machine_line(), f"`python -m bench.distill --steps {steps} --seeds {','.join(map(str, seeds))} "
+              f"--only {','.join(scores)}`", ""]
+    if "sft" in means:
+        for full, tops in TWINS.items():
+            if full not in means:
+                continue
+            gain, loss_gain = means[full][0] - means["sft"][0], means["sft"][1] - means[full][1]
+            lines.append(f"- {full}: {gain:+.1f} exact match over SFT on the mean, test loss {-loss_gain:+.3f}")
+            for top in (t for t in tops if t in means):
+                top_gain, top_loss_gain = means[top][0] - means["sft"][0], means["sft"][1] - means[top][1]
+                lines.append(f"- {top}: {top_gain:+.1f} ({100 * top_gain / gain:.0f}% of {full}'s mean gain), "
+                             f"test loss {-top_loss_gain:+.3f} ({100 * top_loss_gain / loss_gain:.0f}% of its)"
+                             if gain >= MIN_GAIN and loss_gain > 0 else f"- {top}: {top_gain:+.1f} ({full}'s "
+                             "mean gain is within noise: no share defined)")
+    return "\n".join(lines) + "\n"
+
+
 def _suffix(steps: int, seed: int) -> str:
     """How runs of other steps or seeds than the example's are named beside its own."""
     return (f"-{steps}-steps" if steps != STEPS else "") + (f"-seed-{seed}" if seed != SEED else "")
@@ -155,13 +192,30 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
     parser.add_argument("--task", default="quickstart", choices=sorted(TASKS))
     parser.add_argument("--seed", type=int, default=SEED, help="the students' training seed (data order, dropout)")
+    parser.add_argument("--seeds", help="comma list of seeds: every variant at each, then a table of the means "
+                                        "(steps-N-seeds.md; no speed report)")
     args = parser.parse_args()
     task = TASKS[args.task]
     task["out"].mkdir(parents=True, exist_ok=True)
     teacher = teacher_run(task)
     student = student_dir(task["out"], teacher, args.layers)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        scores: dict[str, dict[int, dict]] = {name: {} for name in names}
+        for seed in seeds:
+            for name in names:
+                run, extra = run_variant(name, task, student, teacher, args.steps, seed, args.reuse)
+                after = json.loads((run / "eval.json").read_text())["after"]
+                scores[name][seed] = {"exact_match": after["exact_match"], "test_loss": after.get("nll",
+                                                                                                   after["loss"])}
+                print(f"{name} seed {seed}: exact match {after['exact_match']}", flush=True)
+        path = task["out"] / f"steps-{args.steps}-seeds.md"
+        path.write_text(over_seeds(scores, seeds, args.steps))
+        print(path.read_text())
+        return
     runs, figures = [], {}
-    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
+    for name in names:
         run, extra = run_variant(name, task, student, teacher, args.steps, args.seed, args.reuse)
         runs.append(run)
         figures[name] = extra
