@@ -171,6 +171,21 @@ def test_priority_sampling_is_refused_for_the_reverse_kl_and_the_jsd():
     assert KdParams(teacher="x", top_k=32, top_k_by="priority").beta == 0
 
 
+def test_a_check_across_objective_keys_is_located_and_says_its_fix(tmp_path):
+    from tuneforge.config import load_config
+    from tuneforge.errors import ConfigError
+    from tuneforge.objectives import validate_objective_params
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: default\nobjective: {name: kd, teacher: default, top_k: 32, top_k_by: priority, "
+                    "beta: 0.5}\ndata: {train: 'quickstart:train'}\n")
+    loaded = load_config(path)
+    with pytest.raises(ConfigError) as caught:
+        validate_objective_params(loaded.run.objective, loaded.where("objective"))
+    assert str(caught.value).startswith(f"{path}:2 ('objective'): objective 'kd': priority-sampled tokens")
+    assert "set beta: 0, or top_k_by: top" in str(caught.value) and "'objective.'" not in str(caught.value)
+
+
 # ------------------------------------------------------------------------------------- the kd objective
 
 

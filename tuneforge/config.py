@@ -532,6 +532,8 @@ def validate_named_params(schema: type[BaseModel], spec: NamedParams, key: str, 
                 fix = f"did you mean '{key}.{hint}'?" if hint else \
                     f"valid keys for {spec.name}: {', '.join(schema.model_fields) or '(none)'}"
                 lines.append(f"{where}: unknown key '{key}.{name}' for {key} '{spec.name}'\n  fix: {fix}")
+            elif not name:  # a check across keys: its message says which and the fix
+                lines.append(f"{where}: {key} '{spec.name}': {err['msg'].removeprefix('Value error, ')}")
             else:
                 lines.append(f"{where}: '{key}.{name}' = {err.get('input')!r}: {err['msg']}\n"
                              f"  fix: give a valid value for '{key}.{name}'")
