@@ -358,11 +358,46 @@ def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, e
     assert packed["input_ids"].numel() < padded["input_ids"].numel()  # the padding is gone
     assert packed["attention_mask"].dim() == 4 and packed["position_ids"].max() == max(len(e) for e in examples) - 1
     real = padded["attention_mask"].bool() if task == "token_classification" else slice(None)  # not the padding
+    widths = []  # a label per text: the last layer's feed-forward runs on each text's [CLS] alone
+    hook = model.bert.encoder.layer[-1].intermediate.register_forward_hook(
+        lambda module, args, out: widths.append(args[0].shape[:-1]))
     torch.testing.assert_close(head_logits(model, packed)[real], head_logits(model, padded)[real], atol=1e-5,
                                rtol=1e-5)
+    hook.remove()
+    packed_tokens = packed["input_ids"].shape
+    assert widths[0] == ((len(examples),) if task == "sequence_classification" else packed_tokens)
     ctx = LossContext(num_label_tokens=sum(e.num_label_tokens for e in examples), num_examples=len(examples))
     assert float(classify_loss(model, packed, ctx).loss) == pytest.approx(float(classify_loss(model, padded,
                                                                                               ctx).loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_packed_batch_gives_the_padded_batchs_gradients(tiny_bert_dir, encoder_tokenizer, checkpointing):
+    """The first-token-only last layer trains what the whole layer would; a checkpointed layer (recomputed in the
+    backward pass, after the forward's context closed) is left whole and gives them too."""
+    from tuneforge.config import ModelConfig
+    from tuneforge.data.labels import collate_labeled_packed
+    from tuneforge.models.load import Head, load_model
+    from tuneforge.objectives.classify import head_logits
+
+    raw = [{"text": "so " * (1 + 3 * i) + "good", "label": str(i % 3)} for i in range(9)]
+    records = [normaliser("sequence_classification")(record(r, i)) for i, r in enumerate(raw)]
+    labels = LabelSet.of("sequence_classification", records)
+    examples, _ = encode_labeled(records, encoder_tokenizer, labels, 64)
+    model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head("sequence_classification", labels.names))
+    model.train().requires_grad_(True)  # loaded frozen: a method chooses what trains
+    if checkpointing:
+        from tuneforge.engine.precision import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
+    grads = []
+    for batch in (collate_labeled(examples, 0), collate_labeled_packed(examples, 0)):
+        model.zero_grad()
+        (head_logits(model, batch) * torch.arange(1.0, 4.0)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_packing_trains_the_same_weights_and_is_refused_where_it_cannot_work(tmp_path, tiny_bert_dir,

@@ -365,7 +365,7 @@ def collate_labeled(examples: Sequence[LabeledExample], pad_id: int) -> dict:
     return batch
 
 
-PACK_WIDTH = 128  # tokens per packed row at least: short texts share a row, the attention per row stays small
+PACK_WIDTH = 32  # tokens per packed row at least: short texts share a row, the attention per row stays small
 
 
 def collate_labeled_packed(examples: Sequence[LabeledExample], pad_id: int) -> dict:

@@ -22,7 +22,8 @@ def head_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
     if "unpack_index" not in batch:
         return model(**inputs).logits.float()
-    with unpacked_encoder_output(model, batch["unpack_index"]):
+    # a label per text: BERT's pooler reads each text's [CLS] alone, so the last layer computes only that
+    with unpacked_encoder_output(model, batch["unpack_index"], first_token_only=batch["labels"].dim() == 1):
         return model(**inputs).logits.float()
 
 
