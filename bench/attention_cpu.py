@@ -1,5 +1,6 @@
 """Which attention kernel trains a small encoder fastest on this CPU: PyTorch's SDPA or transformers' eager
-attention, in fp32 and bf16, on padded and packed batches (`train.packing`).
+attention, in fp32 and bf16, on padded and packed batches (`train.packing`); and, packed, what the [CLS]-only
+last layer saves at rows packed from 32 and from 128 tokens.
 
     python -m bench.attention_cpu
 
@@ -19,16 +20,28 @@ import torch
 
 from bench.common import machine_line
 from tuneforge.config import ModelConfig
-from tuneforge.data.labels import LabelSet, collate_labeled, collate_labeled_packed, encode_labeled, normaliser
+from tuneforge.data import labels as labels_module
+from tuneforge.data.labels import (
+    PACK_WIDTH,
+    LabelSet,
+    collate_labeled,
+    collate_labeled_packed,
+    encode_labeled,
+    normaliser,
+)
 from tuneforge.data.sources import RawRecord, resolve_source
 from tuneforge.engine import precision
 from tuneforge.methods import get_method
 from tuneforge.models.default import encoder_dir
 from tuneforge.models.load import Head, load_model
-from tuneforge.objectives.classify import head_logits
+from tuneforge.models.parts import unpacked_encoder_output
+from tuneforge.objectives.classify import MODEL_INPUTS, head_logits
+
+PACKED = {"packed": (32, True), "packed, whole last layer": (32, False), "packed from 128": (128, True),
+          "packed from 128, whole last layer": (128, False)}  # name: (rows' least width, [CLS]-only last layer)
 
 
-def batches(count: int = 6, size: int = 32) -> tuple[list[tuple[dict, dict]], LabelSet]:
+def batches(count: int = 6, size: int = 32) -> tuple[list[dict[str, dict]], LabelSet]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
@@ -38,7 +51,22 @@ def batches(count: int = 6, size: int = 32) -> tuple[list[tuple[dict, dict]], La
     labels = LabelSet.of("sequence_classification", records)
     encoded, _ = encode_labeled(records, tokenizer, labels, 128)
     chunks = [encoded[i:i + size] for i in range(0, len(encoded), size)]
-    return [(collate_labeled(c, 0), collate_labeled_packed(c, 0)) for c in chunks], labels
+    out = [{"padded": collate_labeled(c, 0)} for c in chunks]
+    for name, (width, _) in PACKED.items():
+        labels_module.PACK_WIDTH = width
+        for batch, c in zip(out, chunks, strict=True):
+            batch[name] = collate_labeled_packed(c, 0)
+    labels_module.PACK_WIDTH = PACK_WIDTH
+    return out, labels
+
+
+def step(model, batch: dict, first_token_only: bool) -> torch.Tensor:
+    """head_logits, with the [CLS]-only last layer switched as asked."""
+    if "unpack_index" not in batch:
+        return head_logits(model, batch)
+    inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+    with unpacked_encoder_output(model, batch["unpack_index"], first_token_only=first_token_only):
+        return model(**inputs).logits.float()
 
 
 def main() -> None:
@@ -55,22 +83,22 @@ def main() -> None:
             precision.cast_frozen_weights(model, chosen)
             setups[(chosen, kernel)] = (model.train(), precision.autocast_factory(chosen, torch.device("cpu")))
     times: dict = {}
+    kinds = ("padded", *PACKED)
     for round_ in range(3):
         for key, (model, autocast) in setups.items():
-            for packed in (False, True):
+            for kind in kinds:
                 started = time.perf_counter()
                 for batch in data:
                     with autocast():
-                        loss = head_logits(model, batch[packed]).sum()
+                        loss = step(model, batch[kind], PACKED.get(kind, (0, True))[1]).sum()
                     loss.backward()
                 if round_:
-                    times.setdefault((*key, packed), []).append(1000 * (time.perf_counter() - started) / len(data))
-    print(f"{machine_line()}; default encoder, LoRA r 8, batches of 32 texts, ms per forward + backward\n")
-    print(f"{'precision':<10}{'attention':<11}{'padded':>8}{'packed':>8}")
+                    times.setdefault((*key, kind), []).append(1000 * (time.perf_counter() - started) / len(data))
+    print(f"{machine_line()}; default encoder, LoRA r 8, batches of 32 texts, ms per forward + backward (the best of "
+          "two rounds)\n")
+    print(f"{'precision':<10}{'attention':<11}" + "".join(f"{k:>36}" for k in kinds))
     for chosen, kernel in setups:
-        print(f"{chosen:<10}{kernel:<11}{min(times[(chosen, kernel, False)]):>8.1f}"
-              f"{min(times[(chosen, kernel, True)]):>8.1f}")
-
+        print(f"{chosen:<10}{kernel:<11}" + "".join(f"{min(times[(chosen, kernel, k)]):>36.1f}" for k in kinds))
 
 if __name__ == "__main__":
     main()

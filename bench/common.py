@@ -296,6 +296,9 @@ def machine_line() -> str:
         bf16 = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
         vector = "avx512f" if "avx512f" in flags else "avx2"
         where = f"{name} ({', '.join(bf16) if bf16 else f'no bf16 instructions, {vector}'})"
+        kernels = torch.backends.cpu.get_cpu_capability()  # ATEN_CPU_CAPABILITY=avx2 stands in for an AVX2 CPU
+        if kernels.lower() != vector.lower() and not (bf16 and kernels.upper() == "AVX512"):
+            where += f", torch's {kernels} kernels"
     return f"machine: {where}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
