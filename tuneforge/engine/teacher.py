@@ -92,21 +92,20 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
     device = model_device(teacher.model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
-        computed = [(batch, teacher(batch)) for batch in
-                    (to_device(collate(examples[start: start + batch_size], pad_id), device)
-                     for start in range(0, len(examples), batch_size))]
-    for batch, tokens in computed:
-        at = 0
-        for sequence, labels, count in batch_sequences_of(batch):
-            digest = sequence_digest(sequence, labels)
-            if digest not in seen:
-                seen.add(digest)
-                digests.append(torch.frombuffer(bytearray(digest), dtype=torch.uint8))
-                logprobs.append(tokens.logprobs[at: at + count].float().cpu())
-                ids.append(tokens.ids[at: at + count].to(torch.int32).cpu())
-                rests.append(tokens.rest[at: at + count].float().cpu())
-                offsets.append(offsets[-1] + count)
-            at += count
+        for start in range(0, len(examples), batch_size):
+            batch = to_device(collate(examples[start: start + batch_size], pad_id), device)
+            tokens = teacher(batch)
+            at = 0
+            for sequence, labels, count in batch_sequences_of(batch):
+                digest = sequence_digest(sequence, labels)
+                if digest not in seen:
+                    seen.add(digest)
+                    digests.append(torch.frombuffer(bytearray(digest), dtype=torch.uint8))
+                    logprobs.append(tokens.logprobs[at: at + count].float().cpu())
+                    ids.append(tokens.ids[at: at + count].to(torch.int32).cpu())
+                    rests.append(tokens.rest[at: at + count].float().cpu())
+                    offsets.append(offsets[-1] + count)
+                at += count
     _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
                                   "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
                                   "rest": torch.cat(rests).contiguous()},
