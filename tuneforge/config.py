@@ -193,10 +193,23 @@ def parse_metrics(text: str, where: str, task: str = "causal_lm") -> list[str]:
     return names
 
 
+Tracker = Literal["tensorboard", "mlflow"]
+
+
 class OutputConfig(Strict):
     dir: str | None = Field(None, description="run directory; default runs/<config file name>")
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="shorthand: false leaves tensorboard out of the default trackers")
+    trackers: list[Tracker] | None = Field(
+        None, description="where the metrics go besides metrics.jsonl: tensorboard (<run>/tensorboard), mlflow (a "
+                          "local store in <run>/mlflow, or the server MLFLOW_TRACKING_URI names); default "
+                          "[tensorboard]")
     overwrite: bool = False
+
+    @property
+    def chosen_trackers(self) -> list[str]:
+        if self.trackers is not None:
+            return list(dict.fromkeys(self.trackers))
+        return ["tensorboard"] if self.tensorboard else []
 
 
 class RunConfig(Strict):

@@ -1,11 +1,14 @@
-"""Where a run's numbers go: metrics.jsonl (always), TensorBoard (by default), and the console —
-a rich progress bar on a terminal, plain log lines otherwise or with --quiet."""
+"""Where a run's numbers go: metrics.jsonl (always), the trackers the config names (`output.trackers`:
+TensorBoard by default, MLflow), and the console — a rich progress bar on a terminal, plain log lines otherwise
+or with --quiet."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +19,101 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl plus optional TensorBoard events. On resume, rows after the resumed step
-    are dropped so the file reads as one uninterrupted run."""
+    """Append-only metrics.jsonl plus the chosen trackers (each imported only when chosen). On resume, rows
+    after the resumed step are dropped so the file reads as one uninterrupted run. `params` (the run's config) go
+    to the trackers that keep parameters; `close` hands them the run's result files and its end state."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, trackers: Sequence[str] = ("tensorboard",), resume_step: int | None = None,
+                 params: dict | None = None):
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [row for row in _rows(self.path) if row.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)
+        self._trackers = [TRACKERS[name](run_dir, resume_step, params or {}) for name in trackers]
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
         row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for key, value in values.items():
-                if isinstance(value, int | float):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+        numbers = {f"{kind}/{key}": float(value) for key, value in flat_scores(values).items()
+                   if not isinstance(value, bool)}
+        for tracker in self._trackers:
+            tracker.log(step, numbers)
 
-    def close(self) -> None:
+    def close(self, artifacts: Sequence[Path] = (), failed: bool = False) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close([p for p in artifacts if p.is_file()], failed)
+
+
+class TensorBoardTracker:
+    def __init__(self, run_dir: Path, resume_step: int | None, params: dict):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def log(self, step: int, numbers: dict[str, float]) -> None:
+        for key, value in numbers.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self, artifacts: Sequence[Path], failed: bool) -> None:
+        self.writer.close()
+
+
+class MlflowTracker:
+    """One MLflow run per tuneforge run: params (the config, flattened), every metric row, and at the end the
+    result files as artifacts. The store is the server `MLFLOW_TRACKING_URI` names, or else a local one in
+    <run>/mlflow (SQLite, MLflow's local backend now that its file store is frozen, and an artifacts folder), which
+    `mlflow ui --backend-store-uri sqlite:///<run>/mlflow/mlflow.db` or `MlflowClient` open. A resumed run goes on
+    in the same MLflow run."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, params: dict):
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        folder = run_dir / "mlflow"
+        folder.mkdir(exist_ok=True)
+        self.client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
+                                   or f"sqlite:///{(folder / 'mlflow.db').resolve()}")
+        remembered = folder / "run_id"
+        if resume_step is not None and remembered.is_file():
+            self.run_id = remembered.read_text().strip()
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        experiment = self.client.get_experiment_by_name("tuneforge")
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
+            "tuneforge", artifact_location=None if "MLFLOW_TRACKING_URI" in os.environ
+            else (folder / "artifacts").resolve().as_uri())
+        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+        remembered.write_text(self.run_id)
+        flat = [Param(key, str(value)[:6000]) for key, value in _flatten(params).items()]
+        for start in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=flat[start:start + 100])
+
+    def log(self, step: int, numbers: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step) for key, value in numbers.items()])
+
+    def close(self, artifacts: Sequence[Path], failed: bool) -> None:
+        for path in artifacts:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 class NullMetrics(MetricsLog):
@@ -55,7 +125,7 @@ class NullMetrics(MetricsLog):
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, artifacts: Sequence[Path] = (), failed: bool = False) -> None:
         pass
 
 

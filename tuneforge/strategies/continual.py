@@ -138,7 +138,8 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
             phase_data = dataclasses.replace(prepared, train=mixed)
             phase_cfg = _per_task(cfg, len(mixed) / len(own))
             phase.mkdir(parents=True, exist_ok=True)
-            metrics = MetricsLog(phase, cfg.output.tensorboard, resume_step=step_of(found))
+            metrics = MetricsLog(phase, cfg.output.chosen_trackers, resume_step=step_of(found),
+                                 params=cfg.model_dump(mode="json"))
             started = time.perf_counter()
             try:
                 inputs = loop_inputs(session, phase_data, phase_cfg, metrics, console, phase / CHECKPOINTS, evaluate)

@@ -115,7 +115,8 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
                      f"{aggregation.__class__.__name__.removesuffix('Params')}; each round exchanges "
                      f"{_mib(adapter_bytes)} per client each way ({100 * adapter_bytes / full_bytes:.2f}% of the "
                      f"full model's {_mib(full_bytes)})" + (f"; resuming after round {done}" if done else ""))
-        metrics = MetricsLog(run_dir, cfg.output.tensorboard, resume_step=done if resuming else None)
+        metrics = MetricsLog(run_dir, cfg.output.chosen_trackers, resume_step=done if resuming else None,
+                             params=cfg.model_dump(mode="json"))
         server = _Server(loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
                          adapter_bytes, full_bytes, weights, done)
         started = time.perf_counter()

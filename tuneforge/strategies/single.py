@@ -25,7 +25,7 @@ from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.session import Prepared, loop_inputs, make_evaluator, open_session, prepare_data, read_recipe
-from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole, flat_scores
+from tuneforge.engine.tracking import METRICS_FILE, MetricsLog, NullMetrics, RunConsole, flat_scores
 from tuneforge.errors import CheckpointError, RunDirError
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import SingleParams
@@ -88,8 +88,10 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             return {}
 
         eval_before = world.from_main(start_run_dir)
-        metrics = (MetricsLog(run_dir, cfg.output.tensorboard, resume_step=step_of(resume_from)) if main
-                   else NullMetrics())
+        metrics = (MetricsLog(run_dir, cfg.output.chosen_trackers, resume_step=step_of(resume_from),
+                              params=cfg.model_dump(mode="json")) if main else NullMetrics())
+        if eval_before:  # the base model's scores, a row like every evaluation's
+            metrics.log(0, "eval_before", eval_before)
         started = time.perf_counter()
         try:
             inputs = loop_inputs(session, prepared, cfg, metrics, console, run_dir / CHECKPOINTS, evaluate)
@@ -112,18 +114,21 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
                 eval_after, samples = evaluate(generate=True)
                 if eval_after:
                     metrics.log(state.step, "final_eval", eval_after)
-        finally:
-            metrics.close()
-        if resume_from is not None:
-            eval_before = read_json(run_dir / EVAL_FILE).get("before", {})
-        summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
-                   "stopped_early": state.stopped_early}
-        with guard("writing the run's results"):
-            write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
-            weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p) for p in
-                       sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
-            write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
-                                             "weights_sha256": weights})
+            if resume_from is not None:
+                eval_before = read_json(run_dir / EVAL_FILE).get("before", {})
+            summary = {"steps": state.step, "wall_s": round(wall, 1), "skipped_steps": state.skipped_steps,
+                       "stopped_early": state.stopped_early}
+            with guard("writing the run's results"):
+                write_json(run_dir / EVAL_FILE, {"before": eval_before, "after": eval_after, "samples": samples[:50]})
+                weights = {str(p.relative_to(run_dir)): checkpoint.sha256_of(p) for p in
+                           sorted(run_dir.glob("**/*.safetensors")) if p.relative_to(run_dir).parts[0] != CHECKPOINTS}
+                write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
+                                                 "weights_sha256": weights})
+        except BaseException:
+            metrics.close(failed=True)
+            raise
+        metrics.close(artifacts=[run_dir / EVAL_FILE, run_dir / RUN_FILE, run_dir / "config.yaml",
+                                 *sorted(run_dir.glob("*.png")), run_dir / METRICS_FILE])
         return RunResult(run_dir, state.step, summary, eval_before, eval_after)
 
 

@@ -1,0 +1,70 @@
+"""Trackers: an MLflow run written by a tuneforge run opens with MLflow's own client and holds the run's config,
+every metric row and the same final scores as eval.json; the base model's scores are a metrics row too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import tiny_config
+from tuneforge.api import train
+from tuneforge.engine.tracking import read_metrics
+
+
+def test_an_mlflow_run_holds_the_config_the_metrics_and_eval_json_s_scores(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tiny_config(tmp_path, tiny_model_dir, output={"trackers": ["mlflow"]},
+                         eval={"compare_base": True})
+    run_dir = train(config, quiet=True).run_dir
+    scores = json.loads((run_dir / "eval.json").read_text())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tuneforge")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == run_dir.name
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["method.name"] == "lora"
+    for kind, figures in (("final_eval", scores["after"]), ("eval_before", scores["before"])):
+        for metric, value in figures.items():
+            assert run.data.metrics[f"{kind}/{metric}"] == pytest.approx(value), (kind, metric)
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert losses == pytest.approx([r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"])
+    kept = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval.json", "run.json", "config.yaml", "metrics.jsonl"} <= kept
+    # metrics.jsonl has the base model's row too, before the first step's
+    assert read_metrics(run_dir)[0]["kind"] == "eval_before"
+    assert not (run_dir / "tensorboard").exists()  # not chosen
+
+
+def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    import tuneforge.strategies.single as single
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the loop broke")
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(single, "train_loop", broken)
+    with pytest.raises(RuntimeError, match="the loop broke"):
+        train(tiny_config(tmp_path, tiny_model_dir, output={"trackers": ["mlflow"]}), quiet=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("tuneforge").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_trackers_default_to_tensorboard_and_unknown_ones_are_refused(tmp_path):
+    from tuneforge.config import OutputConfig, load_config
+    from tuneforge.errors import ConfigError
+
+    assert OutputConfig().chosen_trackers == ["tensorboard"]
+    assert OutputConfig(tensorboard=False).chosen_trackers == []
+    assert OutputConfig(trackers=["mlflow", "tensorboard", "mlflow"]).chosen_trackers == ["mlflow", "tensorboard"]
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: {train: 'quickstart:train'}\noutput:\n  trackers: [mlfow]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3.*output.trackers"):
+        load_config(path)
