@@ -57,6 +57,13 @@ def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, m
     assert run.info.status == "FAILED"
 
 
+def test_names_mlflow_refuses_are_made_safe():
+    from tuneforge.engine.tracking import _mlflow_key
+
+    assert _mlflow_key("eval/quickstart:iso/exact_match") == "eval/quickstart_iso/exact_match"
+    assert _mlflow_key("train.lr") == "train.lr"
+
+
 def test_trackers_default_to_tensorboard_and_unknown_ones_are_refused(tmp_path):
     from tuneforge.config import OutputConfig, load_config
     from tuneforge.errors import ConfigError

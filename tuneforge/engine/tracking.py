@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -87,7 +88,7 @@ class MlflowTracker:
             else (folder / "artifacts").resolve().as_uri())
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         remembered.write_text(self.run_id)
-        flat = [Param(key, str(value)[:6000]) for key, value in _flatten(params).items()]
+        flat = [Param(_mlflow_key(key), str(value)[:6000]) for key, value in _flatten(params).items()]
         for start in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=flat[start:start + 100])
 
@@ -95,12 +96,18 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, step) for key, value in numbers.items()])
+        self.client.log_batch(self.run_id, metrics=[Metric(_mlflow_key(key), value, now, step)
+                                                    for key, value in numbers.items()])
 
     def close(self, artifacts: Sequence[Path], failed: bool) -> None:
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _mlflow_key(key: str) -> str:
+    """MLflow takes letters, digits, _ - . / and spaces in a name (a task named 'a:b' would fail the run)."""
+    return re.sub(r"[^\w\-. /]", "_", key)
 
 
 TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
