@@ -57,6 +57,14 @@ def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, m
     assert run.info.status == "FAILED"
 
 
+def test_every_number_of_a_row_reaches_the_trackers_by_its_path():
+    from tuneforge.engine.tracking import _numbers
+
+    row = {"loss": 0.5, "skipped": False, "samples": [1, 2], "tasks": {"iso": 3, "upper": {"exact_match": 50.0}}}
+    assert _numbers(row, "train/") == {"train/loss": 0.5, "train/tasks/iso": 3.0,
+                                       "train/tasks/upper/exact_match": 50.0}
+
+
 def test_names_mlflow_refuses_are_made_safe():
     from tuneforge.engine.tracking import _mlflow_key
 

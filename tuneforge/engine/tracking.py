@@ -37,8 +37,7 @@ class MetricsLog:
         row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        numbers = {f"{kind}/{key}": float(value) for key, value in flat_scores(values).items()
-                   if not isinstance(value, bool)}
+        numbers = _numbers(values, f"{kind}/")
         for tracker in self._trackers:
             tracker.log(step, numbers)
 
@@ -103,6 +102,18 @@ class MlflowTracker:
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _numbers(values: dict, prefix: str) -> dict[str, float]:
+    """A row's numbers for a tracker, nested ones named by their path (`eval/tasks/iso/exact_match`, a multi-task
+    step's `train/tasks/iso` count); lists, strings and flags left to metrics.jsonl."""
+    numbers: dict[str, float] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            numbers |= _numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            numbers[f"{prefix}{key}"] = float(value)
+    return numbers
 
 
 def _mlflow_key(key: str) -> str:
