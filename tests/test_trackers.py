@@ -57,12 +57,22 @@ def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, m
     assert run.info.status == "FAILED"
 
 
-def test_every_number_of_a_row_reaches_the_trackers_by_its_path():
-    from tuneforge.engine.tracking import _numbers
+def test_every_number_of_a_row_reaches_the_trackers_by_its_path(tmp_path):
+    from tuneforge.engine.tracking import MetricsLog
 
-    row = {"loss": 0.5, "skipped": False, "samples": [1, 2], "tasks": {"iso": 3, "upper": {"exact_match": 50.0}}}
-    assert _numbers(row, "train/") == {"train/loss": 0.5, "train/tasks/iso": 3.0,
-                                       "train/tasks/upper/exact_match": 50.0}
+    class Kept:
+        def __init__(self, *args):
+            self.rows = []
+
+        def log(self, step, numbers):
+            self.rows.append(numbers)
+
+    metrics = MetricsLog(tmp_path)
+    metrics._trackers = [kept := Kept()]
+    metrics.log(3, "train", {"loss": 0.5, "skipped": False, "samples": [1, 2],
+                             "tasks": {"iso": 3, "upper": {"exact_match": 50.0}}})
+    metrics._file.close()
+    assert kept.rows == [{"train/loss": 0.5, "train/tasks/iso": 3.0, "train/tasks/upper/exact_match": 50.0}]
 
 
 def test_names_mlflow_refuses_are_made_safe():

@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tuneforge.config import RunConfig, redacted
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -24,20 +26,22 @@ class MetricsLog:
     after the resumed step are dropped so the file reads as one uninterrupted run. `params` (the run's config) go
     to the trackers that keep parameters; `close` hands them the run's result files and its end state."""
 
-    def __init__(self, run_dir: Path, trackers: Sequence[str] = ("tensorboard",), resume_step: int | None = None,
-                 params: dict | None = None):
+    def __init__(self, run_dir: Path, cfg: RunConfig | None = None, resume_step: int | None = None):
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [row for row in _rows(self.path) if row.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self._file = self.path.open("a", encoding="utf-8")
-        self._trackers = [TRACKERS[name](run_dir, resume_step, params or {}) for name in trackers]
+        trackers = cfg.output.chosen_trackers if cfg is not None else []
+        params = redacted(cfg.model_dump(mode="json")) if cfg is not None else {}  # as config.yaml has it
+        self._trackers = [TRACKERS[name](run_dir, resume_step, params) for name in trackers]
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
         row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        numbers = _numbers(values, f"{kind}/")
+        numbers = {key: float(value) for key, value in _flatten(values, f"{kind}/", "/").items()
+                   if isinstance(value, int | float) and not isinstance(value, bool)}
         for tracker in self._trackers:
             tracker.log(step, numbers)
 
@@ -104,18 +108,6 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
-def _numbers(values: dict, prefix: str) -> dict[str, float]:
-    """A row's numbers for a tracker, nested ones named by their path (`eval/tasks/iso/exact_match`, a multi-task
-    step's `train/tasks/iso` count); lists, strings and flags left to metrics.jsonl."""
-    numbers: dict[str, float] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            numbers |= _numbers(value, f"{prefix}{key}/")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            numbers[f"{prefix}{key}"] = float(value)
-    return numbers
-
-
 def _mlflow_key(key: str) -> str:
     """MLflow takes letters, digits, _ - . / and spaces in a name (a task named 'a:b' would fail the run)."""
     return re.sub(r"[^\w\-. /]", "_", key)
@@ -124,11 +116,12 @@ def _mlflow_key(key: str) -> str:
 TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(values: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """A nested dict's leaves named by their path: a config's `train.lr`, a row's `train/tasks/iso`."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}.")
+            flat |= _flatten(value, f"{prefix}{key}{sep}", sep)
         else:
             flat[f"{prefix}{key}"] = value
     return flat

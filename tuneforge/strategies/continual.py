@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from tuneforge.config import LoadedConfig, dump_yaml, redacted
+from tuneforge.config import LoadedConfig, dump_yaml
 from tuneforge.engine import checkpoint
 from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
@@ -138,8 +138,7 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
             phase_data = dataclasses.replace(prepared, train=mixed)
             phase_cfg = _per_task(cfg, len(mixed) / len(own))
             phase.mkdir(parents=True, exist_ok=True)
-            metrics = MetricsLog(phase, cfg.output.chosen_trackers, resume_step=step_of(found),
-                                 params=redacted(cfg.model_dump(mode="json")))
+            metrics = MetricsLog(phase, cfg, resume_step=step_of(found))
             started = time.perf_counter()
             try:
                 inputs = loop_inputs(session, phase_data, phase_cfg, metrics, console, phase / CHECKPOINTS, evaluate)

@@ -30,7 +30,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from tuneforge.config import DatasetSpec, LoadedConfig, dump_yaml, redacted
+from tuneforge.config import DatasetSpec, LoadedConfig, dump_yaml
 from tuneforge.data.dataset import encode_examples
 from tuneforge.data.partition import split_clients
 from tuneforge.data.render import use_chat_template
@@ -115,8 +115,7 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
                      f"{aggregation.__class__.__name__.removesuffix('Params')}; each round exchanges "
                      f"{_mib(adapter_bytes)} per client each way ({100 * adapter_bytes / full_bytes:.2f}% of the "
                      f"full model's {_mib(full_bytes)})" + (f"; resuming after round {done}" if done else ""))
-        metrics = MetricsLog(run_dir, cfg.output.chosen_trackers, resume_step=done if resuming else None,
-                             params=redacted(cfg.model_dump(mode="json")))
+        metrics = MetricsLog(run_dir, cfg, resume_step=done if resuming else None)
         server = _Server(loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
                          adapter_bytes, full_bytes, weights, done)
         started = time.perf_counter()

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneforge.config import LoadedConfig, dump_yaml, load_config, redacted
+from tuneforge.config import LoadedConfig, dump_yaml, load_config
 from tuneforge.engine import checkpoint, distributed, paths
 from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
@@ -88,8 +88,8 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
             return {}
 
         eval_before = world.from_main(start_run_dir)
-        metrics = (MetricsLog(run_dir, cfg.output.chosen_trackers, resume_step=step_of(resume_from),
-                              params=redacted(cfg.model_dump(mode="json"))) if main else NullMetrics())
+        metrics = (MetricsLog(run_dir, cfg, resume_step=step_of(resume_from)) if main
+                   else NullMetrics())
         if eval_before:  # the base model's scores, a row like every evaluation's
             metrics.log(0, "eval_before", eval_before)
         started = time.perf_counter()
