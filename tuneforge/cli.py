@@ -309,11 +309,20 @@ def _print_before_after(before: dict, after: dict) -> None:
 def export(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
            out: Annotated[Path, typer.Option(help="where to write the Hugging Face model directory")],
            merge: Annotated[bool, typer.Option(help="fold an adapter (LoRA family, IA3, BitFit) in")] = False,
-           overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False) -> None:
-    """Write a finished run as a plain Hugging Face model (weights + tokenizer); transformers alone loads it."""
+           overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False,
+           gguf: Annotated[bool, typer.Option(help="write GGUF files for llama.cpp / Ollama instead (merged; "
+                                              "llama-family models), with an Ollama Modelfile")] = False,
+           quant: Annotated[list[str] | None, typer.Option(help="GGUF type, repeatable: f16 (default), bf16, q8_0, "
+                                                           "q4_0, q4_1, f32; q4_k_m with llama-cpp-python")] = None
+           ) -> None:
+    """Write a finished run as a plain Hugging Face model (weights + tokenizer) that transformers alone loads, or
+    with --gguf as GGUF files that llama.cpp and Ollama load."""
     from tuneforge.engine.export import export_run
 
-    print(f"exported: {export_run(run_dir, out, merge=merge, overwrite=overwrite)}")
+    if quant and not gguf:
+        raise ConfigError("--quant chooses a GGUF type\n  fix: add --gguf")
+    quants = list(dict.fromkeys(quant or ["f16"])) if gguf else []
+    print(f"exported: {export_run(run_dir, out, merge=merge, overwrite=overwrite, gguf=quants)}")
 
 
 @student_app.command("make")

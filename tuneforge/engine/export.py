@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from tuneforge.engine.gguf_export import check_model, check_quants, modelfile, write_gguf
 from tuneforge.engine.paths import refuse_unsafe_replace, require_writable_dir
 from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError, RunDirError
@@ -20,22 +22,36 @@ from tuneforge.models import no_progress_bars
 MARKER = "tuneforge_export.json"  # says the directory is an export, which --overwrite may replace
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
-    """Fold what the run trained into the base weights and write the plain model, atomically."""
+def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwrite: bool = False,
+               gguf: Sequence[str] = ()) -> Path:
+    """Fold what the run trained into the base weights and write the plain model, atomically: a Hugging Face
+    directory, or with `gguf` one GGUF file per type named there (the adapter folded in whatever `merge` says)
+    and an Ollama Modelfile for the first."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     require_writable_dir(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
-    model, tokenizer, method_name = merged_model(run_dir, merge)
+    check_quants(gguf)
+    model, tokenizer, method_name = merged_model(run_dir, merge or bool(gguf))
+    if gguf:
+        check_model(model.config)
     model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        with no_progress_bars():
-            model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-        (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method_name}, indent=1))
+        files = {}
+        if gguf:
+            for quant in gguf:
+                files[quant] = write_gguf(model, tokenizer, staging / f"model-{quant}.gguf", quant,
+                                          name=run_dir.resolve().name).name
+            (staging / "Modelfile").write_text(modelfile(files[gguf[0]], tokenizer))
+        else:
+            with no_progress_bars():
+                model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method_name,
+                                                  **({"gguf": files} if gguf else {})}, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.replace(out_dir)

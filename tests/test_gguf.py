@@ -1,0 +1,98 @@
+"""GGUF export: a finished run as GGUF files that another reader loads with the merged model's logits, tokenizer
+and chat template — here transformers' GGUF reader (fast); llama.cpp itself in test_gguf_llama_cpp.py
+(`make gguf-check`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BertConfig
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config
+from tuneforge.api import train
+from tuneforge.cli import app
+from tuneforge.engine.export import merged_model
+from tuneforge.engine.gguf_export import check_model, write_gguf
+from tuneforge.errors import ConfigError
+from tuneforge.models.tiny import build_tiny_llama
+
+IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+# the largest logit difference allowed, as a share of the largest logit: f16 rounds each weight to 11 bits, q8_0
+# to 8 bits per block of 32 (measured on this model: 3e-4 and 1e-2)
+TOLERANCE = {"f16": 2e-3, "q8_0": 3e-2, "q4_1": 0.2}
+PROBE = "Hello <|im_start|>user\n world 12345 été\n\n  x?"  # control-token spelling in text is text
+
+
+def gguf_logits(directory, name) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def assert_close(logits, reference, quant):
+    scale = reference.abs().max().item()
+    assert (logits - reference).abs().max().item() <= TOLERANCE[quant] * scale, quant
+
+
+def test_gguf_export_reloads_with_the_merged_models_logits_tokenizer_and_template(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3, "lr": 2e-2}, eval={"metrics": ["loss"]})
+    config["method"] = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
+    run_dir = train(config, quiet=True).run_dir
+    out = tmp_path / "gguf"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out), "--gguf", "--quant", "f16",
+                                      "--quant", "q8_0"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "model-q8_0.gguf",
+                                                     "tuneforge_export.json"]
+    assert json.loads((out / "tuneforge_export.json").read_text())["gguf"] == {"f16": "model-f16.gguf",
+                                                                             "q8_0": "model-q8_0.gguf"}
+    model, tokenizer, _ = merged_model(run_dir)
+    with torch.no_grad():
+        reference = model(input_ids=IDS).logits
+    lora_only = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        assert (lora_only(input_ids=IDS).logits - reference).abs().max() > 1e-2  # the adapter is in the file
+    for quant in ("f16", "q8_0"):
+        assert_close(gguf_logits(out, f"model-{quant}.gguf"), reference, quant)
+    reread = AutoTokenizer.from_pretrained(out, gguf_file="model-f16.gguf")
+    assert reread(PROBE)["input_ids"] == tokenizer(PROBE)["input_ids"]
+    assert reread.chat_template == tokenizer.chat_template
+    assert (reread.bos_token_id, reread.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile  # the template's default
+
+
+def test_untied_output_layer_and_4bit_types(tmp_path, tokenizer):
+    import gguf
+
+    model = build_tiny_llama(tokenizer, tie=False, seed=3).eval()
+    path = write_gguf(model, tokenizer, tmp_path / "m.gguf", "q4_1", name="tiny")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types["output.weight"] == types["token_embd.weight"] == "Q8_0"  # kept wider, as llama.cpp does
+    assert types["blk.0.attn_q.weight"] == "Q4_1" and types["blk.0.attn_norm.weight"] == "F32"
+    with torch.no_grad():
+        reference = model(input_ids=IDS).logits
+    assert_close(gguf_logits(tmp_path, "m.gguf"), reference, "q4_1")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == "llama"
+    # the default tokenizer as transformers rebuilds it from SmolLM2's GGUF splits text as GPT-2 does
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    token_types = np.array(reader.fields["tokenizer.ggml.token_type"].contents())
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert token_types[im_start] == gguf.TokenType.CONTROL and token_types[300] == gguf.TokenType.NORMAL
+
+
+def test_gguf_refusals_are_located_user_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="llama-family decoders.*BertModel"):
+        check_model(BertConfig(architectures=["BertModel"]))
+    runner = CliRunner()
+    for arguments, message in [(["--gguf", "--quant", "q5_9"], "--quant q5_9: not a GGUF type"),
+                               (["--quant", "q8_0"], "--quant chooses a GGUF type")]:
+        result = runner.invoke(app, ["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "o"), *arguments])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o").exists()
