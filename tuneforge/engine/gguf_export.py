@@ -193,7 +193,7 @@ def _pre_tokenizer(pre: dict | None) -> str:
     steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
         return "smollm"  # digits one by one, then GPT-2's split: llama.cpp's smollm / starcoder
     if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:
