@@ -84,28 +84,67 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
 @app.command("eval")
 @user_errors
 def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
-             data: Annotated[str, typer.Option(help="dataset file in any supported format")],
+             data: Annotated[str | None, typer.Option(help="dataset file in any supported format")] = None,
              metrics: Annotated[str | None, typer.Option(help="comma list of loss, exact_match, rouge, bleu "
                                                          "(default: all four); a classification run reports all of "
                                                          "its task's")] = None,
              batch_size: Annotated[int, typer.Option(min=1)] = 16,
              max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
              max_examples: Annotated[int | None, typer.Option(min=1, help="evaluate only the first N")] = None,
+             bench: Annotated[str | None, typer.Option(help="a multiple-choice file (MMLU layout), or "
+                                                       "quickstart:mc: scored by each choice's log-likelihood")] = None,
+             shots: Annotated[int | None, typer.Option(min=0, help="few-shot examples (--bench: from its 'dev' "
+                                                       "records, default 5; --lm-eval: the task's default)")] = None,
+             style: Annotated[str, typer.Option(help="--bench prompt: letters (MMLU) or choices (ARC)")] = "letters",
+             lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="comma list of lm-evaluation-harness "
+                                                         "tasks, run by lm-eval itself on the run's model")] = None,
+             lm_eval_include: Annotated[Path | None, typer.Option(help="a directory of lm-eval task YAMLs (local "
+                                                                  "data, offline)")] = None,
+             limit: Annotated[int | None, typer.Option(min=1, help="--lm-eval: the first N questions per task")] = None,
              output: Annotated[Path | None, typer.Option(help="also write scores and samples as JSON")] = None,
              ) -> None:
     """Evaluate a trained run on a dataset: loss/perplexity, exact match, ROUGE, BLEU; a classification run
-    reports all of its task's metrics (accuracy, F1, per class; entity F1; MSE and Pearson's r)."""
+    reports all of its task's metrics (accuracy, F1, per class; entity F1; MSE and Pearson's r). --bench scores a
+    multiple-choice benchmark, --lm-eval runs lm-evaluation-harness tasks."""
     from tuneforge.config import TASK_METRICS, parse_metrics
     from tuneforge.engine.session import evaluate_run
     from tuneforge.engine.tracking import flat_scores
     from tuneforge.engine.trained import load_trained, require_run_dir
 
+    if not (data or bench or lm_eval):
+        raise ConfigError("nothing to evaluate on\n  fix: give --data FILE, --bench FILE or --lm-eval TASKS")
+    if style not in ("letters", "choices"):
+        raise ConfigError(f"--style {style}: not a prompt style\n  fix: letters or choices")
     task = require_run_dir(run_dir).task
+    if (bench or lm_eval) and task != "causal_lm":
+        raise ConfigError("--bench and --lm-eval score a language model's answers; this is a classification run\n"
+                          "  fix: evaluate it with --data")
     default = "loss,exact_match,rouge,bleu" if task == "causal_lm" else ",".join(TASK_METRICS[task])
     wanted = parse_metrics(metrics or default, "--metrics", task)
+    questions = None
+    if bench:
+        from tuneforge.evaluation.multiple_choice import read_questions
+
+        questions = read_questions(bench)
     trained = load_trained(run_dir)
-    scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   max_examples=max_examples)
+    scores, samples = {}, []
+    if data:
+        scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       max_examples=max_examples)
+    if questions:
+        from tuneforge.evaluation.multiple_choice import score_questions
+
+        scored, bench_samples = score_questions(trained.model, trained.tokenizer, questions,
+                                                shots=5 if shots is None else shots, style=style,
+                                                batch_size=batch_size, autocast=trained.autocast)
+        scores.update({f"bench_{name}": value for name, value in scored.items()})
+        samples += [{"bench": True, **sample} for sample in bench_samples]
+    if lm_eval:
+        from tuneforge.evaluation.harness import lm_eval_scores
+
+        tasks = [t.strip() for t in lm_eval.split(",") if t.strip()]
+        scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, tasks, shots=shots,
+                                           batch_size=batch_size, include_path=lm_eval_include, limit=limit)
     for name, value in flat_scores(scores).items():
         print(f"{name:>16}  {value:.4f}")
     if output:

@@ -164,9 +164,20 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
 LOWER_IS_BETTER = ("loss", "mse")
 
 
+class BenchConfig(Strict):
+    """A multiple-choice benchmark scored at the evaluations before and after training (`bench_acc`, ...)."""
+
+    data: str = Field(description="a file in MMLU's layout (question, choices, answer, subject?, split?), or "
+                      "quickstart:mc")
+    shots: int = Field(5, ge=0, description="few-shot examples from the file's 'dev' records of the same subject")
+    style: Literal["letters", "choices"] = Field("letters", description="letters: choices listed, ' A' scored "
+                                                  "(MMLU); choices: each choice's text scored (ARC, HellaSwag)")
+
+
 class EvalConfig(Strict):
     metrics: list[Metric] | None = Field(None, description="default: loss and exact_match for causal_lm; a "
                                          "classification task reports all of its own")
+    bench: BenchConfig | None = None
     compare_base: bool = False
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -242,6 +253,9 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _task_metrics(self) -> RunConfig:
+        if self.eval.bench and self.task != "causal_lm":
+            raise ValueError("eval.bench scores a language model's answers; a classification run has none\n  fix: "
+                             "remove eval.bench")
         if self.eval.metrics is None:
             self.eval.metrics = ["loss", "exact_match"] if self.task == "causal_lm" else list(TASK_METRICS[self.task])
         return self

@@ -38,6 +38,7 @@ from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.metrics import GENERATION_METRICS
+from tuneforge.evaluation.multiple_choice import Question, read_questions, score_questions
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
 from tuneforge.methods.base import MethodParams, train_head
 from tuneforge.models.load import load_model, load_tokenizer
@@ -90,6 +91,7 @@ class Prepared:
     chat: bool
     stats: dict
     labels: LabelSet | None = None  # a classification task's classes (the head's outputs)
+    bench: list[Question] | None = None  # eval.bench's multiple-choice questions
 
     def test_sets(self) -> dict[str | None, tuple[list[TrainExample], list]]:
         """The test data by task (encoded, raw); one set under None when the test entries name no task."""
@@ -133,8 +135,9 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
         if stats.missing_end_of_turn:
             console.info(f"warning: {len(stats.missing_end_of_turn)} examples do not train an end-of-turn token "
                          f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
+    bench = read_questions(loaded.resolve_path(cfg.eval.bench.data)) if cfg.eval.bench else None
     return Prepared(train, test, test_raw, tokenizer, chat,
-                    {"train": summary, "test": test_stats.summary() if test_stats else None})
+                    {"train": summary, "test": test_stats.summary() if test_stats else None}, bench=bench)
 
 
 def first_per_task(examples: list, limit: int) -> list:
@@ -227,14 +230,21 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
         """Per test set when the test entries name tasks: each task's scores under `tasks`, and their mean at
         the top level (what early stopping watches)."""
         if list(sets) == [None]:
-            return evaluate_set(*sets[None], generate)
-        per_task, samples = {}, []
-        for task, (test, test_raw) in sets.items():
-            per_task[task], task_samples = evaluate_set(test, test_raw, generate)
-            samples += [{"task": task, **sample} for sample in task_samples]
-        keys = [k for k in per_task[next(iter(per_task))] if all(k in s for s in per_task.values())]
-        mean = {k: sum(s[k] for s in per_task.values()) / len(per_task) for k in keys}
-        return {**mean, "tasks": per_task}, samples
+            scores, samples = evaluate_set(*sets[None], generate)
+        else:
+            per_task, samples = {}, []
+            for task, (test, test_raw) in sets.items():
+                per_task[task], task_samples = evaluate_set(test, test_raw, generate)
+                samples += [{"task": task, **sample} for sample in task_samples]
+            keys = [k for k in per_task[next(iter(per_task))] if all(k in s for s in per_task.values())]
+            mean = {k: sum(s[k] for s in per_task.values()) / len(per_task) for k in keys}
+            scores = {**mean, "tasks": per_task}
+        if generate and prepared.bench:  # the benchmark at the full evaluations (before, after), not every eval
+            bench = cfg.eval.bench
+            scored, _ = score_questions(model, prepared.tokenizer, prepared.bench, shots=bench.shots,
+                                        style=bench.style, batch_size=cfg.eval.batch_size, autocast=session.autocast)
+            scores.update({f"bench_{name}": value for name, value in scored.items()})
+        return scores, samples
 
     def evaluate_set(test: list[TrainExample], test_raw: list, generate: bool) -> tuple[dict, list[dict]]:
         scores: dict = {}

@@ -207,8 +207,9 @@ def _duration(seconds: float) -> str:
 
 def flat_scores(scores: dict) -> dict[str, float]:
     """Scores as one level for display: the top-level figures (with tasks, their mean), then each task's own
-    as `task/metric`."""
+    as `task/metric` (lm-eval's tasks' too)."""
     flat = {k: v for k, v in scores.items() if isinstance(v, int | float)}
-    for task, own in (scores.get("tasks") or {}).items():
-        flat |= {f"{task}/{k}": v for k, v in own.items() if isinstance(v, int | float)}
+    for group in ("tasks", "lm_eval"):
+        for task, own in (scores.get(group) or {}).items():
+            flat |= {f"{task}/{k}": v for k, v in own.items() if isinstance(v, int | float)}
     return flat

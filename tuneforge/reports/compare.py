@@ -31,6 +31,7 @@ COLUMNS = (
     Column("exact_match", "task exact match", "max", "{:.1f}"),
     Column("accuracy", "task accuracy", "max", "{:.1f}"),
     Column("f1", "task F1", "max", "{:.1f}"),
+    Column("bench_acc", "benchmark accuracy", "max", "{:.1f}"),
     Column("latency_ms", "latency ms/token", "min", "{:.1f}"),
     Column("merged_latency_ms", "merged ms/token", "min", "{:.1f}"),
     Column("text_latency_ms", "latency ms/text", "min", "{:.1f}"),
@@ -59,6 +60,7 @@ def run_row(run_dir: Path) -> dict:
         "exact_match": after.get("exact_match"),
         "accuracy": after.get("accuracy"),
         "f1": after.get("f1"),
+        "bench_acc": after.get("bench_acc"),
         "latency_ms": measured.get("latency_ms_per_token"),
         "merged_latency_ms": measured.get("merged_latency_ms_per_token"),
         "text_latency_ms": measured.get("latency_ms_per_text"),
@@ -159,7 +161,7 @@ def _charts(out_dir: Path, rows: list[dict], shown: tuple[Column, ...]) -> list[
 
     paths = []
     for group, keys in (("cost", ("trainable_pct", "peak_memory_gib", "tokens_per_s", "wall_s")),
-                        ("quality", ("exact_match", "accuracy", "f1", "task_loss", "forgetting_loss",
+                        ("quality", ("exact_match", "accuracy", "f1", "bench_acc", "task_loss", "forgetting_loss",
                                      "forgetting_accuracy")),
                         ("inference", ("latency_ms", "merged_latency_ms", "text_latency_ms",
                                        "merged_text_latency_ms"))):
