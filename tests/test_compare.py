@@ -15,7 +15,8 @@ from tuneforge.reports.compare import COLUMNS
 
 @pytest.mark.slow  # two training subprocesses and their measurements: ~45 s of the suite's budget
 def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
-    config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3}, eval={"metrics": ["loss", "exact_match"]})
+    config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3}, eval={
+        "metrics": ["loss", "exact_match"], "bench": {"data": "quickstart:mc", "shots": 1}, "compare_base": True})
     path = tmp_path / "compare.yaml"
     path.write_text(dump_yaml(load_config(config).run))
     out = tmp_path / "report"  # two methods: one that merges, one that cannot (the report's columns differ)
@@ -26,7 +27,9 @@ def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
     assert set(rows) == {"lora", "prompt"}
     for name, row in rows.items():
         for column in COLUMNS:
-            if column.key == "merged_latency_ms" and name == "prompt":
+            if column.key in ("accuracy", "f1", "text_latency_ms", "merged_text_latency_ms"):
+                assert row[column.key] is None  # a classification task's columns
+            elif column.key == "merged_latency_ms" and name == "prompt":
                 assert row[column.key] is None  # prompt tuning cannot merge
             else:
                 assert row[column.key] is not None, (name, column.key)
@@ -34,7 +37,8 @@ def test_compare_writes_a_complete_report(tmp_path, tiny_model_dir):
     assert report["winners"]["trainable"] == "prompt"
     for name in ("report.md", "report.html", "cost.png", "quality.png", "inference.png"):
         assert (out / name).stat().st_size > 0
-    assert "| lora |" in (out / "report.md").read_text()
+    assert "| lora |" in (out / "report.md").read_text() and "benchmark accuracy" in (out / "report.md").read_text()
+    assert "bench_acc" in rows["lora"]["before"]  # the base model's score, in the legend
 
 
 def test_compare_rejects_an_unknown_method_before_training(tmp_path, tiny_model_dir):

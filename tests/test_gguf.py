@@ -88,7 +88,7 @@ def test_untied_output_layer_and_4bit_types(tmp_path, tokenizer):
 
 
 def test_gguf_refusals_are_located_user_errors(tmp_path, tiny_model_dir):
-    with pytest.raises(ConfigError, match="llama-family decoders.*BertModel"):
+    with pytest.raises(ConfigError, match=r"llama-family decoders.*BertModel"):
         check_model(BertConfig(architectures=["BertModel"]))
     runner = CliRunner()
     for arguments, message in [(["--gguf", "--quant", "q5_9"], "--quant q5_9: not a GGUF type"),

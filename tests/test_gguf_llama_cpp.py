@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS, EXAMPLES = 16, 100
 # largest logit difference over a prompt, as a share of the largest logit: llama.cpp multiplies f16 weights by
 # activations it rounds to f16 itself, q8_0 weights by activations it rounds to 8 bits per block of 32
-LOGIT_TOLERANCE = {"f16": 0.02, "q8_0": 0.08}
+LOGIT_TOLERANCE = {"f16": 0.02, "q8_0": 0.1}  # measured 0.0018 and 0.058
 EXACT_MATCH_POINTS = {"f16": 0.0, "q8_0": 2.0}
 
 

@@ -1,0 +1,132 @@
+"""Multiple-choice benchmarks: prompts and token splits as lm-eval builds them, log-likelihoods equal to a plain
+forward pass, the same scores as lm-evaluation-harness itself on the bundled set, and the benchmark before and
+after training in eval.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config, write_jsonl
+from tuneforge.api import train
+from tuneforge.cli import app
+from tuneforge.errors import DataError
+from tuneforge.evaluation.harness import bench_by_lm_eval
+from tuneforge.evaluation.multiple_choice import (
+    Question,
+    continuation_ids,
+    loglikelihoods,
+    read_questions,
+    requests,
+    score_questions,
+)
+from tuneforge.models.tiny import build_tiny_llama
+
+QUESTIONS = [Question("2 + 2?", ("3", "4"), 1, "math", "dev"), Question("1 + 1?", ("2", "5"), 0, "math", "dev"),
+             Question("3 + 3?", ("6", "7", "8"), 0, "math"), Question("Capital of Peru?", ("Lima", "Oslo"), 0)]
+
+
+def test_prompts_are_lm_evals_mmlu_and_cloze_layouts():
+    (letters_q, prompt, choices), (_, plain, _) = requests(QUESTIONS, shots=1, style="letters")
+    assert prompt == ("The following are multiple choice questions (with answers) about math.\n\n"
+                      "2 + 2?\nA. 3\nB. 4\nAnswer: B\n\n3 + 3?\nA. 6\nB. 7\nC. 8\nAnswer:")
+    assert choices == ["A", "B", "C"] and letters_q.question == "3 + 3?"
+    # no subject: the shots come from any subject's dev records
+    assert plain == "2 + 2?\nA. 3\nB. 4\nAnswer: B\n\nCapital of Peru?\nA. Lima\nB. Oslo\nAnswer:"
+    (_, cloze, options), _ = requests(QUESTIONS, shots=2, style="choices")
+    assert cloze.endswith("Question: 1 + 1?\nAnswer: 2\n\nQuestion: 3 + 3?\nAnswer:") and options == ["6", "7", "8"]
+
+
+def test_continuation_tokens_are_split_as_lm_eval_splits_them(tokenizer):
+    context, continuation = continuation_ids(tokenizer, "Answer: ", "Paris")  # the trailing space moves over
+    assert tokenizer.decode(context) == "Answer:" and tokenizer.decode(continuation) == " Paris"
+    whole = tokenizer("Answer: Paris", add_special_tokens=False)["input_ids"]
+    assert context + continuation == whole
+
+
+def test_loglikelihoods_equal_a_plain_forward_pass(tokenizer):
+    model = build_tiny_llama(tokenizer, seed=5).eval()
+    pairs = [([5, 6, 7, 8, 9], [10, 11]), ([5, 6, 7, 8, 9], [12]), ([20, 21], [22, 23, 24]), ([30], [31]),
+             ([5, 6, 7, 8, 9], [10, 11])]  # the first and last share an input: computed once
+    got = loglikelihoods(model, pairs, pad_id=tokenizer.pad_token_id, batch_size=2)
+    for (context, continuation), value in zip(pairs, got, strict=True):
+        ids = torch.tensor([context + continuation])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        expected = sum(logprobs[len(context) - 1 + i, t].item() for i, t in enumerate(continuation))
+        assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_three_scores_pick_by_sum_characters_and_tokens(tokenizer, monkeypatch):
+    import tuneforge.evaluation.multiple_choice as mc
+
+    question = [Question("q", ("ab", "abcdefgh"), 1)]
+    # choice 0: -4 over 2 characters (1 token); choice 1: -6 over 8 characters (3 tokens, say)
+    monkeypatch.setattr(mc, "loglikelihoods", lambda model, pairs, **_: [-4.0, -6.0])
+    monkeypatch.setattr(mc, "continuation_ids", lambda tok, context, cont: ([1], [2] if cont == " ab" else [2, 3, 4]))
+    scores, samples = score_questions(torch.nn.Linear(1, 1), tokenizer, question, shots=0, style="choices")
+    assert scores == {"acc": 0.0, "acc_norm": 100.0, "acc_per_token": 100.0}  # -4 > -6; -4/2 < -6/8; -4/1 < -6/3
+    assert samples[0]["chosen"] == 0 and samples[0]["loglikelihoods"] == [-4.0, -6.0]
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"question": "q", "choices": ["a", "b"], "answer": 2}, "field 'answer': 2 does not name one of the 2"),
+    ({"question": "q", "choices": ["a", "b"], "answer": "C"}, "'C' does not name one"),
+    ({"question": "q", "choices": ["a"], "answer": 0}, "field 'choices': must be a list of 2 to 26"),
+    ({"question": "q", "choices": ["a", ""], "answer": 0}, "field 'choices'"),
+    ({"prompt": "q"}, "needs 'question'"),
+])
+def test_bad_records_are_refused_at_their_line(tmp_path, record, message):
+    path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "ok", "choices": ["a", "b"], "answer": "b"}, record])
+    with pytest.raises(DataError, match=f"mc.jsonl:2: .*{message}"):
+        read_questions(str(path))
+    assert read_questions(str(write_jsonl(tmp_path / "ok.jsonl", [{"question": "ok", "choices": ["a", "b"],
+                                                                    "answer": "b"}])))[0].answer == 1
+
+
+@pytest.mark.parametrize(("style", "shots"), [("letters", 2), ("choices", 1)])
+def test_scores_agree_with_lm_evaluation_harness_on_the_bundled_set(tokenizer, style, shots):
+    model = build_tiny_llama(tokenizer, seed=11).eval()
+    questions = read_questions("quickstart:mc")
+    ours, _ = score_questions(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
+    theirs, per_subject = bench_by_lm_eval(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
+    assert sum(s["n"] for s in per_subject.values()) == sum(q.split != "dev" for q in questions) == 93
+    assert ours["acc"] == pytest.approx(theirs["acc"]) and ours["acc_norm"] == pytest.approx(theirs["acc_norm"])
+    for subject in ("dates", "geography"):
+        mine, _ = score_questions(model, tokenizer, [q for q in questions if q.subject == subject], shots=shots,
+                                  style=style)
+        assert mine["acc"] == pytest.approx(per_subject[f"tuneforge_mc_{subject}"]["acc"])
+
+
+@pytest.mark.numerical  # trains in the test precision: `make test-bf16` runs it again in bf16
+def test_benchmark_before_and_after_training_in_eval_json_and_the_eval_command(tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, eval={"metrics": ["loss"], "compare_base": True,
+                                                         "bench": {"data": "quickstart:mc", "shots": 1}})
+    run_dir = train(config, quiet=True).run_dir
+    evaluation = json.loads((run_dir / "eval.json").read_text())
+    for when in ("before", "after"):
+        assert set(evaluation[when]) >= {"bench_acc", "bench_acc_norm", "bench_acc_per_token"}
+        assert 0 <= evaluation[when]["bench_acc"] <= 100
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "eval_before" and "bench_acc" in r for r in rows)
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(app, ["eval", str(run_dir), "--bench", "quickstart:mc", "--shots", "1",
+                                      "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["scores"]["bench_acc"] == pytest.approx(evaluation["after"]["bench_acc"])
+    result = CliRunner().invoke(app, ["eval", str(run_dir)])
+    assert result.exit_code == 2 and "give --data FILE, --bench FILE or --lm-eval TASKS" in result.output
+    bad = dict(config, eval={"bench": {"data": "quickstart:mc", "style": "cloze"}})
+    result = CliRunner().invoke(app, ["train", str(write_config(tmp_path, bad))])
+    assert result.exit_code == 2 and "eval.bench.style" in result.output, result.output
+
+
+def write_config(tmp_path, config):
+    import yaml
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
