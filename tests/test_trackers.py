@@ -93,3 +93,59 @@ def test_trackers_default_to_tensorboard_and_unknown_ones_are_refused(tmp_path):
     path.write_text("data: {train: 'quickstart:train'}\noutput:\n  trackers: [mlfow]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:3.*output.trackers"):
         load_config(path)
+
+
+def wandb_records(run_dir):
+    """The records of an offline W&B run, read from its .wandb file with W&B's own protobuf classes (the file is
+    a LevelDB-style log: 32 KiB blocks of records, each a 7-byte header — checksum, length, type — and data)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, position, pending = path.read_bytes(), 7, b""
+    assert data.startswith(b":W&B")
+    while position + 7 <= len(data):
+        left = 32768 - position % 32768
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or length == kind == 0:  # the rest of a block is padding
+            position += left
+            continue
+        payload = data[position + 7:position + 7 + length]
+        position += 7 + length
+        pending = payload if kind in (1, 2) else pending + payload
+        if kind in (1, 4):  # a whole record, or a record's last piece
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def test_a_wandb_run_is_offline_without_a_login_and_holds_the_metrics_and_files(tmp_path, tiny_model_dir,
+                                                                                 monkeypatch):
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    config = tiny_config(tmp_path, tiny_model_dir, output={"trackers": ["wandb"]}, eval={"compare_base": True})
+    run_dir = train(config, quiet=True).run_dir
+    scores = json.loads((run_dir / "eval.json").read_text())
+    history, config_keys, exit_code = [], set(), None
+    for record in wandb_records(run_dir):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif kind == "run":
+            config_keys = {item.key for item in record.run.config.update}
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    assert exit_code == 0 and {"train", "method", "objective"} <= config_keys
+    assert [row["train/loss"] for row in history if "train/loss" in row] == pytest.approx(
+        [r["loss"] for r in read_metrics(run_dir) if r["kind"] == "train"])
+    for kind, figures in (("final_eval", scores["after"]), ("eval_before", scores["before"])):
+        logged = next(row for row in history if f"{kind}/loss" in row)
+        assert {m: logged[f"{kind}/{m}"] for m in figures} == pytest.approx(figures)
+    [files] = run_dir.glob("wandb/offline-run-*/files")
+    assert {"eval.json", "run.json", "tuneforge-config.yaml", "metrics.jsonl"} <= {p.name for p in files.iterdir()}
+    assert not any(p.is_symlink() for p in files.iterdir())
+    assert not (run_dir / "tensorboard").exists() and not (run_dir / "mlflow").exists()

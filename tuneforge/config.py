@@ -204,7 +204,7 @@ def parse_metrics(text: str, where: str, task: str = "causal_lm") -> list[str]:
     return names
 
 
-Tracker = Literal["tensorboard", "mlflow"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 
 
 class OutputConfig(Strict):

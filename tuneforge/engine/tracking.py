@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -113,7 +115,53 @@ def _mlflow_key(key: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", key)
 
 
-TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker}
+class WandbTracker:
+    """One Weights & Biases run per tuneforge run, its files in <run>/wandb: the config, every metrics row, the
+    result files. Offline (`wandb sync <run>/wandb/offline-run-*` uploads it later) unless the user has logged in
+    (`wandb login`, or WANDB_API_KEY) or chosen WANDB_MODE; the project is WANDB_PROJECT, else "tuneforge". A
+    resumed run goes on in the same W&B run (W&B drops rows below a step it has seen: the steps between the last
+    checkpoint and the kill are not logged twice)."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, params: dict):
+        import wandb
+
+        folder = run_dir / "wandb"
+        folder.mkdir(exist_ok=True)
+        remembered = folder / "run_id"
+        resumed = resume_step is not None and remembered.is_file()
+        run_id = remembered.read_text().strip() if resumed else secrets.token_hex(4)
+        remembered.write_text(run_id)
+        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tuneforge"), name=run_dir.name, id=run_id,
+                              resume="allow", dir=str(run_dir), mode=mode, config=params,
+                              settings=wandb.Settings(silent=True, console="off"))
+        self.last_step = -1
+
+    def log(self, step: int, numbers: dict[str, float]) -> None:
+        if step >= self.last_step:
+            self.run.log(numbers, step=step)
+            self.last_step = step
+
+    def close(self, artifacts: Sequence[Path], failed: bool) -> None:
+        for path in artifacts:  # copies in the run's files folder, uploaded with it (W&B keeps its own config.yaml)
+            shutil.copyfile(path, Path(self.run.dir) / ("tuneforge-config.yaml" if path.name == "config.yaml"
+                                                        else path.name))
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+def _wandb_logged_in() -> bool:
+    """An API key where `wandb login` puts it (~/.netrc) or in the environment."""
+    import netrc
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker, "wandb": WandbTracker}
 
 
 def _flatten(values: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
