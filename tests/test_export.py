@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,6 +128,10 @@ def test_export_command_needs_merge_for_adapters_and_refuses_a_full_directory(tm
     result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--merge" in result.output
     assert runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"]).exit_code == 0
+    config = json.loads((tmp_path / "x" / "config.json").read_text())  # what transformers 4.x reads, beside 5.x's
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] and config["torch_dtype"] == "float32"
+    tokenizer_class = json.loads((tmp_path / "x" / "tokenizer_config.json").read_text())["tokenizer_class"]
+    assert tokenizer_class == "PreTrainedTokenizerFast"
     again = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "x"), "--merge"])
     assert again.exit_code == 2 and "not empty" in again.output
     # --overwrite replaces an earlier export, but never a directory tuneforge did not write (promise 10)
@@ -137,3 +142,53 @@ def test_export_command_needs_merge_for_adapters_and_refuses_a_full_directory(tm
     refused = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "mine"), "--merge", "--overwrite"])
     assert refused.exit_code == 2 and "did not write" in refused.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+OLDEST_TRANSFORMERS = "transformers==4.50.*"  # the oldest the README states: the first to read chat_template.jinja
+PORTABLE_LOAD = """
+import json, sys
+import torch, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+export, ids = sys.argv[1], torch.load(sys.argv[2])
+model, tokenizer = AutoModelForCausalLM.from_pretrained(export).eval(), AutoTokenizer.from_pretrained(export)
+with torch.no_grad():
+    torch.save(model(input_ids=ids).logits, sys.argv[3])
+messages = [{"role": "user", "content": "Hello <|im_start|> there"}]
+print(json.dumps({"version": transformers.__version__, "theta": model.config.rope_theta,
+                  "chat": tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                  "ids": tokenizer("Hello <|im_start|> 2024-05-17")["input_ids"]}))
+"""
+
+
+@pytest.mark.slow  # installs transformers 4.50 beside this one (pip --target; TUNEFORGE_TRANSFORMERS4_DIR reuses it)
+def test_a_merged_export_loads_in_transformers_4_with_the_same_logits_tokens_and_template(tmp_path, tokenizer):
+    import os
+
+    from transformers import AutoTokenizer
+
+    from tuneforge.models.tiny import save_tiny_llama
+
+    # SmolLM2's rope theta, not 4.x's default: a 4.x reading only `rope_parameters` would fall back to 10,000
+    tiny_model_dir = save_tiny_llama(tmp_path / "tiny", tokenizer, rope_theta=100000.0)
+
+    target = Path(os.environ.get("TUNEFORGE_TRANSFORMERS4_DIR") or tmp_path / "transformers4")
+    if not (target / "transformers").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target), OLDEST_TRANSFORMERS],
+                       check=True)
+    run_dir = trained_run(tmp_path, tiny_model_dir, MERGEABLE["lora"])
+    export = export_run(run_dir, tmp_path / "export", merge=True)
+    torch.save(IDS, tmp_path / "ids.pt")
+    done = subprocess.run([sys.executable, "-c", PORTABLE_LOAD, str(export), str(tmp_path / "ids.pt"),
+                           str(tmp_path / "old.pt")], check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(target)})
+    old = json.loads(done.stdout.strip().splitlines()[-1])
+    assert old["version"].startswith("4.50")
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "old.pt"), model(input_ids=IDS).logits, atol=1e-5, rtol=0)
+    assert old["theta"] == model.config.rope_parameters["rope_theta"] == 100000.0
+    messages = [{"role": "user", "content": "Hello <|im_start|> there"}]
+    assert old["chat"] == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert old["ids"] == tokenizer("Hello <|im_start|> 2024-05-17")["input_ids"]

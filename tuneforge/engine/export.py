@@ -50,6 +50,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
             with no_progress_bars():
                 model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
+            portable(staging)
         (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method_name,
                                                   **({"gguf": files} if gguf else {})}, indent=1))
         if out_dir.exists():
@@ -58,6 +59,33 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+# what transformers 4.x names what 5.x writes otherwise; 5.x reads either
+TOKENIZER_CLASSES_4X = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable(directory: Path) -> None:
+    """Make a saved model directory readable by transformers 4.50+ as well as 5.x: 5.x keeps rope settings in
+    `rope_parameters` (4.x reads `rope_theta`/`rope_scaling` and would silently fall back to its default theta),
+    names the dtype `dtype` (4.x: `torch_dtype`) and the generic fast tokenizer `TokenizersBackend` (4.x:
+    `PreTrainedTokenizerFast`). The 5.x keys stay."""
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    if "dtype" in config:
+        config.setdefault("torch_dtype", config["dtype"])
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tokenizer_path = directory / "tokenizer_config.json"
+    if tokenizer_path.is_file():
+        settings = json.loads(tokenizer_path.read_text())
+        if settings.get("tokenizer_class") in TOKENIZER_CLASSES_4X:
+            settings["tokenizer_class"] = TOKENIZER_CLASSES_4X[settings["tokenizer_class"]]
+            tokenizer_path.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 def merged_model(run_dir: Path, merge: bool = True) -> tuple[torch.nn.Module, object, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def build_tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                     intermediate: int = 128, seed: int = 0, tie: bool = True):
+                     intermediate: int = 128, seed: int = 0, tie: bool = True, rope_theta: float = 10000.0):
     """A randomly initialised LlamaForCausalLM sharing `tokenizer`'s vocabulary and special tokens."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -15,7 +15,7 @@ def build_tiny_llama(tokenizer, *, hidden: int = 64, layers: int = 2, heads: int
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=2048, tie_word_embeddings=tie, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, rope_theta=rope_theta,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
