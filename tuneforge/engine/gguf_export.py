@@ -9,8 +9,11 @@ checkout, and it is checked against llama.cpp itself (`make gguf-check`) and tra
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -217,9 +220,25 @@ def _quantize_with_llama_cpp(source: Path, path: Path, quant: str) -> Path:
     llama_cpp = _llama_cpp(quant)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_QUANTS[quant])
-    if llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), params) != 0:
+    with _quiet_stderr():  # llama.cpp logs every tensor it reads
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(path).encode(), params) != 0
+    if failed:
         raise RuntimeError(f"llama.cpp could not quantize {source} to {quant}")
     return path
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Standard error closed at the file-descriptor level, where a C library writes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def modelfile(gguf_name: str, tokenizer) -> str:
