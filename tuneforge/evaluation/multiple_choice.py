@@ -166,7 +166,8 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
                  "acc_per_token": _argmax([v / n for v, n in zip(ll, lengths, strict=True)])}
         for name, pick in picks.items():
             hits[name] += pick == question.answer
-        samples.append({"question": question.question, "answer": question.answer, "chosen": picks["acc"],
+        samples.append({"question": question.question, "subject": question.subject, "answer": question.answer,
+                        "chosen": picks["acc"],
                         "loglikelihoods": ll})
     return {name: 100.0 * count / len(asked) for name, count in hits.items()}, samples
 
