@@ -87,18 +87,20 @@ def test_bad_records_are_refused_at_their_line(tmp_path, record, message):
                                                                     "answer": "b"}])))[0].answer == 1
 
 
-@pytest.mark.parametrize(("style", "shots"), [("letters", 2), ("choices", 1)])
-def test_scores_agree_with_lm_evaluation_harness_on_the_bundled_set(tokenizer, style, shots):
+def test_scores_agree_with_lm_evaluation_harness_on_the_bundled_set(tokenizer):
     model = build_tiny_llama(tokenizer, seed=11).eval()
-    questions = read_questions("quickstart:mc")
-    ours, _ = score_questions(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
-    theirs, per_subject = bench_by_lm_eval(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
-    assert sum(s["n"] for s in per_subject.values()) == sum(q.split != "dev" for q in questions) == 93
-    assert ours["acc"] == pytest.approx(theirs["acc"]) and ours["acc_norm"] == pytest.approx(theirs["acc_norm"])
-    for subject in ("dates", "geography"):
-        mine, _ = score_questions(model, tokenizer, [q for q in questions if q.subject == subject], shots=shots,
-                                  style=style)
-        assert mine["acc"] == pytest.approx(per_subject[f"tuneforge_mc_{subject}"]["acc"])
+    # two of the four subjects (lm-eval's time is mostly per task): dates have 4 choices of 3 to 10 tokens, the
+    # capitals one-word ones
+    questions = [q for q in read_questions("quickstart:mc") if q.subject in ("dates", "geography")]
+    for style, shots in (("letters", 2), ("choices", 1)):
+        ours, _ = score_questions(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
+        theirs, per_subject = bench_by_lm_eval(model, tokenizer, questions, shots=shots, style=style, batch_size=32)
+        assert sum(s["n"] for s in per_subject.values()) == sum(q.split != "dev" for q in questions) == 55
+        assert ours["acc"] == pytest.approx(theirs["acc"]), style
+        assert ours["acc_norm"] == pytest.approx(theirs["acc_norm"]), style
+        dates, _ = score_questions(model, tokenizer, [q for q in questions if q.subject == "dates"], shots=shots,
+                                   style=style)
+        assert dates["acc"] == pytest.approx(per_subject["tuneforge_mc_dates"]["acc"]), style
 
 
 @pytest.mark.numerical  # trains in the test precision: `make test-bf16` runs it again in bf16

@@ -24,7 +24,8 @@ TASK_PREFIX = "tuneforge_mc"
 
 
 def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, shots: int | None = None, batch_size: int = 16,
-                   include_path: str | Path | None = None, limit: int | None = None) -> dict[str, dict]:
+                   include_path: str | Path | None = None, limit: int | None = None,
+                   builtin_tasks: bool = True) -> dict[str, dict]:
     """Each task's metrics (percent where lm-eval reports a share) and its number of questions, by lm-eval. A
     model with bf16 frozen weights runs under lm-eval's bf16 autocast, as tuneforge's own evaluation runs it."""
     try:
@@ -34,7 +35,9 @@ def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, shots: int | None 
     except ImportError:
         raise ConfigError("--lm-eval needs lm-evaluation-harness\n  fix: pip install 'tuneforge[lm-eval]' (make "
                           "installs it)") from None
-    manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR")
+    # indexing lm-eval's thousands of built-in task files takes seconds: skipped when only our own are wanted
+    manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR",
+                          include_defaults=builtin_tasks)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--lm-eval: lm-eval knows no task {unknown[0]!r}\n  fix: name a task `lm-eval ls tasks` "
@@ -116,7 +119,8 @@ def bench_by_lm_eval(model, tokenizer, questions: Sequence[Question], *, shots: 
     size, as tuneforge counts), and each subject's."""
     with tempfile.TemporaryDirectory(prefix="tuneforge-lm-eval-") as directory:
         names = write_bench_tasks(questions, style, Path(directory))
-        per_task = lm_eval_scores(model, tokenizer, names, shots=shots, batch_size=batch_size, include_path=directory)
+        per_task = lm_eval_scores(model, tokenizer, names, shots=shots, batch_size=batch_size, include_path=directory,
+                                  builtin_tasks=False)
     total = sum(scores["n"] for scores in per_task.values())
     overall = {metric: sum(scores[metric] * scores["n"] for scores in per_task.values()) / total
                for metric in ("acc", "acc_norm")}
