@@ -29,7 +29,7 @@ MAX_NEW_TOKENS, EXAMPLES = 16, 100
 # largest logit difference over a prompt, as a share of the largest logit: llama.cpp multiplies f16 weights by
 # activations it rounds to f16 itself, q8_0 weights by activations it rounds to 8 bits per block of 32
 LOGIT_TOLERANCE = {"f16": 0.02, "q8_0": 0.1, "q4_k_m": 0.5}  # measured 0.0018, 0.058, 0.336
-EXACT_MATCH_POINTS = {"f16": 0.0, "q8_0": 2.0, "q4_k_m": 5.0}  # measured 0, 0, +1 (98/100 answers the same)
+EXACT_MATCH_POINTS = {"f16": 0.0, "q8_0": 2.0, "q4_k_m": 10.0}  # measured 0, 0, +1 and +3 (97-98/100 the same)
 
 
 def llama_greedy(llm, prompt: list[int], stop_ids: set[int]) -> list[int]:

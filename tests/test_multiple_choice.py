@@ -119,6 +119,22 @@ def test_benchmark_before_and_after_training_in_eval_json_and_the_eval_command(t
                                       "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["scores"]["bench_acc"] == pytest.approx(evaluation["after"]["bench_acc"])
+    # lm-eval itself on the run, through the command line, with task YAMLs from a directory (how offline data is
+    # given): the bundled set's capitals as an lm-eval task score what tuneforge's harness scores for them
+    from tuneforge.evaluation.harness import write_bench_tasks
+
+    geography = [q for q in read_questions("quickstart:mc") if q.subject == "geography"]
+    (tmp_path / "tasks").mkdir()
+    [task] = write_bench_tasks(geography, "letters", tmp_path / "tasks")
+    result = CliRunner().invoke(app, ["eval", str(run_dir), "--lm-eval", task, "--lm-eval-include",
+                                      str(tmp_path / "tasks"), "--shots", "1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    from tuneforge.engine.trained import load_trained
+
+    trained = load_trained(run_dir)
+    ours, _ = score_questions(trained.model, trained.tokenizer, geography, shots=1, autocast=trained.autocast)
+    scores = json.loads(out.read_text())["scores"]["lm_eval"][task]
+    assert scores["n"] == 15 and scores["acc"] == pytest.approx(ours["acc"])
     result = CliRunner().invoke(app, ["eval", str(run_dir)])
     assert result.exit_code == 2 and "give --data FILE, --bench FILE or --lm-eval TASKS" in result.output
     bad = dict(config, eval={"bench": {"data": "quickstart:mc", "style": "cloze"}})
