@@ -145,8 +145,10 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
         tasks = [t.strip() for t in lm_eval.split(",") if t.strip()]
         scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, tasks, shots=shots,
                                            batch_size=batch_size, include_path=lm_eval_include, limit=limit)
-    for name, value in flat_scores(scores).items():
-        print(f"{name:>16}  {value:.4f}")
+    shown = flat_scores(scores)
+    width = max(16, *(len(name) for name in shown)) if shown else 16
+    for name, value in shown.items():
+        print(f"{name:>{width}}  {value:.4f}")
     if output:
         output.write_text(json.dumps({"scores": scores, "samples": samples}, indent=2))
 

@@ -255,9 +255,12 @@ def _duration(seconds: float) -> str:
 
 def flat_scores(scores: dict) -> dict[str, float]:
     """Scores as one level for display: the top-level figures (with tasks, their mean), then each task's own
-    as `task/metric` (lm-eval's tasks' too)."""
+    as `task/metric` (lm-eval's tasks' too), and a group of figures as `group/name` (`bench_subjects/dates`)."""
     flat = {k: v for k, v in scores.items() if isinstance(v, int | float)}
-    for group in ("tasks", "lm_eval"):
-        for task, own in (scores.get(group) or {}).items():
-            flat |= {f"{task}/{k}": v for k, v in own.items() if isinstance(v, int | float)}
+    for group, members in scores.items():
+        for name, own in members.items() if isinstance(members, dict) else ():
+            if isinstance(own, dict) and group in ("tasks", "lm_eval"):
+                flat |= {f"{name}/{k}": v for k, v in own.items() if isinstance(v, int | float)}
+            elif isinstance(own, int | float):
+                flat[f"{group}/{name}"] = own
     return flat

@@ -12,6 +12,7 @@ acc_norm) and `acc_per_token` (the mean log-likelihood of its tokens), in percen
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -143,19 +144,18 @@ def loglikelihoods(model, pairs: Sequence[tuple[list[int], list[int]]], *, pad_i
 
 def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: int = 5, style: str = "letters",
                     batch_size: int = 16, autocast: Callable = nullcontext) -> tuple[dict, list[dict]]:
-    """acc, acc_norm and acc_per_token (percent) over the scored questions, and each question's choice."""
+    """acc, acc_norm and acc_per_token (percent) over the scored questions, with several subjects each one's acc
+    (`subjects`), and each question's choice."""
     asked = requests(questions, shots, style)
-    pairs, owners = [], []
-    for number, (_, prompt, choices) in enumerate(asked):
-        for choice in choices:
-            pairs.append(continuation_ids(tokenizer, prompt, TARGET_DELIMITER + choice))
-            owners.append(number)
+    pairs = [continuation_ids(tokenizer, prompt, TARGET_DELIMITER + choice)
+             for _, prompt, choices in asked for choice in choices]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     scores = loglikelihoods(model, pairs, pad_id=pad_id, batch_size=batch_size, autocast=autocast)
     model.train(was_training)
     hits = {"acc": 0, "acc_norm": 0, "acc_per_token": 0}
+    right, asked_in = Counter(), Counter()
     samples = []
     cursor = 0
     for question, _, choices in asked:
@@ -166,10 +166,16 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
                  "acc_per_token": _argmax([v / n for v, n in zip(ll, lengths, strict=True)])}
         for name, pick in picks.items():
             hits[name] += pick == question.answer
+        subject = question.subject or "(none)"
+        right[subject] += picks["acc"] == question.answer
+        asked_in[subject] += 1
         samples.append({"question": question.question, "subject": question.subject, "answer": question.answer,
                         "chosen": picks["acc"],
                         "loglikelihoods": ll})
-    return {name: 100.0 * count / len(asked) for name, count in hits.items()}, samples
+    scores: dict = {name: 100.0 * count / len(asked) for name, count in hits.items()}
+    if len(asked_in) > 1:
+        scores["subjects"] = {subject: 100.0 * right[subject] / asked_in[subject] for subject in sorted(asked_in)}
+    return scores, samples
 
 
 def _argmax(values: Sequence[float]) -> int:
