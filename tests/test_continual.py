@@ -91,7 +91,10 @@ def sequential_config(tmp_path, model_dir, mitigation, tasks=TASKS, **train_sett
                                         {"name": "lwf", "examples": 4, "batch_size": 2},
                                         {"name": "olora", "strength": 1.0}])
 def test_every_mitigation_fills_the_accuracy_matrix(tmp_path, tiny_model_dir, mitigation):
-    result = train(sequential_config(tmp_path, tiny_model_dir, mitigation), quiet=True)
+    config = sequential_config(tmp_path, tiny_model_dir, mitigation)
+    if mitigation["name"] == "none":  # each task's phase is a tracker run of its own
+        config["output"]["trackers"] = ["mlflow"]
+    result = train(config, quiet=True)
     evaluation = json.loads((result.run_dir / "eval.json").read_text())
     cont = evaluation["continual"]
     assert cont["tasks"] == ["alpha", "beta", "gamma"] and len(cont["matrix"]) == 4
@@ -108,6 +111,22 @@ def test_every_mitigation_fills_the_accuracy_matrix(tmp_path, tiny_model_dir, mi
         assert all(r["penalty"] >= -1e-5 for r in train_rows)  # a KL of nearly equal models rounds either way
     if mitigation["name"] == "replay":  # earlier tasks' examples join the later ones
         assert any("alpha" in r["tasks"] for r in train_rows)
+    # each phase's rows end with its scores after training (the first begins with the base model's), as the
+    # phase's result.json has them; with MLflow chosen, each phase's MLflow run holds them
+    for phase in ("1-alpha", "2-beta", "3-gamma"):
+        rows = [json.loads(line) for line in (result.run_dir / "tasks" / phase / "metrics.jsonl").open()]
+        phase_scores = json.loads((result.run_dir / "tasks" / phase / "result.json").read_text())["scores"]
+        assert rows[-1]["kind"] == "final_eval" and rows[-1]["tasks"] == phase_scores["tasks"]
+        assert (rows[0]["kind"] == "eval_before") == (phase == "1-alpha")
+        if mitigation["name"] == "none":
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=f"sqlite:///{result.run_dir / 'tasks' / phase / 'mlflow' / 'mlflow.db'}")
+            [run] = client.search_runs([client.get_experiment_by_name("tuneforge").experiment_id])
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["final_eval/tasks/alpha/loss"] == pytest.approx(
+                phase_scores["tasks"]["alpha"]["loss"])
+            assert "result.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the run loads like any other: the evaluator of a finished run scores it
     from tuneforge.engine.trained import load_trained
 

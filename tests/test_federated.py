@@ -170,6 +170,11 @@ def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_se
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rounds = [row for row in rows if row["kind"] == "round"]
     assert [row["step"] for row in rounds] == [1, 2]
+    scores = json.loads((run_dir / "eval.json").read_text())  # the base's and the final scores are rows too
+    before, after = rows[0], rows[-1]
+    assert (before["kind"], before["step"], after["kind"], after["step"]) == ("eval_before", 0, "final_eval", 2)
+    assert before["loss"] == pytest.approx(scores["before"]["loss"])
+    assert after["loss"] == pytest.approx(scores["after"]["loss"])
     for row in rounds:
         assert row["clients"] == ["hospital-0", "hospital-1", "hospital-2"]
         assert len(row["missing"]) == 1 and "hospital-3.jsonl:2" in row["missing"][0]  # the client's own error

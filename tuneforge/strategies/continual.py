@@ -26,7 +26,7 @@ from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.resources import resource_guard
 from tuneforge.engine.session import loop_inputs, make_evaluator, open_session, prepare_data, read_recipe
-from tuneforge.engine.tracking import MetricsLog, RunConsole
+from tuneforge.engine.tracking import METRICS_FILE, MetricsLog, RunConsole
 from tuneforge.errors import CheckpointError, ConfigError
 from tuneforge.reports.continual import run_heatmap, summary
 from tuneforge.strategies import Strategy, train_tasks
@@ -138,27 +138,32 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
             phase_data = dataclasses.replace(prepared, train=mixed)
             phase_cfg = _per_task(cfg, len(mixed) / len(own))
             phase.mkdir(parents=True, exist_ok=True)
-            metrics = MetricsLog(phase, cfg, resume_step=step_of(found))
+            metrics = MetricsLog(phase, cfg, resume_step=step_of(found))  # a tracker run per phase
+            if index == 0 and found is None:
+                metrics.log(0, "eval_before", before)
             started = time.perf_counter()
             try:
                 inputs = loop_inputs(session, phase_data, phase_cfg, metrics, console, phase / CHECKPOINTS, evaluate)
                 inputs.penalty = penalty
                 state = train_loop(inputs, LoopState(fingerprint=fingerprint), found)
-            finally:
-                metrics.close()
-            wall = time.perf_counter() - started
-            with guard(f"scoring every task after {task}"):
-                if index < len(tasks) - 1:  # what it keeps (EWC's Fisher) serves the tasks after this one
-                    mitigation.finish(index, own)
-                mitigation.remember(index, own)
-                scores = evaluate(generate=True)[0]
-            console.info(f"after {task}: " + format_scores(scores))
-            phase_peak = max((r.get("peak_memory_gib", 0.0) for r in _train_rows(phase)), default=0.0)
-            with guard(f"saving the state after {task}"):
-                _save_phase(phase, session.model, mitigation, {"task": task, "scores": scores, "steps": state.step,
-                                                               "wall_s": round(wall, 1),
-                                                               "peak_memory_gib": phase_peak,
-                                                               "fingerprint": fingerprint})
+                wall = time.perf_counter() - started
+                with guard(f"scoring every task after {task}"):
+                    if index < len(tasks) - 1:  # what it keeps (EWC's Fisher) serves the tasks after this one
+                        mitigation.finish(index, own)
+                    mitigation.remember(index, own)
+                    scores = evaluate(generate=True)[0]
+                metrics.log(state.step, "final_eval", scores)
+                console.info(f"after {task}: " + format_scores(scores))
+                phase_peak = max((r.get("peak_memory_gib", 0.0) for r in _train_rows(phase)), default=0.0)
+                with guard(f"saving the state after {task}"):
+                    _save_phase(phase, session.model, mitigation, {"task": task, "scores": scores,
+                                                                   "steps": state.step, "wall_s": round(wall, 1),
+                                                                   "peak_memory_gib": phase_peak,
+                                                                   "fingerprint": fingerprint})
+            except BaseException:
+                metrics.close(failed=True)
+                raise
+            metrics.close(artifacts=[phase / RESULT_FILE, phase / METRICS_FILE])
             rows.append(scores)
             walls.append(round(wall, 1))
             steps += state.step

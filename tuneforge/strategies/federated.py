@@ -49,7 +49,7 @@ from tuneforge.engine.session import (
     open_session,
     read_recipe,
 )
-from tuneforge.engine.tracking import MetricsLog, NullMetrics, RunConsole
+from tuneforge.engine.tracking import METRICS_FILE, MetricsLog, NullMetrics, RunConsole
 from tuneforge.errors import ConfigError, TrainingError, TuneforgeError
 from tuneforge.models.load import load_tokenizer
 from tuneforge.strategies import Strategy
@@ -124,20 +124,26 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
                 _simulate(server, client_app(lambda context: (loaded, params)), len(names))
             else:
                 server.main(grid, None)
-        finally:
-            metrics.close()
-        if server.error is not None:
-            raise server.error
-        checkpoint.restore_trainable(session.model, server.weights, "the last aggregated round")
-        with guard("saving the trained weights"):
-            recipe.method.save(session.model, run_dir)
-        with guard("evaluating the trained model"):
-            eval_after, samples = evaluate(generate=True)
-        summary = {"rounds": params.rounds, "wall_s": round(time.perf_counter() - started, 1),
-                   "bytes_exchanged": server.bytes_total, "missing": server.missing}
-        with guard("writing the run's results"):
-            write_json(run_dir / EVAL_FILE, {"before": server.before, "after": eval_after, "samples": samples[:50]})
-            write_json(run_dir / RUN_FILE, {**read_json(run_dir / RUN_FILE), "status": "complete", "train": summary})
+            if server.error is not None:
+                raise server.error
+            checkpoint.restore_trainable(session.model, server.weights, "the last aggregated round")
+            with guard("saving the trained weights"):
+                recipe.method.save(session.model, run_dir)
+            with guard("evaluating the trained model"):
+                eval_after, samples = evaluate(generate=True)
+            metrics.log(params.rounds, "final_eval", eval_after)
+            summary = {"rounds": params.rounds, "wall_s": round(time.perf_counter() - started, 1),
+                       "bytes_exchanged": server.bytes_total, "missing": server.missing}
+            with guard("writing the run's results"):
+                write_json(run_dir / EVAL_FILE, {"before": server.before, "after": eval_after,
+                                                 "samples": samples[:50]})
+                write_json(run_dir / RUN_FILE, {**read_json(run_dir / RUN_FILE), "status": "complete",
+                                                 "train": summary})
+        except BaseException:
+            metrics.close(failed=True)
+            raise
+        metrics.close(artifacts=[run_dir / EVAL_FILE, run_dir / RUN_FILE, run_dir / "config.yaml",
+                                 run_dir / METRICS_FILE])
         console.info("after: " + format_scores(eval_after))
         return RunResult(run_dir, params.rounds * params.local_steps, summary, server.before, eval_after)
 
@@ -176,6 +182,7 @@ class _Server:
         if not self.done:
             self.before = self._score(self.weights)
             write_json(self.run_dir / EVAL_FILE, {"before": self.before})
+            self.metrics.log(0, "eval_before", self.before)
             self.console.info("round 0: global " + format_scores(self.before))
         grid = self._introduce(grid)
         for round_ in range(self.done + 1, params.rounds + 1):
