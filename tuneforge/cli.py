@@ -132,12 +132,12 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
         scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
                                        max_examples=max_examples)
     if questions:
-        from tuneforge.evaluation.multiple_choice import score_questions
+        from tuneforge.evaluation.multiple_choice import bench_scores
 
-        scored, bench_samples = score_questions(trained.model, trained.tokenizer, questions,
-                                                shots=5 if shots is None else shots, style=style,
-                                                batch_size=batch_size, autocast=trained.autocast)
-        scores.update({f"bench_{name}": value for name, value in scored.items()})
+        scored, bench_samples = bench_scores(trained.model, trained.tokenizer, questions,
+                                             shots=5 if shots is None else shots, style=style,
+                                             batch_size=batch_size, autocast=trained.autocast)
+        scores.update(scored)
         samples += [{"bench": True, **sample} for sample in bench_samples]
     if lm_eval:
         from tuneforge.evaluation.harness import lm_eval_scores

@@ -38,7 +38,7 @@ from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.metrics import GENERATION_METRICS
-from tuneforge.evaluation.multiple_choice import Question, read_questions, score_questions
+from tuneforge.evaluation.multiple_choice import Question, bench_scores, read_questions
 from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
 from tuneforge.methods.base import MethodParams, train_head
 from tuneforge.models.load import load_model, load_tokenizer
@@ -241,9 +241,8 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
             scores = {**mean, "tasks": per_task}
         if generate and prepared.bench:  # the benchmark at the full evaluations (before, after), not every eval
             bench = cfg.eval.bench
-            scored, _ = score_questions(model, prepared.tokenizer, prepared.bench, shots=bench.shots,
-                                        style=bench.style, batch_size=cfg.eval.batch_size, autocast=session.autocast)
-            scores.update({f"bench_{name}": value for name, value in scored.items()})
+            scores.update(bench_scores(model, prepared.tokenizer, prepared.bench, shots=bench.shots, style=bench.style,
+                                       batch_size=cfg.eval.batch_size, autocast=session.autocast)[0])
         return scores, samples
 
     def evaluate_set(test: list[TrainExample], test_raw: list, generate: bool) -> tuple[dict, list[dict]]:

@@ -82,9 +82,9 @@ class MlflowTracker:
         folder.mkdir(exist_ok=True)
         self.client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
                                    or f"sqlite:///{(folder / 'mlflow.db').resolve()}")
-        remembered = folder / "run_id"
-        if resume_step is not None and remembered.is_file():
-            self.run_id = remembered.read_text().strip()
+        resumed = _resumed_run_id(folder, resume_step)
+        if resumed:
+            self.run_id = resumed
             self.client.update_run(self.run_id, status="RUNNING")
             return
         experiment = self.client.get_experiment_by_name("tuneforge")
@@ -92,7 +92,7 @@ class MlflowTracker:
             "tuneforge", artifact_location=None if "MLFLOW_TRACKING_URI" in os.environ
             else (folder / "artifacts").resolve().as_uri())
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-        remembered.write_text(self.run_id)
+        (folder / "run_id").write_text(self.run_id)
         flat = [Param(_mlflow_key(key), str(value)[:6000]) for key, value in _flatten(params).items()]
         for start in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=flat[start:start + 100])
@@ -108,6 +108,12 @@ class MlflowTracker:
         for path in artifacts:
             self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _resumed_run_id(folder: Path, resume_step: int | None) -> str | None:
+    """The tracker's run that a resumed tuneforge run goes on in (its id kept in <run>/<tracker>/run_id)."""
+    remembered = folder / "run_id"
+    return remembered.read_text().strip() if resume_step is not None and remembered.is_file() else None
 
 
 def _mlflow_key(key: str) -> str:
@@ -127,10 +133,8 @@ class WandbTracker:
 
         folder = run_dir / "wandb"
         folder.mkdir(exist_ok=True)
-        remembered = folder / "run_id"
-        resumed = resume_step is not None and remembered.is_file()
-        run_id = remembered.read_text().strip() if resumed else secrets.token_hex(4)
-        remembered.write_text(run_id)
+        run_id = _resumed_run_id(folder, resume_step) or secrets.token_hex(4)
+        (folder / "run_id").write_text(run_id)
         mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tuneforge"), name=run_dir.name, id=run_id,
                               resume="allow", dir=str(run_dir), mode=mode, config=params,

@@ -178,5 +178,11 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
     return scores, samples
 
 
+def bench_scores(model, tokenizer, questions: Sequence[Question], **options) -> tuple[dict, list[dict]]:
+    """`score_questions` named as a run's scores name them (`bench_acc`, `bench_subjects`, ...)."""
+    scores, samples = score_questions(model, tokenizer, questions, **options)
+    return {f"bench_{name}": value for name, value in scores.items()}, samples
+
+
 def _argmax(values: Sequence[float]) -> int:
     return max(range(len(values)), key=values.__getitem__)
