@@ -211,7 +211,7 @@ def _run_systems(module: str, args, spec: dict, steps: int, suffix: str = "") ->
 
 def tuneforge_result(run_dir: Path, started_wall: float, **per_step: str) -> SystemResult:
     """A tuneforge worker's figures from its run's metrics.jsonl; `per_step` names extra columns to keep."""
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     rows = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
     first_step_began = rows[0]["time"] - rows[0]["step_time_s"]  # metrics rows are stamped when a step ends

@@ -22,9 +22,9 @@ import yaml
 from bench.common import machine_line
 from tuneforge.api import train
 from tuneforge.config import ModelConfig, tuneforge_home
-from tuneforge.engine.export import merged_model
 from tuneforge.engine.student import make_student
 from tuneforge.reports.distill import write_report
+from tuneforge.runs.export import merged_model
 
 ROOT = Path(__file__).parents[1]
 OUT = ROOT / "bench" / "results" / "distill"

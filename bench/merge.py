@@ -16,9 +16,9 @@ import yaml
 
 from bench.common import machine_line
 from tuneforge.api import train
-from tuneforge.engine.merge import merge_runs
 from tuneforge.engine.session import evaluate_run
 from tuneforge.engine.trained import load_trained
+from tuneforge.runs.merge import merge_runs
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "examples" / "continual.yaml"

@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     import torch
 
     from tuneforge.api import train
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     if not torch.cuda.is_available():
         raise SystemExit("bench.qlora_memory measures GPU memory: it needs CUDA")

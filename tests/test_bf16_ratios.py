@@ -26,10 +26,10 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.data.render import IGNORE_INDEX, Encoded
 from tuneforge.engine import precision
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.tracking import read_metrics
 from tuneforge.models.tiny import build_tiny_llama, save_tiny_llama
 from tuneforge.objectives import REGISTRY
 from tuneforge.objectives.base import Frozen
+from tuneforge.runs.layout import read_metrics
 
 CPU = torch.device("cpu")
 

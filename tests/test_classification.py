@@ -152,7 +152,7 @@ def test_bad_data_stops_the_cli_with_exit_2_before_any_model_loads(tmp_path, tin
     (["strategy=sequential"], "strategy 'sequential' trains language models only so far"),
 ])
 def test_config_mistakes_of_a_classification_run_are_named(tmp_path, tiny_bert_dir, overrides, problem):
-    from tuneforge.engine.session import read_recipe
+    from tuneforge.runs.recipe import read_recipe
 
     with pytest.raises(ConfigError) as caught:
         read_recipe(load_config(classification_config(tmp_path, tiny_bert_dir), overrides))
@@ -218,7 +218,7 @@ def test_eval_and_chat_on_a_finished_classification_run(sentiment_run):
 def test_the_merged_export_is_a_plain_transformers_classifier(sentiment_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tuneforge.engine.export import export_run
+    from tuneforge.runs.export import export_run
 
     out = export_run(sentiment_run, tmp_path / "export", merge=True)
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
@@ -234,9 +234,9 @@ def test_the_merged_export_is_a_plain_transformers_classifier(sentiment_run, tmp
 def test_every_kind_of_method_trains_reloads_and_exports_the_head(tmp_path, tiny_bert_dir, method):
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.engine.export import export_run
     from tuneforge.engine.session import evaluate_run
     from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.export import export_run
 
     config = classification_config(tmp_path, tiny_bert_dir, train={"lr": 3e-3 if method == "full" else 2e-2})
     config["method"] = {"name": method}
@@ -319,7 +319,7 @@ def test_dropout_override_reaches_the_model_config(tiny_bert_dir):
 
 
 def test_plateau_schedule_and_early_stopping_watch_a_metric(tmp_path, tiny_bert_dir):
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     # a learning rate too small to move accuracy: it plateaus, the rate is halved each evaluation, then it stops
     config = classification_config(tmp_path, tiny_bert_dir, train={
@@ -404,7 +404,7 @@ def test_packing_trains_the_same_weights_and_is_refused_where_it_cannot_work(tmp
                                                                                  tiny_model_dir):
     from safetensors.torch import load_file
 
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     runs, losses = {}, {}
     for packing in (False, True):

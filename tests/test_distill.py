@@ -369,7 +369,7 @@ def teacher_and_student(tmp_path_factory, tiny_model_dir):
 def test_each_distillation_objective_trains_a_student(teacher_and_student, tmp_path, objective):
     from tests.conftest import tiny_config
     from tuneforge.api import train
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     _, teacher, student = teacher_and_student
     config = tiny_config(tmp_path, student, objective={**objective, "teacher": str(teacher)},

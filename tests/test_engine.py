@@ -97,7 +97,7 @@ def test_interrupted_run_resumes_to_identical_adapter(tmp_path, tiny_model_dir, 
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     return read_metrics(run_dir)
 

@@ -299,9 +299,10 @@ def test_fedprox_mu_holds_a_client_to_the_global_weights(tmp_path, tiny_model_di
     global weights (the term enters as the loop's penalty)."""
     from tuneforge.config import load_config
     from tuneforge.engine import checkpoint
-    from tuneforge.engine.session import open_session, read_recipe
-    from tuneforge.engine.tracking import RunConsole
+    from tuneforge.engine.console import RunConsole
+    from tuneforge.engine.session import open_session
     from tuneforge.models.load import load_tokenizer
+    from tuneforge.runs.recipe import read_recipe
     from tuneforge.strategies.federated import _client_data, _train_locally
     from tuneforge.strategies.params import FederatedParams
 

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_config
 from tuneforge.api import train
 from tuneforge.cli import app
-from tuneforge.engine.export import merged_model
-from tuneforge.engine.gguf_export import check_model, write_gguf
 from tuneforge.errors import ConfigError
 from tuneforge.models.tiny import build_tiny_llama
+from tuneforge.runs.export import merged_model
+from tuneforge.runs.gguf import check_model, write_gguf
 
 IDS = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
 # the largest logit difference allowed, as a share of the largest logit: f16 rounds each weight to 11 bits, q8_0
@@ -72,7 +72,7 @@ def assert_dequantized_close(path, model, quant):
     the type's rounding: the largest error as a share of the tensor's largest weight."""
     import gguf
 
-    from tuneforge.engine.gguf_export import _permute
+    from tuneforge.runs.gguf import _permute
 
     state = model.state_dict()
     config = model.config

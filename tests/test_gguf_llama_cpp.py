@@ -17,9 +17,9 @@ from tuneforge.api import train
 from tuneforge.config import DatasetSpec
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.render import end_of_turn_ids, prompt_ids_for_generation
-from tuneforge.engine.export import export_run, merged_model
 from tuneforge.evaluation.generate import generate_all
 from tuneforge.evaluation.metrics import GENERATION_METRICS
+from tuneforge.runs.export import export_run, merged_model
 
 pytestmark = pytest.mark.slow
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed: run `make gguf-check`")

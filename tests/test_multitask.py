@@ -13,7 +13,7 @@ from tests.conftest import tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import DatasetSpec
 from tuneforge.data.dataset import load_examples, task_weights
-from tuneforge.engine.tracking import read_metrics
+from tuneforge.runs.layout import read_metrics
 
 
 def task_files(tmp_path, sizes: dict[str, int], split: str = "train") -> list[dict]:

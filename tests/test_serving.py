@@ -35,7 +35,7 @@ def two_runs(tmp_path_factory, tiny_model_dir):
 
 
 def test_two_adapters_answer_per_adapter_on_one_base(two_runs, monkeypatch):
-    import tuneforge.engine.serving as serving
+    import tuneforge.runs.serving as serving
 
     loads = []
     original = serving.load_causal_lm

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import tiny_config
 from tuneforge.api import train
-from tuneforge.engine.tracking import read_metrics
+from tuneforge.runs.layout import read_metrics
 
 
 def test_an_mlflow_run_holds_the_config_the_metrics_and_eval_json_s_scores(tmp_path, tiny_model_dir, monkeypatch):
@@ -58,7 +58,7 @@ def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, m
 
 
 def test_every_number_of_a_row_reaches_the_trackers_by_its_path(tmp_path):
-    from tuneforge.engine.tracking import MetricsLog
+    from tuneforge.runs.metrics import MetricsLog
 
     class Kept:
         def __init__(self, *args):
@@ -76,7 +76,7 @@ def test_every_number_of_a_row_reaches_the_trackers_by_its_path(tmp_path):
 
 
 def test_names_mlflow_refuses_are_made_safe():
-    from tuneforge.engine.tracking import _mlflow_key
+    from tuneforge.runs.metrics import _mlflow_key
 
     assert _mlflow_key("eval/quickstart:iso/exact_match") == "eval/quickstart_iso/exact_match"
     assert _mlflow_key("train.lr") == "train.lr"

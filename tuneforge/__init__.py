@@ -16,7 +16,7 @@ if os.environ.get("TUNEFORGE_LIBRARY_LOGS") != "1":
 
 if TYPE_CHECKING:
     from tuneforge.api import load_adapter_set, train
-    from tuneforge.strategies.single import RunResult
+    from tuneforge.runs.run import RunResult
 
 __all__ = ["RunResult", "__version__", "load_adapter_set", "train"]
 
@@ -32,7 +32,7 @@ def __getattr__(name: str):
 
         return load_adapter_set
     if name == "RunResult":
-        from tuneforge.strategies.single import RunResult
+        from tuneforge.runs.run import RunResult
 
         return RunResult
     raise AttributeError(name)

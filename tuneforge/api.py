@@ -7,12 +7,12 @@ from pathlib import Path
 
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.engine.distributed import require_one_process, world
-from tuneforge.engine.serving import AdapterSet, load_adapter_set
 from tuneforge.reports.plots import plot_confusion, plot_loss
 from tuneforge.reports.tasks import write_task_report
+from tuneforge.runs.run import RunResult
+from tuneforge.runs.serving import AdapterSet, load_adapter_set
 from tuneforge.strategies import get_strategy, validate_strategy_params
 from tuneforge.strategies.compare import compare
-from tuneforge.strategies.single import RunResult
 
 
 def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, resume: bool = False,

@@ -75,7 +75,12 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
         return  # the main process has printed the results
     from tuneforge.api import train as run_training
 
-    result = run_training(loaded, resume=resume, force=force, quiet=quiet)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop request ends the run as Ctrl-C does: run.json says so
+    try:
+        result = run_training(loaded, resume=resume, force=force, quiet=quiet)
+    except KeyboardInterrupt:
+        print("interrupted: `tuneforge train ... --resume` continues from the newest checkpoint", file=sys.stderr)
+        raise typer.Exit(130) from None
     if os.environ.get("RANK", "0") == "0":  # one process of a distributed run reports
         print(f"run directory: {result.run_dir}")
         _print_before_after(result.eval_before, result.eval_after)
@@ -107,8 +112,8 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
     reports all of its task's metrics (accuracy, F1, per class; entity F1; MSE and Pearson's r). --bench scores a
     multiple-choice benchmark, --lm-eval runs lm-evaluation-harness tasks."""
     from tuneforge.config import TASK_METRICS, parse_metrics
+    from tuneforge.engine.console import flat_scores
     from tuneforge.engine.session import evaluate_run
-    from tuneforge.engine.tracking import flat_scores
     from tuneforge.engine.trained import load_trained, require_run_dir
 
     if not (data or bench or lm_eval):
@@ -199,10 +204,9 @@ def chat(run_dirs: Annotated[list[Path], typer.Argument(help="finished run direc
 def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, top_p: float):
     """(reply(name, history) -> text, run names): one run on its own, or several adapters on one base."""
     from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
-    from tuneforge.engine.serving import load_adapter_set
     from tuneforge.engine.trained import load_trained
     from tuneforge.evaluation.generate import generate_batch
-    from tuneforge.strategies.multitask import adapter_runs
+    from tuneforge.runs.serving import adapter_runs, load_adapter_set
 
     run_dirs = adapter_runs(run_dirs)  # a per-task multitask run: its adapters, on one base
     if len(run_dirs) > 1:
@@ -331,7 +335,7 @@ def bench(ctx: typer.Context,
 
 def _print_before_after(before: dict, after: dict) -> None:
     """The after scores beside the before ones; with tasks, their mean first, then each task's (`task/metric`)."""
-    from tuneforge.engine.tracking import flat_scores
+    from tuneforge.engine.console import flat_scores
 
     before, after = flat_scores(before), flat_scores(after)
     if not after:
@@ -358,7 +362,7 @@ def export(run_dir: Annotated[Path, typer.Argument(help="a finished run director
            ) -> None:
     """Write a finished run as a plain Hugging Face model (weights + tokenizer) that transformers alone loads, or
     with --gguf as GGUF files that llama.cpp and Ollama load."""
-    from tuneforge.engine.export import export_run
+    from tuneforge.runs.export import export_run
 
     if quant and not gguf:
         raise ConfigError("--quant chooses a GGUF type\n  fix: add --gguf")
@@ -375,9 +379,9 @@ def student_make(source: Annotated[str, typer.Option("--from", help="the teacher
                  out: Annotated[Path, typer.Option(help="the new model directory")]) -> None:
     """Write a student: the teacher's embeddings, head and a subset of its layers, as a plain Hugging Face model."""
     from tuneforge.config import ModelConfig
-    from tuneforge.engine.export import merged_model
-    from tuneforge.engine.paths import require_writable_dir
     from tuneforge.engine.student import make_student
+    from tuneforge.runs.export import merged_model
+    from tuneforge.runs.paths import require_writable_dir
 
     require_writable_dir(out, "--out")
     run = Path(source).expanduser()
@@ -396,9 +400,9 @@ def student_report(runs: Annotated[list[Path], typer.Argument(help="finished stu
                    teacher: Annotated[Path, typer.Option(help="the teacher's finished run")],
                    out: Annotated[Path, typer.Option(help="where report.md, report.html and the chart go")]) -> None:
     """Teacher and students side by side: layers, parameters, size, generation speed and scores."""
-    from tuneforge.engine.paths import require_writable_dir
     from tuneforge.engine.trained import require_run_dir
     from tuneforge.reports.distill import write_report
+    from tuneforge.runs.paths import require_writable_dir
 
     require_writable_dir(out, "--out")
     for run in [teacher, *runs]:
@@ -419,9 +423,9 @@ def merge(run_dirs: Annotated[list[Path], typer.Argument(help="finished LoRA run
           seed: Annotated[int, typer.Option(help="seed of DARE's random drop")] = 0,
           overwrite: Annotated[bool, typer.Option(help="replace a non-empty --out")] = False) -> None:
     """Fold several LoRA runs into one adapter (peft's add_weighted_adapter); eval, chat and export accept it."""
-    from tuneforge.engine.merge import merge_runs
     from tuneforge.errors import ConfigError
-    from tuneforge.strategies.multitask import adapter_runs
+    from tuneforge.runs.merge import merge_runs
+    from tuneforge.runs.serving import adapter_runs
 
     try:
         values = [float(w) for w in weights.split(",")] if weights else None
@@ -491,9 +495,9 @@ def feedback_serve(model: Annotated[str, typer.Option(help="a finished run direc
                                                                        "takes it")] = None) -> None:
     """Start the review page: reviewers pick the better of two responses (or a tie), rate them 1-5 and may
     write a better answer. Everything is saved in --db as it happens; stop with Ctrl-C."""
-    from tuneforge.engine.serving import load_responder
     from tuneforge.feedback.app import FeedbackApp, load_prompts, load_reviewers, model_sampler
     from tuneforge.feedback.store import FeedbackStore
+    from tuneforge.runs.serving import load_responder
 
     if model_b is None and temperature <= 0:
         raise ConfigError("--temperature 0 with one model would show the same response twice\n  fix: give a "

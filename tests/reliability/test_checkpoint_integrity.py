@@ -13,7 +13,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.engine import checkpoint
 from tuneforge.engine.optim import build_optimizer
 from tuneforge.errors import CheckpointError
-from tuneforge.strategies.single import _check_run_dir
+from tuneforge.runs.run import resume_point as _check_run_dir
 
 
 def flip_byte(path) -> None:

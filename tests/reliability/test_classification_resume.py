@@ -28,7 +28,7 @@ def write(directory: Path, model_dir: Path) -> Path:
 
 
 def steps(config: Path) -> list[tuple[int, list[int], float]]:
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     return [(r["step"], r["samples"], r["lr"]) for r in read_metrics(config.parent / "run") if r["kind"] == "train"]
 

@@ -70,7 +70,9 @@ def test_stop_ends_the_run_with_the_last_good_checkpoint(tmp_path, tiny_model_di
     assert "train.nonfinite: stop" in str(err.value) and "fix:" in str(err.value)
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
     assert saved == ["step-00000001", "step-00000002"]
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "training"
+    # the run says how it ended (issue 29: it said "training" as if still running)
+    ended = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert ended["status"] == "failed" and "train.nonfinite: stop" in ended["error"]["message"]
     monkeypatch.setitem(REGISTRY, "sft", REGISTRY["sft"])  # the cause fixed: resume finishes the run
     poison_sft(monkeypatch, set())
     assert train(config, resume=True, quiet=True).steps == 4

@@ -71,7 +71,7 @@ def test_a_symlink_out_of_the_run_directory_is_refused(tmp_path, tiny_model_dir,
 
 
 def test_a_symlink_inside_the_run_directory_is_allowed(tmp_path):
-    from tuneforge.engine.paths import refuse_escaping_links
+    from tuneforge.runs.paths import refuse_escaping_links
 
     run_dir = fake_run(tmp_path / "run")
     (run_dir / "latest").symlink_to(run_dir / "run.json")

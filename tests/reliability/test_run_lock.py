@@ -18,7 +18,7 @@ from tuneforge.errors import RunDirError
 HOLD = """
 import sys, time
 from pathlib import Path
-from tuneforge.engine.lock import run_lock
+from tuneforge.runs.lock import run_lock
 with run_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)

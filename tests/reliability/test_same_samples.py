@@ -22,7 +22,7 @@ BACKWARD = "torch:Tensor.backward"  # called once per micro-batch
 
 
 def steps(config: Path) -> list[tuple[int, int, list[int]]]:
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     return [(r["step"], r["epoch"], r["samples"]) for r in read_metrics(config.parent / "run") if r["kind"] == "train"]
 

@@ -112,6 +112,11 @@ def verify(path: Path) -> str | None:
     return None
 
 
+def step_of(path: Path | None) -> int | None:
+    """The step of a checkpoint directory (step-00000012 -> 12)."""
+    return int(path.name.split("-")[-1]) if path is not None else None
+
+
 def remove_unfinished(root: Path) -> None:
     """Delete the staging directories of writes a killed run never finished (the caller holds the run's
     lock, so no live writer owns them)."""

@@ -20,7 +20,7 @@ from tuneforge.data.labels import (
     encode_labeled,
     split_off_test,
 )
-from tuneforge.engine.tracking import RunConsole
+from tuneforge.engine.console import RunConsole
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import classification
 from tuneforge.models.load import Head

@@ -29,9 +29,9 @@ from tuneforge.data.batching import (
 from tuneforge.data.dataset import TrainExample
 from tuneforge.data.labels import LabeledExample, collate_labeled, collate_labeled_packed
 from tuneforge.engine import checkpoint, distributed
+from tuneforge.engine.console import Metrics, RunConsole, flat_scores
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
 from tuneforge.engine.resources import resource_guard
-from tuneforge.engine.tracking import MetricsLog, RunConsole, flat_scores
 from tuneforge.errors import TrainingError
 from tuneforge.objectives import LossContext, Objective
 from tuneforge.objectives.base import Frozen, ObjectiveParams
@@ -62,7 +62,7 @@ class LoopInputs:
     pad_id: int
     device: torch.device
     autocast: Callable
-    metrics: MetricsLog
+    metrics: Metrics
     console: RunConsole
     checkpoint_dir: Path
     evaluate: Callable[[], dict[str, float]] | None = None  # held-out loss, for eval_every/early stopping

@@ -20,6 +20,7 @@ from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.labels import LabelSet
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
+from tuneforge.engine.console import Metrics, RunConsole
 from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.labelled import (
@@ -33,7 +34,6 @@ from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.optim import layer_lr_decay
 from tuneforge.engine.rollout import OnPolicy, Rollouts, heldout_rewards
 from tuneforge.engine.teacher import load_teacher, teacher_answers
-from tuneforge.engine.tracking import MetricsLog, RunConsole
 from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.evaluate import generation_metrics
@@ -58,28 +58,6 @@ class Recipe:
     objective: Objective
     objective_params: ObjectiveParams
     rewards: list
-
-
-def read_recipe(loaded: LoadedConfig) -> Recipe:
-    cfg = loaded.run
-    method = get_method(cfg.method.name)
-    method_params = validate_method_params(cfg.method, loaded.where("method"))
-    objective = get_objective(cfg.objective.name)
-    objective_params = validate_objective_params(cfg.objective, loaded.where("objective"))
-    rewards = (resolve_rewards(objective_params, loaded.where("objective"), loaded.resolve_path)
-               if objective.data == "prompts" else [])
-    if cfg.task != "causal_lm" and cfg.strategy.name != "single":
-        raise ConfigError(f"{loaded.where('strategy')}: strategy '{cfg.strategy.name}' trains language models only "
-                          f"so far; task '{cfg.task}' trains with strategy single (and `tuneforge compare`)\n  fix: "
-                          "remove the strategy section, or set task: causal_lm")
-    if (objective.data == "labels") != (cfg.task != "causal_lm"):
-        wanted = "classify (or regress for regression)" if cfg.task != "causal_lm" else "a language-model objective"
-        raise ConfigError(f"{loaded.where('objective')}: objective '{objective.name}' does not train task "
-                          f"'{cfg.task}'\n  fix: use objective {wanted}, or set task to match")
-    if cfg.train.packing and not method.supports_packing:
-        raise ConfigError(f"{loaded.where('train', 'packing')}: method '{method.name}' prepends virtual tokens to "
-                          "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
-    return Recipe(method, method_params, objective, objective_params, rewards)
 
 
 @dataclass
@@ -276,7 +254,7 @@ def make_evaluator(session: Session, prepared: Prepared, cfg) -> Evaluate:
     return evaluate
 
 
-def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: MetricsLog, console: RunConsole,
+def loop_inputs(session: Session, prepared: Prepared, cfg, metrics: Metrics, console: RunConsole,
                 checkpoint_dir: Path, evaluate: Evaluate) -> LoopInputs:
     """What `train_loop` needs for one phase on the session's model."""
     recipe = session.recipe

@@ -20,8 +20,8 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.engine.paths import require_writable_dir
 from tuneforge.errors import ConfigError
+from tuneforge.runs.paths import require_writable_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

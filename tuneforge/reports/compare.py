@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.engine.tracking import read_metrics
+from tuneforge.runs.layout import read_metrics
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def gap_closed(run: float, naive: float, joint: float) -> float | None:
 def read_run(run_dir: Path) -> dict:
     """What a run wrote: its eval.json (a sequential run's matrix and summary, or a joint run's per-task
     scores) and run.json (time, memory)."""
-    from tuneforge.engine.tracking import read_metrics
+    from tuneforge.runs.layout import read_metrics
 
     evaluation = json.loads((run_dir / "eval.json").read_text())
     status = json.loads((run_dir / "run.json").read_text())

@@ -17,11 +17,11 @@ from tuneforge.config import load_config
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.render import prompt_ids_for_generation, use_chat_template
 from tuneforge.engine import precision
-from tuneforge.engine.export import merged_model
-from tuneforge.engine.measure import decode_latency_ms
 from tuneforge.engine.student import layer_stack
 from tuneforge.evaluation.generate import generate_all
 from tuneforge.models import no_progress_bars
+from tuneforge.runs.export import merged_model
+from tuneforge.runs.measure import decode_latency_ms
 
 COLUMNS = (("layers", "layers", "{:d}"), ("parameters_m", "parameters (M)", "{:.1f}"),
            ("disk_mib", "bf16 weights MiB", "{:.0f}"), ("tokens_per_s", "generation tok/s", "{:.0f}"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.engine.tracking import read_metrics
+from tuneforge.runs.layout import read_metrics
 
 LOSS_PLOT = "loss.png"
 

@@ -24,8 +24,8 @@ def compare(config: str | Path | dict, methods: Sequence[str], out_dir: str | Pa
     """Train the same task with each method (same data, steps, seed), each in a fresh process so that its
     peak memory is its own, measure each run's inference latency and forgetting, and write report.md,
     report.html and charts into `out_dir`."""
-    from tuneforge.engine.measure import base_general_scores, measure_run
     from tuneforge.methods import get_method
+    from tuneforge.runs.measure import base_general_scores, measure_run
 
     out = Path(out_dir)
     base = load_config(config, overrides)

@@ -30,49 +30,25 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from tuneforge.config import DatasetSpec, LoadedConfig, dump_yaml
+from tuneforge.config import DatasetSpec, LoadedConfig
 from tuneforge.data.dataset import encode_examples
 from tuneforge.data.partition import split_clients
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint
+from tuneforge.engine.console import Metrics, RunConsole, format_scores
 from tuneforge.engine.datakind import read_splits
-from tuneforge.engine.lock import run_lock
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.optim import lr_at
-from tuneforge.engine.resources import resource_guard
-from tuneforge.engine.session import (
-    Prepared,
-    Recipe,
-    first_per_task,
-    loop_inputs,
-    make_evaluator,
-    open_session,
-    read_recipe,
-)
-from tuneforge.engine.tracking import METRICS_FILE, MetricsLog, NullMetrics, RunConsole
+from tuneforge.engine.session import Prepared, first_per_task, loop_inputs, make_evaluator, open_session
 from tuneforge.errors import ConfigError, TrainingError, TuneforgeError
 from tuneforge.models.load import load_tokenizer
+from tuneforge.runs.identity import fingerprint_of
+from tuneforge.runs.layout import CHECKPOINTS, ROUNDS, read_json
+from tuneforge.runs.recipe import Recipe, read_recipe
+from tuneforge.runs.run import Run, RunResult
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import FedAvgMParams, FederatedParams, FedOptParams, FedProxParams
 from tuneforge.strategies.penalties import l2sp
-from tuneforge.strategies.single import (
-    CHECKPOINTS,
-    EVAL_FILE,
-    RUN_FILE,
-    RunResult,
-    check_run_dir,
-    check_same_run,
-    create_run_dir,
-    fingerprint_of,
-    format_scores,
-    read_json,
-    resolve_run_dir,
-    run_inputs,
-    step_of,
-    write_json,
-)
-
-ROUNDS = "rounds"
 
 
 def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, force: bool = False,
@@ -85,41 +61,24 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
     recipe = read_recipe(loaded)
     aggregation = params.chosen(loaded.where("strategy"))
     names = _client_names(params)
-    run_dir = resolve_run_dir(loaded)
-
-    def guard(doing: str):
-        return resource_guard(doing, run_dir / ROUNDS, cfg.train)
-
-    with run_lock(run_dir):
-        resuming = check_run_dir(run_dir, resume, cfg.output.overwrite,
-                                 run_inputs(loaded) if cfg.output.overwrite and not resume else ())
+    with Run.open(loaded, console, resume=resume, force=force, checkpoints=ROUNDS) as run:
         server_data = _server_data(loaded, recipe)
-        fingerprint = fingerprint_of(cfg, server_data)  # the config and tokenizer: the data are the clients'
-        if resuming:
-            check_same_run(run_dir, read_json(run_dir / RUN_FILE).get("fingerprint", {}), cfg, fingerprint, force,
-                           console)
-        with guard("loading the model"):
+        run.identify(fingerprint_of(cfg, server_data))  # the config and tokenizer: the data are the clients'
+        with run.guard("loading the model"):
             session = open_session(loaded, recipe, console)
         evaluate = make_evaluator(session, server_data, cfg)
         adapter_bytes, full_bytes = _exchange_bytes(session.model)
-        with guard("creating the run directory"):
-            create_run_dir(run_dir, resuming, cfg.output.overwrite)
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-            server_data.tokenizer.save_pretrained(run_dir / "tokenizer")
-            write_json(run_dir / RUN_FILE, {"status": "training", "clients": names, "fingerprint": fingerprint,
-                                             **session.summary()})
+        run.start(server_data.tokenizer, clients=names, **session.summary())
         strategy = _flower_strategy(aggregation, params, len(names), cfg.train.lr)
         weights = checkpoint.trainable_state(session.model)
-        done, weights = _last_round(run_dir, strategy, list(weights)) if resuming else (0, weights)
+        done, weights = _last_round(run.dir, strategy, list(weights)) if run.resuming else (0, weights)
         console.info(f"federated: {len(names)} clients, {params.rounds} rounds of {params.local_steps} local steps, "
                      f"{aggregation.__class__.__name__.removesuffix('Params')}; each round exchanges "
                      f"{_mib(adapter_bytes)} per client each way ({100 * adapter_bytes / full_bytes:.2f}% of the "
                      f"full model's {_mib(full_bytes)})" + (f"; resuming after round {done}" if done else ""))
-        metrics = MetricsLog(run_dir, cfg, resume_step=done if resuming else None)
-        server = _Server(loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
-                         adapter_bytes, full_bytes, weights, done)
-        started = time.perf_counter()
-        try:
+        with run.logging(done if run.resuming else None):
+            exchanged = (adapter_bytes, full_bytes)
+            server = _Server(run, params, strategy, session, evaluate, names, exchanged, weights, done)
             if grid is None:
                 _simulate(server, client_app(lambda context: (loaded, params)), len(names))
             else:
@@ -127,25 +86,11 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
             if server.error is not None:
                 raise server.error
             checkpoint.restore_trainable(session.model, server.weights, "the last aggregated round")
-            with guard("saving the trained weights"):
-                recipe.method.save(session.model, run_dir)
-            with guard("evaluating the trained model"):
-                eval_after, samples = evaluate(generate=True)
-            metrics.log(params.rounds, "final_eval", eval_after)
-            summary = {"rounds": params.rounds, "wall_s": round(time.perf_counter() - started, 1),
-                       "bytes_exchanged": server.bytes_total, "missing": server.missing}
-            with guard("writing the run's results"):
-                write_json(run_dir / EVAL_FILE, {"before": server.before, "after": eval_after,
-                                                 "samples": samples[:50]})
-                write_json(run_dir / RUN_FILE, {**read_json(run_dir / RUN_FILE), "status": "complete",
-                                                 "train": summary})
-        except BaseException:
-            metrics.close(failed=True)
-            raise
-        metrics.close(artifacts=[run_dir / EVAL_FILE, run_dir / RUN_FILE, run_dir / "config.yaml",
-                                 run_dir / METRICS_FILE])
-        console.info("after: " + format_scores(eval_after))
-        return RunResult(run_dir, params.rounds * params.local_steps, summary, server.before, eval_after)
+            run.save(session.model, recipe)
+            after, samples = run.score(evaluate, params.rounds)
+            console.info("after: " + format_scores(after))
+            return run.complete({"rounds": params.rounds, "wall_s": run.wall_s(), "bytes_exchanged": server.bytes_total,
+                                 "missing": server.missing}, after, samples, steps=params.rounds * params.local_steps)
 
 
 # ----------------------------------------------------------------------------------------------- the server
@@ -156,14 +101,13 @@ class _Server:
     aggregates their answers with the Flower strategy, has the clients score it on their held-out data, scores
     it on `data.test`, logs the round and checkpoints it."""
 
-    def __init__(self, loaded, params, strategy, session, evaluate, metrics, console, run_dir, names,
-                 adapter_bytes, full_bytes, weights, done):
-        self.loaded, self.params, self.strategy, self.session = loaded, params, strategy, session
-        self.evaluate, self.metrics, self.console, self.run_dir, self.names = evaluate, metrics, console, run_dir, names
-        self.adapter_bytes, self.full_bytes = adapter_bytes, full_bytes
+    def __init__(self, run: Run, params, strategy, session, evaluate, names, exchanged: tuple[int, int], weights,
+                 done: int):
+        self.run, self.loaded, self.console, self.run_dir = run, run.loaded, run.console, run.dir
+        self.params, self.strategy, self.session, self.evaluate, self.names = params, strategy, session, evaluate, names
+        self.adapter_bytes, self.full_bytes = exchanged
         self.weights, self.done = weights, done
         self.error: BaseException | None = None
-        self.before: dict = read_json(run_dir / EVAL_FILE).get("before", {}) if done else {}
         self.bytes_total, self.missing = 0, {}
         self.nodes: dict[int, str] = {}
         self.examples: dict[str, int] = {}  # client -> its training examples, for sampling: examples
@@ -179,11 +123,7 @@ class _Server:
         from flwr.app import ArrayRecord, ConfigRecord
 
         cfg, params = self.loaded.run, self.params
-        if not self.done:
-            self.before = self._score(self.weights)
-            write_json(self.run_dir / EVAL_FILE, {"before": self.before})
-            self.metrics.log(0, "eval_before", self.before)
-            self.console.info("round 0: global " + format_scores(self.before))
+        self.run.evaluate_before(lambda generate: (self._score(self.weights), []), "the global model (round 0)")
         grid = self._introduce(grid)
         for round_ in range(self.done + 1, params.rounds + 1):
             started = time.perf_counter()
@@ -222,7 +162,7 @@ class _Server:
                    "wall_s": round(time.perf_counter() - started, 2)}
             if self.params.privacy:
                 row["privacy"] = _privacy_spent(self.strategy)
-            self.metrics.log(round_, "round", row)
+            self.run.metrics.log(round_, "round", row)
             accountant = getattr(self.strategy, "accountant", None)
             state = {"round": round_, **({"privacy_accountant": accountant.state_dict()} if accountant else {})}
             checkpoint.write_checkpoint(self.run_dir / ROUNDS, round_, (
@@ -420,7 +360,7 @@ def _last_round(run_dir: Path, strategy, order: list[str]) -> tuple[int, dict[st
             inner.momentum_vector = [moments[name] for name in weights]
         elif moments:
             setattr(inner, slot, moments)
-    return step_of(found), weights
+    return checkpoint.step_of(found), weights
 
 
 def _server_data(loaded: LoadedConfig, recipe: Recipe) -> Prepared:
@@ -621,7 +561,7 @@ def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, toke
     return _ClientData(train, Prepared([], heldout, heldout_raw, tokenizer, chat, {}))
 
 
-class _Losses(NullMetrics):
+class _Losses(Metrics):
     def __init__(self) -> None:
         self.losses: list[float] = []
 

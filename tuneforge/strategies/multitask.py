@@ -1,6 +1,6 @@
 """`strategy: multitask`: the tasks named in `data.train` learned together. `adapters: shared` trains one adapter
 on the mixture (sampled as `data.sampling` says), which is `single` on tagged data; `adapters: per_task` trains
-one adapter per task on the same base, each a complete run directory under adapters/<task>/, so
+one adapter per task on the same base, each a complete run directory under adapters/<task> (a sub-run), so
 `tuneforge chat RUN` serves them all on one base (switch with /use TASK), and `tuneforge merge` can fold them
 into one. The run directory's eval.json holds each task's before/after scores (its own adapter on its own test
 set) and their mean."""
@@ -9,72 +9,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneforge.config import LoadedConfig, NamedParams, dump_yaml
+from tuneforge.config import LoadedConfig, NamedParams
 from tuneforge.engine import checkpoint
-from tuneforge.engine.lock import run_lock
-from tuneforge.strategies import Strategy, train_tasks
-from tuneforge.strategies import single as single_strategy
+from tuneforge.engine.console import RunConsole
+from tuneforge.runs.layout import ADAPTERS, COMPLETE, status_of
+from tuneforge.runs.run import Run, RunResult, finished
+from tuneforge.strategies import Strategy, get_strategy, train_tasks
 from tuneforge.strategies.params import MultitaskParams, SingleParams
-from tuneforge.strategies.single import (
-    CHECKPOINTS,
-    EVAL_FILE,
-    RUN_FILE,
-    RunResult,
-    check_run_dir,
-    create_run_dir,
-    read_json,
-    resolve_run_dir,
-    run_inputs,
-    write_json,
-)
-
-ADAPTERS = "adapters"
 
 
 def run(loaded: LoadedConfig, params: MultitaskParams, *, resume: bool = False, force: bool = False,
         quiet: bool = False) -> RunResult:
+    single = get_strategy("single")
     if params.adapters == "shared":
-        return single_strategy.run(loaded, SingleParams(), resume=resume, force=force, quiet=quiet)
-    cfg = loaded.run
+        return single.run(loaded, SingleParams(), resume=resume, force=force, quiet=quiet)
     tasks = train_tasks(loaded, "adapters: per_task trains one adapter per task")
-    run_dir = resolve_run_dir(loaded)
-    with run_lock(run_dir):
-        resuming = check_run_dir(run_dir, resume, cfg.output.overwrite,
-                                 run_inputs(loaded) if cfg.output.overwrite and not resume else ())
-        create_run_dir(run_dir, resuming, cfg.output.overwrite)
-        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        status = {"strategy": {"name": "multitask", "adapters": "per_task", "tasks": tasks}}
-        write_json(run_dir / RUN_FILE, {"status": "training", **status})
+    with Run.open(loaded, RunConsole(quiet=quiet), resume=resume, force=force, checkpoints=ADAPTERS) as run:
+        run.start(strategy={"name": "multitask", "adapters": "per_task", "tasks": tasks})
         results: dict[str, RunResult] = {}
         for task in tasks:
-            task_dir = run_dir / ADAPTERS / task
-            if resuming and read_json(task_dir / RUN_FILE).get("status") == "complete":
-                results[task] = _finished(task_dir)
+            sub = run.phase(ADAPTERS, task)
+            if run.resuming and status_of(sub.dir) == COMPLETE:
+                results[task] = finished(sub.dir)
                 continue
             # a task killed before its first checkpoint starts again; one with a checkpoint continues from it
-            can_resume = resuming and checkpoint.latest_checkpoint(task_dir / CHECKPOINTS)[0] is not None
-            sub = _task_config(loaded, task, task_dir, overwrite=not can_resume)
-            results[task] = single_strategy.run(sub, SingleParams(), resume=can_resume, force=force, quiet=quiet)
-        before = _mean({t: r.eval_before for t, r in results.items()})
-        after = _mean({t: r.eval_after for t, r in results.items()})
-        steps = sum(r.steps for r in results.values())
-        summary = {"steps": steps, "wall_s": round(sum(r.train.get("wall_s", 0.0) for r in results.values()), 1)}
-        write_json(run_dir / EVAL_FILE, {"before": before, "after": after})
-        write_json(run_dir / RUN_FILE, {"status": "complete", **status, "train": summary,
-                                        "adapters": {t: str(Path(ADAPTERS) / t) for t in tasks}})
-        return RunResult(run_dir, steps, summary, before, after)
-
-
-def adapter_runs(run_dirs: list[Path]) -> list[Path]:
-    """Run directories as `chat` and `merge` take them: a per-task multitask run stands for its adapters."""
-    expanded = []
-    for run_dir in run_dirs:
-        strategy = read_json(Path(run_dir) / RUN_FILE).get("strategy") or {}
-        if strategy.get("name") == "multitask" and strategy.get("adapters") == "per_task":
-            expanded += [Path(run_dir) / ADAPTERS / task for task in strategy["tasks"]]
-        else:
-            expanded.append(Path(run_dir))
-    return expanded
+            can_resume = run.resuming and checkpoint.latest_checkpoint(sub.checkpoints)[0] is not None
+            results[task] = single.run(_task_config(loaded, task, sub.dir, overwrite=not can_resume), SingleParams(),
+                                       resume=can_resume, force=force, quiet=quiet)
+        summary = {"steps": sum(r.steps for r in results.values()),
+                   "wall_s": round(sum(r.train.get("wall_s", 0.0) for r in results.values()), 1)}
+        return run.complete(summary, _mean({t: r.eval_after for t, r in results.items()}),
+                            before=_mean({t: r.eval_before for t, r in results.items()}),
+                            record={"adapters": {t: str(Path(ADAPTERS) / t) for t in tasks}})
 
 
 def _task_config(loaded: LoadedConfig, task: str, out: Path, overwrite: bool) -> LoadedConfig:
@@ -85,13 +51,6 @@ def _task_config(loaded: LoadedConfig, task: str, out: Path, overwrite: bool) ->
     run.strategy = NamedParams(name="single")
     run.output.dir, run.output.overwrite = str(out), overwrite
     return loaded.model_copy(update={"run": run})
-
-
-def _finished(task_dir: Path) -> RunResult:
-    evaluation = read_json(task_dir / EVAL_FILE)
-    status = read_json(task_dir / RUN_FILE)
-    return RunResult(task_dir, status.get("train", {}).get("steps", 0), status.get("train", {}),
-                     evaluation.get("before", {}), evaluation.get("after", {}))
 
 
 def _mean(per_task: dict[str, dict]) -> dict:

@@ -15,6 +15,7 @@ from tuneforge.evaluation.generate import generate_batch
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.peft_adapter import ADAPTER_DIR, quiet_peft
 from tuneforge.models.load import load_causal_lm
+from tuneforge.runs.layout import ADAPTERS, RUN_FILE, read_json
 
 
 @dataclass
@@ -48,6 +49,18 @@ class AdapterSet:
         with self.autocast():
             return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                   stop_ids=end_of_turn_ids(self.tokenizer), temperature=temperature, top_p=top_p)
+
+
+def adapter_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
+    """Run directories as `chat` and `merge` take them: a per-task multitask run stands for its adapters."""
+    expanded = []
+    for run_dir in run_dirs:
+        strategy = read_json(Path(run_dir) / RUN_FILE).get("strategy") or {}
+        if strategy.get("name") == "multitask" and strategy.get("adapters") == "per_task":
+            expanded += [Path(run_dir) / ADAPTERS / task for task in strategy["tasks"]]
+        else:
+            expanded.append(Path(run_dir))
+    return expanded
 
 
 def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> AdapterSet:

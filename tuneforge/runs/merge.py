@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import dump_yaml
-from tuneforge.engine import paths
-from tuneforge.engine.serving import adapter_config, load_adapter_set
 from tuneforge.errors import ConfigError
 from tuneforge.methods.peft_adapter import ADAPTER_DIR
+from tuneforge.runs import paths
+from tuneforge.runs.serving import adapter_config, load_adapter_set
 
 HOWS = ("linear", "ties", "dare_linear", "dare_ties", "cat", "magnitude_prune")
 LORA_METHODS = ("lora", "qlora")

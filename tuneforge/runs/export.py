@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.engine.gguf_export import check_model, check_quants, modelfile, write_gguf
-from tuneforge.engine.paths import refuse_unsafe_replace, require_writable_dir
 from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.methods import get_method
 from tuneforge.methods.base import unchanged
 from tuneforge.models import no_progress_bars
+from tuneforge.runs.gguf import check_model, check_quants, modelfile, write_gguf
+from tuneforge.runs.paths import refuse_unsafe_replace, require_writable_dir
 
 MARKER = "tuneforge_export.json"  # says the directory is an export, which --overwrite may replace
 

@@ -26,6 +26,20 @@ def lock_path(run_dir: Path) -> Path:
     return tuneforge_home() / "locks" / f"{digest}.lock"
 
 
+def is_locked(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock now (a killed one's lock is released by the kernel)."""
+    path = lock_path(run_dir)
+    if not path.is_file():
+        return False
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     path = lock_path(run_dir)
