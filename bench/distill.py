@@ -20,10 +20,9 @@ from pathlib import Path
 import yaml
 
 from bench.common import machine_line
-from tuneforge.api import train
+from tuneforge.api import student_report, train
 from tuneforge.config import ModelConfig, tuneforge_home
-from tuneforge.engine.student import make_student
-from tuneforge.reports.distill import write_report
+from tuneforge.models.student import make_student
 from tuneforge.runs.export import merged_model
 
 ROOT = Path(__file__).parents[1]
@@ -228,7 +227,7 @@ def main() -> None:
     report_dir = task["out"]
     if (args.steps, args.seed) != (STEPS, SEED):
         report_dir = task["out"] / (f"steps-{args.steps}" + (f"-seed-{args.seed}" if args.seed != SEED else ""))
-    paths = write_report(report_dir, teacher, runs, notes)
+    paths = student_report(teacher, runs, report_dir, notes)
     print(paths["md"].read_text())
 
 

@@ -16,9 +16,9 @@ import yaml
 
 from bench.common import machine_line
 from tuneforge.api import train
-from tuneforge.engine.session import evaluate_run
-from tuneforge.engine.trained import load_trained
+from tuneforge.runs.evaluate import evaluate_run
 from tuneforge.runs.merge import merge_runs
+from tuneforge.runs.trained import load_trained
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "examples" / "continual.yaml"

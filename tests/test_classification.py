@@ -234,9 +234,9 @@ def test_the_merged_export_is_a_plain_transformers_classifier(sentiment_run, tmp
 def test_every_kind_of_method_trains_reloads_and_exports_the_head(tmp_path, tiny_bert_dir, method):
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.engine.session import evaluate_run
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.evaluate import evaluate_run
     from tuneforge.runs.export import export_run
+    from tuneforge.runs.trained import load_trained
 
     config = classification_config(tmp_path, tiny_bert_dir, train={"lr": 3e-3 if method == "full" else 2e-2})
     config["method"] = {"name": method}

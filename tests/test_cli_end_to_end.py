@@ -80,7 +80,7 @@ def test_saved_adapter_loads_in_peft_with_identical_logits(trained_run, tiny_mod
     from transformers import AutoModelForCausalLM
 
     from tuneforge.engine.precision import autocast_factory, ready_for_inference
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.trained import load_trained
 
     run_dir, _ = trained_run
     trained = load_trained(run_dir)  # in the run's precision (fp32, or bf16 frozen weights under autocast)

@@ -100,8 +100,8 @@ def test_unknown_objective_suggests():
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("examples/*.yaml")),
                          ids=lambda p: p.name)
 def test_every_example_config_is_valid(path):
-    from tuneforge.engine.trained import resolve_rewards
     from tuneforge.objectives import get_objective, validate_objective_params
+    from tuneforge.runs.trained import resolve_rewards
 
     loaded = load_config(path)
     validate_method_params(loaded.run.method)

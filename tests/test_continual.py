@@ -128,7 +128,7 @@ def test_every_mitigation_fills_the_accuracy_matrix(tmp_path, tiny_model_dir, mi
                 phase_scores["tasks"]["alpha"]["loss"])
             assert "result.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the run loads like any other: the evaluator of a finished run scores it
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.trained import load_trained
 
     trained = load_trained(result.run_dir)
     tokens = trained.tokenizer("alpha item 1", return_tensors="pt")
@@ -141,8 +141,8 @@ def test_every_mitigation_fills_the_accuracy_matrix(tmp_path, tiny_model_dir, mi
 def test_olora_saves_the_same_outputs_it_was_scored_with(tmp_path, tiny_model_dir):
     config = sequential_config(tmp_path, tiny_model_dir, {"name": "olora"}, lr=0.05)
     result = train(config, quiet=True)
-    from tuneforge.engine.session import evaluate_run
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.evaluate import evaluate_run
+    from tuneforge.runs.trained import load_trained
 
     scores, _ = evaluate_run(load_trained(result.run_dir), config["data"]["test"][2]["path"], ["loss"])
     after = json.loads((result.run_dir / "eval.json").read_text())["after"]["tasks"]["gamma"]

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_config
 from tuneforge.api import train
 from tuneforge.cli import app
-from tuneforge.engine.trained import load_trained
 from tuneforge.errors import ConfigError
 from tuneforge.runs.export import export_run
+from tuneforge.runs.trained import load_trained
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
 pytestmark = pytest.mark.numerical

@@ -15,14 +15,14 @@ from tuneforge.data.batching import collate, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import with_kl_completions
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.session import evaluate_run
-from tuneforge.engine.trained import load_trained
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps
 from tuneforge.objectives import REGISTRY
 from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.preference import KtoParams, kto_loss
+from tuneforge.runs.evaluate import evaluate_run
+from tuneforge.runs.trained import load_trained
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
 pytestmark = pytest.mark.numerical

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.cli import app
-from tuneforge.engine.trained import load_trained
 from tuneforge.runs.merge import merge_runs
+from tuneforge.runs.trained import load_trained
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import TEST_PRECISION, tiny_config
 from tuneforge.api import train
-from tuneforge.engine.session import evaluate_run
-from tuneforge.engine.trained import load_trained
 from tuneforge.methods import REGISTRY, trainable_summary
 from tuneforge.models.tiny import build_tiny_llama
+from tuneforge.runs.evaluate import evaluate_run
+from tuneforge.runs.trained import load_trained
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
 pytestmark = pytest.mark.numerical

@@ -130,7 +130,7 @@ def test_benchmark_before_and_after_training_in_eval_json_and_the_eval_command(t
     result = CliRunner().invoke(app, ["eval", str(run_dir), "--lm-eval", task, "--lm-eval-include",
                                       str(tmp_path / "tasks"), "--shots", "1", "--output", str(out)])
     assert result.exit_code == 0, result.output
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.trained import load_trained
 
     trained = load_trained(run_dir)
     ours, _ = score_questions(trained.model, trained.tokenizer, geography, shots=1, autocast=trained.autocast)

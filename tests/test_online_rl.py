@@ -20,14 +20,14 @@ from tuneforge.data.dataset import TrainExample
 from tuneforge.data.formats import Example
 from tuneforge.data.render import Encoded, end_of_turn_ids
 from tuneforge.engine.rollout import Rollouts
-from tuneforge.engine.session import evaluate_run
-from tuneforge.engine.trained import load_trained, resolve_rewards
 from tuneforge.errors import ConfigError, DataError, TuneforgeError
 from tuneforge.evaluation.generate import sample_ids
 from tuneforge.evaluation.rewards import exact_match, length_penalty, number_match, number_only, resolve_reward, score
 from tuneforge.models.parts import label_token_logps
 from tuneforge.objectives import REGISTRY, LossContext
 from tuneforge.objectives.rl import GrpoParams, kl_k3, policy_gradient_loss, prepare_policy_gradient
+from tuneforge.runs.evaluate import evaluate_run
+from tuneforge.runs.trained import load_trained, resolve_rewards
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
 pytestmark = pytest.mark.numerical
@@ -239,7 +239,7 @@ def test_online_objective_config_errors_fail_before_loading(tmp_path, tiny_model
 def test_a_reward_model_run_as_the_reward(tmp_path, tiny_model_dir):
     """{model: RUN} scores completions with a trained reward model, the same scores `reward score` gives;
     a run that is not a reward model is refused when the config is read."""
-    from tuneforge.engine.trained import RewardModelScore, score_rewards
+    from tuneforge.runs.trained import RewardModelScore, score_rewards
 
     pairs = [{"prompt": f"Is {i} even?", "chosen": "yes" if i % 2 == 0 else "no",
               "rejected": "no" if i % 2 == 0 else "yes"} for i in range(8)]

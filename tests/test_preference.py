@@ -17,8 +17,6 @@ from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data.batching import batch_sequences, collate, collate_packed, collate_pairs_packed
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.engine.loop import window_context
-from tuneforge.engine.session import evaluate_run
-from tuneforge.engine.trained import load_trained, score_rewards
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
 from tuneforge.models.parts import sequence_logps
@@ -33,6 +31,8 @@ from tuneforge.objectives.preference import (
     orpo_loss,
     simpo_loss,
 )
+from tuneforge.runs.evaluate import evaluate_run
+from tuneforge.runs.trained import load_trained, score_rewards
 
 # compares numbers from runs: `make test-bf16` runs it again with the precision forced to bf16
 pytestmark = pytest.mark.numerical

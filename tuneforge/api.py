@@ -15,6 +15,25 @@ from tuneforge.strategies import get_strategy, validate_strategy_params
 from tuneforge.strategies.compare import compare
 
 
+def student_report(teacher: str | Path, students: Sequence[str | Path], out: str | Path,
+                   notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Measure the teacher's and each student's model (merged, in the run's precision: layers, parameters, size,
+    generation speed; speed.json in each run) and write the report side by side (report.md, report.html, a chart,
+    report.json) into `out`; returns the files written."""
+    from tuneforge.reports.distill import write_report
+    from tuneforge.runs.measure import measure_speed
+    from tuneforge.runs.paths import require_writable_dir
+    from tuneforge.runs.trained import require_run_dir
+
+    out, runs = Path(out), [Path(teacher), *map(Path, students)]
+    require_writable_dir(out, "--out")
+    for run in runs:
+        require_run_dir(run)
+    for run in runs:
+        measure_speed(run)
+    return write_report(out, runs[0], runs[1:], list(notes))
+
+
 def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, resume: bool = False,
           force: bool = False, quiet: bool = False) -> RunResult:
     """Fine-tune as the config says and return where the run went and what it measured.

@@ -113,8 +113,8 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="a finished run direct
     multiple-choice benchmark, --lm-eval runs lm-evaluation-harness tasks."""
     from tuneforge.config import TASK_METRICS, parse_metrics
     from tuneforge.engine.console import flat_scores
-    from tuneforge.engine.session import evaluate_run
-    from tuneforge.engine.trained import load_trained, require_run_dir
+    from tuneforge.runs.evaluate import evaluate_run
+    from tuneforge.runs.trained import load_trained, require_run_dir
 
     if not (data or bench or lm_eval):
         raise ConfigError("nothing to evaluate on\n  fix: give --data FILE, --bench FILE or --lm-eval TASKS")
@@ -204,9 +204,9 @@ def chat(run_dirs: Annotated[list[Path], typer.Argument(help="finished run direc
 def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, top_p: float):
     """(reply(name, history) -> text, run names): one run on its own, or several adapters on one base."""
     from tuneforge.data.render import end_of_turn_ids, generation_prompt_ids, use_chat_template
-    from tuneforge.engine.trained import load_trained
     from tuneforge.evaluation.generate import generate_batch
     from tuneforge.runs.serving import adapter_runs, load_adapter_set
+    from tuneforge.runs.trained import load_trained
 
     run_dirs = adapter_runs(run_dirs)  # a per-task multitask run: its adapters, on one base
     if len(run_dirs) > 1:
@@ -215,7 +215,7 @@ def _responder(run_dirs: list[Path], max_new_tokens: int, temperature: float, to
                                                         temperature=temperature, top_p=top_p)[0]), adapters.names
     trained = load_trained(run_dirs[0])
     if trained.labels is not None:  # a classifier: each message is a text to label
-        from tuneforge.engine.labelled import describe_predictions
+        from tuneforge.runs.evaluate import describe_predictions
 
         print(f"a {trained.config.task} model: each message is labelled on its own")
         return (lambda name, history: describe_predictions(trained, [history[-1]["content"]])[0]), [run_dirs[0].name]
@@ -379,7 +379,7 @@ def student_make(source: Annotated[str, typer.Option("--from", help="the teacher
                  out: Annotated[Path, typer.Option(help="the new model directory")]) -> None:
     """Write a student: the teacher's embeddings, head and a subset of its layers, as a plain Hugging Face model."""
     from tuneforge.config import ModelConfig
-    from tuneforge.engine.student import make_student
+    from tuneforge.models.student import make_student
     from tuneforge.runs.export import merged_model
     from tuneforge.runs.paths import require_writable_dir
 
@@ -400,14 +400,9 @@ def student_report(runs: Annotated[list[Path], typer.Argument(help="finished stu
                    teacher: Annotated[Path, typer.Option(help="the teacher's finished run")],
                    out: Annotated[Path, typer.Option(help="where report.md, report.html and the chart go")]) -> None:
     """Teacher and students side by side: layers, parameters, size, generation speed and scores."""
-    from tuneforge.engine.trained import require_run_dir
-    from tuneforge.reports.distill import write_report
-    from tuneforge.runs.paths import require_writable_dir
+    from tuneforge.api import student_report as report
 
-    require_writable_dir(out, "--out")
-    for run in [teacher, *runs]:
-        require_run_dir(run)
-    for kind, path in write_report(out, teacher, list(runs)).items():
+    for kind, path in report(teacher, list(runs), out).items():
         print(f"{kind}: {path}")
 
 
@@ -460,7 +455,7 @@ def reward_score(run_dir: Annotated[Path, typer.Argument(help="a finished run of
                  output: Annotated[Path | None, typer.Option(help="also write every score as JSONL")] = None,
                  batch_size: int = 16) -> None:
     """Score completions with a trained reward model; on preference pairs, also the pair accuracy."""
-    from tuneforge.engine.trained import load_trained, score_rewards
+    from tuneforge.runs.trained import load_trained, score_rewards
 
     rows, summary = score_rewards(load_trained(run_dir), data, batch_size=batch_size)
     for row in rows[:10]:

@@ -9,11 +9,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from tuneforge.config import DatasetSpec, LoadedConfig
+from tuneforge.config import LoadedConfig
 from tuneforge.data.batching import model_device, to_device
-from tuneforge.data.dataset import load_examples
 from tuneforge.data.labels import (
-    Labeled,
     LabeledExample,
     LabelSet,
     collate_labeled,
@@ -97,39 +95,3 @@ def labelled_scores(model, examples: Sequence[LabeledExample], labels: LabelSet,
         return {}, []
     logits, total = predict(model, examples, pad_id, batch_size, autocast)
     return classification.scores(examples, logits, total, labels)
-
-
-def evaluate_labelled_run(trained, data_path: str, *, batch_size: int = 32,
-                          max_examples: int | None = None) -> tuple[dict, list[dict]]:
-    """A finished classification run's scores on a labelled file (its labels checked against the run's)."""
-    cfg = trained.config
-    records = load_examples([DatasetSpec(path=data_path)], seed=0, task=cfg.task,
-                            label_names=cfg.data.label_names)[:max_examples]
-    trained.labels.check(records)
-    examples, _ = encode_labeled(records, trained.tokenizer, trained.labels, cfg.data.max_seq_len)
-    return labelled_scores(trained.model, examples, trained.labels, trained.tokenizer.pad_token_id, batch_size,
-                           trained.autocast)
-
-
-def describe_predictions(trained, texts: Sequence[str]) -> list[str]:
-    """What a classification run says about each text, for people: the class and every class's probability,
-    each word with its tag, or the predicted number."""
-    labels = trained.labels
-    if labels.task == "token_classification":
-        records = [Labeled("chat", i, words=tuple(t.split()), tags=("O",) * len(t.split()))
-                   for i, t in enumerate(texts)]
-    else:
-        records = [Labeled("chat", i, text=t, label=0.0 if labels.task == "regression" else labels.names[0])
-                   for i, t in enumerate(texts)]
-    examples, _ = encode_labeled(records, trained.tokenizer, labels, trained.config.data.max_seq_len)
-    logits, _ = predict(trained.model, examples, trained.tokenizer.pad_token_id, autocast=trained.autocast)
-    if labels.task == "regression":
-        return [f"{float(x.reshape(-1)[0]):.4g}" for x in logits]
-    if labels.task == "token_classification":
-        return [" ".join(f"{w}/{t}" for w, t in zip(e.example.words, classification.word_tags(e, x, labels),
-                                                     strict=True)) for e, x in zip(examples, logits, strict=True)]
-    out = []
-    for x in logits:
-        probabilities = sorted(zip(labels.names, x.softmax(-1).tolist(), strict=True), key=lambda kv: -kv[1])
-        out.append(f"{probabilities[0][0]}  (" + ", ".join(f"{n} {p:.3f}" for n, p in probabilities) + ")")
-    return out

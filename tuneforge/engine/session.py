@@ -1,9 +1,9 @@
 """The pieces every strategy assembles a training phase from, in the order that keeps the user's time safe:
-read what the config asks for (`read_recipe`: seconds, nothing loaded), read and tokenize the data
+what the config asks for (a `Recipe`, read by `runs.recipe`: seconds, nothing loaded), read and tokenize the data
 (`prepare_data`), build the model once and keep it in memory (`open_session`: the method applied, weights in
 their precision, the frozen reference), then per phase an evaluator over the test data (`make_evaluator`) and
-the loop's inputs (`loop_inputs`) for `train_loop`. Nothing here writes a run directory: that policy belongs
-to the strategy (`strategies/single.py` for `tuneforge train`)."""
+the loop's inputs (`loop_inputs`) for `train_loop`. Nothing here writes a run directory: that is `runs.Run`'s.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.config import DatasetSpec, LoadedConfig
-from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
+from tuneforge.config import LoadedConfig
+from tuneforge.data.dataset import TrainExample, encode_examples
 from tuneforge.data.labels import LabelSet
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.console import Metrics, RunConsole
-from tuneforge.engine.datakind import check_data_kind, load_splits, objective_examples
+from tuneforge.engine.datakind import load_splits
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.labelled import (
     encode_splits,
-    evaluate_labelled_run,
     head_of,
     labelled_scores,
     labelled_splits,
@@ -33,17 +32,16 @@ from tuneforge.engine.labelled import (
 from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.optim import layer_lr_decay
 from tuneforge.engine.rollout import OnPolicy, Rollouts, heldout_rewards
-from tuneforge.engine.teacher import load_teacher, teacher_answers
-from tuneforge.engine.trained import TrainedRun, reference_of, resolve_rewards
+from tuneforge.engine.teacher import TeacherSource, load_teacher, teacher_answers
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.evaluate import generation_metrics
 from tuneforge.evaluation.metrics import GENERATION_METRICS
 from tuneforge.evaluation.multiple_choice import Question, bench_scores, read_questions
-from tuneforge.methods import Method, get_method, trainable_summary, validate_method_params
+from tuneforge.methods import Method, trainable_summary
 from tuneforge.methods.base import MethodParams, train_head
 from tuneforge.models.load import load_model, load_tokenizer
 from tuneforge.models.parts import PACKABLE_ENCODERS, packable_encoder
-from tuneforge.objectives import Objective, get_objective, validate_objective_params
+from tuneforge.objectives import Objective
 from tuneforge.objectives.base import Frozen
 from tuneforge.objectives.params import GkdParams, ObjectiveParams
 
@@ -51,13 +49,14 @@ from tuneforge.objectives.params import GkdParams, ObjectiveParams
 @dataclass(frozen=True)
 class Recipe:
     """What the config asks to train, checked before anything loads: the method and objective with their
-    parameters, and the rewards of an online objective."""
+    parameters, the rewards of an online objective, and a distillation objective's teacher."""
 
     method: Method
     method_params: MethodParams
     objective: Objective
     objective_params: ObjectiveParams
     rewards: list
+    teacher: TeacherSource | None = None
 
 
 @dataclass
@@ -80,11 +79,9 @@ class Prepared:
                 for task in tasks}
 
 
-def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
-                 objective: Objective | None = None) -> Prepared:
+def prepare_data(loaded: LoadedConfig, console: RunConsole | None, recipe: Recipe) -> Prepared:
     """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
-    cfg = loaded.run
-    objective = objective or get_objective(cfg.objective.name)
+    cfg, objective = loaded.run, recipe.objective
     notes: list[str] = []
     splits = load_splits(loaded, objective, notes)
     train_raw, test_raw = splits["train"], splits.get("test", [])
@@ -97,8 +94,7 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None = None,
         train, test, stats = encode_splits(train_raw, test_raw, labels, tokenizer, cfg.data.max_seq_len, console)
         return Prepared(train, test, test_raw, tokenizer, False, stats, labels)
     if objective.data == "teacher_answers":  # sequence-level distillation: the teacher writes the answers
-        train_raw = teacher_answers(loaded, validate_objective_params(cfg.objective, loaded.where("objective")),
-                                    train_raw, console)
+        train_raw = teacher_answers(recipe.teacher, cfg, recipe.objective_params, train_raw, console)
     tokenizer = load_tokenizer(cfg.model)
     chat = use_chat_template(tokenizer, cfg.data.template)
     train, stats = encode_examples(train_raw, tokenizer, cfg.data)
@@ -157,7 +153,7 @@ def open_session(loaded: LoadedConfig, recipe: Recipe, console: RunConsole,
     cfg, method, objective = loaded.run, recipe.method, recipe.objective
     device = precision.pick_device()
     chosen = precision.resolve_precision(cfg.train.precision, device)
-    teacher = load_teacher(loaded, recipe.objective_params, chosen, device, examples)  # its vocabulary checked first
+    teacher = load_teacher(recipe.teacher, recipe.objective_params, chosen, device, examples, cfg.eval.batch_size)
     if teacher is not None:
         console.info(f"teacher {recipe.objective_params.teacher}: {teacher.describe()}")
     torch.manual_seed(cfg.train.seed)  # method initialisation (e.g. LoRA A) follows the run's seed
@@ -287,28 +283,3 @@ def _on_policy(session: Session, prepared: Prepared, cfg) -> OnPolicy | None:
     if not isinstance(params, GkdParams) or params.lam == 0:
         return None
     return OnPolicy(session.model, prepared.tokenizer, prepared.chat, params, cfg.train.seed, session.autocast)
-
-
-def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
-                 max_new_tokens: int = 64, max_examples: int | None = None) -> tuple[dict, list[dict]]:
-    """A finished run's scores on a dataset file in any supported format, by the evaluator training used
-    (`make_evaluator`): the objective's own held-out scores and the generation metrics asked for."""
-    if trained.labels is not None:  # a classification run reports all of its task's metrics
-        return evaluate_labelled_run(trained, data_path, batch_size=batch_size, max_examples=max_examples)
-    cfg = trained.config.model_copy(deep=True)
-    cfg.eval = cfg.eval.model_copy(update={"metrics": metrics, "batch_size": batch_size,
-                                           "max_new_tokens": max_new_tokens})
-    method, objective = get_method(cfg.method.name), get_objective(cfg.objective.name)
-    records = load_examples([DatasetSpec(path=data_path)], seed=0)[:max_examples]
-    check_data_kind(records, objective)  # as training does: an SFT run is not scored on pairs or rated data
-    test_raw = objective_examples(records, objective)
-    test, _ = encode_examples(test_raw, trained.tokenizer, cfg.data, apply_drop_guard=False)
-    prepared = Prepared([], test, test_raw, trained.tokenizer, use_chat_template(trained.tokenizer,
-                                                                                 cfg.data.template), {})
-    params = validate_objective_params(cfg.objective)
-    rewards = resolve_rewards(params, "objective") if objective.data == "prompts" else []
-    recipe = Recipe(method, validate_method_params(cfg.method), objective, params, rewards)
-    model = trained.model
-    session = Session(recipe, model, next(model.parameters()).device, cfg.train.precision, trained.autocast,
-                      trained.scoring, Frozen(reference_of(trained) if objective.needs_reference else None))
-    return make_evaluator(session, prepared, cfg)(generate=True)

@@ -16,11 +16,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from tuneforge.config import IGNORE_INDEX, LoadedConfig, ModelConfig, model_path_from
+from tuneforge.config import IGNORE_INDEX, ModelConfig, RunConfig
 from tuneforge.data.formats import Example
 from tuneforge.engine import precision
 from tuneforge.errors import ConfigError, TrainingError
-from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.load import load_causal_lm
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
 from tuneforge.objectives.distill import log1mexp, priority_sample
@@ -152,14 +152,12 @@ class LiveTeacher:
         return TeacherTokens(top.values, top.indices, log1mexp(torch.logsumexp(tempered, dim=-1)))
 
 
-def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, device: torch.device,
-                 examples: Sequence = ()) -> LiveTeacher | CachedTeacher | None:
-    """The objective's teacher (None for an objective without one), frozen, in the run's precision; refused
-    unless it and the student share one vocabulary (the divergences compare distributions token by token). With
-    `top_k` and `cache`, its top-k over `examples`, from the cache or computed now and cached."""
-    if not isinstance(params, KdParams):
+def load_teacher(source: TeacherSource | None, params: ObjectiveParams, chosen: str, device: torch.device,
+                 examples: Sequence = (), batch_size: int = 16) -> LiveTeacher | CachedTeacher | None:
+    """The objective's teacher (None for an objective without one), frozen, in the run's precision. With `top_k`
+    and `cache`, its top-k over `examples`, from the cache or computed now (`batch_size` at a time) and cached."""
+    if source is None or not isinstance(params, KdParams):
         return None  # no teacher in the loss (seqkd's teacher writes the training answers before training)
-    source = TeacherSource.of(loaded, params.teacher)
     cached = None
     if params.top_k and params.cache and examples:
         cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples, params.top_k_by)
@@ -169,56 +167,39 @@ def load_teacher(loaded: LoadedConfig, params: ObjectiveParams, chosen: str, dev
                        len(source.tokenizer), params.top_k, params.temperature, params.top_k_by)
     if cached is None:
         return live
-    write_cache(live, list(examples), source.student_tokenizer.pad_token_id, loaded.run.eval.batch_size, cached)
+    write_cache(live, list(examples), source.student_tokenizer.pad_token_id, batch_size, cached)
     return CachedTeacher(cached)  # the teacher's weights are let go
 
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """Where the teacher is (`path`: a run directory, a model directory or a hub id) and its tokenizer, checked
-    against the student's before any weights load."""
+    """Where a teacher's weights are (`path`) and its tokenizer, checked against the student's (`check`) before any
+    weights load. This one is a model: a model directory, 'default' or a hub id; a finished tuneforge run is
+    `runs.recipe.RunTeacher`."""
 
     path: str
-    run: bool
     tokenizer: object
     student_tokenizer: object
 
-    @classmethod
-    def of(cls, loaded: LoadedConfig, source: str) -> TeacherSource:
-        from transformers import AutoTokenizer
-
-        path = model_path_from(source, loaded.base_dir)  # relative to the config file, as model.path is
-        run = (Path(path) / "config.yaml").is_file()  # a tuneforge run: its model with what it trained
-        if not Path(path).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-            raise ConfigError(f"{loaded.where('objective', 'teacher')}: {path} does not exist\n  fix: give a finished "
-                              "tuneforge run, a Hugging Face model directory (relative to the config file), "
-                              "'default' or a hub id")
-        tokenizer = (AutoTokenizer.from_pretrained(Path(path) / "tokenizer") if run
-                     else load_tokenizer(ModelConfig(path=path)))
-        student = load_tokenizer(loaded.run.model)
-        if tokenizer.get_vocab() != student.get_vocab():
-            raise ConfigError(f"{loaded.where('objective', 'teacher')}: the teacher ({source}) and the student "
-                              f"({loaded.run.model.path}) have different vocabularies ({len(tokenizer)} and "
-                              f"{len(student)} tokens), so their next-token distributions cannot be compared token "
-                              "by token\n  fix: distil into a student made from the teacher (`tuneforge student "
-                              "make --from TEACHER`), or one of the teacher's family that shares its tokenizer")
-        return cls(path, run, tokenizer, student)
+    def check(self, where: str, named: str, student: str) -> TeacherSource:
+        """Refused unless teacher and student share one vocabulary (the divergences compare their distributions
+        token by token)."""
+        if self.tokenizer.get_vocab() != self.student_tokenizer.get_vocab():
+            raise ConfigError(f"{where}: the teacher ({named}) and the student ({student}) have different "
+                              f"vocabularies ({len(self.tokenizer)} and {len(self.student_tokenizer)} tokens), so "
+                              "their next-token distributions cannot be compared token by token\n  fix: distil into a "
+                              "student made from the teacher (`tuneforge student make --from TEACHER`), or one of the "
+                              "teacher's family that shares its tokenizer")
+        return self
 
     def model(self, chosen: str, device: torch.device) -> torch.nn.Module:
         """The teacher's weights, frozen, in the precision `chosen`, for inference."""
-        if self.run:
-            from tuneforge.engine.trained import load_trained
-
-            return load_trained(self.path, precision_override=chosen).model
         return precision.ready_for_inference(load_causal_lm(ModelConfig(path=self.path)), chosen, device)
 
     def identity(self) -> dict:
-        """What names the teacher's weights: a run's recorded weight hashes and config, a directory's weight files
-        (name, size, modification time) and config, or a hub id."""
+        """What names the teacher's weights: a directory's weight files (name, size, modification time) and config,
+        or a hub id."""
         root = Path(self.path)
-        if self.run:
-            return {"run": json.loads((root / "run.json").read_text()).get("weights_sha256", {}),
-                    "config": (root / "config.yaml").read_text()}
         if root.is_dir():
             return {"files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
                               for p in sorted(root.glob("*.safetensors"))],
@@ -248,7 +229,8 @@ def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, exam
 ANSWERS_VERSION = 1
 
 
-def teacher_answers(loaded: LoadedConfig, params: SeqkdParams, records: list[Example], console=None) -> list[Example]:
+def teacher_answers(source: TeacherSource, cfg: RunConfig, params: SeqkdParams, records: list[Example],
+                    console=None) -> list[Example]:
     """Sequence-level distillation's data (Kim & Rush, 2016, https://arxiv.org/abs/1606.07947): each record's
     prompt with the teacher's answer in place of the data's, generated in batches once and kept on disk under
     $TUNEFORGE_HOME keyed by the teacher's weights, the generation settings and the prompts."""
@@ -256,9 +238,8 @@ def teacher_answers(loaded: LoadedConfig, params: SeqkdParams, records: list[Exa
     from tuneforge.data.render import end_of_turn_ids, prompt_ids_for_generation, use_chat_template
     from tuneforge.evaluation.generate import generate_all
 
-    source = TeacherSource.of(loaded, params.teacher)
-    device, chosen = precision.inference_placement(loaded.run.train.precision)
-    chat = use_chat_template(source.tokenizer, loaded.run.data.template)
+    device, chosen = precision.inference_placement(cfg.train.precision)
+    chat = use_chat_template(source.tokenizer, cfg.data.template)
     prompts = [prompt_ids_for_generation(e, source.tokenizer, chat=chat)[0] for e in records]
     digest = hashlib.sha256(json.dumps({"version": ANSWERS_VERSION, "teacher": source.identity(), "chat": chat,
                                         "precision": chosen, **params.model_dump(exclude={"teacher"})},
@@ -273,7 +254,7 @@ def teacher_answers(loaded: LoadedConfig, params: SeqkdParams, records: list[Exa
         model = source.model(chosen, device)
         torch.manual_seed(params.seed)
         with precision.autocast_factory(chosen, device)():
-            answers = generate_all(model, source.tokenizer, prompts, batch_size=loaded.run.eval.batch_size,
+            answers = generate_all(model, source.tokenizer, prompts, batch_size=cfg.eval.batch_size,
                                    max_new_tokens=params.max_new_tokens, stop_ids=end_of_turn_ids(source.tokenizer),
                                    temperature=params.temperature)
         del model

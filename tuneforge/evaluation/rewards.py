@@ -7,7 +7,7 @@ prompts (each record's last user message), all as text, and returns one float pe
 
 Config names a built-in (`exact_match`) or a function by dotted path (`mypackage.rewards.my_reward` or
 `mypackage.rewards:my_reward`), each with a weight; a completion's reward is the weighted sum. A trained
-reward model serves as a reward too (`{model: RUN_DIR}`, `engine.trained.RewardModelScore`).
+reward model serves as a reward too (`{model: RUN_DIR}`, `runs.trained.RewardModelScore`).
 """
 
 from __future__ import annotations

@@ -6,22 +6,11 @@ from __future__ import annotations
 
 import html
 import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 
-import torch
-
 from tuneforge.config import load_config
-from tuneforge.data.dataset import load_examples
-from tuneforge.data.render import prompt_ids_for_generation, use_chat_template
-from tuneforge.engine import precision
-from tuneforge.engine.student import layer_stack
-from tuneforge.evaluation.generate import generate_all
-from tuneforge.models import no_progress_bars
-from tuneforge.runs.export import merged_model
-from tuneforge.runs.measure import decode_latency_ms
+from tuneforge.errors import RunDirError
+from tuneforge.runs.layout import CONFIG_FILE, EVAL_FILE, RUN_FILE, SPEED_FILE, read_json
 
 COLUMNS = (("layers", "layers", "{:d}"), ("parameters_m", "parameters (M)", "{:.1f}"),
            ("disk_mib", "bf16 weights MiB", "{:.0f}"), ("tokens_per_s", "generation tok/s", "{:.0f}"),
@@ -29,50 +18,25 @@ COLUMNS = (("layers", "layers", "{:d}"), ("parameters_m", "parameters (M)", "{:.
            ("loss", "test loss", "{:.3f}"), ("train_wall_s", "train wall s", "{:.0f}"))
 
 
-def measure(run_dir: Path, prompts: int = 100, batch_size: int = 50) -> dict:
-    """One run's model (what it trained merged in, in the run's precision): its size and generation speed on its
-    own test prompts, and the scores its run wrote."""
-    model, tokenizer, _ = merged_model(run_dir)
-    config = json.loads((run_dir / "run.json").read_text())
-    cfg = load_config(run_dir / "config.yaml").run
-    device, chosen = precision.inference_placement(cfg.train.precision)
-    model = precision.ready_for_inference(model, chosen, device)
-    autocast = precision.autocast_factory(chosen, device)
-    chat = use_chat_template(tokenizer, cfg.data.template)
-    examples = load_examples(cfg.data.test or cfg.data.train, seed=0)[:prompts]
-    asked = [p for p, _ in filter(None, (prompt_ids_for_generation(e, tokenizer, chat=chat) for e in examples))]
-    row = {"run": run_dir.name, "layers": len(layer_stack(model)[0]),
-           "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6, "disk_mib": _bf16_size(model) / 2**20,
-           "latency_ms": decode_latency_ms(model, tokenizer, asked[:11], autocast)}
-    row["tokens_per_s"] = statistics.median(_throughput(model, tokenizer, asked, autocast, batch_size)
-                                            for _ in range(3))
-    after = json.loads((run_dir / "eval.json").read_text()).get("after", {})
-    row |= {"exact_match": after.get("exact_match"), "loss": after.get("nll", after.get("loss")),
-            "train_wall_s": config.get("train", {}).get("wall_s"), "objective": cfg.objective.name}
-    del model
-    return row
-
-
-def _throughput(model, tokenizer, asked: list, autocast, batch_size: int, new_tokens: int = 16) -> float:
-    """Generated tokens per second over every prompt, in batches; each prompt generates exactly `new_tokens` (no
-    stop), so the figure compares models however early they would stop."""
-    started = time.perf_counter()
-    with autocast():
-        generate_all(model, tokenizer, asked, batch_size=batch_size, max_new_tokens=new_tokens, stop_ids=set())
-    return len(asked) * new_tokens / (time.perf_counter() - started)
-
-
-def _bf16_size(model: torch.nn.Module) -> int:
-    """Bytes of the model's weights written as bf16 safetensors (the same dtype for teacher and student)."""
-    with tempfile.TemporaryDirectory() as scratch, no_progress_bars():
-        model.to(torch.bfloat16).save_pretrained(scratch, safe_serialization=True)
-        return sum(p.stat().st_size for p in Path(scratch).glob("*.safetensors"))
+def read_row(run_dir: Path) -> dict:
+    """One run's row: what `runs.measure.measure_speed` measured of its model (speed.json) and what its run
+    recorded (scores, training time, objective)."""
+    speed = read_json(run_dir / SPEED_FILE)
+    if not speed:
+        raise RunDirError(f"{run_dir} has no {SPEED_FILE}: its model was not measured\n  fix: run `tuneforge student "
+                          "report`, which measures each run first")
+    after = read_json(run_dir / EVAL_FILE).get("after", {})
+    return {"run": run_dir.name, **speed, "exact_match": after.get("exact_match"),
+            "loss": after.get("nll", after.get("loss")),
+            "train_wall_s": read_json(run_dir / RUN_FILE).get("train", {}).get("wall_s"),
+            "objective": load_config(run_dir / CONFIG_FILE).run.objective.name}
 
 
 def write_report(out_dir: Path, teacher: Path, students: list[Path], notes: list[str] = ()) -> dict[str, Path]:
-    """report.md, report.html, speed_quality.png and report.json for the teacher and the student runs."""
+    """report.md, report.html, speed_quality.png and report.json for the teacher and the student runs, each
+    measured before (`runs.measure.measure_speed`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = [{**measure(teacher), "role": "teacher"}] + [{**measure(s), "role": "student"} for s in students]
+    rows = [{**read_row(teacher), "role": "teacher"}] + [{**read_row(s), "role": "student"} for s in students]
     teacher_row = rows[0]
     for row in rows:
         row["speedup"] = row["tokens_per_s"] / teacher_row["tokens_per_s"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.engine.trained import load_trained
+from tuneforge.runs.trained import load_trained
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.methods import get_method
 from tuneforge.methods.base import unchanged

@@ -1,16 +1,19 @@
 """What a finished run costs at inference and what it forgot: the per-method measurements of
-`tuneforge compare`, written next to the run as compare.json."""
+`tuneforge compare` (compare.json in the run), and the size and generation speed of a distillation's teacher and
+students (speed.json), which the reports read."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from tuneforge.config import DataConfig, DatasetSpec, ModelConfig
+from tuneforge.config import DataConfig, DatasetSpec, ModelConfig, load_config
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import Example
 from tuneforge.data.labels import encode_labeled
@@ -18,15 +21,18 @@ from tuneforge.data.render import prompt_ids_for_generation, use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.labelled import predict
-from tuneforge.engine.trained import load_trained
 from tuneforge.evaluation.evaluate import generation_metrics
-from tuneforge.evaluation.generate import generate_batch
+from tuneforge.evaluation.generate import generate_all, generate_batch
 from tuneforge.methods import get_method
+from tuneforge.models import no_progress_bars
 from tuneforge.models.load import load_causal_lm, load_tokenizer
+from tuneforge.models.student import layer_stack
 from tuneforge.objectives import get_objective
+from tuneforge.runs.export import merged_model
+from tuneforge.runs.layout import CONFIG_FILE, MEASURE_FILE, SPEED_FILE, write_json
+from tuneforge.runs.trained import load_trained
 
 GENERAL_SET = "quickstart:general"
-MEASURE_FILE = "compare.json"
 
 
 def general_examples() -> list[Example]:
@@ -135,3 +141,39 @@ def _measure_classifier(run_dir: Path, trained, method, texts: int) -> dict:
         result["merged_latency_ms_per_text"] = None
     (Path(run_dir) / MEASURE_FILE).write_text(json.dumps(result, indent=2))
     return result
+
+
+def measure_speed(run_dir: Path, prompts: int = 100, batch_size: int = 50) -> dict:
+    """One run's model (what it trained merged in, in the run's precision): its layers, parameters, size and
+    generation speed on its own test prompts, into speed.json (what the distillation report reads)."""
+    run_dir = Path(run_dir)
+    model, tokenizer, _ = merged_model(run_dir)
+    cfg = load_config(run_dir / CONFIG_FILE).run
+    device, chosen = precision.inference_placement(cfg.train.precision)
+    model = precision.ready_for_inference(model, chosen, device)
+    autocast = precision.autocast_factory(chosen, device)
+    chat = use_chat_template(tokenizer, cfg.data.template)
+    examples = load_examples(cfg.data.test or cfg.data.train, seed=0)[:prompts]
+    asked = [p for p, _ in filter(None, (prompt_ids_for_generation(e, tokenizer, chat=chat) for e in examples))]
+    speed = {"layers": len(layer_stack(model)[0]), "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+             "disk_mib": _bf16_size(model) / 2**20, "latency_ms": decode_latency_ms(model, tokenizer, asked[:11], autocast),
+             "tokens_per_s": statistics.median(_throughput(model, tokenizer, asked, autocast, batch_size)
+                                               for _ in range(3))}
+    write_json(run_dir / SPEED_FILE, speed)
+    return speed
+
+
+def _throughput(model, tokenizer, asked: list, autocast, batch_size: int, new_tokens: int = 16) -> float:
+    """Generated tokens per second over every prompt, in batches; each prompt generates exactly `new_tokens` (no
+    stop), so the figure compares models however early they would stop."""
+    started = time.perf_counter()
+    with autocast():
+        generate_all(model, tokenizer, asked, batch_size=batch_size, max_new_tokens=new_tokens, stop_ids=set())
+    return len(asked) * new_tokens / (time.perf_counter() - started)
+
+
+def _bf16_size(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights written as bf16 safetensors (the same dtype for teacher and student)."""
+    with tempfile.TemporaryDirectory() as scratch, no_progress_bars():
+        model.to(torch.bfloat16).save_pretrained(scratch, safe_serialization=True)
+        return sum(p.stat().st_size for p in Path(scratch).glob("*.safetensors"))

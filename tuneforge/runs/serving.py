@@ -122,7 +122,7 @@ def load_responder(spec: str | Path) -> Responder:
     """A run directory (anything `tuneforge train` finished) or a model: 'default', a local Hugging Face
     model directory, or a hub id."""
     from tuneforge.config import ModelConfig
-    from tuneforge.engine.trained import load_trained
+    from tuneforge.runs.trained import load_trained
     from tuneforge.models.load import load_tokenizer
 
     path = Path(spec)

@@ -66,7 +66,7 @@ def run(loaded: LoadedConfig, params: SequentialParams, *, resume: bool = False,
     with Run.open(loaded, console, resume=resume, force=force, checkpoints=TASKS) as run:
         phases = [run.phase(TASKS, f"{i + 1}-{task}") for i, task in enumerate(tasks)]
         run.require_checkpoint(phases)
-        prepared = prepare_data(loaded, console, recipe.objective)
+        prepared = prepare_data(loaded, console, recipe)
         run.identify(fingerprint_of(cfg, prepared))
         with run.guard("loading the model"):
             session = open_session(loaded, recipe, console)

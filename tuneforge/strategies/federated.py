@@ -39,12 +39,12 @@ from tuneforge.engine.console import Metrics, RunConsole, format_scores
 from tuneforge.engine.datakind import read_splits
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.optim import lr_at
-from tuneforge.engine.session import Prepared, first_per_task, loop_inputs, make_evaluator, open_session
+from tuneforge.engine.session import Prepared, Recipe, first_per_task, loop_inputs, make_evaluator, open_session
 from tuneforge.errors import ConfigError, TrainingError, TuneforgeError
 from tuneforge.models.load import load_tokenizer
 from tuneforge.runs.identity import fingerprint_of
 from tuneforge.runs.layout import CHECKPOINTS, ROUNDS, read_json
-from tuneforge.runs.recipe import Recipe, read_recipe
+from tuneforge.runs.recipe import read_recipe
 from tuneforge.runs.run import Run, RunResult
 from tuneforge.strategies import Strategy
 from tuneforge.strategies.params import FedAvgMParams, FederatedParams, FedOptParams, FedProxParams

@@ -29,7 +29,7 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
                                                         loaded.where("train")))
     with Run.open(loaded, console, resume=resume, force=force, world=world) as run:
         resume_from = run.require_checkpoint()
-        prepared = prepare_data(loaded, console, recipe.objective)
+        prepared = prepare_data(loaded, console, recipe)
         run.identify(fingerprint_of(cfg, prepared))
         with run.guard("loading the model"):
             session = open_session(loaded, recipe, console, prepared.train + prepared.test, prepared.labels)

@@ -17,6 +17,7 @@ from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.labelled import head_of
 from tuneforge.engine.rollout import Rewards
+from tuneforge.engine.teacher import TeacherSource
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.evaluation.rewards import resolve_reward
 from tuneforge.methods import get_method, validate_method_params
@@ -24,6 +25,7 @@ from tuneforge.methods.base import frozen_copy_reference
 from tuneforge.models.load import load_causal_lm, load_model
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams
+from tuneforge.runs.layout import CONFIG_FILE, RUN_FILE, read_json
 
 
 @dataclass
@@ -159,6 +161,19 @@ class RewardModelScore:
         encoded = [TrainExample(i, e, enc) for i, (e, enc) in
                    enumerate(zip(examples, encode_batch(examples, trained.tokenizer, chat=chat), strict=True))]
         return sequence_scores(trained, encoded)
+
+
+@dataclass(frozen=True)
+class RunTeacher(TeacherSource):
+    """A finished tuneforge run as a distillation teacher: its model with what it trained."""
+
+    def model(self, chosen: str, device: torch.device) -> torch.nn.Module:
+        return load_trained(self.path, precision_override=chosen).model
+
+    def identity(self) -> dict:
+        """What names the run's weights: its recorded weight hashes and its config."""
+        root = Path(self.path)
+        return {"run": read_json(root / RUN_FILE).get("weights_sha256", {}), "config": (root / CONFIG_FILE).read_text()}
 
 
 def resolve_rewards(params: OnlineParams, where: str, resolve_path=lambda path: path) -> Rewards:
