@@ -7,12 +7,37 @@ from pathlib import Path
 
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.engine.distributed import require_one_process, world
+from tuneforge.errors import ConfigError
 from tuneforge.reports.plots import plot_confusion, plot_loss
 from tuneforge.reports.tasks import write_task_report
 from tuneforge.runs.run import RunResult
 from tuneforge.runs.serving import AdapterSet, load_adapter_set
 from tuneforge.strategies import get_strategy, validate_strategy_params
 from tuneforge.strategies.compare import compare
+
+
+def make_student(source: str | Path, layers: int, out: str | Path) -> dict:
+    """Write a distillation student into `out`: the teacher's embeddings, head and `layers` of its decoder layers
+    (spread evenly from the first to the last), as a plain Hugging Face model directory. The teacher is 'default',
+    a model directory, a hub id, or a finished run (what it trained merged in first). Returns the layers kept and
+    both models' parameter counts."""
+    from tuneforge.config import ModelConfig, load_config
+    from tuneforge.models import student
+    from tuneforge.runs.export import merged_model
+    from tuneforge.runs.identity import run_identity
+    from tuneforge.runs.paths import require_writable_dir
+
+    source, out = str(source), Path(out)
+    require_writable_dir(out, "--out")
+    run = Path(source).expanduser()
+    if source != "default" and not run.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ConfigError(f"--from {source}: no such model directory or run\n  fix: give 'default', a Hugging Face "
+                          "model directory, a hub id, or a finished tuneforge run")
+    if not (run / "config.yaml").is_file():
+        return student.make_student(ModelConfig(path=source), layers, out)
+    model, tokenizer, _ = merged_model(run)
+    return student.make_student(ModelConfig(path=source), layers, out, model=model, tokenizer=tokenizer,
+                                source_sha256=run_identity(run, load_config(run / "config.yaml").run.model))
 
 
 def student_report(teacher: str | Path, students: Sequence[str | Path], out: str | Path,

@@ -378,18 +378,9 @@ def student_make(source: Annotated[str, typer.Option("--from", help="the teacher
                                                      "from the first to the last")],
                  out: Annotated[Path, typer.Option(help="the new model directory")]) -> None:
     """Write a student: the teacher's embeddings, head and a subset of its layers, as a plain Hugging Face model."""
-    from tuneforge.config import ModelConfig
-    from tuneforge.models.student import make_student
-    from tuneforge.runs.export import merged_model
-    from tuneforge.runs.paths import require_writable_dir
+    from tuneforge.api import make_student
 
-    require_writable_dir(out, "--out")
-    run = Path(source).expanduser()
-    if source != "default" and not run.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ConfigError(f"--from {source}: no such model directory or run\n  fix: give 'default', a Hugging Face "
-                          "model directory, a hub id, or a finished tuneforge run")
-    model, tokenizer, _ = merged_model(run) if (run / "config.yaml").is_file() else (None, None, None)
-    made = make_student(ModelConfig(path=source), layers, out, model=model, tokenizer=tokenizer)
+    made = make_student(source, layers, out)
     print(f"student: {out}: layers {made['kept_layers']} of the teacher's {made['teacher_layers']}; "
           f"{made['student_parameters'] / 1e6:.1f}M parameters (teacher {made['teacher_parameters'] / 1e6:.1f}M)")
 

@@ -7,7 +7,6 @@ manifest verifies. Tensors go to safetensors, everything else to JSON: nothing i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from tuneforge.errors import CheckpointError, TrainingError
+from tuneforge.models.digest import sha256_of
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -200,17 +200,6 @@ def _prune(root: Path, keep_last: int) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
-
-
-def sha256_of(path: Path) -> str:
-    """The file's digest, read through one small buffer: it also runs after an out-of-memory error, to name the
-    intact checkpoint, when a fresh megabyte per read may not be had."""
-    digest, buffer = hashlib.sha256(), bytearray(1 << 16)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:

@@ -13,13 +13,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from tuneforge.config import IGNORE_INDEX, ModelConfig, RunConfig
 from tuneforge.data.formats import Example
 from tuneforge.engine import precision
 from tuneforge.errors import ConfigError, TrainingError
+from tuneforge.models.digest import model_digest
 from tuneforge.models.load import load_causal_lm
 from tuneforge.models.parts import label_logits
 from tuneforge.objectives.base import TeacherTokens
@@ -48,23 +49,33 @@ def batch_sequences_of(batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tenso
             for s, n in zip(order.tolist(), counts.tolist(), strict=True)]
 
 
+class DamagedCache(Exception):
+    """A cached file whose contents are not what was written (cut short, edited, unreadable): computed again."""
+
+
 class CachedTeacher:
     """The teacher's top-k (or k priority-sampled) log-probs at every trained position of the examples it was
     computed for, read from a safetensors file and looked up per sequence by `sequence_digest` (no teacher model in
-    memory)."""
+    memory). The file carries the digest of its tensors: one cut short or edited is refused (`DamagedCache`)."""
 
-    def __init__(self, path: Path):
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as handle:
-            self.top_k_by = (handle.metadata() or {}).get("top_k_by", "top")
-        self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
-        self.rest = tensors["rest"]
-        self.rows = {bytes(d): i for i, d in enumerate(tensors["digests"].numpy())}
-        self.path, self.top_k = path, self.logprobs.shape[-1]
+    def __init__(self, path: Path, note: str = ""):
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or {}
+            self.logprobs, self.ids, self.offsets = tensors["logprobs"], tensors["ids"], tensors["offsets"].tolist()
+            self.rest, digests = tensors["rest"], tensors["digests"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise DamagedCache(f"unreadable ({str(exc)[:200]})") from None
+        if tensors.get("sha256") is None or bytes(tensors.pop("sha256").numpy()) != tensors_sha256(tensors):
+            raise DamagedCache("not what was written to it (changed or damaged since)")
+        self.top_k_by = metadata.get("top_k_by", "top")
+        self.rows = {bytes(d): i for i, d in enumerate(digests.numpy())}
+        self.path, self.top_k, self.note = path, self.logprobs.shape[-1], note
 
     def describe(self) -> str:
         return (f"{_support(self.top_k, self.top_k_by)} at {self.logprobs.shape[0]} trained positions, cached in "
-                f"{self.path} ({_mib(self.path.stat().st_size)} on disk and in memory)")
+                f"{self.path} ({_mib(self.path.stat().st_size)} on disk and in memory)" + self.note)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> TeacherTokens:
         parts = []
@@ -106,10 +117,22 @@ def write_cache(teacher: LiveTeacher, examples: Sequence, pad_id: int, batch_siz
                     rests.append(tokens.rest[at: at + count].float().cpu())
                     offsets.append(offsets[-1] + count)
                 at += count
-    _write_atomically(path, save({"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
-                                  "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
-                                  "rest": torch.cat(rests).contiguous()},
-                                 metadata={"top_k_by": teacher.top_k_by}))
+    tensors = {"digests": torch.stack(digests), "offsets": torch.tensor(offsets, dtype=torch.int64),
+               "logprobs": torch.cat(logprobs).contiguous(), "ids": torch.cat(ids).contiguous(),
+               "rest": torch.cat(rests).contiguous()}
+    # the digest of the others travels as a tensor of its own (safetensors writes metadata in no fixed order)
+    tensors["sha256"] = torch.frombuffer(bytearray(tensors_sha256(tensors)), dtype=torch.uint8)
+    _write_atomically(path, save(tensors, metadata={"top_k_by": teacher.top_k_by}))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> bytes:
+    """One digest over named tensors: their names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.digest()
 
 
 def _support(top_k: int | None, top_k_by: str) -> str:
@@ -158,17 +181,20 @@ def load_teacher(source: TeacherSource | None, params: ObjectiveParams, chosen: 
     and `cache`, its top-k over `examples`, from the cache or computed now (`batch_size` at a time) and cached."""
     if source is None or not isinstance(params, KdParams):
         return None  # no teacher in the loss (seqkd's teacher writes the training answers before training)
-    cached = None
+    cached, note = None, ""
     if params.top_k and params.cache and examples:
         cached = cache_path(source.identity(), params.top_k, params.temperature, chosen, examples, params.top_k_by)
         if cached.is_file():
-            return CachedTeacher(cached)
+            try:
+                return CachedTeacher(cached)
+            except DamagedCache as exc:
+                note = f"; computed again: the cached file was {exc}"
     live = LiveTeacher(source.model(chosen, device), precision.autocast_factory(chosen, device),
                        len(source.tokenizer), params.top_k, params.temperature, params.top_k_by)
     if cached is None:
         return live
     write_cache(live, list(examples), source.student_tokenizer.pad_token_id, batch_size, cached)
-    return CachedTeacher(cached)  # the teacher's weights are let go
+    return CachedTeacher(cached, note)  # the teacher's weights are let go
 
 
 @dataclass(frozen=True)
@@ -197,17 +223,11 @@ class TeacherSource:
         return precision.ready_for_inference(load_causal_lm(ModelConfig(path=self.path)), chosen, device)
 
     def identity(self) -> dict:
-        """What names the teacher's weights: a directory's weight files (name, size, modification time) and config,
-        or a hub id."""
-        root = Path(self.path)
-        if root.is_dir():
-            return {"files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                              for p in sorted(root.glob("*.safetensors"))],
-                    "config": (root / "config.json").read_text()}
-        return {"hub": self.path}
+        """What names the teacher's outputs: the digest of its weight files and config (or a hub id's revision)."""
+        return {"model": model_digest(ModelConfig(path=self.path))}
 
 
-CACHE_VERSION = 2  # 2: each position's rest of the vocabulary at the temperature
+CACHE_VERSION = 3  # 2: each position's rest of the vocabulary at the temperature; 3: keyed by content digests
 
 
 def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, examples: Sequence,
@@ -226,7 +246,7 @@ def cache_path(identity: dict, top_k: int, temperature: float, chosen: str, exam
     return tuneforge_home() / "cache" / "teacher" / f"{digest.hexdigest()[:32]}.safetensors"
 
 
-ANSWERS_VERSION = 1
+ANSWERS_VERSION = 2  # 2: keyed by content digests, the answers' own digest inside
 
 
 def teacher_answers(source: TeacherSource, cfg: RunConfig, params: SeqkdParams, records: list[Example],
@@ -247,10 +267,9 @@ def teacher_answers(source: TeacherSource, cfg: RunConfig, params: SeqkdParams, 
     for prompt in prompts:
         digest.update(json.dumps(prompt).encode())
     path = tuneforge_home() / "cache" / "seqkd" / f"{digest.hexdigest()[:32]}.json"
-    if path.is_file():
-        answers = json.loads(path.read_text())
-        said = f"read from {path}"
-    else:
+    answers, damaged = _cached_answers(path, len(prompts))
+    said = f"read from {path}"
+    if answers is None:
         model = source.model(chosen, device)
         torch.manual_seed(params.seed)
         with precision.autocast_factory(chosen, device)():
@@ -258,14 +277,33 @@ def teacher_answers(source: TeacherSource, cfg: RunConfig, params: SeqkdParams, 
                                    max_new_tokens=params.max_new_tokens, stop_ids=end_of_turn_ids(source.tokenizer),
                                    temperature=params.temperature)
         del model
-        _write_atomically(path, json.dumps(answers).encode())
-        said = f"written once to {path}"
+        _write_atomically(path, json.dumps({"answers": answers, "sha256": _answers_sha256(answers)}).encode())
+        said = f"written once to {path}" + (f" (computed again: the cached file was {damaged})" if damaged else "")
     same = sum(a == e.prompt_and_reference()[1].strip() for a, e in zip(answers, records, strict=True))
     if console:
         console.info(f"seqkd: the teacher's answers to {len(records)} training prompts, {said}; "
                      f"{100 * same / max(len(records), 1):.1f}% equal the data's own")
     return [replace(e, messages=(*e.prompt_and_reference()[0], {"role": "assistant", "content": answer}),
                     prompt_turns=len(e.prompt_and_reference()[0])) for e, answer in zip(records, answers, strict=True)]
+
+
+def _cached_answers(path: Path, count: int) -> tuple[list[str] | None, str]:
+    """The answers cached in `path` (None when there are none), and what is wrong with a file that holds other than
+    `count` answers whose digest matches them."""
+    if not path.is_file():
+        return None, ""
+    try:
+        saved = json.loads(path.read_text())
+        answers = saved["answers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "unreadable"
+    if not isinstance(answers, list) or len(answers) != count or saved.get("sha256") != _answers_sha256(answers):
+        return None, "not what was written to it (changed or damaged since)"
+    return answers, ""
+
+
+def _answers_sha256(answers: list) -> str:
+    return hashlib.sha256(json.dumps(answers).encode()).hexdigest()
 
 
 def _write_atomically(path: Path, content: bytes) -> None:

@@ -4,6 +4,7 @@ Sanh et al. initialise a student from every other teacher layer), written as a p
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from tuneforge.config import ModelConfig
 from tuneforge.errors import ConfigError, ModelError
+from tuneforge.models.digest import model_digest, sha256_of
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 
 # where a causal LM keeps its stack of decoder layers, by the families transformers implements
@@ -63,9 +65,15 @@ def shrink(model, layers: int) -> list[int]:
     return kept
 
 
-def make_student(source: ModelConfig, layers: int, out: Path, *, model=None, tokenizer=None) -> dict:
-    """Write the student to `out` (a new directory, complete or absent: written beside it, then renamed).
-    `model` / `tokenizer`: the teacher already loaded (a tuneforge run, merged), else loaded from `source`."""
+STUDENT_MARKER = "tuneforge_student.json"  # where the student came from, and the digests of its weights
+
+
+def make_student(source: ModelConfig, layers: int, out: Path, *, model=None, tokenizer=None,
+                 source_sha256: str | None = None) -> dict:
+    """Write the student to `out` (a new directory, complete or absent: written beside it, then renamed), with
+    tuneforge_student.json saying what it was made from (`source_sha256`: the teacher's identity, by default the
+    digest of `source`'s files) and the sha256 of each weight file. `model` / `tokenizer`: the teacher already
+    loaded (a tuneforge run, merged), else loaded from `source`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out} already exists and is not empty\n  fix: choose a new directory, or remove it")
@@ -80,6 +88,9 @@ def make_student(source: ModelConfig, layers: int, out: Path, *, model=None, tok
     try:
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
+        (scratch / STUDENT_MARKER).write_text(json.dumps({
+            "from": source.path, "source_sha256": source_sha256 or model_digest(source), "kept_layers": kept,
+            "weights_sha256": {p.name: sha256_of(p) for p in sorted(scratch.glob("*.safetensors"))}}, indent=1))
         if out.exists():
             out.rmdir()
         scratch.rename(out)

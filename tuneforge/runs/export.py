@@ -11,13 +11,17 @@ from pathlib import Path
 
 import torch
 
-from tuneforge.runs.trained import load_trained
+from tuneforge.config import load_config
 from tuneforge.errors import ConfigError, RunDirError
 from tuneforge.methods import get_method
 from tuneforge.methods.base import unchanged
 from tuneforge.models import no_progress_bars
+from tuneforge.models.digest import sha256_of
 from tuneforge.runs.gguf import check_model, check_quants, modelfile, write_gguf
+from tuneforge.runs.identity import run_identity
+from tuneforge.runs.layout import CONFIG_FILE
 from tuneforge.runs.paths import refuse_unsafe_replace, require_writable_dir
+from tuneforge.runs.trained import load_trained
 
 MARKER = "tuneforge_export.json"  # says the directory is an export, which --overwrite may replace
 
@@ -34,6 +38,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
     check_quants(gguf)
     model, tokenizer, method_name = merged_model(run_dir, merge or bool(gguf))
+    identity = run_identity(run_dir, load_config(run_dir / CONFIG_FILE).run.model)  # what the export was made of
     if gguf:
         check_model(model.config)
     model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
@@ -52,6 +57,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
             tokenizer.save_pretrained(staging)
             portable(staging)
         (staging / MARKER).write_text(json.dumps({"run": str(run_dir.resolve()), "method": method_name,
+                                                  "identity_sha256": identity,
+                                                  "weights_sha256": {p.name: sha256_of(p) for p in sorted(
+                                                      [*staging.glob("*.safetensors"), *staging.glob("*.gguf")])},
                                                   **({"gguf": files} if gguf else {})}, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)

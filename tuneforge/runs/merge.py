@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,8 @@ from tuneforge.config import dump_yaml
 from tuneforge.errors import ConfigError
 from tuneforge.methods.peft_adapter import ADAPTER_DIR
 from tuneforge.runs import paths
+from tuneforge.runs.identity import weights_record
+from tuneforge.runs.layout import COMPLETE, CONFIG_FILE, RUN_FILE, TOKENIZER_DIR, write_json
 from tuneforge.runs.serving import adapter_config, load_adapter_set
 
 HOWS = ("linear", "ties", "dare_linear", "dare_ties", "cat", "magnitude_prune")
@@ -64,11 +65,13 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
         (staging / "peft" / "merged").rename(staging / ADAPTER_DIR)
         shutil.rmtree(staging / "peft")
         first = adapters.configs["run0"]
-        (staging / "config.yaml").write_text(dump_yaml(first))
-        adapters.tokenizer.save_pretrained(staging / "tokenizer")
-        (staging / "run.json").write_text(json.dumps({
-            "status": "complete", "merged": {"runs": [str(r) for r in runs], "how": how, "weights": weights,
-                                             "density": density if kwargs else None, "seed": seed}}, indent=2))
+        (staging / CONFIG_FILE).write_text(dump_yaml(first))
+        adapters.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
+        # what it is: its own adapter on the inputs' base (two merges of other weights never share an identity)
+        write_json(staging / RUN_FILE, {
+            "status": COMPLETE, "merged": {"runs": [str(r) for r in runs], "how": how, "weights": weights,
+                                           "density": density if kwargs else None, "seed": seed},
+            **weights_record(staging, first.model)})
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

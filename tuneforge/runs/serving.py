@@ -15,6 +15,7 @@ from tuneforge.evaluation.generate import generate_batch
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.methods.peft_adapter import ADAPTER_DIR, quiet_peft
 from tuneforge.models.load import load_causal_lm
+from tuneforge.runs.identity import verify_weights
 from tuneforge.runs.layout import ADAPTERS, RUN_FILE, read_json
 
 
@@ -94,9 +95,11 @@ def load_adapter_set(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> A
 
 
 def adapter_config(name: str, path: Path) -> RunConfig:
+    """The config of a run whose adapter will be loaded, its weight files checked against run.json first."""
     if not (path / "config.yaml").is_file() or not (path / ADAPTER_DIR).is_dir():
         raise ConfigError(f"run '{name}' ({path}) has no peft adapter to load\n  fix: give finished runs of lora, "
                           "dora, qlora, ia3, prompt, prefix or ptuning")
+    verify_weights(path)
     return load_config(path / "config.yaml").run
 
 

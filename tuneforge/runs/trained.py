@@ -25,7 +25,8 @@ from tuneforge.methods.base import frozen_copy_reference
 from tuneforge.models.load import load_causal_lm, load_model
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams
-from tuneforge.runs.layout import CONFIG_FILE, RUN_FILE, read_json
+from tuneforge.runs.identity import run_identity, verify_weights
+from tuneforge.runs.layout import CONFIG_FILE
 
 
 @dataclass
@@ -47,6 +48,7 @@ def load_trained(run_dir: str | Path, *, full_precision_base: bool = False, prec
 
     run_dir = Path(run_dir)
     cfg = require_run_dir(run_dir)
+    verify_weights(run_dir)  # a damaged weight file is refused by name, not read
     method = get_method(cfg.method.name)
     device, chosen = precision.inference_placement(precision_override or cfg.train.precision)
     objective = get_objective(cfg.objective.name)
@@ -171,9 +173,11 @@ class RunTeacher(TeacherSource):
         return load_trained(self.path, precision_override=chosen).model
 
     def identity(self) -> dict:
-        """What names the run's weights: its recorded weight hashes and its config."""
-        root = Path(self.path)
-        return {"run": read_json(root / RUN_FILE).get("weights_sha256", {}), "config": (root / CONFIG_FILE).read_text()}
+        """What names the teacher's outputs: the digest of every weight that produces them as they are now (the
+        base model's files and the run's own), and the run's config (its template, its method)."""
+        config = (Path(self.path) / CONFIG_FILE).read_text()
+        return {"run": run_identity(Path(self.path), load_config(Path(self.path) / CONFIG_FILE).run.model),
+                "config": config}
 
 
 def resolve_rewards(params: OnlineParams, where: str, resolve_path=lambda path: path) -> Rewards:
