@@ -20,8 +20,8 @@ import torch
 
 from bench.common import machine_line
 from tuneforge.config import ModelConfig
-from tuneforge.data import labels as labels_module
-from tuneforge.data.labels import (
+from tuneforge.data.kinds import labels as labels_module
+from tuneforge.data.kinds.labels import (
     PACK_WIDTH,
     LabelSet,
     collate_labeled,

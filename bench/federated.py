@@ -33,8 +33,8 @@ import yaml
 from bench.common import machine_line
 from tuneforge.api import train
 from tuneforge.config import load_config
+from tuneforge.data.kinds import read_splits
 from tuneforge.data.partition import split_clients
-from tuneforge.engine.datakind import read_splits
 from tuneforge.objectives import get_objective
 
 ROOT = Path(__file__).parents[1]

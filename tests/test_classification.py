@@ -16,7 +16,7 @@ import torch
 from tests.conftest import TEST_PRECISION, classification_config, sentiment_records, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import load_config
-from tuneforge.data.labels import LabelSet, collate_labeled, encode_labeled, normaliser
+from tuneforge.data.kinds.labels import LabelSet, collate_labeled, encode_labeled, normaliser
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.objectives.classify import class_cross_entropy, squared_error
@@ -100,8 +100,8 @@ def test_a_bad_record_is_refused_with_its_file_line_and_field(task, data, proble
 
 
 def test_a_test_label_training_never_saw_is_refused(tmp_path, tiny_bert_dir):
-    from tuneforge.engine.datakind import load_splits
-    from tuneforge.engine.labelled import labelled_splits
+    from tuneforge.data.kinds import load_splits
+    from tuneforge.data.kinds.labels import labelled_splits
     from tuneforge.objectives import get_objective
 
     config = classification_config(tmp_path, tiny_bert_dir)
@@ -112,8 +112,8 @@ def test_a_test_label_training_never_saw_is_refused(tmp_path, tiny_bert_dir):
 
 
 def test_a_stratified_split_refuses_a_class_with_one_example(tmp_path, tiny_bert_dir):
-    from tuneforge.engine.datakind import load_splits
-    from tuneforge.engine.labelled import labelled_splits
+    from tuneforge.data.kinds import load_splits
+    from tuneforge.data.kinds.labels import labelled_splits
     from tuneforge.objectives import get_objective
 
     config = classification_config(tmp_path, tiny_bert_dir, data={"test": None, "test_fraction": 0.3,
@@ -153,9 +153,12 @@ def test_bad_data_stops_the_cli_with_exit_2_before_any_model_loads(tmp_path, tin
 ])
 def test_config_mistakes_of_a_classification_run_are_named(tmp_path, tiny_bert_dir, overrides, problem):
     from tuneforge.runs.recipe import read_recipe
+    from tuneforge.strategies import strategy_for
 
-    with pytest.raises(ConfigError) as caught:
-        read_recipe(load_config(classification_config(tmp_path, tiny_bert_dir), overrides))
+    with pytest.raises(ConfigError) as caught:  # what the strategy needs is its registry entry's to say (issue 29)
+        loaded = load_config(classification_config(tmp_path, tiny_bert_dir), overrides)
+        strategy_for(loaded)
+        read_recipe(loaded)
     assert problem in str(caught.value)
 
 
@@ -338,7 +341,7 @@ def test_plateau_schedule_and_early_stopping_watch_a_metric(tmp_path, tiny_bert_
 @pytest.mark.parametrize("task", ["sequence_classification", "token_classification"])
 def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, encoder_tokenizer, task, attention):
     from tuneforge.config import ModelConfig
-    from tuneforge.data.labels import collate_labeled_packed
+    from tuneforge.data.kinds.labels import collate_labeled_packed
     from tuneforge.models.load import Head, load_model
     from tuneforge.objectives import LossContext
     from tuneforge.objectives.classify import classify_loss, head_logits
@@ -376,7 +379,7 @@ def test_a_packed_batch_gives_the_padded_batchs_gradients(tiny_bert_dir, encoder
     """The first-token-only last layer trains what the whole layer would; a checkpointed layer (recomputed in the
     backward pass, after the forward's context closed) is left whole and gives them too."""
     from tuneforge.config import ModelConfig
-    from tuneforge.data.labels import collate_labeled_packed
+    from tuneforge.data.kinds.labels import collate_labeled_packed
     from tuneforge.models.load import Head, load_model
     from tuneforge.objectives.classify import head_logits
 
@@ -397,7 +400,10 @@ def test_a_packed_batch_gives_the_padded_batchs_gradients(tiny_bert_dir, encoder
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+        # fp32 sums in another order: an error of ~5e-7 of the tensor's largest gradient (3e-5 of 61 seen on the
+        # embeddings after other tests ran in the process), so the absolute tolerance scales with it
+        scale = max(1.0, float(grads[0][name].abs().max()))
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 def test_packing_trains_the_same_weights_and_is_refused_where_it_cannot_work(tmp_path, tiny_bert_dir,

@@ -11,9 +11,10 @@ import torch
 from tests.conftest import lora_tiny, tiny_config, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import DataConfig, DatasetSpec
-from tuneforge.data.batching import collate, collate_pairs_packed
+from tuneforge.data.batching import collate
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import with_kl_completions
+from tuneforge.data.kinds import KINDS
 from tuneforge.engine.loop import window_context
 from tuneforge.errors import DataError
 from tuneforge.methods import REGISTRY as METHODS
@@ -105,8 +106,8 @@ def test_kto_loss_on_a_batch_equals_hand_assembly(tmp_path, tokenizer):
     ratios = torch.stack(alone)
     desirable = torch.tensor([bool(e.example.desirable) for e in items])
     expected = kto_loss(ratios[:, 0], desirable, ratios[:, 1].mean(), 0.5, 1.5, 1.0).mean()
-    for layout in (collate, collate_pairs_packed):
-        batch = layout(items, tokenizer.pad_token_id)
+    for packed in (False, True):  # the rated kind's batches: padded, or packed as pairs are (issue 29)
+        batch = KINDS["rated"].collate(items, tokenizer.pad_token_id, packed)
         out = REGISTRY["kto"].loss(model, batch, window_context([batch], params, Frozen(reference)))
         assert float(out.loss) == pytest.approx(float(expected), abs=1e-5)
         assert 0 <= out.metrics["reward_accuracy"] <= 1

@@ -43,7 +43,7 @@ def test_a_run_that_fails_ends_its_mlflow_run_failed(tmp_path, tiny_model_dir, m
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
-    import tuneforge.strategies.single as single
+    import tuneforge.strategies.phase as single
 
     def broken(*args, **kwargs):
         raise RuntimeError("the loop broke")

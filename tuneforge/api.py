@@ -6,14 +6,35 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import LoadedConfig, load_config
+from tuneforge.data.check import DataCheck
 from tuneforge.engine.distributed import require_one_process, world
 from tuneforge.errors import ConfigError
 from tuneforge.reports.plots import plot_confusion, plot_loss
 from tuneforge.reports.tasks import write_task_report
 from tuneforge.runs.run import RunResult
 from tuneforge.runs.serving import AdapterSet, load_adapter_set
-from tuneforge.strategies import get_strategy, validate_strategy_params
+from tuneforge.strategies import strategy_for
 from tuneforge.strategies.compare import compare
+
+
+def data_check(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, samples: int = 2
+               ) -> DataCheck:
+    """Read and check a config's data as training would (by its objective's data kind), and tokenize it to show
+    what will be trained, before any model weights load: per split, the counts and lengths under the length policy,
+    warnings, and `samples` records as trained. A record that cannot train raises a located `DataError`;
+    `.failed` says whether training would stop (too much dropped for length); `.lines()` is what the CLI prints."""
+    from tuneforge.data.kinds import load_splits
+    from tuneforge.models.load import load_tokenizer
+    from tuneforge.objectives import get_objective
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    cfg, objective = loaded.run, get_objective(loaded.run.objective.name)
+    notes: list[str] = []
+    train, test, labels = objective.kind.split(loaded, load_splits(loaded, objective, notes))
+    tokenizer = load_tokenizer(cfg.model)
+    reports = [objective.kind.report(split, records, tokenizer, cfg.data, samples, labels)
+               for split, records in (("train", train), ("test", test)) if records]
+    return DataCheck(notes, objective.kind.heading(labels), reports)
 
 
 def make_student(source: str | Path, layers: int, out: str | Path) -> dict:
@@ -68,8 +89,7 @@ def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (
     training config or tokenizer differ from the checkpoint's.
     """
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
-    strategy = get_strategy(loaded.run.strategy.name)
-    params = validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
+    strategy, params = strategy_for(loaded)
     if not strategy.data_parallel:
         require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
     result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)

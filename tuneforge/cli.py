@@ -245,75 +245,12 @@ def _ask() -> str | None:
 def data_check(config: ConfigArg, overrides: OverridesArg = None,
                samples: Annotated[int, typer.Option(help="rendered examples to show per split")] = 2) -> None:
     """Validate the data and show what will be trained, before any model weights load."""
-    from tuneforge.config import load_config
-    from tuneforge.data.check import check_split, marked_text
-    from tuneforge.engine.datakind import load_splits
-    from tuneforge.models.load import load_tokenizer
-    from tuneforge.objectives import get_objective
+    from tuneforge.api import data_check as check
 
-    loaded = load_config(config, overrides or [])
-    cfg = loaded.run
-    notes: list[str] = []
-    splits = load_splits(loaded, get_objective(cfg.objective.name), notes)
-    for note in notes:
-        print(note)
-    if cfg.task != "causal_lm":
-        _check_labelled(loaded, splits, samples)
-        return
-    tokenizer = load_tokenizer(cfg.model)
-    failed = False
-    for split, examples in splits.items():
-        report = check_split(split, examples, tokenizer, cfg.data, samples)
-        stats = report.stats.summary()
-        print(f"[{split}] {stats['examples']} examples: {stats['kept']} kept, {stats['truncated']} truncated, "
-              f"{stats['dropped']} dropped (data.overlong={cfg.data.overlong}, max_seq_len={cfg.data.max_seq_len})")
-        print(f"  tokens {stats['tokens']}, trained {stats['label_tokens']} "
-              f"({100 * stats['label_tokens'] / max(stats['tokens'], 1):.1f}%); length min {stats['length_min']} "
-              f"mean {stats['length_mean']} p50 {stats['length_p50']} p95 {stats['length_p95']} "
-              f"max {stats['length_max']}")
-        if report.stats.control_lookalikes:
-            where, spelling = report.stats.control_lookalikes[0]
-            print(f"  note: {len(report.stats.control_lookalikes)} examples quote a control token's spelling (first: "
-                  f"{where}: {spelling!r}); it is encoded as plain text, never as the control token")
-        if report.stats.missing_end_of_turn:
-            print(f"  warning: {len(report.stats.missing_end_of_turn)} examples do not train an end-of-turn token, "
-                  f"e.g. {report.stats.missing_end_of_turn[0]}; the model may not learn to stop")
-        if report.drop_error:
-            failed = True
-            print(f"  error: {report.drop_error}")
-        for item in report.samples:
-            print(f"  --- {item.example.location} (trained tokens inside ⟦ ⟧)")
-            print("  " + marked_text(item, tokenizer).replace("\n", "\n  "))
-    if failed:
+    report = check(config, overrides or [], samples=samples)
+    print("\n".join(report.lines()))
+    if report.failed:
         raise typer.Exit(2)
-
-
-def _check_labelled(loaded, splits: dict, samples: int) -> None:
-    """`data check` for a classification task: the label set, each split's classes and lengths, and a few
-    records as the model's tokens with their label."""
-    from tuneforge.data.labels import encode_labeled
-    from tuneforge.engine.labelled import labelled_splits
-    from tuneforge.models.load import load_tokenizer
-
-    cfg = loaded.run
-    train_records, test_records, labels = labelled_splits(loaded, splits)
-    tokenizer = load_tokenizer(cfg.model)
-    if labels.names:
-        print(f"{cfg.task}: {len(labels.names)} labels, in the head's order: {', '.join(labels.names)}")
-    for split, records in (("train", train_records), ("test", test_records)):
-        if not records:
-            continue
-        encoded, stats = encode_labeled(records, tokenizer, labels, cfg.data.max_seq_len)
-        summary = stats.summary()
-        print(f"[{split}] {summary['examples']} records, {summary['truncated']} truncated to "
-              f"max_seq_len={cfg.data.max_seq_len}; tokens {summary['tokens']}, length p50 {summary['length_p50']} "
-              f"max {summary['length_max']}")
-        if summary["classes"]:
-            print("  " + ", ".join(f"{name} {count}" for name, count in summary["classes"].items()))
-        for item in encoded[:samples]:
-            truth = " ".join(item.example.truth) if item.example.words else item.example.truth
-            print(f"  --- {item.example.location}: {' '.join(tokenizer.convert_ids_to_tokens(list(item.input_ids)))}"
-                  f"  ->  {truth}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

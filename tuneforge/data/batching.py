@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from tuneforge.data.dataset import TrainExample
+from tuneforge.data.packing import first_fit_decreasing
 from tuneforge.data.render import IGNORE_INDEX, Encoded
 
 LENGTH_GROUP_FACTOR = 32  # micro-batches per length-sorted chunk; larger = less padding, less randomness
@@ -67,7 +68,7 @@ def collate_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[str, t
     batch's (same tokens, same label count) with less padding computed.
     """
     sequences = batch_sequences(examples)
-    rows = _first_fit_decreasing([len(s) for s in sequences], capacity=max(len(s) for s in sequences))
+    rows = first_fit_decreasing([len(s) for s in sequences], capacity=max(len(s) for s in sequences))
     width = max(sum(len(sequences[i]) for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -103,7 +104,7 @@ def collate_pairs_packed(examples: Sequence[TrainExample], pad_id: int) -> dict[
     """
     count = len(examples)
     units = [_shared_prompt_unit(e) for e in examples]
-    rows = _first_fit_decreasing([u.length for u in units], capacity=max(u.length for u in units))
+    rows = first_fit_decreasing([u.length for u in units], capacity=max(u.length for u in units))
     width = max(sum(units[i].length for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -186,29 +187,9 @@ def _first_label(sequence: Encoded) -> int:
 
 
 def _batch_facts(examples: Sequence[TrainExample], sequences: Sequence[Encoded]) -> dict[str, torch.Tensor]:
-    facts = {"sample_ids": torch.tensor([e.sample_id for e in examples]),
-             "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
-             "num_tokens": torch.tensor(sum(len(s) for s in sequences))}
-    if examples[0].example.is_rated:  # KTO: each example's label
-        facts["desirable"] = torch.tensor([bool(e.example.desirable) for e in examples])
-    return facts
-
-
-def _first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Indices of `lengths` grouped into rows whose total stays within `capacity`, longest first."""
-    rows: list[list[int]] = []
-    loads: list[int] = []
-    for item in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
-        n = lengths[item]
-        for index, load in enumerate(loads):
-            if load + n <= capacity:
-                rows[index].append(item)
-                loads[index] += n
-                break
-        else:
-            rows.append([item])
-            loads.append(n)
-    return rows
+    return {"sample_ids": torch.tensor([e.sample_id for e in examples]),
+            "num_examples": torch.tensor(len(examples)), "num_sequences": torch.tensor(len(sequences)),
+            "num_tokens": torch.tensor(sum(len(s) for s in sequences))}
 
 
 def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:

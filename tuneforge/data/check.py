@@ -14,6 +14,30 @@ TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained text ⟧ in plai
 
 
 @dataclass
+class DataCheck:
+    """What `tuneforge data check` found, before any model weights load: notes from reading (records skipped, keys
+    nothing reads), what the data kind says first (a classifier's classes), and each split's report."""
+
+    notes: list[str]
+    heading: str | None
+    splits: list  # data.kinds.SplitReport, one per split
+
+    @property
+    def failed(self) -> bool:
+        """Whether training would stop on this data (too much of it dropped for length)."""
+        return any(report.error for report in self.splits)
+
+    def lines(self) -> list[str]:
+        out = [*self.notes, *([self.heading] if self.heading else [])]
+        for report in self.splits:
+            out.append(f"[{report.split}] {report.summary}")
+            out += [f"  {line}" for line in report.lines]
+            out += [f"  error: {report.error}"] if report.error else []
+            out += ["  " + sample.replace("\n", "\n  ") for sample in report.samples]
+        return out
+
+
+@dataclass
 class DataReport:
     split: str
     stats: EncodeStats
@@ -44,14 +68,13 @@ def trained_segments(sequence: Encoded, tokenizer) -> list[tuple[str, bool]]:
     return [(tokenizer.decode(ids, skip_special_tokens=False), trained) for ids, trained in runs]
 
 
+def marked(sequence: Encoded, tokenizer) -> str:
+    """One sequence as plain text with its trained runs wrapped in ⟦ ⟧."""
+    return "".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
+                   for text, trained in trained_segments(sequence, tokenizer))
+
+
 def marked_text(item: TrainExample, tokenizer) -> str:
-    """Plain-text rendering with trained runs wrapped in ⟦ ⟧; a preference pair shows both sides."""
-    texts = ["".join(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
-                     for text, trained in trained_segments(sequence, tokenizer)) for sequence in item.sequences]
-    if item.example.is_rated:
-        label = "desirable" if item.example.desirable else "undesirable"
-        reference = "[KL reference point: another record's completion, scored but not trained toward]"
-        return f"[{label}]\n{texts[0]}" + (f"\n{reference}\n{texts[1]}" if len(texts) > 1 else "")
-    if len(texts) == 1:
-        return texts[0]
-    return f"[chosen]\n{texts[0]}\n[rejected]\n{texts[1]}"
+    """An encoded example's sequences as `marked` text, one after the other (how each data kind shows its
+    sides: `data.kinds`)."""
+    return "\n".join(marked(sequence, tokenizer) for sequence in item.sequences)

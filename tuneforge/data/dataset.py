@@ -11,9 +11,10 @@ import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tuneforge.config import DataConfig, DatasetSpec
-from tuneforge.data import cache, labels
+from tuneforge.data import cache
 from tuneforge.data.formats import Example, detect_format, normalise, shown_keys, unused_keys
 from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
@@ -71,14 +72,12 @@ class EncodeStats:
 
 def load_examples(specs: Sequence[DatasetSpec], seed: int, resolve: Callable[[str], str] = str, *,
                   bad_records: str = "error", notes: list[str] | None = None, sampling: str = "proportional",
-                  temperature: float = 2.0, task: str = "causal_lm",
-                  label_names: Sequence[str] | None = None) -> list[Example]:
+                  temperature: float = 2.0, reader: RecordReader | None = None) -> list[Example]:
     """Read and validate every record of every dataset, then form the weighted mixture (by task, as `sampling`
     says, where the entries name tasks). `bad_records: skip` leaves out records that cannot be read or are
     malformed; what was skipped, and keys no format reads, are appended to `notes` for the caller to show.
-    A classification `task` reads labelled records (`data.labels`) instead of the language-model formats."""
+    `reader` reads each record instead of the language-model formats (a data kind's: a classifier's labels)."""
     notes = [] if notes is None else notes
-    reader = None if task == "causal_lm" else labels.normaliser(task, label_names)
     parts = [_load_one(spec, resolve(spec.path), bad_records, notes, reader) for spec in specs]
     if len(parts) == 1 and specs[0].weight == 1.0 and specs[0].task is None:
         return parts[0]
@@ -110,15 +109,26 @@ def task_weights(specs: Sequence[DatasetSpec], sizes: Sequence[int], sampling: s
     return [spec.weight * scale[spec.task] if spec.task else spec.weight for spec in specs]
 
 
+class RecordReader(Protocol):
+    """How a data kind reads its records (RawRecord -> its record, or a located DataError), its format's name, and
+    the keys of a record it does not read."""
+
+    format: str
+
+    def __call__(self, record: RawRecord): ...
+
+    def unused(self, record: RawRecord) -> list[str]: ...
+
+
 def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
-              reader: Callable | None = None) -> list[Example]:
+              reader: RecordReader | None = None) -> list[Example]:
     examples, skipped, unused = [], [], None
     fmt = None if spec.format == "auto" else spec.format
     for record in read_records(path, spec.split):
         try:
             record = _mapped(record, spec.columns)
             if reader is not None:
-                fmt = "labelled"
+                fmt = reader.format
                 examples.append(reader(record))
             else:
                 fmt = fmt or detect_format(record)
@@ -128,7 +138,7 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
                 raise
             skipped.append(str(exc).splitlines()[0])
             continue
-        keys = labels.unused_keys(record) if reader is not None else unused_keys(record, fmt)
+        keys = reader.unused(record) if reader is not None else unused_keys(record, fmt)
         if unused is None and keys:
             unused = (record.where, keys)
     shown = path if not examples else examples[0].source

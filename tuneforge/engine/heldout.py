@@ -13,7 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
-from tuneforge.data.batching import collate, model_device, to_device
+from tuneforge.data.batching import model_device, to_device
 from tuneforge.data.dataset import TrainExample
 from tuneforge.objectives import LossContext, Objective
 from tuneforge.objectives.base import Frozen, ObjectiveParams
@@ -34,7 +34,7 @@ def heldout_scores(model, objective: Objective, params: ObjectiveParams, example
     device = model_device(model)
     try:
         for start in range(0, len(ordered), batch_size):
-            batch = to_device(collate(ordered[start: start + batch_size], pad_id), device)
+            batch = to_device(objective.kind.collate(ordered[start: start + batch_size], pad_id), device)
             with autocast():
                 out = objective.loss(model, batch, ctx)
             scores["loss"] += float(out.loss)
@@ -42,6 +42,6 @@ def heldout_scores(model, objective: Objective, params: ObjectiveParams, example
                 scores[key] = scores.get(key, 0.0) + value
     finally:
         model.train(was_training)
-    if objective.data == "sft":  # of the data's own tokens (a distillation loss also has the teacher's term)
+    if objective.kind.perplexity:  # of the data's own tokens (a distillation loss also has the teacher's term)
         scores["perplexity"] = math.exp(min(scores.get("nll", scores["loss"]), 50.0))
     return scores

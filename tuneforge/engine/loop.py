@@ -20,14 +20,10 @@ import torch
 from tuneforge.config import LOWER_IS_BETTER, TrainConfig
 from tuneforge.data.batching import (
     StepPlan,
-    collate,
-    collate_packed,
-    collate_pairs_packed,
     count_label_tokens,
     to_device,
 )
 from tuneforge.data.dataset import TrainExample
-from tuneforge.data.labels import LabeledExample, collate_labeled, collate_labeled_packed
 from tuneforge.engine import checkpoint, distributed
 from tuneforge.engine.console import Metrics, RunConsole, flat_scores
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
@@ -146,11 +142,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     """One optimizer step over an accumulation window (this process's share of it); the loss is normalised by
     the whole window's label tokens."""
     world = distributed.world()
-    collate_fn = collate
-    if isinstance(inputs.examples[window[0][0]], LabeledExample):
-        collate_fn = collate_labeled_packed if inputs.cfg.packing else collate_labeled
-    elif inputs.cfg.packing:
-        collate_fn = collate_pairs_packed if inputs.examples[window[0][0]].rejected is not None else collate_packed
+    kind = inputs.objective.kind  # its records' batches, padded or packed
     share = world.share(window)
     # a window shorter than the processes (an epoch's end): a process with no micro-batch of its own runs the
     # first one at weight zero, so it still joins the gradient exchange
@@ -160,7 +152,8 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     metrics: dict[str, float] = {}
     if inputs.rollout is not None:
         micro_batches, extras, metrics = inputs.rollout(micro_batches)
-    batches = [to_device(collate_fn(examples, inputs.pad_id), inputs.device) for examples in micro_batches]
+    batches = [to_device(kind.collate(examples, inputs.pad_id, inputs.cfg.packing), inputs.device)
+               for examples in micro_batches]
     if inputs.rollout is not None:
         for batch, extra in zip(batches, extras, strict=True):
             batch.update(to_device(extra, inputs.device))

@@ -16,18 +16,15 @@ from pathlib import Path
 import torch
 
 from tuneforge.config import LoadedConfig
-from tuneforge.data.dataset import TrainExample, encode_examples
-from tuneforge.data.labels import LabelSet
-from tuneforge.data.render import use_chat_template
+from tuneforge.data.dataset import TrainExample
+from tuneforge.data.kinds import load_splits
+from tuneforge.data.kinds.labels import LabelSet
 from tuneforge.engine import precision
 from tuneforge.engine.console import Metrics, RunConsole
-from tuneforge.engine.datakind import load_splits
 from tuneforge.engine.heldout import heldout_scores
 from tuneforge.engine.labelled import (
-    encode_splits,
     head_of,
     labelled_scores,
-    labelled_splits,
 )
 from tuneforge.engine.loop import LoopInputs
 from tuneforge.engine.optim import layer_lr_decay
@@ -80,38 +77,22 @@ class Prepared:
 
 
 def prepare_data(loaded: LoadedConfig, console: RunConsole | None, recipe: Recipe) -> Prepared:
-    """Read and validate all data (no tokenizer yet), then tokenize with the length policy."""
-    cfg, objective = loaded.run, recipe.objective
+    """Read and check all data by the objective's kind (no tokenizer yet), then tokenize it (the training data with
+    the length policy; the test data's first `eval.max_examples` per task)."""
+    cfg, kind = loaded.run, recipe.objective.kind
     notes: list[str] = []
-    splits = load_splits(loaded, objective, notes)
-    train_raw, test_raw = splits["train"], splits.get("test", [])
+    splits = load_splits(loaded, recipe.objective, notes)
     for note in notes if console else ():
         console.info(note)
-    if objective.data == "labels":  # a classification task: its own records, label set and tokenizing
-        train_raw, test_raw, labels = labelled_splits(loaded, splits)
-        tokenizer = load_tokenizer(cfg.model)
-        test_raw = first_per_task(test_raw, cfg.eval.max_examples) if cfg.eval.max_examples else test_raw
-        train, test, stats = encode_splits(train_raw, test_raw, labels, tokenizer, cfg.data.max_seq_len, console)
-        return Prepared(train, test, test_raw, tokenizer, False, stats, labels)
-    if objective.data == "teacher_answers":  # sequence-level distillation: the teacher writes the answers
-        train_raw = teacher_answers(recipe.teacher, cfg, recipe.objective_params, train_raw, console)
+    train_raw, test_raw, labels = kind.split(loaded, splits)
+    train_raw = kind.answered(train_raw, lambda records: teacher_answers(recipe.teacher, cfg, recipe.objective_params,
+                                                                         records, console))
     tokenizer = load_tokenizer(cfg.model)
-    chat = use_chat_template(tokenizer, cfg.data.template)
-    train, stats = encode_examples(train_raw, tokenizer, cfg.data)
     if cfg.eval.max_examples:
         test_raw = first_per_task(test_raw, cfg.eval.max_examples)
-    test, test_stats = encode_examples(test_raw, tokenizer, cfg.data) if test_raw else ([], None)
-    summary = stats.summary()
-    if console:
-        console.info(f"data: {summary['kept']} training examples ({summary['truncated']} truncated, "
-                     f"{summary['dropped']} dropped), {summary['tokens']} tokens, {summary['label_tokens']} trained; "
-                     f"{len(test)} test examples")
-        if stats.missing_end_of_turn:
-            console.info(f"warning: {len(stats.missing_end_of_turn)} examples do not train an end-of-turn token "
-                         f"(first: {stats.missing_end_of_turn[0]}); the model may not learn to stop")
+    encoded = kind.encode(train_raw, test_raw, tokenizer, cfg.data, labels, console)
     bench = read_questions(loaded.resolve_path(cfg.eval.bench.data)) if cfg.eval.bench else None
-    return Prepared(train, test, test_raw, tokenizer, chat,
-                    {"train": summary, "test": test_stats.summary() if test_stats else None}, bench=bench)
+    return Prepared(encoded.train, encoded.test, test_raw, tokenizer, encoded.chat, encoded.stats, labels, bench)
 
 
 def first_per_task(examples: list, limit: int) -> list:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from tuneforge.config import IGNORE_INDEX
-from tuneforge.data.labels import LabeledExample, LabelSet
+from tuneforge.data.kinds.labels import LabeledExample, LabelSet
 
 
 def scores(examples: Sequence[LabeledExample], logits: Sequence[torch.Tensor], total_loss: float,

@@ -30,6 +30,8 @@ def registry() -> dict[str, Objective]:
                                    *distill.OBJECTIVES, *classify.OBJECTIVES)}
     if {name: o.params for name, o in entries.items()} != PARAMS:
         raise RuntimeError("objectives.params.PARAMS and the registry disagree")  # caught by any test run
+    for objective in entries.values():
+        objective.kind  # noqa: B018  every objective names a registered data kind (caught by any test run)
     return entries
 
 

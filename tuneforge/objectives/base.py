@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
+from tuneforge.data.kinds import DataKind, get_kind
 from tuneforge.objectives.params import ObjectiveParams
 
 
@@ -68,10 +69,9 @@ class Objective:
     summary: str
     loss: Callable[..., LossOutput]  # (model, batch, ctx) -> LossOutput
     params: type[ObjectiveParams] = ObjectiveParams
-    # what records it trains on: "pairs" (preference), "rated" (KTO), "prompts" (online, sampled)
-    # "teacher_answers": prompts whose answers a teacher writes before training (sequence-level distillation)
-    # "labels": labelled records of a classification task (a class, a number, or a tag per word)
-    data: Literal["sft", "pairs", "rated", "prompts", "teacher_answers", "labels"] = "sft"
+    # the kind of record it trains on, by name (`data.kinds.KINDS`: sft, pairs, rated, prompts, teacher_answers,
+    # labels); the engine asks the kind (`kind`) how to read, check, encode and batch them
+    data: str = "sft"
     needs_reference: bool = False
     # an objective that trains parts of its own (a reward head): attach them to the model before training,
     # and save / load them next to what the method saves
@@ -83,3 +83,7 @@ class Objective:
     # an online objective's no-grad work on a window's sampled batches before its updates (old log-probs,
     # values, per-token advantages), written into the batches; returns figures to log
     prepare: Callable | None = None  # (model, batches, ctx) -> dict[str, float]
+
+    @property
+    def kind(self) -> DataKind:
+        return get_kind(self.data)

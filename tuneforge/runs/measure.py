@@ -16,7 +16,7 @@ import torch
 from tuneforge.config import DataConfig, DatasetSpec, ModelConfig, load_config
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.formats import Example
-from tuneforge.data.labels import encode_labeled
+from tuneforge.data.kinds.labels import encode_labeled
 from tuneforge.data.render import prompt_ids_for_generation, use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.heldout import heldout_scores
@@ -28,6 +28,7 @@ from tuneforge.models import no_progress_bars
 from tuneforge.models.load import load_causal_lm, load_tokenizer
 from tuneforge.models.student import layer_stack
 from tuneforge.objectives import get_objective
+from tuneforge.runs.evaluate import labelled_reader
 from tuneforge.runs.export import merged_model
 from tuneforge.runs.layout import CONFIG_FILE, MEASURE_FILE, SPEED_FILE, write_json
 from tuneforge.runs.trained import load_trained
@@ -117,8 +118,7 @@ def _measure_classifier(run_dir: Path, trained, method, texts: int) -> dict:
     """A classifier's latency: milliseconds to label one test text (the median of `texts`, after one warm-up),
     unmerged and merged; forgetting is a language model's measure and does not apply."""
     cfg = trained.config
-    records = load_examples(cfg.data.test or cfg.data.train, seed=0, task=cfg.task,
-                            label_names=cfg.data.label_names)[:texts + 1]
+    records = load_examples(cfg.data.test or cfg.data.train, seed=0, reader=labelled_reader(cfg))[:texts + 1]
     examples, _ = encode_labeled(records, trained.tokenizer, trained.labels, cfg.data.max_seq_len)
     pad_id = trained.tokenizer.pad_token_id
 

@@ -12,7 +12,7 @@ import torch
 from tuneforge.config import DataConfig, DatasetSpec, RunConfig, load_config
 from tuneforge.data.dataset import TrainExample, encode_examples, load_examples
 from tuneforge.data.formats import Example
-from tuneforge.data.labels import LabelSet
+from tuneforge.data.kinds.labels import LabelSet
 from tuneforge.data.render import encode_batch, use_chat_template
 from tuneforge.engine import precision
 from tuneforge.engine.labelled import head_of

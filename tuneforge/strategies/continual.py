@@ -29,7 +29,7 @@ from tuneforge.runs.identity import fingerprint_of
 from tuneforge.runs.layout import TASKS, read_metrics
 from tuneforge.runs.recipe import read_recipe
 from tuneforge.runs.run import Phase, Run, RunResult
-from tuneforge.strategies import Strategy, train_tasks
+from tuneforge.strategies.base import Strategy, train_tasks
 from tuneforge.strategies.mitigations import MITIGATIONS, Mitigation, Olora, require_plain_lora
 from tuneforge.strategies.params import SequentialParams
 
@@ -38,7 +38,7 @@ def task_order(loaded: LoadedConfig, metric: str) -> list[str]:
     """The tasks in the order their first `data.train` entry names them; every entry must name one, and every
     task needs a test set of its own (its row of the accuracy matrix)."""
     cfg = loaded.run
-    tasks = train_tasks(loaded, "strategy: sequential trains the tasks one after another")
+    tasks = train_tasks(loaded, SequentialParams().phases_by_task())
     tested = {spec.task for spec in cfg.data.test or []}
     missing = [t for t in tasks if t not in tested]
     if missing:

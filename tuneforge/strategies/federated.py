@@ -32,11 +32,11 @@ import torch
 
 from tuneforge.config import DatasetSpec, LoadedConfig
 from tuneforge.data.dataset import encode_examples
+from tuneforge.data.kinds import read_splits
 from tuneforge.data.partition import split_clients
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine import checkpoint
 from tuneforge.engine.console import Metrics, RunConsole, format_scores
-from tuneforge.engine.datakind import read_splits
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.optim import lr_at
 from tuneforge.engine.session import Prepared, Recipe, first_per_task, loop_inputs, make_evaluator, open_session
@@ -46,7 +46,7 @@ from tuneforge.runs.identity import fingerprint_of
 from tuneforge.runs.layout import CHECKPOINTS, ROUNDS, read_json
 from tuneforge.runs.recipe import read_recipe
 from tuneforge.runs.run import Run, RunResult
-from tuneforge.strategies import Strategy
+from tuneforge.strategies.base import Strategy, validate_strategy_params
 from tuneforge.strategies.params import FedAvgMParams, FederatedParams, FedOptParams, FedProxParams
 from tuneforge.strategies.penalties import l2sp
 
@@ -508,7 +508,6 @@ class _Who:
 def deployed_config(context) -> tuple[LoadedConfig, FederatedParams]:
     """A deployed app's tuneforge config: the YAML the run names (`flwr run ... --run-config 'config="..."'`)."""
     from tuneforge.config import load_config
-    from tuneforge.strategies import validate_strategy_params
 
     path = str(context.run_config.get("config") or "")
     if path not in _PROCESS:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tuneforge.data.batching import collate, to_device
+from tuneforge.data.batching import to_device
 from tuneforge.data.dataset import TrainExample
 from tuneforge.engine.loop import window_context
 from tuneforge.errors import ConfigError
@@ -119,7 +119,7 @@ class Ewc(Mitigation):
 
         def squared_grads():  # one example at a time; the mean is kept as a running sum, not a list of them
             for example in picked:
-                batch = to_device(collate([example], pad_id), session.device)
+                batch = to_device(recipe.objective.kind.collate([example], pad_id), session.device)
                 with session.scoring():
                     loss = recipe.objective.loss(model, batch, window_context([batch], recipe.objective_params,
                                                                               session.frozen)).loss
@@ -157,7 +157,8 @@ class Lwf(Mitigation):
             return None
         session, p = self.session, self.params
         pool = random.Random(self.seed + task_index).sample(own, min(p.examples, len(own)))
-        batches = [to_device(collate(pool[i: i + p.batch_size], self.pad_id), session.device)
+        batches = [to_device(session.recipe.objective.kind.collate(pool[i: i + p.batch_size], self.pad_id),
+                             session.device)
                    for i in range(0, len(pool), p.batch_size)]
         teachers = []
         session.model.eval()

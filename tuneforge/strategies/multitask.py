@@ -14,17 +14,18 @@ from tuneforge.engine import checkpoint
 from tuneforge.engine.console import RunConsole
 from tuneforge.runs.layout import ADAPTERS, COMPLETE, status_of
 from tuneforge.runs.run import Run, RunResult, finished
-from tuneforge.strategies import Strategy, get_strategy, train_tasks
-from tuneforge.strategies.params import MultitaskParams, SingleParams
+from tuneforge.strategies.base import Strategy, train_tasks
+from tuneforge.strategies.params import MultitaskParams
+from tuneforge.strategies.phase import train_phase
 
 
 def run(loaded: LoadedConfig, params: MultitaskParams, *, resume: bool = False, force: bool = False,
         quiet: bool = False) -> RunResult:
-    single = get_strategy("single")
-    if params.adapters == "shared":
-        return single.run(loaded, SingleParams(), resume=resume, force=force, quiet=quiet)
-    tasks = train_tasks(loaded, "adapters: per_task trains one adapter per task")
-    with Run.open(loaded, RunConsole(quiet=quiet), resume=resume, force=force, checkpoints=ADAPTERS) as run:
+    console = RunConsole(quiet=quiet)
+    if params.adapters == "shared":  # one phase on the tagged mixture
+        return train_phase(loaded, console, resume=resume, force=force)
+    tasks = train_tasks(loaded, params.phases_by_task())
+    with Run.open(loaded, console, resume=resume, force=force, checkpoints=ADAPTERS) as run:
         run.start(strategy={"name": "multitask", "adapters": "per_task", "tasks": tasks})
         results: dict[str, RunResult] = {}
         for task in tasks:
@@ -34,8 +35,8 @@ def run(loaded: LoadedConfig, params: MultitaskParams, *, resume: bool = False, 
                 continue
             # a task killed before its first checkpoint starts again; one with a checkpoint continues from it
             can_resume = run.resuming and checkpoint.latest_checkpoint(sub.checkpoints)[0] is not None
-            results[task] = single.run(_task_config(loaded, task, sub.dir, overwrite=not can_resume), SingleParams(),
-                                       resume=can_resume, force=force, quiet=quiet)
+            results[task] = train_phase(_task_config(loaded, task, sub.dir, overwrite=not can_resume), console,
+                                        resume=can_resume, force=force)
         summary = {"steps": sum(r.steps for r in results.values()),
                    "wall_s": round(sum(r.train.get("wall_s", 0.0) for r in results.values()), 1)}
         return run.complete(summary, _mean({t: r.eval_after for t, r in results.items()}),

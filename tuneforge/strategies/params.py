@@ -16,6 +16,10 @@ class StrategyParams(BaseModel):
     def check(self, where: str) -> None:
         """Validate what the schema alone cannot (nested registry choices); before PyTorch loads."""
 
+    def phases_by_task(self) -> str | None:
+        """Why every data.train entry must name a task, where the strategy's phases are the data's tasks."""
+        return None
+
 
 class ChoiceParams(StrategyParams):
     """A strategy with one nested registry choice, `KEY: NAME` or `KEY: {name: NAME, ...}` (a continual
@@ -108,6 +112,9 @@ class SequentialParams(ChoiceParams):
     metric: str = Field("exact_match", description="the score of the accuracy matrix (one of eval.metrics)")
 
     choice_key: ClassVar[str] = "mitigation"
+
+    def phases_by_task(self) -> str | None:
+        return "strategy: sequential trains the tasks one after another"
     choices: ClassVar[dict] = MITIGATION_PARAMS
 
 
@@ -116,6 +123,9 @@ class MultitaskParams(StrategyParams):
 
     adapters: Literal["shared", "per_task"] = Field(
         "shared", description="one adapter on the mixture, or one adapter per task on one base")
+
+    def phases_by_task(self) -> str | None:
+        return "adapters: per_task trains one adapter per task" if self.adapters == "per_task" else None
 
 
 class AggregationParams(StrategyParams):

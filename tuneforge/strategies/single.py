@@ -1,60 +1,23 @@
-"""`strategy: single`, what `tuneforge train` does: one phase, one run directory. The run's life (lock, resume
-and its identity, run.json, eval.json) is `runs.Run`'s; the training pieces come from `engine.session`.
-
-Started by torchrun (or `--nproc N`), every process runs this function: the main one writes, the others load
-the same data and model, train their share of each step, and stop after training (see `engine.distributed`)."""
+"""`strategy: single`, what `tuneforge train` does: one phase, one run directory (`phase.train_phase`), in one
+process or in every process of a torch.distributed world."""
 
 from __future__ import annotations
 
 from tuneforge.config import LoadedConfig
-from tuneforge.engine import checkpoint, distributed
+from tuneforge.engine import distributed
 from tuneforge.engine.console import RunConsole
-from tuneforge.engine.loop import LoopState, train_loop
-from tuneforge.engine.session import loop_inputs, make_evaluator, open_session, prepare_data
-from tuneforge.runs.identity import fingerprint_of
-from tuneforge.runs.recipe import read_recipe
-from tuneforge.runs.run import Run, RunResult
-from tuneforge.strategies import Strategy
+from tuneforge.runs.run import RunResult
+from tuneforge.strategies.base import EVERY_TASK, Strategy
 from tuneforge.strategies.params import SingleParams
+from tuneforge.strategies.phase import train_phase
 
 
 def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: bool = False, force: bool = False,
         quiet: bool = False) -> RunResult:
     cfg = loaded.run
     world = distributed.join_world(cfg.train.collective_timeout_s, cfg.train.distributed, loaded.where("train"))
-    console = RunConsole(quiet=quiet, silent=not world.main)
-    recipe = read_recipe(loaded)
-    if world.active:  # said once, by the main process
-        world.from_main(lambda: distributed.check_world(world, cfg.train.grad_accum, bool(recipe.rewards),
-                                                        loaded.where("train")))
-    with Run.open(loaded, console, resume=resume, force=force, world=world) as run:
-        resume_from = run.require_checkpoint()
-        prepared = prepare_data(loaded, console, recipe)
-        run.identify(fingerprint_of(cfg, prepared))
-        with run.guard("loading the model"):
-            session = open_session(loaded, recipe, console, prepared.train + prepared.test, prepared.labels)
-        evaluate = make_evaluator(session, prepared, cfg)
-        run.start(prepared.tokenizer, prepared.labels, **session.summary(), data=prepared.stats,
-                  **({"processes": world.size} if world.active else {}))
-        if cfg.eval.compare_base:
-            run.evaluate_before(evaluate)
-        with run.logging(checkpoint.step_of(resume_from)) as metrics:
-            inputs = loop_inputs(session, prepared, cfg, metrics, console, run.checkpoints, evaluate)
-            state = train_loop(inputs, LoopState(fingerprint=run.fingerprint), resume_from)
-            wall = run.wall_s()
-            if world.sharded:  # the trained weights gathered whole; the main process rebuilds the model with them
-                trained = checkpoint.trainable_state(session.model)
-                if world.main:
-                    session = open_session(loaded, recipe, console, labels=prepared.labels)
-                    checkpoint.restore_trainable(session.model, trained, "the gathered FSDP shards")
-                    evaluate = make_evaluator(session, prepared, cfg)
-            if not world.main:  # the main process saves, evaluates and writes the results
-                return RunResult(run.dir, state.step)
-            run.save(session.model, recipe)
-            after, samples = run.score(evaluate, state.step)
-            return run.complete({"steps": state.step, "wall_s": wall, "skipped_steps": state.skipped_steps,
-                                 "stopped_early": state.stopped_early}, after, samples)
+    return train_phase(loaded, RunConsole(quiet=quiet, silent=not world.main), resume=resume, force=force, world=world)
 
 
 STRATEGY = Strategy("single", "one phase: train, evaluate and save one run directory (tuneforge train)",
-                    SingleParams, run, data_parallel=True)
+                    SingleParams, run, data_parallel=True, tasks=EVERY_TASK)

@@ -1,5 +1,6 @@
-"""Labelled data for the classification tasks (`task:` sequence_classification, token_classification,
-regression): read and check each record, the label set, tokenizing for an encoder, and the batch.
+"""Labelled records (`labels`), the data kind of the classification tasks (`task:` sequence_classification,
+token_classification, regression): read and check each record, the label set, tokenizing for an encoder, the
+batch (padded or packed), and what `data check` shows.
 
 A record is a text (and an optional second text, for pairs such as NLI) with a label, or a list of words with
 one BIO tag per word (the CoNLL / Hugging Face `tokens` + `ner_tags` layout). Every check runs before any
@@ -17,7 +18,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tuneforge.config import IGNORE_INDEX
+from tuneforge.config import IGNORE_INDEX, DataConfig, LoadedConfig
+from tuneforge.data.kinds.base import DataKind, EncodedSplits, SplitReport
+from tuneforge.data.packing import first_fit_decreasing
 from tuneforge.data.render import Encoded
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
@@ -53,10 +56,6 @@ class Labeled:
     def location(self) -> str:
         return f"{self.source}:{self.where}"
 
-    @property
-    def is_rated(self) -> bool:  # what the loop asks of every record (KTO's rated completions)
-        return False
-
     def shown(self) -> str:
         """The input as a person reads it (samples, chat)."""
         if self.words:
@@ -72,15 +71,25 @@ def _first(data: dict, keys: Sequence[str]) -> str | None:
     return next((k for k in keys if k in data and data[k] is not None), None)
 
 
-def normaliser(task: str, label_names: Sequence[str] | None = None):
-    """The record reader of a classification task: RawRecord -> Labeled, or a located DataError."""
-    if task == "token_classification":
-        return lambda record: _tagged(record, label_names)
-    return lambda record: _text_with_label(record, task, label_names)
+class LabelledReader:
+    """The record reader of a classification task: RawRecord -> Labeled, or a located DataError; and the keys of a
+    record it does not read (reported once per file)."""
+
+    format = "labelled"
+
+    def __init__(self, task: str, label_names: Sequence[str] | None = None):
+        self.task, self.label_names = task, label_names
+
+    def __call__(self, record: RawRecord) -> Labeled:
+        if self.task == "token_classification":
+            return _tagged(record, self.label_names)
+        return _text_with_label(record, self.task, self.label_names)
+
+    def unused(self, record: RawRecord) -> list[str]:
+        return sorted(str(k) for k in record.data if k not in USED_KEYS and k not in ("id", "idx", "source"))
 
 
-def unused_keys(record: RawRecord) -> list[str]:
-    return sorted(str(k) for k in record.data if k not in USED_KEYS and k not in ("id", "idx", "source"))
+normaliser = LabelledReader
 
 
 def _require_object(record: RawRecord) -> dict:
@@ -246,7 +255,6 @@ class LabeledExample:
     target: int | float | tuple[int, ...]
     token_type_ids: tuple[int, ...] | None = None
     truncated: bool = False
-    rejected: None = None  # never a preference pair
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -376,11 +384,9 @@ def collate_labeled_packed(examples: Sequence[LabeledExample], pad_id: int) -> d
     (`models.parts.unpacked_encoder_output`): the same logits, with the padding's share of the compute gone."""
     import torch
 
-    from tuneforge.data.batching import _first_fit_decreasing
-
     padded = collate_labeled(examples, pad_id)
     lengths = [len(e) for e in examples]
-    rows = _first_fit_decreasing(lengths, max(max(lengths), PACK_WIDTH))
+    rows = first_fit_decreasing(lengths, max(max(lengths), PACK_WIDTH))
     width = max(sum(lengths[i] for i in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     types = torch.zeros((len(rows), width), dtype=torch.long)
@@ -431,3 +437,73 @@ def split_off_test(records: Sequence[Labeled], fraction: float, stratify: bool, 
         raise ConfigError(f"{where}: cannot hold out data.test_fraction={fraction} of {len(records)} records: "
                           f"{exc}\n  fix: change data.test_fraction, or give test data (data.test)") from None
     return train, test
+
+
+def labelled_splits(loaded: LoadedConfig, splits: dict[str, list]) -> tuple[list, list, LabelSet]:
+    """(train records, test records, label set): the test set held out of the training data when
+    `data.test_fraction` asks, and every test label checked against those training taught."""
+    cfg = loaded.run
+    train, test = splits["train"], splits.get("test", [])
+    if cfg.data.test_fraction:
+        if test:
+            raise ConfigError(f"{loaded.where('data', 'test_fraction')}: data.test_fraction holds out test data, "
+                              "but data.test gives some too\n  fix: remove one of them")
+        train, test = split_off_test(train, cfg.data.test_fraction, cfg.data.stratify, cfg.train.seed,
+                                     loaded.where("data", "test_fraction"))
+    elif cfg.data.stratify:
+        raise ConfigError(f"{loaded.where('data', 'stratify')}: data.stratify applies to the split "
+                          "data.test_fraction makes\n  fix: set data.test_fraction, or remove data.stratify")
+    labels = LabelSet.of(cfg.task, train, cfg.data.label_names)
+    labels.check(test)
+    return train, test, labels
+
+
+class Labels(DataKind):
+    """A classifier's records: its own reader, label set, tokenizing (the encoder's special tokens) and batches."""
+
+    name = "labels"
+    summary = "labelled records: a text (or pair) with a class or a number, or words with a tag each"
+    tasks = TASKS
+
+    def reader(self, task: str, label_names: Sequence[str] | None) -> LabelledReader:
+        return LabelledReader(task, label_names)
+
+    def split(self, loaded: LoadedConfig, splits: dict[str, list]) -> tuple[list, list, LabelSet]:
+        return labelled_splits(loaded, splits)
+
+    def encode(self, train: list, test: list, tokenizer, cfg: DataConfig, labels: LabelSet | None = None,
+               console=None) -> EncodedSplits:
+        encoded, stats = encode_labeled(train, tokenizer, labels, cfg.max_seq_len)
+        test_encoded, test_stats = encode_labeled(test, tokenizer, labels, cfg.max_seq_len)
+        summary = stats.summary()
+        if console:
+            shown = ", ".join(f"{k} {v}" for k, v in list(summary["classes"].items())[:8])
+            console.info(f"data: {len(encoded)} training examples ({summary['truncated']} truncated to "
+                         f"{cfg.max_seq_len} tokens), {summary['tokens']} tokens; {len(test_encoded)} test examples; "
+                         + (f"labels: {shown}" if labels.task != "regression" else "regression targets"))
+        return EncodedSplits(encoded, test_encoded, {"train": summary, "test": test_stats.summary() if test else None},
+                             chat=False)
+
+    def collate(self, examples: Sequence[LabeledExample], pad_id: int, packed: bool = False) -> dict:
+        return (collate_labeled_packed if packed else collate_labeled)(examples, pad_id)
+
+    def heading(self, labels: LabelSet | None) -> str | None:
+        if labels is None or not labels.names:
+            return None
+        return f"{labels.task}: {len(labels.names)} labels, in the head's order: {', '.join(labels.names)}"
+
+    def report(self, split: str, records: list, tokenizer, cfg: DataConfig, samples: int = 2,
+               labels: LabelSet | None = None) -> SplitReport:
+        encoded, stats = encode_labeled(records, tokenizer, labels, cfg.max_seq_len)
+        summary = stats.summary()
+        lines = [", ".join(f"{name} {count}" for name, count in summary["classes"].items())] if summary["classes"] \
+            else []
+        shown = [f"--- {item.example.location}: {' '.join(tokenizer.convert_ids_to_tokens(list(item.input_ids)))}  ->  "
+                 + (" ".join(item.example.truth) if item.example.words else str(item.example.truth))
+                 for item in encoded[:samples]]
+        return SplitReport(split, f"{summary['examples']} records, {summary['truncated']} truncated to max_seq_len="
+                           f"{cfg.max_seq_len}; tokens {summary['tokens']}, length p50 {summary['length_p50']} max "
+                           f"{summary['length_max']}", lines, shown)
+
+
+KIND = Labels()
