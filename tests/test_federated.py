@@ -44,7 +44,7 @@ def test_a_split_that_cannot_be_made_is_a_located_error():
 def test_aggregations_are_flowers_own_strategies():
     from flwr.serverapp import strategy as flower
 
-    from tuneforge.strategies.federated import _flower_strategy
+    from tuneforge.strategies.federated.aggregation import _flower_strategy
     from tuneforge.strategies.params import FederatedParams
 
     def made(aggregation: dict):
@@ -66,7 +66,8 @@ def test_a_round_samples_the_same_clients_whatever_node_ids_they_were_given(monk
     from flwr.app import ArrayRecord, ConfigRecord
     from flwr.supercore.task_identity import TaskIdentity
 
-    from tuneforge.strategies.federated import _configure_train, _flower_strategy, _Roster
+    from tuneforge.strategies.federated.aggregation import _flower_strategy
+    from tuneforge.strategies.federated.server import _configure_train, _Roster
     from tuneforge.strategies.params import FederatedParams
 
     params = FederatedParams(clients=6, fraction=0.5)
@@ -116,7 +117,9 @@ def test_a_server_optimizers_state_comes_back_after_a_restart_in_the_models_orde
     import numpy as np
 
     from tuneforge.engine import checkpoint
-    from tuneforge.strategies.federated import ROUNDS, _flower_strategy, _last_round, _server_state
+    from tuneforge.runs.layout import ROUNDS
+    from tuneforge.strategies.federated.aggregation import _flower_strategy
+    from tuneforge.strategies.federated.server import _last_round, _server_state
     from tuneforge.strategies.params import FederatedParams
 
     params = FederatedParams(clients=2, aggregation={"name": "fedavgm", "momentum": 0.9})
@@ -232,7 +235,7 @@ def _round_with(strategy, initial: dict, updates: list[dict], examples: list[int
 def test_privacy_clips_each_update_and_accounts_epsilon(monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from tuneforge.strategies.federated import _flower_strategy, _privacy_spent
+    from tuneforge.strategies.federated.aggregation import _flower_strategy, _privacy_spent
 
     for slot in ("_run_id", "_node_id", "_task_id"):  # what a ServerApp process is given by Flower
         monkeypatch.setattr(TaskIdentity, slot, 1)
@@ -303,7 +306,7 @@ def test_fedprox_mu_holds_a_client_to_the_global_weights(tmp_path, tiny_model_di
     from tuneforge.engine.session import open_session
     from tuneforge.models.load import load_tokenizer
     from tuneforge.runs.recipe import read_recipe
-    from tuneforge.strategies.federated import _client_data, _train_locally
+    from tuneforge.strategies.federated.client import _client_data, _train_locally
     from tuneforge.strategies.params import FederatedParams
 
     loaded = load_config(_federation(tmp_path, tiny_model_dir, 1))

@@ -3,8 +3,8 @@ tuneforge's `strategy: federated` (see pyproject.toml beside this file)."""
 
 from flwr.serverapp import ServerApp
 
-from tuneforge.strategies.federated import client_app as make_client_app
-from tuneforge.strategies.federated import deployed_config, serve_deployed
+from tuneforge.strategies.federated.client import client_app as make_client_app
+from tuneforge.strategies.federated.deploy import deployed_config, serve_deployed
 
 server_app = ServerApp()
 server_app.main()(serve_deployed)
