@@ -1,33 +1,119 @@
-"""The Python API; the CLI calls the same functions, so both take one code path."""
+"""The Python API, with the command line's reach: each `tuneforge` command is one call of a function here (the
+CLI parses, calls, prints), so a notebook does what the CLI does and gets the results as values. Importing this
+module loads neither PyTorch nor a model: a config's mistakes fail in a fraction of a second.
+
+    import tuneforge.api as tf
+    result = tf.train("examples/quickstart.yaml", ["train.max_steps=20"])
+    tf.evaluate(result.run_dir, data="quickstart:test").flat()
+
+Every function is documented with a runnable example in docs/python-api.md (executed by the tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneforge.config import LoadedConfig, load_config
-from tuneforge.data.check import DataCheck
-from tuneforge.engine.distributed import require_one_process, world
 from tuneforge.errors import ConfigError
-from tuneforge.reports.plots import plot_confusion, plot_loss
-from tuneforge.reports.tasks import write_task_report
-from tuneforge.runs.run import RunResult
-from tuneforge.runs.serving import AdapterSet, load_adapter_set
-from tuneforge.strategies import strategy_for
-from tuneforge.strategies.compare import compare
+
+if TYPE_CHECKING:
+    from tuneforge.data.check import DataCheck
+    from tuneforge.runs.evaluate import Evaluation
+    from tuneforge.runs.run import RunResult
+    from tuneforge.runs.serving import AdapterSet, Chat
+
+ConfigLike = str | Path | dict | LoadedConfig
 
 
-def data_check(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, samples: int = 2
-               ) -> DataCheck:
+def load(config: ConfigLike, overrides: Sequence[str] = ()) -> LoadedConfig:
+    """A config (a YAML path, a dict of the same shape, or one loaded already) with `section.key=value` overrides,
+    checked whole — the method's, objective's and strategy's own keys too — before PyTorch loads."""
+    from tuneforge.methods import validate_method_params
+    from tuneforge.objectives import validate_objective_params
+    from tuneforge.strategies import validate_strategy_params
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    validate_method_params(loaded.run.method, loaded.where("method"))
+    validate_objective_params(loaded.run.objective, loaded.where("objective"))
+    validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
+    return loaded
+
+
+def train(config: ConfigLike, overrides: Sequence[str] = (), *, resume: bool = False, force: bool = False,
+          quiet: bool = False, nproc: int = 1) -> RunResult:
+    """Fine-tune as the config says and return where the run went and what it measured (its before and after
+    scores). `resume` continues from the newest checkpoint; `force` lets it continue although the data, training
+    config or tokenizer changed. `nproc` > 1 trains data-parallel in that many processes on this machine (the config
+    must then be a file)."""
+    loaded = load(config, overrides)
+    if nproc > 1:
+        return _train_in_processes(loaded, overrides, nproc, resume=resume, force=force, quiet=quiet)
+    from tuneforge.engine.distributed import require_one_process, world
+    from tuneforge.reports.plots import plot_confusion, plot_loss
+    from tuneforge.reports.tasks import write_task_report
+    from tuneforge.strategies import strategy_for
+
+    strategy, params = strategy_for(loaded)
+    if not strategy.data_parallel:
+        require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
+    result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
+    if world().main:  # the other processes of a distributed run write nothing
+        plot_loss(result.run_dir)
+        plot_confusion(result.run_dir)  # a classification run's
+        write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
+    return result
+
+
+def _train_in_processes(loaded: LoadedConfig, overrides: Sequence[str], nproc: int, **flags: bool) -> RunResult:
+    """`nproc` training processes launched as torchrun does; what the main one finished, read from its run."""
+    from tuneforge.engine.distributed import launch
+    from tuneforge.runs.run import finished, resolve_run_dir
+
+    if loaded.source is None:
+        raise ConfigError("nproc > 1 starts processes that read the config from its file\n  fix: save the config "
+                          "as YAML and pass its path")
+    launch(nproc, ["train", str(loaded.source), *overrides, *(f"--{name}" for name, on in flags.items() if on)])
+    return finished(resolve_run_dir(loaded))
+
+
+def compare(config: ConfigLike, methods: Sequence[str], out_dir: str | Path, *, quick: bool = False,
+            overrides: Sequence[str] = (), quiet: bool = False) -> dict[str, Path]:
+    """Train the same task with each method (same data, steps, seed; each in a fresh process so its peak memory
+    is its own), measure each run's latency and forgetting, and write report.md, report.html and charts into
+    `out_dir`; returns the report's files."""
+    from tuneforge.strategies.compare import compare as run_compare
+
+    return run_compare(config, methods, out_dir, quick=quick, overrides=overrides, quiet=quiet)
+
+
+def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Sequence[str] | None = None,
+             batch_size: int = 16, max_new_tokens: int = 64, max_examples: int | None = None,
+             bench: str | None = None, shots: int | None = None, style: str = "letters",
+             lm_eval: str | Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
+             limit: int | None = None) -> Evaluation:
+    """Score a finished run on `data` (any supported format; loss/perplexity, exact match, ROUGE, BLEU, or all of
+    a classifier's metrics), on a multiple-choice `bench` (MMLU layout or quickstart:mc), and on lm-evaluation-
+    harness `lm_eval` tasks. Returns the scores (`.scores`, `.flat()`) and the model's answers (`.samples`)."""
+    from tuneforge.runs.evaluate import evaluate as run_evaluate
+
+    return run_evaluate(run_dir, data=data, metrics=metrics, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        max_examples=max_examples, bench=bench, shots=shots, style=style, lm_eval=lm_eval,
+                        lm_eval_include=lm_eval_include, limit=limit)
+
+
+def data_check(config: ConfigLike, overrides: Sequence[str] = (), *, samples: int = 2) -> DataCheck:
     """Read and check a config's data as training would (by its objective's data kind), and tokenize it to show
     what will be trained, before any model weights load: per split, the counts and lengths under the length policy,
     warnings, and `samples` records as trained. A record that cannot train raises a located `DataError`;
     `.failed` says whether training would stop (too much dropped for length); `.lines()` is what the CLI prints."""
+    from tuneforge.data.check import DataCheck
     from tuneforge.data.kinds import load_splits
     from tuneforge.models.load import load_tokenizer
     from tuneforge.objectives import get_objective
 
-    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    loaded = load(config, overrides)
     cfg, objective = loaded.run, get_objective(loaded.run.objective.name)
     notes: list[str] = []
     train, test, labels = objective.kind.split(loaded, load_splits(loaded, objective, notes))
@@ -37,12 +123,69 @@ def data_check(config: str | Path | dict | LoadedConfig, overrides: Sequence[str
     return DataCheck(notes, objective.kind.heading(labels), reports)
 
 
+def export(run_dir: str | Path, out: str | Path, *, merge: bool = False, overwrite: bool = False,
+           gguf: bool = False, quant: Sequence[str] = ()) -> Path:
+    """Write a finished run as a plain Hugging Face model directory (weights + tokenizer) that transformers alone
+    loads (`merge` folds an adapter in), or with `gguf` as GGUF files (`quant`: f16 by default, bf16, q8_0, q4_0,
+    q4_1, f32; q4_k_m with llama-cpp-python) with an Ollama Modelfile. Written whole or not at all."""
+    from tuneforge.runs.export import export_run
+
+    if quant and not gguf:
+        raise ConfigError("--quant chooses a GGUF type\n  fix: add --gguf")
+    quants = list(dict.fromkeys(quant or ["f16"])) if gguf else []
+    return export_run(run_dir, out, merge=merge, overwrite=overwrite, gguf=quants)
+
+
+def merge(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties",
+          weights: Sequence[float] | str | None = None, density: float = 0.5, seed: int = 0,
+          overwrite: bool = False) -> Path:
+    """Fold several LoRA runs on one base into one adapter (peft's add_weighted_adapter: linear, ties, dare_linear,
+    dare_ties, cat, magnitude_prune), written as a run directory that evaluate, chat and export accept. A per-task
+    multitask run stands for its adapters. `weights`: one per run (or their comma list)."""
+    from tuneforge.runs.merge import merge_runs
+    from tuneforge.runs.serving import adapter_runs
+
+    if isinstance(weights, str):
+        try:
+            weights = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise ConfigError(f"--weights {weights!r}: not numbers\n  fix: e.g. --weights 0.5,0.5") from None
+
+    return merge_runs(adapter_runs(runs), out, how=how, weights=weights, density=density, seed=seed,
+                      overwrite=overwrite)
+
+
+def chat(runs: str | Path | Sequence[str | Path], *, max_new_tokens: int = 256, temperature: float = 0.0,
+         top_p: float = 1.0, system: str | None = None, adapter: str | None = None) -> Chat:
+    """A conversation with finished runs: `.say(text)` answers (the conversation so far before it), `.reset()`
+    forgets it, and with several adapter runs of one base `.use(name)` switches adapter without reloading."""
+    from tuneforge.runs.serving import open_chat
+
+    return open_chat([runs] if isinstance(runs, str | Path) else runs, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, system=system, adapter=adapter)
+
+
+def load_adapter_set(runs: dict[str, str | Path] | Sequence[str | Path]) -> AdapterSet:
+    """The base model loaded once with each run's adapter under its name; `.generate(name, conversations)`."""
+    from tuneforge.runs.serving import load_adapter_set as load_set
+
+    return load_set(runs)
+
+
+def reward_score(run_dir: str | Path, data: str, *, batch_size: int = 16) -> tuple[list[dict], dict]:
+    """A reward model's score of each completion in `data` (prompt/completion records get one each; preference
+    pairs both sides), and a summary (examples, and on pairs the share whose chosen side scores higher)."""
+    from tuneforge.runs.trained import load_trained, score_rewards
+
+    return score_rewards(load_trained(run_dir), data, batch_size=batch_size)
+
+
 def make_student(source: str | Path, layers: int, out: str | Path) -> dict:
     """Write a distillation student into `out`: the teacher's embeddings, head and `layers` of its decoder layers
     (spread evenly from the first to the last), as a plain Hugging Face model directory. The teacher is 'default',
     a model directory, a hub id, or a finished run (what it trained merged in first). Returns the layers kept and
     both models' parameter counts."""
-    from tuneforge.config import ModelConfig, load_config
+    from tuneforge.config import ModelConfig
     from tuneforge.models import student
     from tuneforge.runs.export import merged_model
     from tuneforge.runs.identity import run_identity
@@ -80,24 +223,119 @@ def student_report(teacher: str | Path, students: Sequence[str | Path], out: str
     return write_report(out, runs[0], runs[1:], list(notes))
 
 
-def train(config: str | Path | dict | LoadedConfig, overrides: Sequence[str] = (), *, resume: bool = False,
-          force: bool = False, quiet: bool = False) -> RunResult:
-    """Fine-tune as the config says and return where the run went and what it measured.
+def feedback_serve(model: str | Path, prompts: str | Path, *, model_b: str | Path | None = None,
+                   db: str | Path = "feedback.db", host: str = "127.0.0.1", port: int = 8765, max_new_tokens: int = 128,
+                   temperature: float = 0.8, top_p: float = 0.95, reviewers: str | Path | None = None,
+                   on_ready: Callable[[str, int], None] = print) -> None:
+    """Serve the review page until interrupted: reviewers pick the better of two responses to each prompt (one
+    model sampled twice, or `model` and `model_b`), rate them and may write a better answer; every judgement is
+    saved in `db` as it happens. `on_ready(url, prompts)` is called once the page listens."""
+    from tuneforge.feedback.app import FeedbackApp, load_prompts, load_reviewers, model_sampler
+    from tuneforge.feedback.store import FeedbackStore
+    from tuneforge.runs.serving import load_responder
 
-    `config` is a YAML path, a dict of the same shape, or an already loaded config; `overrides` are
-    `section.key=value` strings as on the command line. `force` lets a resume continue although the data,
-    training config or tokenizer differ from the checkpoint's.
-    """
-    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
-    strategy, params = strategy_for(loaded)
-    if not strategy.data_parallel:
-        require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
-    result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
-    if world().main:  # the other processes of a distributed run write nothing
-        plot_loss(result.run_dir)
-        plot_confusion(result.run_dir)  # a classification run's
-        write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
-    return result
+    if model_b is None and temperature <= 0:
+        raise ConfigError("--temperature 0 with one model would show the same response twice\n  fix: give a "
+                          "temperature above 0, or a second model with --model-b")
+    closed_list = load_reviewers(str(reviewers)) if reviewers else None
+    conversations = load_prompts(str(prompts))
+    store = FeedbackStore(Path(db))
+    responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
+    sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    try:
+        FeedbackApp(store, conversations, sampler, closed_list).serve(
+            host, port, on_ready=lambda url: on_ready(url, len(conversations)))
+    except OSError as exc:
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror}\n  fix: choose another "
+                          "--port, or stop what uses it") from None
 
 
-__all__ = ["AdapterSet", "RunResult", "compare", "load_adapter_set", "train"]
+def feedback_export(db: str | Path = "feedback.db", out: str | Path = "feedback") -> dict[str, int]:
+    """Write the judgements as training data: preferences.jsonl (for reward / dpo), rated.jsonl (for kto) and
+    sft.jsonl (from corrections) in `out`; returns each file's record count and `skipped_empty`."""
+    from tuneforge.feedback.store import export as export_feedback
+
+    return export_feedback(_feedback_store(db), Path(out))
+
+
+def feedback_stats(db: str | Path = "feedback.db") -> dict:
+    """Counts per reviewer and choice, position bias, and agreement between reviewers."""
+    from tuneforge.feedback.store import stats
+
+    return stats(_feedback_store(db))
+
+
+def _feedback_store(db: str | Path):
+    from tuneforge.feedback.store import FeedbackStore
+
+    if not Path(db).is_file():
+        raise ConfigError(f"--db {db}: no such feedback database\n  fix: give the file `tuneforge feedback serve "
+                          "--db` wrote")
+    return FeedbackStore(Path(db))
+
+
+def bench(name: str, args: Sequence[str] = ()) -> int:
+    """Run a benchmark of the source checkout's bench/ (against the peers, side by side) with its own options;
+    its exit code."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / f"{name}.py").is_file():
+        available = sorted(p.stem for p in (root / "bench").glob("*.py") if p.stem not in ("__init__", "common"))
+        raise ConfigError(f"no benchmark '{name}' in {root / 'bench'}\n  fix: use one of: "
+                          f"{', '.join(available) or '(none: the benchmarks ship with the source checkout)'}")
+    return subprocess.call([sys.executable, "-m", f"bench.{name}", *args], cwd=root)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered method, objective, strategy, mitigation or aggregation: its summary and its parameters with
+    their defaults."""
+
+    name: str
+    summary: str
+    params: dict[str, str]
+    relative_lr: float | None = None
+
+    def lines(self) -> list[str]:
+        """As `tuneforge methods` lists it."""
+        relative = f" (compare's lr scale {self.relative_lr:g})" if self.relative_lr else ""
+        shown = [f"  {self.name:<9} {self.summary}{relative}"]
+        return shown + ([f"  {'':<9} " + ", ".join(f"{k}={v}" for k, v in self.params.items())] if self.params else [])
+
+
+def catalogue() -> dict[str, list[Entry]]:
+    """What can be chosen, by section (`method: NAME`, `objective: NAME`, ...)."""
+    from tuneforge.methods import REGISTRY as METHODS
+    from tuneforge.objectives import REGISTRY as OBJECTIVES
+    from tuneforge.strategies import registry as strategies
+    from tuneforge.strategies.params import AGGREGATION_PARAMS, MITIGATION_PARAMS
+
+    def entry(name: str, summary: str, schema, relative_lr: float | None = None) -> Entry:
+        return Entry(name, summary, {key: _default(field) for key, field in schema.model_fields.items()},
+                     relative_lr)
+
+    def described(schemas: dict) -> list[Entry]:
+        return [entry(name, (schema.__doc__ or name).strip().split("\n")[0], schema)
+                for name, schema in schemas.items()]
+
+    return {"methods (method: NAME)": [entry(n, m.summary, m.params, m.relative_lr) for n, m in METHODS.items()],
+            "objectives (objective: NAME)": [entry(n, o.summary, o.params) for n, o in OBJECTIVES.items()],
+            "strategies (strategy: NAME)": [entry(n, s.summary, s.params) for n, s in strategies().items()],
+            "continual-learning mitigations (strategy.mitigation: NAME)": described(MITIGATION_PARAMS),
+            "federated aggregations (strategy.aggregation: NAME)": described(AGGREGATION_PARAMS)}
+
+
+def _default(field) -> str:
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
+        return value.name
+    return "[]" if value == [] else str(value)
+
+
+__all__ = ["Entry", "bench", "catalogue", "chat", "compare", "data_check", "evaluate", "export", "feedback_export",
+           "feedback_serve", "feedback_stats", "load", "load_adapter_set", "make_student", "merge", "reward_score",
+           "student_report", "train"]

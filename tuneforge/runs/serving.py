@@ -125,8 +125,8 @@ def load_responder(spec: str | Path) -> Responder:
     """A run directory (anything `tuneforge train` finished) or a model: 'default', a local Hugging Face
     model directory, or a hub id."""
     from tuneforge.config import ModelConfig
-    from tuneforge.runs.trained import load_trained
     from tuneforge.models.load import load_tokenizer
+    from tuneforge.runs.trained import load_trained
 
     path = Path(spec)
     if (path / "config.yaml").is_file():
@@ -139,3 +139,80 @@ def load_responder(spec: str | Path) -> Responder:
     tokenizer = load_tokenizer(cfg)
     return Responder(str(spec), model, tokenizer, use_chat_template(tokenizer, "auto"),
                      precision.autocast_factory(chosen, device))
+
+
+class Chat:
+    """A conversation with finished runs: one run on its own, or several adapter runs on one base (the one
+    answering is `current`, switched with `use` without reloading anything). A classifier labels each message on
+    its own. `note` says what a person should know first (a model with no chat template, a classifier)."""
+
+    def __init__(self, reply, names: list[str], system: str | None = None, note: str | None = None):
+        self._reply, self.names, self.system, self.note = reply, names, system, note
+        self.current = names[0]
+        self.history: list[dict[str, str]] = []
+        self.reset()
+
+    def use(self, name: str) -> None:
+        if name not in self.names:
+            raise ConfigError(f"no adapter named '{name}'\n  fix: use one of: {', '.join(self.names)}")
+        self.current = name
+
+    def reset(self) -> None:
+        """Forget the conversation (the system prompt stays)."""
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+
+    def handle(self, text: str) -> str | None:
+        """A line as a person types it: `/reset` forgets the conversation, `/use NAME` switches adapter, anything
+        else is said; what to show them in reply (None: nothing)."""
+        command = text.strip()
+        if command == "/reset":
+            self.reset()
+            return None
+        if command.startswith("/use "):
+            wanted = command[5:].strip()
+            if wanted not in self.names:
+                return f"no adapter '{wanted}'; loaded: {', '.join(self.names)}"
+            self.use(wanted)
+            return f"using {wanted}"
+        answer = self.say(text)
+        return f"{self.current if len(self.names) > 1 else 'assistant'}: {answer}"
+
+    def say(self, text: str) -> str:
+        """The answer to `text`, the conversation so far before it."""
+        if not text.strip():
+            raise ConfigError("an empty message\n  fix: say something")
+        self.history.append({"role": "user", "content": text})
+        answer = self._reply(self.current, self.history)
+        self.history.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def open_chat(runs: Sequence[str | Path], *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+              system: str | None = None, adapter: str | None = None) -> Chat:
+    """A `Chat` with the runs (a per-task multitask run stands for its adapters), starting with `adapter`."""
+    from tuneforge.runs.evaluate import describe_predictions
+    from tuneforge.runs.trained import load_trained
+
+    run_dirs = adapter_runs(runs)
+    options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+    if len(run_dirs) > 1:
+        adapters = load_adapter_set(run_dirs)
+        chat = Chat(lambda name, history: adapters.generate(name, [history], **options)[0], adapters.names, system)
+    else:
+        trained = load_trained(run_dirs[0])
+        if trained.labels is not None:  # a classifier: each message is a text to label
+            note = f"a {trained.config.task} model: each message is labelled on its own"
+            chat = Chat(lambda name, history: describe_predictions(trained, [history[-1]["content"]])[0],
+                        [run_dirs[0].name], system, note)
+        else:
+            responder = Responder(run_dirs[0].name, trained.model, trained.tokenizer,
+                                  use_chat_template(trained.tokenizer, trained.config.data.template), trained.autocast)
+            note = None if responder.chat else ("note: this model has no chat template; each message is completed as "
+                                                "plain text, without history")
+            chat = Chat(lambda name, history: responder.reply([history], **options)[0], [responder.name], system, note)
+    if adapter is not None:
+        if adapter not in chat.names:
+            raise ConfigError(f"--adapter {adapter}: not one of the runs given\n  fix: use one of: "
+                              f"{', '.join(chat.names)}")
+        chat.use(adapter)
+    return chat
