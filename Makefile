@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tuneforge-installed
 # pip cannot pull a multi-GB CUDA build on a machine without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-bf16 test-slow gguf-check bench lint clean
+.PHONY: demo test test-bf16 test-slow gguf-check bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,bench]'
 	$(PY) -m bench.sft --quick
+
+# the generated references (config keys from the schema, commands from the CLI), then the site, strictly
+docs: $(STAMP)
+	$(PY) -c "from tuneforge.api import config_reference; open('docs/reference/config.md', 'w').write(config_reference())"
+	$(VENV)/bin/typer tuneforge.cli utils docs --name tuneforge --title "Command line reference" --output docs/reference/cli.md
+	$(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tuneforge tests bench

@@ -11,7 +11,7 @@ Every function is documented with a runnable example in docs/python-api.md (exec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -297,6 +297,7 @@ class Entry:
     summary: str
     params: dict[str, str]
     relative_lr: float | None = None
+    schema: type | None = field(default=None, repr=False)  # its parameters' pydantic model
 
     def lines(self) -> list[str]:
         """As `tuneforge methods` lists it."""
@@ -313,8 +314,8 @@ def catalogue() -> dict[str, list[Entry]]:
     from tuneforge.strategies.params import AGGREGATION_PARAMS, MITIGATION_PARAMS
 
     def entry(name: str, summary: str, schema, relative_lr: float | None = None) -> Entry:
-        return Entry(name, summary, {key: _default(field) for key, field in schema.model_fields.items()},
-                     relative_lr)
+        return Entry(name, summary, {key: _default(value) for key, value in schema.model_fields.items()},
+                     relative_lr, schema)
 
     def described(schemas: dict) -> list[Entry]:
         return [entry(name, (schema.__doc__ or name).strip().split("\n")[0], schema)
@@ -327,15 +328,112 @@ def catalogue() -> dict[str, list[Entry]]:
             "federated aggregations (strategy.aggregation: NAME)": described(AGGREGATION_PARAMS)}
 
 
-def _default(field) -> str:
-    if field.is_required():
-        return "(required)"
-    value = field.get_default(call_default_factory=True)
+def config_reference() -> str:
+    """The config reference (docs/reference/config.md), generated from the schema: every section's keys with their
+    types, defaults and descriptions, and each method's, objective's and strategy's own parameters."""
+    from tuneforge.config import NamedParams, RunConfig
+
+    lines = ["# Config reference", "", "Generated from the schema by `make docs` (a test checks that it is current). "
+             "Every key has a default unless it says required; an unknown key is an error that names the closest "
+             "valid one.", ""]
+    shown: set[type] = set()
+    for name, spec in RunConfig.model_fields.items():
+        schema = _model_of(spec.annotation)
+        lines += [f"## `{name}`", "", spec.description or "", ""]
+        if schema is None:
+            lines += [f"{_type_name(spec.annotation)}; default `{_default(spec)}`", ""]
+        elif not issubclass(schema, NamedParams):
+            lines += _tables(schema, f"{name}.", shown)
+    for title, entries in catalogue().items():
+        lines += [f"## {title}", ""]
+        for entry in entries:
+            fields = entry.schema.model_fields
+            lines += [f"### `{entry.name}`", "", entry.summary, "",
+                      *(_field_table(fields, "") if fields else ["No parameters.", ""])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _tables(schema, prefix: str, shown: set) -> list[str]:
+    """A section's keys, then each kind of entry it holds (a dataset, the benchmark) once."""
+    lines = _field_table(schema.model_fields, prefix)
+    for key, spec in schema.model_fields.items():
+        nested = _model_of(spec.annotation)
+        if nested is not None and nested not in shown:
+            shown.add(nested)
+            lines += [f"### `{prefix}{key}`", "", (nested.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
+                      "", *_field_table(nested.model_fields, "")]
+    return lines
+
+
+def _field_table(fields: dict, prefix: str) -> list[str]:
+    rows = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
+    for key, spec in fields.items():
+        description = (spec.description or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| `{prefix}{key}` | {_type_name(spec.annotation)} | {_default(spec, '`')} | {description} |")
+    return [*rows, ""]
+
+
+def _model_of(annotation):
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _type_name(annotation) -> str:
+    """A type as a person reads it: `a \\| b` for a choice, `list of X`, `X or none`."""
+    from typing import Literal, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"{annotation.__name__} (below)"
+    if origin is dict:
+        return f"mapping of {_type_name(args[0])} to {_type_name(args[1])}"
+    if args and type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + " or none"
+    return {"str": "text", "int": "integer", "float": "number", "bool": "true \\| false"}.get(
+        getattr(annotation, "__name__", str(annotation)), getattr(annotation, "__name__", str(annotation)))
+
+
+def _default(spec, quote: str = "") -> str:
+    """A field's default as YAML spells it (`quote` around it), or required."""
+    if spec.is_required():
+        return "required"
+    value = spec.get_default(call_default_factory=True)
     if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
-        return value.name
-    return "[]" if value == [] else str(value)
+        value = value.name
+    shown = {True: "true", False: "false", None: "none"}.get(value, value) if isinstance(value, bool | None) else value
+    return f"{quote}{'[]' if shown == [] else shown}{quote}"
 
 
-__all__ = ["Entry", "bench", "catalogue", "chat", "compare", "data_check", "evaluate", "export", "feedback_export",
-           "feedback_serve", "feedback_stats", "load", "load_adapter_set", "make_student", "merge", "reward_score",
-           "student_report", "train"]
+__all__ = [
+    "Entry",
+    "bench",
+    "catalogue",
+    "chat",
+    "compare",
+    "config_reference",
+    "data_check",
+    "evaluate",
+    "export",
+    "feedback_export",
+    "feedback_serve",
+    "feedback_stats",
+    "load",
+    "load_adapter_set",
+    "make_student",
+    "merge",
+    "reward_score",
+    "student_report",
+    "train",
+]

@@ -55,6 +55,8 @@ RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alp
 
 
 class DatasetSpec(Strict):
+    """One dataset of data.train or data.test (a path alone is `{path: PATH}`)."""
+
     path: str = Field(description="file (.jsonl .json .csv .parquet, or .gz of the first three), a `save_to_disk` "
                       "directory, or quickstart:NAME")
     weight: float = Field(1.0, gt=0, description="size multiplier in a mixture: 2 repeats, 0.5 samples half")
@@ -227,14 +229,22 @@ class RunConfig(Strict):
     task: Task = Field("causal_lm", description="what the model predicts: the next token (causal_lm), a class "
                        "per text, a tag per word, or a number per text; chooses the model's head, the data "
                        "layout, the loss and the metrics")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    method: NamedParams = Field(default_factory=lambda: NamedParams(name="lora"))
-    objective: NamedParams = Field(default_factory=lambda: NamedParams(name="sft"))
-    strategy: NamedParams = Field(default_factory=lambda: NamedParams(name="single"))
-    data: DataConfig
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the pretrained model (a path alone is "
+                               "`model: PATH`)")
+    method: NamedParams = Field(default_factory=lambda: NamedParams(name="lora"), description="what is trained: "
+                                "`method: NAME` or `{name: NAME, ...its parameters}` (default lora; the methods "
+                                "and their parameters are below)")
+    objective: NamedParams = Field(default_factory=lambda: NamedParams(name="sft"), description="what is optimised: "
+                                   "`objective: NAME` or `{name: NAME, ...}` (default sft; classify or regress for "
+                                   "those tasks; below)")
+    strategy: NamedParams = Field(default_factory=lambda: NamedParams(name="single"), description="what is trained "
+                                  "when: `strategy: NAME` or `{name: NAME, ...}` (default single; below)")
+    data: DataConfig = Field(description="the training and test data (a path alone is `train: PATH`)")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how the phase trains")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="what is scored before, during and after "
+                             "training")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where the run directory goes and where "
+                                 "its metrics are sent")
 
     @model_validator(mode="before")
     @classmethod
