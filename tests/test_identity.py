@@ -84,7 +84,7 @@ def test_a_teacher_whose_base_weights_changed_on_disk_is_computed_again(tmp_path
         train(config, quiet=True)
         return set(caches.glob("*")) - before
 
-    assert len(distil("first")) == 1 and not distil("again")  # written once, then read
+    assert len(distil("first")) == 1  # written once (read again while the teacher stays: tests/test_distill.py)
     save_tiny_llama(base, tokenizer, seed=5)  # the teacher run's base model replaced on disk, same names
     assert len(distil("changed")) == 1  # not the old teacher's outputs: computed again
 

@@ -47,6 +47,14 @@ def assert_left_resumable(checkpoints: Path, newest: str) -> None:
 
 
 def test_out_of_memory_in_a_step(tmp_path, tiny_model_dir, reference):
+    from tests.conftest import TEST_PRECISION
+
+    if TEST_PRECISION == "bf16":
+        # oneDNN's bf16 kernels on a CPU may dereference an allocation that failed under the cap: a segfault in
+        # the forward (PYTHONFAULTHANDLER: models/parts.py final_hidden_states), not an error any caller can catch.
+        # Seen on an AMD EPYC with avx512_bf16 at the commit before issue 29 too (1 of 2 runs), and 2 of 3 after.
+        # The promise is shown in fp32 (`make test`); a bf16 run that meets a cap can be killed outright.
+        pytest.skip("a failed allocation inside oneDNN's bf16 kernels can segfault the process (not catchable)")
     config = run_config(tmp_path, tiny_model_dir)
     # glibc maps every large tensor afresh and hands freed memory straight back (instead of keeping it for
     # reuse), so step 3's first large allocation meets the cap, as on a machine whose memory is full
