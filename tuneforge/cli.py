@@ -65,8 +65,7 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     """Fine-tune as the config says; writes a run directory."""
     from tuneforge.api import train as run_training
 
-    signal.signal(signal.SIGTERM, _interrupt)  # a stop request ends the run as Ctrl-C does: run.json says so
-    try:
+    try:  # a stop request (SIGTERM) to a started run ends it as Ctrl-C does (`runs.Run`)
         result = run_training(config, overrides or [], resume=resume, force=force, quiet=quiet, nproc=nproc)
     except KeyboardInterrupt:
         print("interrupted: `tuneforge train ... --resume` continues from the newest checkpoint", file=sys.stderr)

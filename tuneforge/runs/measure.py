@@ -156,7 +156,8 @@ def measure_speed(run_dir: Path, prompts: int = 100, batch_size: int = 50) -> di
     examples = load_examples(cfg.data.test or cfg.data.train, seed=0)[:prompts]
     asked = [p for p, _ in filter(None, (prompt_ids_for_generation(e, tokenizer, chat=chat) for e in examples))]
     speed = {"layers": len(layer_stack(model)[0]), "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-             "disk_mib": _bf16_size(model) / 2**20, "latency_ms": decode_latency_ms(model, tokenizer, asked[:11], autocast),
+             "disk_mib": _bf16_size(model) / 2**20,
+             "latency_ms": decode_latency_ms(model, tokenizer, asked[:11], autocast),
              "tokens_per_s": statistics.median(_throughput(model, tokenizer, asked, autocast, batch_size)
                                                for _ in range(3))}
     write_json(run_dir / SPEED_FILE, speed)

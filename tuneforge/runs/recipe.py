@@ -8,13 +8,13 @@ from pathlib import Path
 from tuneforge.config import LoadedConfig, ModelConfig, model_path_from
 from tuneforge.engine.session import Recipe
 from tuneforge.engine.teacher import TeacherSource
+from tuneforge.errors import ConfigError
+from tuneforge.methods import get_method, validate_method_params
 from tuneforge.models.load import load_tokenizer
+from tuneforge.objectives import get_objective, validate_objective_params
 from tuneforge.objectives.params import KdParams, SeqkdParams
 from tuneforge.runs.layout import CONFIG_FILE, TOKENIZER_DIR
 from tuneforge.runs.trained import RunTeacher, resolve_rewards
-from tuneforge.errors import ConfigError
-from tuneforge.methods import get_method, validate_method_params
-from tuneforge.objectives import get_objective, validate_objective_params
 
 
 def read_recipe(loaded: LoadedConfig) -> Recipe:

@@ -12,6 +12,8 @@ Started by torchrun (or `--nproc N`), every process of a data-parallel strategy 
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -28,7 +30,6 @@ from tuneforge.errors import CheckpointError, RunDirError
 from tuneforge.runs import paths
 from tuneforge.runs.identity import check_same_run, weights_record
 from tuneforge.runs.layout import (
-    ADAPTERS,
     CHECKPOINTS,
     COMPLETE,
     CONFIG_FILE,
@@ -37,9 +38,7 @@ from tuneforge.runs.layout import (
     INTERRUPTED,
     METRICS_FILE,
     RESULT_FILE,
-    ROUNDS,
     RUN_FILE,
-    TASKS,
     TOKENIZER_DIR,
     TRAINING,
     read_json,
@@ -163,6 +162,7 @@ class Run(Phase):
         self.unlogged_before, self.started = False, False
         self.metrics: Metrics = Metrics()
         self.clock = time.perf_counter()
+        self.stop_signal = _StopSignal(catch=False)
 
     @classmethod
     @contextmanager
@@ -183,6 +183,8 @@ class Run(Phase):
             except BaseException as exc:
                 run.ended_by(exc)
                 raise
+            finally:
+                run.stop_signal.close()
 
     def guard(self, doing: str) -> AbstractContextManager:
         """Out of memory or disk while `doing`: say what to change and where the run can continue from."""
@@ -224,6 +226,8 @@ class Run(Phase):
 
         self.world.from_main(write)
         self.started = True
+        if not self.world.active:  # the processes of a distributed run are stopped by their launcher, as ever
+            self.stop_signal = _StopSignal()
 
     def evaluate_before(self, evaluate: Callable, what: str = "the base model") -> dict:
         """The scores of the model before training, saved at once in eval.json so that a resumed run still reports
@@ -266,8 +270,9 @@ class Run(Phase):
                  evaluation: dict | None = None, record: dict | None = None, before: dict | None = None
                  ) -> RunResult:
         """eval.json (before, after, samples and what a strategy adds) and run.json `complete` with the digests of
-        the weights that produce the run's outputs (`identity.weights_record`). `before`: the scores before training where the run did not evaluate them
-        itself (its sub-runs did). The main process alone completes a run (the others have stopped)."""
+        the weights that produce the run's outputs (`identity.weights_record`). `before`: the scores before
+        training where the run did not evaluate them itself (its sub-runs did). The main process alone completes a
+        run (the others have stopped)."""
         self.before = self.before if before is None else before
         with self.guard("writing the run's results"):
             write_json(self.dir / EVAL_FILE, {"before": self.before, "after": after,
@@ -291,6 +296,26 @@ class Run(Phase):
             ended["error"] = {"type": type(exc).__name__, "message": str(exc)[:4000]}
         with suppress(OSError):  # a full disk: the run's own error is what the user needs to see
             write_json(self.dir / RUN_FILE, {**self.record, **ended})
+
+
+class _StopSignal:
+    """While a started run trains, a stop request (SIGTERM: a service manager, a scheduler, a stop button) ends it
+    as Ctrl-C does, so run.json says `interrupted`; before it starts (imports, reading data) and after it ends, the
+    signal does what it did. Only the main thread can take a signal."""
+
+    def __init__(self, catch: bool = True):
+        self.previous = None
+        if catch and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def finished(run_dir: Path) -> RunResult:
