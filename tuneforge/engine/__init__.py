@@ -1,2 +1,3 @@
-"""The one training loop every objective uses, and everything around it (precision, optimizer,
-schedules, checkpoints, logging)."""
+"""Trains one phase: the session's pieces (data, model, evaluator, loop inputs), the one loop every objective
+uses, optimizers and schedules, precision, checkpoints, rollouts, the teacher, and several processes. Nothing here
+writes or reads a run directory (`runs/` does)."""
