@@ -46,10 +46,8 @@ class AdapterSet:
         """The next assistant turn of each conversation, from adapter `name`."""
         self.use(name)
         chat = use_chat_template(self.tokenizer, self.configs[name].data.template)
-        prompts = [generation_prompt_ids(self.tokenizer, list(c), chat=chat) for c in conversations]
-        with self.autocast():
-            return generate_batch(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                  stop_ids=end_of_turn_ids(self.tokenizer), temperature=temperature, top_p=top_p)
+        return Responder(name, self.model, self.tokenizer, chat, self.autocast).reply(
+            conversations, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
 def adapter_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
@@ -121,6 +119,12 @@ class Responder:
                                   stop_ids=end_of_turn_ids(self.tokenizer), temperature=temperature, top_p=top_p)
 
 
+def responder_of(trained) -> Responder:
+    """A finished run's model as a `Responder`, with the chat template its data was rendered with."""
+    return Responder(trained.run_dir.name, trained.model, trained.tokenizer,
+                     use_chat_template(trained.tokenizer, trained.config.data.template), trained.autocast)
+
+
 def load_responder(spec: str | Path) -> Responder:
     """A run directory (anything `tuneforge train` finished) or a model: 'default', a local Hugging Face
     model directory, or a hub id."""
@@ -130,9 +134,7 @@ def load_responder(spec: str | Path) -> Responder:
 
     path = Path(spec)
     if (path / "config.yaml").is_file():
-        trained = load_trained(path)
-        return Responder(path.name, trained.model, trained.tokenizer,
-                         use_chat_template(trained.tokenizer, trained.config.data.template), trained.autocast)
+        return responder_of(load_trained(path))
     cfg = ModelConfig(path=str(spec))
     device, chosen = precision.inference_placement("auto")
     model = precision.ready_for_inference(load_causal_lm(cfg, precision.dtype(chosen)), chosen, device)
@@ -205,8 +207,7 @@ def open_chat(runs: Sequence[str | Path], *, max_new_tokens: int = 256, temperat
             chat = Chat(lambda name, history: describe_predictions(trained, [history[-1]["content"]])[0],
                         [run_dirs[0].name], system, note)
         else:
-            responder = Responder(run_dirs[0].name, trained.model, trained.tokenizer,
-                                  use_chat_template(trained.tokenizer, trained.config.data.template), trained.autocast)
+            responder = responder_of(trained)
             note = None if responder.chat else ("note: this model has no chat template; each message is completed as "
                                                 "plain text, without history")
             chat = Chat(lambda name, history: responder.reply([history], **options)[0], [responder.name], system, note)
