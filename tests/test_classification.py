@@ -16,7 +16,7 @@ import torch
 from tests.conftest import TEST_PRECISION, classification_config, sentiment_records, write_jsonl
 from tuneforge.api import train
 from tuneforge.config import load_config
-from tuneforge.data.kinds.labels import LabelSet, collate_labeled, encode_labeled, normaliser
+from tuneforge.data.kinds.labels import LabelledReader, LabelSet, collate_labeled, encode_labeled
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.objectives.classify import class_cross_entropy, squared_error
@@ -70,16 +70,16 @@ def record(data: dict, where: int = 3) -> RawRecord:
 
 
 def test_records_read_with_the_published_layouts():
-    read = normaliser("sequence_classification")
+    read = LabelledReader("sequence_classification")
     assert read(record({"sentence": "good", "label": 1})).label == "1"  # SST-2: integer labels, kept as names
     pair = read(record({"premise": "a", "hypothesis": "b", "label": "entailment"}))
     assert (pair.text, pair.text_pair, pair.label) == ("a", "b", "entailment")
-    named = normaliser("sequence_classification", ["neg", "pos"])(record({"text": "x", "label": 1}))
+    named = LabelledReader("sequence_classification", ["neg", "pos"])(record({"text": "x", "label": 1}))
     assert named.label == "pos"
-    tagged = normaliser("token_classification", ["O", "B-PER", "I-PER"])(
+    tagged = LabelledReader("token_classification", ["O", "B-PER", "I-PER"])(
         record({"tokens": ["Ada", "Lovelace", "wrote"], "ner_tags": [1, 2, 0]}))  # CoNLL / HF layout
     assert tagged.tags == ("B-PER", "I-PER", "O")
-    assert normaliser("regression")(record({"text": "x", "score": "3.5"})).label == 3.5  # a CSV cell
+    assert LabelledReader("regression")(record({"text": "x", "score": "3.5"})).label == 3.5  # a CSV cell
 
 
 @pytest.mark.parametrize(("task", "data", "problem"), [
@@ -94,7 +94,7 @@ def test_records_read_with_the_published_layouts():
 ])
 def test_a_bad_record_is_refused_with_its_file_line_and_field(task, data, problem):
     with pytest.raises(DataError) as caught:
-        normaliser(task)(record(data))
+        LabelledReader(task)(record(data))
     assert str(caught.value).startswith("data.jsonl:3: ") and problem in str(caught.value)
     assert "\n  fix: " in str(caught.value)
 
@@ -163,7 +163,8 @@ def test_config_mistakes_of_a_classification_run_are_named(tmp_path, tiny_bert_d
 
 
 def test_first_sub_token_labelling_and_the_batch(encoder_tokenizer):
-    records = [normaliser("token_classification")(record({"tokens": ["Lovelace", "wrote"], "tags": ["B-PER", "O"]}))]
+    read = LabelledReader("token_classification")
+    records = [read(record({"tokens": ["Lovelace", "wrote"], "tags": ["B-PER", "O"]}))]
     labels = LabelSet.of("token_classification", records)
     assert labels.names == ("O", "B-PER")  # O first
     [example], stats = encode_labeled(records, encoder_tokenizer, labels, 32)
@@ -352,7 +353,7 @@ def test_a_packed_batch_gives_the_padded_batchs_logits_and_loss(tiny_bert_dir, e
     else:
         raw = [{"text": "so " * (1 + 3 * i) + "good", "text_pair": "yes" if i % 2 else "no", "label": str(i % 3)}
                for i in range(9)]
-    records = [normaliser(task)(record(r, i)) for i, r in enumerate(raw)]
+    records = [LabelledReader(task)(record(r, i)) for i, r in enumerate(raw)]
     labels = LabelSet.of(task, records)
     examples, _ = encode_labeled(records, encoder_tokenizer, labels, 64)
     model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head(task, labels.names),
@@ -384,7 +385,7 @@ def test_a_packed_batch_gives_the_padded_batchs_gradients(tiny_bert_dir, encoder
     from tuneforge.objectives.classify import head_logits
 
     raw = [{"text": "so " * (1 + 3 * i) + "good", "label": str(i % 3)} for i in range(9)]
-    records = [normaliser("sequence_classification")(record(r, i)) for i, r in enumerate(raw)]
+    records = [LabelledReader("sequence_classification")(record(r, i)) for i, r in enumerate(raw)]
     labels = LabelSet.of("sequence_classification", records)
     examples, _ = encode_labeled(records, encoder_tokenizer, labels, 64)
     model = load_model(ModelConfig(path=str(tiny_bert_dir)), Head("sequence_classification", labels.names))

@@ -284,7 +284,7 @@ def feedback_serve(model: Annotated[str, typer.Option(help="whose responses are 
     # a service manager's stop ends the server as Ctrl-C does; SIGINT is set too, as a shell starting the
     # server in the background (`... &`) leaves it ignored
     for stop in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop, _interrupt)
+        signal.signal(stop, signal.default_int_handler)
     try:
         serve(model, prompts, model_b=model_b, db=db, host=host, port=port, max_new_tokens=max_new_tokens,
               temperature=temperature, top_p=top_p, reviewers=reviewers,
@@ -319,10 +319,6 @@ def feedback_stats(db: DbOption = Path("feedback.db")) -> None:
     for name, value in stats(db).items():
         shown = f"{value:.3f}" if isinstance(value, float) else ("n/a" if value is None else value)
         print(f"{name.replace('_', ' ')}: {shown}")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 @app.command()

@@ -87,11 +87,6 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
-    def wait_for_main(self) -> None:
-        """The other processes wait here while the main one writes (a checkpoint) or evaluates."""
-        if self.active:
-            dist.barrier(group=self.control)
-
     def share(self, window: Sequence[list[int]]) -> list[tuple[int, list[int]]]:
         """This process's micro-batches of a step's window, with their index in the window."""
         return [(index, micro) for index, micro in enumerate(window) if index % self.size == self.rank]

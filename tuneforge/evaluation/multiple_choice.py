@@ -22,7 +22,6 @@ import torch
 from tuneforge.data.sources import read_records
 from tuneforge.errors import DataError
 
-STYLES = ("letters", "choices")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 FEWSHOT_DELIMITER, TARGET_DELIMITER = "\n\n", " "
 

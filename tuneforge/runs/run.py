@@ -306,16 +306,12 @@ class _StopSignal:
     def __init__(self, catch: bool = True):
         self.previous = None
         if catch and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+            self.previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     def close(self) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
             self.previous = None
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def finished(run_dir: Path) -> RunResult:

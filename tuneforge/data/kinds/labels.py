@@ -25,7 +25,6 @@ from tuneforge.data.render import Encoded
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
 
-SEQUENCE_TASKS = ("sequence_classification", "regression")
 TASKS = ("sequence_classification", "token_classification", "regression")
 TEXT_KEYS = ("text", "sentence", "sentence1", "premise")  # the first text: IMDB, SST-2, GLUE pairs, NLI
 PAIR_KEYS = ("text_pair", "sentence2", "hypothesis")  # an optional second text
@@ -87,9 +86,6 @@ class LabelledReader:
 
     def unused(self, record: RawRecord) -> list[str]:
         return sorted(str(k) for k in record.data if k not in USED_KEYS and k not in ("id", "idx", "source"))
-
-
-normaliser = LabelledReader
 
 
 def _require_object(record: RawRecord) -> dict:
@@ -202,10 +198,6 @@ class LabelSet:
             raise DataError(train[0].source, "all records", "label", f"every training label is {ordered}; a "
                             "classifier needs at least two classes", "add records of the other classes")
         return cls(task, tuple(str(n) for n in ordered))
-
-    @property
-    def num_outputs(self) -> int:
-        return 1 if self.task == "regression" else len(self.names)
 
     def index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.names)}
