@@ -108,3 +108,13 @@ def test_every_example_config_is_valid(path):
     params = validate_objective_params(loaded.run.objective)
     if get_objective(loaded.run.objective.name).data == "prompts":  # online RL: its reward functions import
         assert resolve_rewards(params, "objective")
+
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "a/b", "a b"])
+def test_a_task_name_is_a_folder_name_never_a_path(tmp_path, name):
+    """A task trains into RUN/adapters/NAME and RUN/tasks/N-NAME: '.' or '..' would be the run itself or its parent."""
+    path = write(tmp_path, f"model: default\ndata:\n  train:\n    - {{path: a.jsonl, task: '{name}'}}\n"
+                           f"  test:\n    - {{path: b.jsonl, task: ok.name-1}}\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:4: 'data.train.0.task'.*a task name is also a folder name"):
+        load_config(path)
+    assert load_config(write(tmp_path, BASE.replace("data.jsonl", "{path: data.jsonl, task: v1.2_x-y}")))

@@ -87,6 +87,10 @@ def test_ties_writes_a_run_that_eval_and_export_accept(two_runs, tmp_path):
     (["--weights", "1"], "one weight per run"),
     (["--weights", "a,b"], "not numbers"),
     (["--density", "0"], "must be in (0, 1]"),
+    (["--weights", "nan,nan"], "finite number"),
+    (["--weights", "inf,1"], "finite number"),
+    (["--weights", "1e308,1e308", "--how", "linear"], "NaN or inf"),  # each finite, the merge is not
+    (["--weights", "1e308,1e308", "--how", "ties"], "NaN or inf"),
 ])
 def test_bad_requests_exit_2_with_the_fix(two_runs, tmp_path, args, message):
     result = CliRunner().invoke(app, ["merge", *map(str, two_runs), "--out", str(tmp_path / "m"), *args])
@@ -100,3 +104,12 @@ def test_only_lora_runs_merge(two_runs, tmp_path, tiny_model_dir):
     ia3 = train(config, quiet=True).run_dir
     result = CliRunner().invoke(app, ["merge", str(two_runs[0]), str(ia3), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "LoRA" in result.output
+
+
+def test_a_dora_run_is_never_merged_as_plain_lora(two_runs, tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 1}, eval={"metrics": ["loss"]},
+                         method={"dora": True})
+    dora = train(config, quiet=True).run_dir
+    result = CliRunner().invoke(app, ["merge", str(two_runs[0]), str(dora), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "dora" in result.output and "fix:" in result.output
+    assert not (tmp_path / "m").exists()

@@ -64,9 +64,16 @@ class DatasetSpec(Strict):
     split: str | None = Field(None, description="split of a saved DatasetDict")
     columns: dict[str, str] = Field(default_factory=dict, description="the file's names for tuneforge's fields, "
                                     "e.g. {prompt: question, completion: answer}")
-    task: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\w.-]+$",
+    task: str | None = Field(None, min_length=1, max_length=64,
                              description="the task this dataset belongs to: train entries are sampled by task "
                              "(data.sampling), test entries are scored per task")
+
+    @field_validator("task")
+    @classmethod
+    def _task_is_a_folder_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[\w-][\w.-]*", name):  # never '.', '..' or a hidden folder
+            raise ValueError("a task name is also a folder name: letters, digits, '_', '-' and '.', not first")
+        return name
 
 
 def _as_dataset_list(value: Any) -> Any:

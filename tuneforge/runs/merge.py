@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from tuneforge.config import dump_yaml
 from tuneforge.errors import ConfigError
+from tuneforge.methods import validate_method_params
 from tuneforge.methods.peft_adapter import ADAPTER_DIR
 from tuneforge.runs import paths
 from tuneforge.runs.identity import weights_record
@@ -31,6 +33,9 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
     if how not in HOWS:
         raise ConfigError(f"--how {how!r} is not a merge\n  fix: use one of {', '.join(HOWS)}")
     weights = list(weights) if weights else [1.0 / len(runs) if how in ("linear", "cat") else 1.0] * len(runs)
+    if not all(math.isfinite(w) for w in weights):
+        raise ConfigError(f"--weights {','.join(map(str, weights))}: every weight must be a finite number\n  fix: "
+                          "e.g. --weights 0.5,0.5")
     if len(weights) != len(runs):
         raise ConfigError(f"--weights has {len(weights)} values for {len(runs)} runs\n  fix: give one weight per "
                           "run, e.g. --weights 0.5,0.5")
@@ -43,10 +48,12 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
             raise ConfigError(f"--out {out} is not empty\n  fix: choose another directory or pass --overwrite")
         paths.refuse_unsafe_replace(out, "run.json", "--out", runs)
     names = {f"run{i}": run for i, run in enumerate(runs)}
-    methods = {str(run): adapter_config(name, run).method.name for name, run in names.items()}
-    if any(m not in LORA_METHODS for m in methods.values()):
-        raise ConfigError(f"merge folds LoRA adapters; these runs trained {methods}\n  fix: merge runs of method "
-                          "lora or qlora")
+    configs = {str(run): adapter_config(name, run).method for name, run in names.items()}
+    methods = {run: "dora" if getattr(validate_method_params(m), "dora", False) else m.name
+               for run, m in configs.items()}
+    if any(m not in LORA_METHODS for m in methods.values()):  # DoRA's magnitudes would be dropped without a word
+        raise ConfigError(f"merge folds plain LoRA adapters; these runs trained {methods}\n  fix: merge runs of "
+                          "method lora or qlora (without dora), or export each run on its own (export --merge)")
     adapters = load_adapter_set(names)
     model = adapters.model
     kwargs = {"density": density} if how in ("ties", "dare_linear", "dare_ties", "magnitude_prune") else {}
@@ -58,6 +65,12 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
     except ValueError as exc:  # e.g. TIES over adapters of different ranks
         raise ConfigError(f"peft cannot merge these adapters with {how}: {exc}\n  fix: use --how cat or linear, or "
                           "runs trained with the same LoRA rank and target modules") from None
+    merged = {name: p for name, p in model.named_parameters() if ".merged." in name}
+    bad = next((name for name, p in merged.items() if not torch.isfinite(p).all()), None)
+    if bad is not None:  # nothing NaN or inf is written as a finished run
+        raise ConfigError(f"the merged adapter holds NaN or inf values ({bad}): --weights "
+                          f"{','.join(map(str, weights))} are too large for these adapters\n  fix: use weights of "
+                          "ordinary size, e.g. --weights 0.5,0.5")
     staging = out.with_name(f".{out.name}.merging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
