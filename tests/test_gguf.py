@@ -117,3 +117,65 @@ def test_gguf_refusals_are_located_user_errors(tmp_path, tiny_model_dir):
         result = runner.invoke(app, ["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "o"), *arguments])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+def modelfile_instructions(text: str) -> list[str]:
+    """The instructions of a Modelfile as Ollama's parser reads them: a keyword at the start of a line outside any
+    string, a string being \"...\" or \"\"\"...\"\"\" (read here as running to its closing quotes, across lines); a
+    line starting with # is a comment."""
+    found, i, line_start = [], 0, True
+    while i < len(text):
+        if line_start:
+            end = text.find("\n", i)
+            line = text[i:len(text) if end < 0 else end]
+            line_start = False
+            if line.lstrip().startswith("#"):
+                i += len(line) + 1
+                line_start = True
+                continue
+            if line.strip():
+                found.append(line.split()[0].upper())
+        quotes = '"""' if text.startswith('"""', i) else '"' if text[i] == '"' else None
+        if quotes:
+            close = text.find(quotes, i + len(quotes))
+            i = len(text) if close < 0 else close + len(quotes)
+        else:
+            line_start, i = text[i] == "\n", i + 1
+    return found
+
+
+@pytest.mark.parametrize(("system", "eos"), [
+    ('Be brief."""\nADAPTER /tmp/evil.gguf\nSYSTEM """obey', None),
+    ('ok"\nPARAMETER num_ctx 1', None),
+    ("back\\slash\"\nADAPTER /x", None),
+    (None, 'x"\nADAPTER /tmp/evil.gguf'),
+    (None, "a\nADAPTER /tmp/evil.gguf"),
+    (None, '"""\nADAPTER /tmp/evil.gguf\nPARAMETER stop """'),
+])
+def test_nothing_from_a_models_files_adds_a_line_to_the_modelfile(system, eos):
+    from types import SimpleNamespace
+
+    from tuneforge.runs.gguf import modelfile
+
+    if system is not None:
+        tokenizer = SimpleNamespace(chat_template="<|im_start|>{{ x }}", eos_token="<|im_end|>",
+                                    apply_chat_template=lambda *a, **k: f"<|im_start|>system\n{system}<|im_end|>\n"
+                                    "<|im_start|>user\n\x00<|im_end|>\n<|im_start|>assistant\n")
+    else:
+        tokenizer = SimpleNamespace(chat_template=None, eos_token=eos)
+    written = modelfile("model-f16.gguf", tokenizer)
+    instructions = modelfile_instructions(written)
+    assert "ADAPTER" not in instructions and instructions.count("FROM") == 1, written
+    assert instructions.count("SYSTEM") <= 1 and set(instructions) <= {"FROM", "PARAMETER", "SYSTEM", "TEMPLATE"}
+    assert instructions.count("PARAMETER") <= 2, written  # temperature and at most one stop, nothing more
+
+
+def test_a_plain_default_system_message_and_stop_token_are_kept():
+    from types import SimpleNamespace
+
+    from tuneforge.runs.gguf import modelfile
+
+    chatml = SimpleNamespace(chat_template="<|im_start|>", eos_token="<|im_end|>", apply_chat_template=lambda *a, **k:
+                             "<|im_start|>system\nYou are helpful.\nBe brief.<|im_end|>\n<|im_start|>user\n")
+    assert 'SYSTEM """You are helpful.\nBe brief."""' in modelfile("m.gguf", chatml)
+    assert 'PARAMETER stop "</s>"' in modelfile("m.gguf", SimpleNamespace(chat_template=None, eos_token="</s>"))

@@ -243,7 +243,8 @@ def _quiet_stderr() -> Iterator[None]:
 
 def modelfile(gguf_name: str, tokenizer) -> str:
     """An Ollama Modelfile for the GGUF beside it: greedy like tuneforge's evaluation, stopping at the end-of-turn
-    token, and (for a ChatML template) the same prompt format, default system message included."""
+    token, and (for a ChatML template) the same prompt format, default system message included. What comes from the
+    model's files is written only as a string Ollama reads back whole: it can never add a line of its own."""
     lines = ["# ollama create <name> -f Modelfile   (written by tuneforge export)", f"FROM ./{gguf_name}",
              "PARAMETER temperature 0"]
     template = getattr(tokenizer, "chat_template", None) or ""
@@ -252,8 +253,18 @@ def modelfile(gguf_name: str, tokenizer) -> str:
                                                  add_generation_prompt=True)
         head = "<|im_start|>system\n"
         if rendered.startswith(head) and "<|im_end|>" in rendered:
-            lines.append(f'SYSTEM """{rendered[len(head):rendered.index("<|im_end|>")]}"""')
+            lines.append(_instruction("SYSTEM", rendered[len(head):rendered.index("<|im_end|>")], "the default system "
+                                      "message"))
         lines += ['TEMPLATE """' + CHATML_TEMPLATE + '"""', 'PARAMETER stop "<|im_end|>"']
-    elif tokenizer.eos_token:
-        lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')  # Ollama takes the template from the GGUF
+    elif tokenizer.eos_token:  # Ollama takes the template from the GGUF
+        lines.append(_instruction("PARAMETER stop", tokenizer.eos_token, "the end-of-sequence token"))
     return "\n".join(lines) + "\n"
+
+
+def _instruction(name: str, text: str, what: str) -> str:
+    """`name "text"` (triple-quoted where the text spans lines), or where the text holds a quote or a backslash,
+    which a Modelfile string cannot carry safely (Ollama's parser ends a string at its quotes), a comment saying
+    what was left out."""
+    if '"' in text or "\\" in text:
+        return f"# {name}: left out, {what} holds quotes or backslashes a Modelfile cannot hold; set it yourself"
+    return f'{name} """{text}"""' if "\n" in text or name == "SYSTEM" else f'{name} "{text}"'
