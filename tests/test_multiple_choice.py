@@ -149,3 +149,48 @@ def write_config(tmp_path, config):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def write_task(directory, name: str, extra: str = "") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                            f"    test: {directory / 'data.jsonl'}\ntest_split: test\n"
+                                            "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_target: 0\n"
+                                            f"doc_to_choice: ['a', 'b']\n{extra}")
+
+
+@pytest.mark.parametrize("how", ["function", "class", "included"])
+def test_task_code_beside_an_include_yaml_runs_only_when_the_user_says_so(tmp_path, how):
+    """Issue 30, finding 5: lm-eval imports the Python a task YAML names (`!function utils.f`, `class: !function`),
+    so a downloaded task folder could run anything. Refused unless allowed, and nothing is imported to find out."""
+    from tuneforge.errors import ConfigError
+    from tuneforge.evaluation.harness import requested_tasks
+
+    tasks = tmp_path / "tasks"
+    marker = tmp_path / "ran"
+    (tmp_path / "elsewhere").mkdir()
+    for folder in (tasks, tmp_path / "elsewhere"):
+        folder.mkdir(exist_ok=True)
+        (folder / "utils.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\ndef f(docs):\n    return docs\n")
+    if how == "function":
+        write_task(tasks, "mine", "process_docs: !function utils.f\n")
+    elif how == "class":
+        (tasks / "mine.yaml").write_text("task: mine\nclass: !function utils.f\n")
+    else:  # the code is in a YAML outside the folder that one of its YAMLs includes
+        (tmp_path / "elsewhere" / "base.yaml").write_text("process_docs: !function utils.f\n")
+        write_task(tasks, "mine", "include: ../elsewhere/base.yaml\n")
+    with pytest.raises(ConfigError, match=r"(?s)runs Python.*--lm-eval-allow-code"):
+        requested_tasks("mine", tasks)
+    assert requested_tasks("mine,", tasks, allow_code=True) == ["mine"]
+    assert not marker.exists()
+
+
+def test_an_include_task_never_takes_a_built_in_tasks_name(tmp_path):
+    """Issue 30, finding 5: a YAML named arc_easy replaced lm-eval's own task, and its scores were reported as
+    arc_easy's."""
+    from tuneforge.errors import ConfigError
+    from tuneforge.evaluation.harness import lm_eval_scores
+
+    write_task(tmp_path / "tasks", "arc_easy")
+    with pytest.raises(ConfigError, match=r"(?s)arc_easy\.yaml defines task 'arc_easy'.*my_arc_easy"):
+        lm_eval_scores(None, None, ["arc_easy"], include_path=tmp_path / "tasks")

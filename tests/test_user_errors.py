@@ -175,6 +175,27 @@ def test_eval_options_and_data_kind(tmp_path, trained):
     refused(["eval", str(trained), "--data", str(rated)], "rated.jsonl:1", "whatever its label")
 
 
+def test_eval_output_is_checked_before_anything_is_scored(tmp_path, trained, monkeypatch):
+    """Issue 30, finding 10: an --output that is a directory was found only after the whole evaluation ran."""
+    from tuneforge.runs import evaluate as evaluate_module
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}])
+    with monkeypatch.context() as patched:
+        patched.setattr(evaluate_module, "load_trained", lambda *a, **k: (_ for _ in ()).throw(
+            AssertionError("the run loaded before --output was checked")))
+        refused(["eval", str(trained), "--data", str(data), "--output", str(tmp_path)], "--output", "is a directory")
+        (tmp_path / "file").write_text("keep")
+        refused(["eval", str(trained), "--data", str(data), "--output", str(tmp_path / "file" / "x.json")],
+                "--output", "is a file")
+        refused(["eval", str(trained), "--lm-eval", ",,,"], "--lm-eval names no task", "fix:")
+        refused(["eval", str(trained), "--lm-eval", "x", "--lm-eval-include", str(tmp_path / "none")],
+                "--lm-eval-include", "not a directory")
+    out = tmp_path / "new" / "folder" / "scores.json"  # a missing folder is made
+    assert runner.invoke(app, ["eval", str(trained), "--data", str(data), "--metrics", "loss", "--output",
+                               str(out)]).exit_code == 0
+    assert "loss" in json.loads(out.read_text())["scores"]
+
+
 def test_chat_options(trained):
     refused(["chat", str(trained), "--max-new-tokens", "0"], "max-new-tokens")
     refused(["chat", str(trained), "--message", "hi", "--message", "", "--message", "again"], "--message",

@@ -92,15 +92,18 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Seq
              batch_size: int = 16, max_new_tokens: int = 64, max_examples: int | None = None,
              bench: str | None = None, shots: int | None = None, style: str = "letters",
              lm_eval: str | Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
-             limit: int | None = None) -> Evaluation:
+             limit: int | None = None, lm_eval_allow_code: bool = False, output: str | Path | None = None
+             ) -> Evaluation:
     """Score a finished run on `data` (any supported format; loss/perplexity, exact match, ROUGE, BLEU, or all of
     a classifier's metrics), on a multiple-choice `bench` (MMLU layout or quickstart:mc), and on lm-evaluation-
-    harness `lm_eval` tasks. Returns the scores (`.scores`, `.flat()`) and the model's answers (`.samples`)."""
+    harness `lm_eval` tasks (Python beside the task YAMLs of `lm_eval_include` runs only with `lm_eval_allow_code`).
+    Returns the scores (`.scores`, `.flat()`) and the model's answers (`.samples`), also written to `output` as JSON."""
     from tuneforge.runs.evaluate import evaluate as run_evaluate
 
     return run_evaluate(run_dir, data=data, metrics=metrics, batch_size=batch_size, max_new_tokens=max_new_tokens,
                         max_examples=max_examples, bench=bench, shots=shots, style=style, lm_eval=lm_eval,
-                        lm_eval_include=lm_eval_include, limit=limit)
+                        lm_eval_include=lm_eval_include, limit=limit, lm_eval_allow_code=lm_eval_allow_code,
+                        output=output)
 
 
 def data_check(config: ConfigLike, overrides: Sequence[str] = (), *, samples: int = 2) -> DataCheck:

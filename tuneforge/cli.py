@@ -91,6 +91,8 @@ def evaluate(run_dir: RunArg,
              lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="comma list of lm-eval tasks")] = None,
              lm_eval_include: Annotated[Path | None, typer.Option(help="a directory of lm-eval task YAMLs")] = None,
              limit: Annotated[int | None, typer.Option(min=1, help="--lm-eval: the first N questions per task")] = None,
+             lm_eval_allow_code: Annotated[bool, typer.Option(help="let the task YAMLs of --lm-eval-include run the "
+                                                              "Python they name (!function, class)")] = False,
              output: Annotated[Path | None, typer.Option(help="also write scores and samples as JSON")] = None,
              ) -> None:
     """Evaluate a trained run on a dataset (loss/perplexity, exact match, ROUGE, BLEU; a classifier's metrics),
@@ -99,13 +101,11 @@ def evaluate(run_dir: RunArg,
 
     result = score(run_dir, data=data, metrics=metrics, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    max_examples=max_examples, bench=bench, shots=shots, style=style, lm_eval=lm_eval,
-                   lm_eval_include=lm_eval_include, limit=limit)
+                   lm_eval_include=lm_eval_include, limit=limit, lm_eval_allow_code=lm_eval_allow_code, output=output)
     shown = result.flat()
     width = max(16, *(len(name) for name in shown)) if shown else 16
     for name, value in shown.items():
         print(f"{name:>{width}}  {value:.4f}")
-    if output:
-        output.write_text(json.dumps({"scores": result.scores, "samples": result.samples}, indent=2))
 
 
 @app.command()

@@ -10,12 +10,15 @@ task YAMLs (`--lm-eval-include DIR`) whose `dataset_path` is a local format (`js
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation.multiple_choice import FEWSHOT_DELIMITER, Question, choice_texts, describe, question_text
@@ -25,19 +28,25 @@ TASK_PREFIX = "tuneforge_mc"
 
 def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, shots: int | None = None, batch_size: int = 16,
                    include_path: str | Path | None = None, limit: int | None = None,
-                   builtin_tasks: bool = True) -> dict[str, dict]:
+                   builtin_tasks: bool = True, allow_code: bool = False) -> dict[str, dict]:
     """Each task's metrics (percent where lm-eval reports a share) and its number of questions, by lm-eval. A
-    model with bf16 frozen weights runs under lm-eval's bf16 autocast, as tuneforge's own evaluation runs it."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise ConfigError("--lm-eval needs lm-evaluation-harness\n  fix: pip install 'tuneforge[lm-eval]' (make "
-                          "installs it)") from None
+    model with bf16 frozen weights runs under lm-eval's bf16 autocast, as tuneforge's own evaluation runs it.
+    Task YAMLs from `include_path` may not run Python (`!function`, `class:`) unless `allow_code`, nor take the
+    name of a built-in task."""
+    tasks = requested_tasks(tasks, include_path, allow_code)
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
     # indexing lm-eval's thousands of built-in task files takes seconds: skipped when only our own are wanted
-    manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR",
-                          include_defaults=builtin_tasks)
+    with _overridden_tasks() as overridden:
+        manager = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR",
+                              include_defaults=builtin_tasks)
+    if overridden:
+        name, path = overridden[0]
+        raise ConfigError(f"--lm-eval-include: {path} defines task {name!r}, which is one of lm-eval's own tasks: its "
+                          "scores would be reported under the built-in name\n  fix: rename your task (e.g. "
+                          f"my_{name})")
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--lm-eval: lm-eval knows no task {unknown[0]!r}\n  fix: name a task `lm-eval ls tasks` "
@@ -53,6 +62,12 @@ def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, shots: int | None 
         with quiet_datasets():
             results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=shots, task_manager=manager,
                                       limit=limit, log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+    except OSError as exc:  # a data file missing, or the hub out of reach (offline)
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--lm-eval {','.join(tasks)}: lm-eval could not read a task's data: {reason}\n  fix: "
+                          "without network, give the data as local files (a task YAML with dataset_path: json and "
+                          "dataset_kwargs: {data_files: ...} in --lm-eval-include), or fill the hub cache on another "
+                          "machine and set HF_DATASETS_OFFLINE=1") from None
     finally:
         model.train(was_training)
     scores = {}
@@ -62,6 +77,86 @@ def lm_eval_scores(model, tokenizer, tasks: Sequence[str], *, shots: int | None 
         scores[task] = {name: 100.0 * value if name.startswith("acc") else value for name, value in values.items()}
         scores[task]["n"] = results["n-samples"].get(task, {}).get("effective")
     return scores
+
+
+def requested_tasks(tasks: str | Sequence[str], include_path: str | Path | None = None, allow_code: bool = False
+                    ) -> list[str]:
+    """The tasks asked for (a comma list, or names), lm-eval installed and the include directory checked: all before
+    any model loads."""
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise ConfigError("--lm-eval names no task\n  fix: e.g. --lm-eval arc_easy,hellaswag")
+    found = importlib.util.find_spec("lm_eval")
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError("--lm-eval needs lm-evaluation-harness\n  fix: pip install 'tuneforge[lm-eval]' (make "
+                          "installs it)")
+    if include_path is not None:
+        _check_include(Path(include_path), allow_code, Path(found.submodule_search_locations[0]).resolve())
+    return names
+
+
+def _check_include(directory: Path, allow_code: bool, library: Path) -> None:
+    """A directory of task YAMLs that exists, whose tasks (and the YAMLs they include) run no Python unless the user
+    said they may: lm-eval imports the module a `!function` names, or a task's `class`, from beside the YAML."""
+    if not directory.is_dir():
+        raise ConfigError(f"--lm-eval-include {directory}: not a directory\n  fix: give the directory that holds your "
+                          "task YAMLs")
+    if allow_code:
+        return
+    seen: set[Path] = set()
+    pending = sorted(directory.glob("**/*.yaml"))
+    while pending:
+        path = pending.pop().resolve()
+        if path in seen or path.is_relative_to(library):  # lm-eval's own task files are the library's code
+            continue
+        seen.add(path)
+        text = path.read_text(errors="replace")
+        try:
+            data = yaml.load(text, Loader=_TagTolerantLoader)  # a SafeLoader that keeps tags as text
+        except yaml.YAMLError:
+            data = None  # lm-eval skips a YAML it cannot read
+        code = "!function" in text or (isinstance(data, dict) and "class" in data)
+        if code:
+            raise ConfigError(f"--lm-eval-include: {path} runs Python (a `!function` or a task `class`): third-party "
+                              "task code runs only when you say so\n  fix: read the code it names, then pass "
+                              "--lm-eval-allow-code (lm_eval_allow_code=True in Python)")
+        included = data.get("include") if isinstance(data, dict) else None
+        for name in [included] if isinstance(included, str) else included or []:
+            if isinstance(name, str):
+                pending.append(path.parent / name)
+
+
+class _TagTolerantLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, reading any tag (`!function x.y`) as the text it tags."""
+
+
+_TagTolerantLoader.add_multi_constructor("!", lambda loader, tag, node: loader.construct_scalar(node)
+                                         if isinstance(node, yaml.ScalarNode) else None)
+
+
+@contextmanager
+def _overridden_tasks() -> Iterator[list[tuple[str, str]]]:
+    """The (task, YAML) pairs that lm-eval's index says replace a task of an earlier path (a built-in one)."""
+    import logging
+
+    found: list[tuple[str, str]] = []
+
+    class Listen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "overrides existing task" in str(record.msg) and len(record.args or ()) >= 2:
+                found.append((str(record.args[0]), str(record.args[1])))
+
+    logger = logging.getLogger("lm_eval.tasks._index")
+    handler, level, propagate = Listen(logging.WARNING), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @contextmanager

@@ -16,10 +16,13 @@ from tuneforge.engine.labelled import labelled_scores, predict
 from tuneforge.engine.session import Prepared, Recipe, Session, make_evaluator
 from tuneforge.errors import ConfigError
 from tuneforge.evaluation import classification
+from tuneforge.evaluation.harness import requested_tasks
 from tuneforge.evaluation.multiple_choice import bench_scores, read_questions
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.objectives import get_objective, validate_objective_params
 from tuneforge.objectives.base import Frozen
+from tuneforge.runs.layout import write_json
+from tuneforge.runs.paths import require_writable_file
 from tuneforge.runs.trained import TrainedRun, load_trained, reference_of, require_run_dir, resolve_rewards
 
 
@@ -39,9 +42,12 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Seq
              batch_size: int = 16, max_new_tokens: int = 64, max_examples: int | None = None,
              bench: str | None = None, shots: int | None = None, style: str = "letters",
              lm_eval: str | Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
-             limit: int | None = None) -> Evaluation:
+             limit: int | None = None, lm_eval_allow_code: bool = False, output: str | Path | None = None
+             ) -> Evaluation:
     """Score a finished run: on `data` (any supported format) by the evaluator its training used, on a multiple-
-    choice `bench` (few-shot `shots`, `style` letters or choices), and on lm-evaluation-harness `lm_eval` tasks."""
+    choice `bench` (few-shot `shots`, `style` letters or choices), and on lm-evaluation-harness `lm_eval` tasks
+    (task code from `lm_eval_include` runs only with `lm_eval_allow_code`); with `output`, the scores and samples
+    are also written there as JSON (checked writable before anything is scored)."""
     if not (data or bench or lm_eval):
         raise ConfigError("nothing to evaluate on\n  fix: give --data FILE, --bench FILE or --lm-eval TASKS")
     if style not in ("letters", "choices"):
@@ -54,6 +60,9 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Seq
     wanted = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics or []) or default, "--metrics",
                            task)
     questions = read_questions(bench) if bench else None
+    lm_tasks = requested_tasks(lm_eval, lm_eval_include, lm_eval_allow_code) if lm_eval is not None else []
+    if output is not None:
+        require_writable_file(Path(output), "--output")
     trained = load_trained(run_dir)
     scores, samples = {}, []
     if data:
@@ -65,13 +74,17 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Seq
                                              batch_size=batch_size, autocast=trained.autocast)
         scores.update(scored)
         samples += [{"bench": True, **sample} for sample in bench_samples]
-    if lm_eval:
-        from tuneforge.evaluation.harness import lm_eval_scores
+    if lm_tasks:
+        from tuneforge.evaluation.harness import lm_eval_scores  # imports lm-eval (seconds)
 
-        tasks = [t.strip() for t in lm_eval.split(",")] if isinstance(lm_eval, str) else list(lm_eval)
-        scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, [t for t in tasks if t], shots=shots,
-                                           batch_size=batch_size, include_path=lm_eval_include, limit=limit)
-    return Evaluation(scores, samples)
+        scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, lm_tasks, shots=shots,
+                                           batch_size=batch_size, include_path=lm_eval_include, limit=limit,
+                                           allow_code=lm_eval_allow_code)
+    evaluation = Evaluation(scores, samples)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(output), {"scores": evaluation.scores, "samples": evaluation.samples})
+    return evaluation
 
 
 def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,

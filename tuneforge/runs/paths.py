@@ -56,6 +56,13 @@ def _walk(root: Path) -> Iterable[Path]:
             yield from _walk(path)
 
 
+def require_writable_file(path: Path, what: str) -> None:
+    """Before anything slow runs: `path` can be written as a file (the folders above it are made if missing)."""
+    if path.is_dir():
+        raise RunDirError(f"{what} {path} is a directory\n  fix: give a file path, e.g. {path / 'scores.json'}")
+    require_writable_dir(path.parent, what)
+
+
 def require_writable_dir(directory: Path, what: str) -> None:
     """Before anything slow runs: `directory` is a directory or can become one, and files can be written there.
     Tried for real (a file made and removed in the directory, or in its nearest existing parent), since
