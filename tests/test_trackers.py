@@ -68,7 +68,7 @@ def test_every_number_of_a_row_reaches_the_trackers_by_its_path(tmp_path):
             self.rows.append(numbers)
 
     metrics = MetricsLog(tmp_path)
-    metrics._trackers = [kept := Kept()]
+    metrics._trackers = {"kept": (kept := Kept())}
     metrics.log(3, "train", {"loss": 0.5, "skipped": False, "samples": [1, 2],
                              "tasks": {"iso": 3, "upper": {"exact_match": 50.0}}})
     metrics._file.close()
@@ -149,3 +149,69 @@ def test_a_wandb_run_is_offline_without_a_login_and_holds_the_metrics_and_files(
     assert {"eval.json", "run.json", "tuneforge-config.yaml", "metrics.jsonl"} <= {p.name for p in files.iterdir()}
     assert not any(p.is_symlink() for p in files.iterdir())
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "mlflow").exists()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_an_mlflow_server_that_does_not_answer_is_refused_before_the_run_directory_is_made(tmp_path, tiny_model_dir,
+                                                                                           monkeypatch):
+    """Issue 30, finding 7: MLFLOW_TRACKING_URI at a closed port hung the run for 255 s, then a traceback."""
+    import time
+
+    from typer.testing import CliRunner
+
+    from tests.test_user_errors import config_file
+    from tuneforge.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://user:secret@127.0.0.1:{closed_port()}")
+    path = config_file(tmp_path, tiny_model_dir, output={"trackers": ["mlflow"]})
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["train", str(path), "--quiet"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "output.trackers" in result.output and "does not answer" in result.output and "fix:" in result.output
+    assert "secret" not in result.output
+    assert time.perf_counter() - started < 30 and not (tmp_path / "run").exists()
+
+
+def test_wandb_logged_in_without_its_server_logs_offline(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Issue 30, finding 7: W&B with a key set on an offline node hung 98 s, then a traceback."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    run_dir = train(tiny_config(tmp_path, tiny_model_dir, output={"trackers": ["wandb"]}, train={"max_steps": 2})
+                    ).run_dir
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert list(run_dir.glob("wandb/offline-run-*")) and "logging offline" in capsys.readouterr().out
+
+
+def test_a_tracker_that_fails_mid_run_is_dropped_and_the_run_goes_on(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Issue 30, finding 7: a tracking server that goes away mid-run would have killed the run."""
+    from tuneforge.runs import metrics
+
+    calls = []
+
+    class Flaky:
+        def __init__(self, run_dir, resume_step, params):
+            pass
+
+        def log(self, step, numbers):
+            calls.append(step)
+            if len(calls) == 2:
+                raise ConnectionError("the tracking server went away")
+
+        def close(self, artifacts, failed):
+            raise AssertionError("a dropped tracker is not closed")
+
+    monkeypatch.setitem(metrics.TRACKERS, "tensorboard", Flaky)
+    run_dir = train(tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 4}, output={"trackers": ["tensorboard"]}),
+                    quiet=True).run_dir
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    assert len(calls) == 2 and len([r for r in read_metrics(run_dir) if r["kind"] == "train"]) == 4
+    assert "tracker tensorboard failed (ConnectionError: the tracking server went away)" in capsys.readouterr().out

@@ -1,20 +1,25 @@
 """Where a run's numbers go: metrics.jsonl in the run directory (always) and the trackers the config names
-(`output.trackers`: TensorBoard by default, MLflow, W&B), each imported only when chosen."""
+(`output.trackers`: TensorBoard by default, MLflow, W&B), each imported only when chosen. A tracker never takes a
+run down: each is checked before the run directory is made (`check_trackers`: installed, its server answering),
+and one that fails later is said once and dropped while the run goes on."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import RunConfig, redacted
 from tuneforge.engine.console import Metrics
+from tuneforge.errors import ConfigError
 from tuneforge.runs.layout import METRICS_FILE, metric_rows
 
 
@@ -23,15 +28,19 @@ class MetricsLog(Metrics):
     after the resumed step are dropped so the file reads as one uninterrupted run. `params` (the run's config) go
     to the trackers that keep parameters; `close` hands them the run's result files and its end state."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig | None = None, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, cfg: RunConfig | None = None, resume_step: int | None = None,
+                 warn: Callable[[str], None] = print):
         self.path = run_dir / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [row for row in metric_rows(self.path) if row.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self._file = self.path.open("a", encoding="utf-8")
-        trackers = cfg.output.chosen_trackers if cfg is not None else []
+        self._warn = warn
         params = redacted(cfg.model_dump(mode="json")) if cfg is not None else {}  # as config.yaml has it
-        self._trackers = [TRACKERS[name](run_dir, resume_step, params) for name in trackers]
+        self._trackers: dict[str, Any] = {}
+        for name in cfg.output.chosen_trackers if cfg is not None else []:
+            self._call(name, lambda name=name: self._trackers.__setitem__(name, TRACKERS[name](run_dir, resume_step,
+                                                                                                params)))
 
     def log(self, step: int, kind: str, values: dict[str, Any]) -> None:
         row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
@@ -39,13 +48,71 @@ class MetricsLog(Metrics):
         self._file.flush()
         numbers = {key: float(value) for key, value in _flatten(values, f"{kind}/", "/").items()
                    if isinstance(value, int | float) and not isinstance(value, bool)}
-        for tracker in self._trackers:
-            tracker.log(step, numbers)
+        for name, tracker in list(self._trackers.items()):
+            self._call(name, lambda tracker=tracker: tracker.log(step, numbers))
 
     def close(self, artifacts: Sequence[Path] = (), failed: bool = False) -> None:
         self._file.close()
-        for tracker in self._trackers:
-            tracker.close([p for p in artifacts if p.is_file()], failed)
+        for name, tracker in list(self._trackers.items()):
+            self._call(name, lambda tracker=tracker: tracker.close([p for p in artifacts if p.is_file()], failed))
+
+    def _call(self, name: str, call: Callable[[], None]) -> None:
+        """A tracker's call; one that fails is said once and dropped (metrics.jsonl keeps every row)."""
+        try:
+            call()
+        except Exception as exc:  # a tracker's failure of any kind must not end the run
+            self._trackers.pop(name, None)
+            self._warn(f"warning: tracker {name} failed ({type(exc).__name__}: {str(exc).strip()[:300]}); the run "
+                       f"goes on without it, every row is in {self.path}")
+
+
+def check_trackers(cfg: RunConfig, where: str) -> list[str]:
+    """Before the run directory is made: each chosen tracker is installed and its server, where one is named,
+    answers (else a run would wait minutes for it, then fail). What to tell the user (W&B going offline)."""
+    notes = []
+    for name in cfg.output.chosen_trackers:
+        module = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{where}: tracker {name} is not installed\n  fix: pip install 'tuneforge[trackers]', or "
+                              f"remove {name} from output.trackers")
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if name == "mlflow" and uri.startswith(("http://", "https://")) and not _answers(uri):
+            raise ConfigError(f"{where}: the MLflow server at MLFLOW_TRACKING_URI ({_shown(uri)}) does not answer\n  "
+                              "fix: start it, unset MLFLOW_TRACKING_URI to keep the MLflow run inside the run "
+                              "directory, or remove mlflow from output.trackers")
+        if name == "wandb" and _wandb_logged_in() and not _answers(_wandb_server()):
+            server, chosen = _shown(_wandb_server()), os.environ.get("WANDB_MODE")
+            if chosen == "online":
+                raise ConfigError(f"{where}: WANDB_MODE=online but W&B's server {server} does not answer\n  fix: "
+                                  "unset WANDB_MODE (tuneforge then logs offline), or remove wandb from "
+                                  "output.trackers")
+            if not chosen:
+                notes.append(f"note: W&B's server {server} does not answer: logging offline into the run "
+                             "(`wandb sync RUN/wandb/offline-run-*` uploads it later)")
+    return notes
+
+
+def _shown(url: str) -> str:
+    """A server's address without any user name or password in it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+
+
+@functools.cache
+def _answers(url: str, timeout_s: float = 5.0) -> bool:
+    """Whether a server answers at `url` at all (any HTTP status counts), within a few seconds."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 class TensorBoardTracker:
@@ -73,6 +140,9 @@ class MlflowTracker:
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
+        # a server that goes away mid-run costs one call of about a minute (MLflow's own default retries for minutes)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         folder = run_dir / "mlflow"
         folder.mkdir(exist_ok=True)
         self.client = MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")
@@ -130,7 +200,7 @@ class WandbTracker:
         folder.mkdir(exist_ok=True)
         run_id = _resumed_run_id(folder, resume_step) or secrets.token_hex(4)
         (folder / "run_id").write_text(run_id)
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+        mode = _wandb_mode()
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "tuneforge"), name=run_dir.name, id=run_id,
                               resume="allow", dir=str(run_dir), mode=mode, config=params,
                               settings=wandb.Settings(silent=True, console="off"))
@@ -146,6 +216,16 @@ class WandbTracker:
             shutil.copyfile(path, Path(self.run.dir) / ("tuneforge-config.yaml" if path.name == "config.yaml"
                                                         else path.name))
         self.run.finish(exit_code=1 if failed else 0)
+
+
+def _wandb_mode() -> str:
+    """WANDB_MODE when the user chose it; else online where logged in and the server answers, offline otherwise."""
+    return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() and _answers(_wandb_server())
+                                            else "offline")
+
+
+def _wandb_server() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
 
 
 def _wandb_logged_in() -> bool:

@@ -46,7 +46,7 @@ from tuneforge.runs.layout import (
     write_json,
 )
 from tuneforge.runs.lock import is_locked, run_lock
-from tuneforge.runs.metrics import MetricsLog
+from tuneforge.runs.metrics import MetricsLog, check_trackers
 
 STATE_FILE = "state.safetensors"  # a finished phase's end state (its trained weights and a strategy's tensors)
 
@@ -109,7 +109,7 @@ class Phase:
         run = self.run
         self.dir.mkdir(parents=True, exist_ok=True)
         run.clock = time.perf_counter()
-        metrics = (MetricsLog(self.dir, run.cfg, resume_step=resume_step) if run.world.main
+        metrics = (MetricsLog(self.dir, run.cfg, resume_step=resume_step, warn=run.console.info) if run.world.main
                    else Metrics())
         run.metrics = metrics
         if run.unlogged_before:  # the base model's scores, a row like every evaluation's
@@ -176,7 +176,10 @@ class Run(Phase):
         cfg = loaded.run
         with run_lock(run_dir) if world.main else nullcontext():
             inputs = run_inputs(loaded) if cfg.output.overwrite and not resume else ()
-            resuming = world.from_main(lambda: check_run_dir(run_dir, resume, cfg.output.overwrite, inputs))
+            resuming, notes = world.from_main(lambda: (check_run_dir(run_dir, resume, cfg.output.overwrite, inputs),
+                                                       check_trackers(cfg, loaded.where("output", "trackers"))))
+            for note in notes:
+                console.info(note)
             run = cls(loaded, console, world, run_dir, resuming, force, checkpoints)
             try:
                 yield run
