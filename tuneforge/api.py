@@ -10,6 +10,7 @@ Every function is documented with a runnable example in docs/python-api.md (exec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ def train(config: ConfigLike, overrides: Sequence[str] = (), *, resume: bool = F
     loaded = load(config, overrides)
     if nproc > 1:
         return _train_in_processes(loaded, overrides, nproc, resume=resume, force=force, quiet=quiet)
-    from tuneforge.engine.distributed import require_one_process, world
+    from tuneforge.engine.distributed import leave_world, require_one_process
     from tuneforge.reports.plots import plot_confusion, plot_loss
     from tuneforge.reports.tasks import write_task_report
     from tuneforge.strategies import strategy_for
@@ -58,8 +59,11 @@ def train(config: ConfigLike, overrides: Sequence[str] = (), *, resume: bool = F
     strategy, params = strategy_for(loaded)
     if not strategy.data_parallel:
         require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
-    result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
-    if world().main:  # the other processes of a distributed run write nothing
+    try:
+        result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
+    finally:  # a process of a distributed run ends its process group however it ends: exiting with it live aborts
+        leave_world()
+    if int(os.environ.get("RANK", "0")) == 0:  # the other processes of a distributed run write nothing
         plot_loss(result.run_dir)
         plot_confusion(result.run_dir)  # a classification run's
         write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks

@@ -151,6 +151,17 @@ def test_a_process_failing_at_start_stops_the_run(reference, tmp_path):
     assert seconds < 30
 
 
+def test_a_user_error_found_by_the_processes_exits_2_with_one_message(reference, tmp_path):
+    """Issue 30, finding 9: the located error was printed, then rank 0 aborted (SIGABRT: exiting with its process
+    group live) and torchrun printed its own traceback."""
+    config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
+    result, _ = launch(config, tmp_path, "train.grad_accum=1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("grad_accum is 1 but 2 processes share") == 1 and "fix:" in result.stderr
+    assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+    assert "killed by" not in result.stderr
+
+
 @pytest.mark.slow
 def test_a_stalled_process_is_an_error_within_the_timeout(reference, tmp_path):
     """SIGSTOP (not a death: the connection stays open) of one process: the other names the stall within
