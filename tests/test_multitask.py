@@ -35,6 +35,16 @@ def test_task_weights_by_hand(sampling, expected):
     assert task_weights(specs, [100, 25], sampling, 2.0) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("temperature", [0.001, 1e-6, 1000.0])
+def test_extreme_temperatures_give_the_limits_not_an_overflow(temperature):
+    """Issue 30, finding 10: data.temperature 0.001 raised OverflowError in n ** (1/T). A T near 0 gives the
+    largest task the whole mixture, a large T tends to uniform."""
+    specs = [DatasetSpec(path="a", task="a"), DatasetSpec(path="b", task="b")]
+    weights = task_weights(specs, [100, 25], "temperature", temperature)
+    expected = [1.25, 0.0] if temperature < 1 else [62.5 / 100, 62.5 / 25]
+    assert weights == pytest.approx(expected, rel=1e-2)
+
+
 def test_temperature_sampling_changes_the_counts_as_documented(tmp_path):
     specs = [DatasetSpec(**spec) for spec in task_files(tmp_path, {"big": 100, "small": 25})]
     counts = {}

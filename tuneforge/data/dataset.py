@@ -7,6 +7,7 @@ model is loaded. `encode_examples` then tokenizes with the over-long policy and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 from collections.abc import Callable, Sequence
@@ -103,9 +104,12 @@ def task_weights(specs: Sequence[DatasetSpec], sizes: Sequence[int], sampling: s
             per_task[spec.task] = per_task.get(spec.task, 0.0) + n
     if not per_task or sampling == "proportional":
         return [spec.weight for spec in specs]
-    mass = {"uniform": lambda n: 1.0, "temperature": lambda n: n ** (1.0 / temperature)}[sampling]
+    # n^(1/T) relative to the largest task's, in logs: a small T (0.001) would overflow a float
+    largest = max(math.log(n) for n in per_task.values() if n > 0) if any(per_task.values()) else 0.0
+    mass = {"uniform": lambda n: 1.0,
+            "temperature": lambda n: math.exp((math.log(n) - largest) / temperature) if n > 0 else 0.0}[sampling]
     total, norm = sum(per_task.values()), sum(mass(n) for n in per_task.values())
-    scale = {task: total * mass(n) / norm / n for task, n in per_task.items()}
+    scale = {task: total * mass(n) / norm / n if n > 0 else 0.0 for task, n in per_task.items()}
     return [spec.weight * scale[spec.task] if spec.task else spec.weight for spec in specs]
 
 
