@@ -418,6 +418,10 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_weights_load(tm
     config["objective"]["teacher"] = str(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"(?s)'objective.teacher'.*nowhere does not exist"):
         train(config, quiet=True)
+    config["objective"] = {"name": "kd", "teacher": str(tiny_model_dir), "top_k": 10**6}  # issue 30, finding 10
+    with pytest.raises(ConfigError, match=r"(?s)'objective.top_k'.*more than the vocabulary's"):
+        train(config, quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_student_make_refuses_what_it_cannot_do_with_exit_2(tmp_path, tiny_model_dir):

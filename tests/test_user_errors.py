@@ -155,6 +155,34 @@ def test_export_and_feedback_export_into_a_file(tmp_path, trained):
     assert (tmp_path / "file").read_text() == "keep"
 
 
+def test_outputs_are_written_whole_never_through_a_symlink_and_readable_by_others(tmp_path, trained, tiny_model_dir):
+    """Issue 30, findings 10 and 11: `student make` / `merge --out` a symlink gave tracebacks; a killed `student make`
+    or `export` left random-named hidden staging folders behind, and their outputs were mode 0700."""
+    import os
+
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    for args in (["student", "make", "--from", str(tiny_model_dir), "--layers", "1"], ["merge", str(trained),
+                 str(trained)], ["export", str(trained), "--merge"]):
+        refused([*args, "--out", str(link)], "--out", "is a symlink", "fix:")
+    assert link.is_symlink() and not any(target.iterdir())
+    stale = tmp_path / ".student.tuneforge-staging"  # what a student make killed mid-way leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    student = tmp_path / "student"
+    made = runner.invoke(app, ["student", "make", "--from", str(tiny_model_dir), "--layers", "1", "--out",
+                               str(student)])
+    assert made.exit_code == 0, made.output
+    assert not stale.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    umask = os.umask(0)
+    os.umask(umask)
+    assert student.stat().st_mode & 0o777 == 0o777 & ~umask  # as any directory made here, not 0700
+    refused(["student", "make", "--from", str(student), "--layers", "1", "--out", str(tmp_path / "smaller")],
+            "a single decoder layer", "fix:")
+    assert not (tmp_path / "smaller").exists()
+
+
 @pytest.mark.parametrize("command", [["feedback", "stats"], ["feedback", "export", "--out", "x"]])
 def test_a_feedback_db_that_is_not_sqlite(tmp_path, command):
     (tmp_path / "notes.db").write_text("not a database\n")

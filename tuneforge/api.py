@@ -196,19 +196,23 @@ def make_student(source: str | Path, layers: int, out: str | Path) -> dict:
     from tuneforge.models import student
     from tuneforge.runs.export import merged_model
     from tuneforge.runs.identity import run_identity
-    from tuneforge.runs.paths import require_writable_dir
+    from tuneforge.runs.paths import require_new_output, staged
 
     source, out = str(source), Path(out)
-    require_writable_dir(out, "--out")
+    require_new_output(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} already exists and is not empty\n  fix: choose a new directory, or remove it")
     run = Path(source).expanduser()
     if source != "default" and not run.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
         raise ConfigError(f"--from {source}: no such model directory or run\n  fix: give 'default', a Hugging Face "
                           "model directory, a hub id, or a finished tuneforge run")
-    if not (run / "config.yaml").is_file():
-        return student.make_student(ModelConfig(path=source), layers, out)
-    model, tokenizer, _ = merged_model(run)
-    return student.make_student(ModelConfig(path=source), layers, out, model=model, tokenizer=tokenizer,
-                                source_sha256=run_identity(run, load_config(run / "config.yaml").run.model))
+    teacher = {}
+    if (run / "config.yaml").is_file():  # a finished run: what it trained merged in
+        model, tokenizer, _ = merged_model(run)
+        teacher = {"model": model, "tokenizer": tokenizer,
+                   "source_sha256": run_identity(run, load_config(run / "config.yaml").run.model)}
+    with staged(out, "--out") as staging:
+        return student.make_student(ModelConfig(path=source), layers, staging, **teacher)
 
 
 def student_report(teacher: str | Path, students: Sequence[str | Path], out: str | Path,

@@ -5,8 +5,6 @@ Sanh et al. initialise a student from every other teacher layer), written as a p
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -46,6 +44,9 @@ def shrink(model, layers: int) -> list[int]:
     """Keep `layers` of the model's decoder layers in place (renumbering their cache slots and the config);
     returns the teacher's indices of the kept ones."""
     stack, path = layer_stack(model)
+    if len(stack) < 2:
+        raise ConfigError(f"--layers {layers}: the model has a single decoder layer, so no student can have fewer\n  "
+                          "fix: make the student from a model with more layers")
     if not 1 <= layers < len(stack):
         raise ConfigError(f"--layers {layers}: the model has {len(stack)} decoder layers\n  fix: ask for 1 to "
                           f"{len(stack) - 1}")
@@ -70,32 +71,21 @@ STUDENT_MARKER = "tuneforge_student.json"  # where the student came from, and th
 
 def make_student(source: ModelConfig, layers: int, out: Path, *, model=None, tokenizer=None,
                  source_sha256: str | None = None) -> dict:
-    """Write the student to `out` (a new directory, complete or absent: written beside it, then renamed), with
-    tuneforge_student.json saying what it was made from (`source_sha256`: the teacher's identity, by default the
+    """Write the student into `out` (a new or empty directory: `api.make_student` has it written whole or not at all),
+    with tuneforge_student.json saying what it was made from (`source_sha256`: the teacher's identity, by default the
     digest of `source`'s files) and the sha256 of each weight file. `model` / `tokenizer`: the teacher already
     loaded (a tuneforge run, merged), else loaded from `source`."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out} already exists and is not empty\n  fix: choose a new directory, or remove it")
     model = model if model is not None else load_causal_lm(source)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
     before = sum(p.numel() for p in model.parameters())
     total = len(layer_stack(model)[0])
     kept = shrink(model, layers)
     model.config.use_cache = True  # a plain Hugging Face model again: generation uses its cache
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
-        (scratch / STUDENT_MARKER).write_text(json.dumps({
-            "from": source.path, "source_sha256": source_sha256 or model_digest(source), "kept_layers": kept,
-            "weights_sha256": {p.name: sha256_of(p) for p in sorted(scratch.glob("*.safetensors"))}}, indent=1))
-        if out.exists():
-            out.rmdir()
-        scratch.rename(out)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / STUDENT_MARKER).write_text(json.dumps({
+        "from": source.path, "source_sha256": source_sha256 or model_digest(source), "kept_layers": kept,
+        "weights_sha256": {p.name: sha256_of(p) for p in sorted(out.glob("*.safetensors"))}}, indent=1))
     return {"teacher_layers": total, "kept_layers": kept, "teacher_parameters": before,
             "student_parameters": sum(p.numel() for p in model.parameters())}

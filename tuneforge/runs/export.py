@@ -4,8 +4,6 @@ that transformers loads with no tuneforge or peft installed."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from tuneforge.models.digest import sha256_of
 from tuneforge.runs.gguf import check_model, check_quants, modelfile, write_gguf
 from tuneforge.runs.identity import run_identity
 from tuneforge.runs.layout import CONFIG_FILE
-from tuneforge.runs.paths import refuse_unsafe_replace, require_writable_dir
+from tuneforge.runs.paths import refuse_unsafe_replace, require_new_output, staged
 from tuneforge.runs.trained import load_trained
 
 MARKER = "tuneforge_export.json"  # says the directory is an export, which --overwrite may replace
@@ -32,7 +30,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     directory, or with `gguf` one GGUF file per type named there (the adapter folded in whatever `merge` says)
     and an Ollama Modelfile for the first."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    require_writable_dir(out_dir, "--out")
+    require_new_output(out_dir, "--out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise RunDirError(f"export directory {out_dir} is not empty\n  fix: choose another --out, or pass --overwrite")
     refuse_unsafe_replace(out_dir, MARKER, "export directory", inputs=[run_dir])
@@ -42,9 +40,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
     if gguf:
         check_model(model.config)
     model.config.use_cache = True  # tuneforge turns the KV cache off for training; inference wants it
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged(out_dir, "--out") as staging:
         files = {}
         if gguf:
             for quant in gguf:
@@ -61,11 +57,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, merge: bool, overwri
                                                   "weights_sha256": {p.name: sha256_of(p) for p in sorted(
                                                       [*staging.glob("*.safetensors"), *staging.glob("*.gguf")])},
                                                   **({"gguf": files} if gguf else {})}, indent=1))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

@@ -42,7 +42,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
     if not 0 < density <= 1:
         raise ConfigError(f"--density {density}: must be in (0, 1]\n  fix: e.g. --density 0.5")
     out = Path(out)
-    paths.require_writable_dir(out, "--out")
+    paths.require_new_output(out, "--out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(f"--out {out} is not empty\n  fix: choose another directory or pass --overwrite")
@@ -71,9 +71,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
         raise ConfigError(f"the merged adapter holds NaN or inf values ({bad}): --weights "
                           f"{','.join(map(str, weights))} are too large for these adapters\n  fix: use weights of "
                           "ordinary size, e.g. --weights 0.5,0.5")
-    staging = out.with_name(f".{out.name}.merging")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with paths.staged(out, "--out") as staging:
         model.save_pretrained(staging / "peft", selected_adapters=["merged"], safe_serialization=True)
         (staging / "peft" / "merged").rename(staging / ADAPTER_DIR)
         shutil.rmtree(staging / "peft")
@@ -85,10 +83,4 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, *, how: str = "ties"
             "status": COMPLETE, "merged": {"runs": [str(r) for r in runs], "how": how, "weights": weights,
                                            "density": density if kwargs else None, "seed": seed},
             **weights_record(staging, first.model)})
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -6,7 +6,9 @@ one above it, a directory holding the run's own inputs, or one without tuneforge
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tuneforge.errors import RunDirError
@@ -54,6 +56,35 @@ def _walk(root: Path) -> Iterable[Path]:
         yield path
         if path.is_dir() and not path.is_symlink():
             yield from _walk(path)
+
+
+@contextmanager
+def staged(out: Path, what: str) -> Iterator[Path]:
+    """A directory written whole or not at all: the block writes into a staging folder beside `out` (one that a
+    killed writer left there is removed first), renamed to `out` — replacing what is there — when the block ends,
+    removed when it raises."""
+    require_new_output(out, what)
+    staging = out.with_name(f".{out.name}.tuneforge-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def require_new_output(out: Path, what: str) -> None:
+    """Before anything slow runs: a staged output (`staged`) can be written at `out`: a writable place, not a
+    symlink (the output is renamed into place, which would replace the link, not fill its target)."""
+    if out.is_symlink():
+        raise RunDirError(f"{what} {out} is a symlink (to {out.resolve()}); the output is written beside it and "
+                          "renamed into place, which would replace the link, not fill its target\n  fix: give the "
+                          "real directory's path")
+    require_writable_dir(out, what)
 
 
 def require_writable_file(path: Path, what: str) -> None:

@@ -34,6 +34,11 @@ def read_recipe(loaded: LoadedConfig) -> Recipe:
                           "every sequence, so sequences cannot share a packed row\n  fix: set train.packing: false")
     teacher = (teacher_source(loaded, objective_params.teacher) if isinstance(objective_params, KdParams | SeqkdParams)
                else None)
+    top_k = getattr(objective_params, "top_k", None)
+    if teacher is not None and top_k and top_k > len(teacher.tokenizer):
+        raise ConfigError(f"{loaded.where('objective', 'top_k')}: top_k {top_k} is more than the vocabulary's "
+                          f"{len(teacher.tokenizer)} tokens\n  fix: remove top_k to compare over the whole vocabulary, "
+                          "or give a smaller k (e.g. 32)")
     return Recipe(method, method_params, objective, objective_params, rewards, teacher)
 
 
