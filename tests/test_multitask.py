@@ -124,6 +124,14 @@ def test_per_task_adapters_are_served_on_one_base_and_merge(tmp_path, tiny_model
     merged = CliRunner().invoke(app, ["merge", str(result.run_dir), "--out", str(tmp_path / "merged")])
     assert merged.exit_code == 0, merged.output
     assert (tmp_path / "merged" / "adapter" / "adapter_model.safetensors").is_file()
+    # issue 30, finding 11: eval, export and student make called the finished run "did not finish"
+    for args in (["eval", str(result.run_dir), "--data", config["data"]["test"][0]["path"]],
+                 ["export", str(result.run_dir), "--out", str(tmp_path / "hf"), "--merge"],
+                 ["student", "make", "--from", str(result.run_dir), "--layers", "1", "--out", str(tmp_path / "s")]):
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and "per-task multitask run" in refused.output, refused.output
+        assert f"e.g. {result.run_dir / 'adapters' / 'alpha'}" in refused.output
+        assert "did not finish" not in refused.output
 
 
 def test_shared_adapters_train_the_mixture_in_one_run(tmp_path, tiny_model_dir):

@@ -26,7 +26,7 @@ from tuneforge.models.load import load_causal_lm, load_model
 from tuneforge.objectives import get_objective
 from tuneforge.objectives.params import OnlineParams
 from tuneforge.runs.identity import run_identity, verify_weights
-from tuneforge.runs.layout import CONFIG_FILE
+from tuneforge.runs.layout import ADAPTERS, COMPLETE, CONFIG_FILE, RUN_FILE, read_json, status_of
 
 
 @dataclass
@@ -73,6 +73,12 @@ def require_run_dir(run_dir: Path) -> RunConfig:
     cfg = load_config(config_path).run
     method = get_method(cfg.method.name)
     if not (Path(run_dir) / method.output_subdir).is_dir():
+        strategy = read_json(Path(run_dir) / RUN_FILE).get("strategy") or {}
+        if strategy.get("adapters") == "per_task" and status_of(run_dir) == COMPLETE:  # an adapter per task
+            tasks = [str(Path(run_dir) / ADAPTERS / task) for task in strategy.get("tasks", [])]
+            raise RunDirError(f"{run_dir} is a per-task multitask run: it trained one adapter per task, each a run of "
+                              f"its own ({', '.join(tasks[:4])})\n  fix: give one of them"
+                              f"{f', e.g. {tasks[0]}' if tasks else ''} (chat and merge take the whole run)")
         raise RunDirError(f"{run_dir} has no {method.output_subdir}/ — the run did not finish\n  fix: resume it with "
                           "`tuneforge train <config> --resume`, or use a finished run")
     return cfg
