@@ -19,6 +19,7 @@ from tuneforge.evaluation.multiple_choice import (
     Question,
     continuation_ids,
     loglikelihoods,
+    question_text,
     read_questions,
     requests,
     score_questions,
@@ -78,6 +79,8 @@ def test_the_three_scores_pick_by_sum_characters_and_tokens(tokenizer, monkeypat
     ({"question": "q", "choices": ["a"], "answer": 0}, "field 'choices': must be a list of 2 to 26"),
     ({"question": "q", "choices": ["a", ""], "answer": 0}, "field 'choices'"),
     ({"prompt": "q"}, "needs 'question'"),
+    ({"question": "  ", "choices": ["a", "b"], "answer": 0}, "field 'question': is empty"),  # issue 30, finding 11
+    ({"question": "q", "choices": ["Paris", "Rome", "Paris "], "answer": 0}, "'Paris' is listed twice"),
 ])
 def test_bad_records_are_refused_at_their_line(tmp_path, record, message):
     path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "ok", "choices": ["a", "b"], "answer": "b"}, record])
@@ -85,6 +88,29 @@ def test_bad_records_are_refused_at_their_line(tmp_path, record, message):
         read_questions(str(path))
     assert read_questions(str(write_jsonl(tmp_path / "ok.jsonl", [{"question": "ok", "choices": ["a", "b"],
                                                                     "answer": "b"}])))[0].answer == 1
+
+
+def test_bytes_that_are_not_utf8_are_named_as_such(tmp_path):
+    path = tmp_path / "mc.jsonl"
+    path.write_bytes(b'{"question": "ok", "choices": ["a", "b"], "answer": 0}\n{"question": "caf\xe9", "choices": '
+                     b'["a", "b"], "answer": 0}\n')
+    with pytest.raises(DataError, match=r"mc.jsonl:2: .*UTF-8"):
+        read_questions(str(path))
+
+
+def test_a_prompt_longer_than_the_context_loses_its_start_as_lm_eval_cuts_it_and_says_so(tokenizer):
+    model = build_tiny_llama(tokenizer, seed=5).eval()
+    model.config.max_position_embeddings = 24
+    long = Question("why " * 40 + "?", ("yes", "no"), 0)
+    scores, samples = score_questions(model, tokenizer, [long, Question("ok?", ("yes", "no"), 1)], shots=0,
+                                      style="choices")
+    assert scores["truncated"] == 1
+    context, continuation = continuation_ids(tokenizer, question_text(long, "choices"), " yes")
+    kept = (context + continuation)[-25:]  # lm-eval: the last max_length + 1 tokens, the final one predicted only
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([kept[:-1]])).logits[0].float(), -1)
+    expected = sum(logprobs[len(kept) - 1 - len(continuation) + i, t].item() for i, t in enumerate(continuation))
+    assert samples[0]["loglikelihoods"][0] == pytest.approx(expected, abs=1e-4)
 
 
 def test_scores_agree_with_lm_evaluation_harness_on_the_bundled_set(tokenizer):

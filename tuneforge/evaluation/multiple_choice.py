@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tuneforge.data.sources import read_records
+from tuneforge.data.sources import Malformed, read_records
 from tuneforge.errors import DataError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -44,6 +44,8 @@ def read_questions(path: str) -> list[Question]:
         def refuse(field: str | None, problem: str, fix: str, record=record):
             raise DataError(record.path, record.where, field, problem, fix)
 
+        if isinstance(row, Malformed):  # bytes that are not UTF-8, a line that is not JSON
+            refuse(None, row.problem, row.fix)
         if not isinstance(row, dict) or not isinstance(row.get("question"), str):
             refuse(None, "a multiple-choice record needs 'question' (text), 'choices' (a list of texts) and "
                    "'answer' (an index or a letter)", "write it in the MMLU layout")
@@ -52,6 +54,13 @@ def read_questions(path: str) -> list[Question]:
                 not all(isinstance(c, str) and c.strip() for c in choices):
             refuse("choices", f"must be a list of 2 to {len(LETTERS)} non-empty texts", "list the answers to "
                    "choose from")
+        if not row["question"].strip():
+            refuse("question", "is empty", "write the question's text")
+        stripped = [c.strip() for c in choices]
+        repeated = next((c for i, c in enumerate(stripped) if c in stripped[:i]), None)
+        if repeated is not None:
+            refuse("choices", f"{repeated!r} is listed twice, so which of them is right is ambiguous", "make every "
+                   "choice distinct")
         answer = row.get("answer")
         if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
             answer = LETTERS.index(answer.strip().upper())
@@ -148,6 +157,10 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
     asked = requests(questions, shots, style)
     pairs = [continuation_ids(tokenizer, prompt, TARGET_DELIMITER + choice)
              for _, prompt, choices in asked for choice in choices]
+    # a prompt longer than the model's context loses its first tokens, as lm-eval cuts it (said in `truncated`)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    long = [len(c) + len(t) - 1 > context for c, t in pairs] if context else [False] * len(pairs)
+    pairs = [(c[-(context + 1 - len(t)):] if cut else c, t) for (c, t), cut in zip(pairs, long, strict=True)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = model.training
     model.eval()
@@ -156,10 +169,11 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
     hits = {"acc": 0, "acc_norm": 0, "acc_per_token": 0}
     right, asked_in = Counter(), Counter()
     samples = []
-    cursor = 0
+    cursor = truncated = 0
     for question, _, choices in asked:
         ll = scores[cursor: cursor + len(choices)]
         lengths = [len(pairs[cursor + i][1]) for i in range(len(choices))]
+        truncated += any(long[cursor: cursor + len(choices)])
         cursor += len(choices)
         picks = {"acc": _argmax(ll), "acc_norm": _argmax([v / len(c) for v, c in zip(ll, choices, strict=True)]),
                  "acc_per_token": _argmax([v / n for v, n in zip(ll, lengths, strict=True)])}
@@ -172,6 +186,8 @@ def score_questions(model, tokenizer, questions: Sequence[Question], *, shots: i
                         "chosen": picks["acc"],
                         "loglikelihoods": ll})
     scores: dict = {name: 100.0 * count / len(asked) for name, count in hits.items()}
+    if truncated:
+        scores["truncated"] = truncated  # questions whose prompt lost its start to fit the model's context
     if len(asked_in) > 1:
         scores["subjects"] = {subject: 100.0 * right[subject] / asked_in[subject] for subject in sorted(asked_in)}
     return scores, samples
