@@ -487,3 +487,61 @@ def test_a_client_process_killed_mid_federation_does_not_stop_it(tmp_path, tiny_
     assert len(rounds[1]["missing"]) == 1 and rounds[1]["missing"][0].startswith("hospital-2 (")
     assert rounds[2]["clients"] == ["hospital-0", "hospital-1"]
     assert (tmp_path / "deployed" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_the_server_admits_only_the_clients_it_was_told_about():
+    """Issue 30, finding 1: a third SuperNode that claimed an admitted client's name (and 200 poisoned records)
+    joined round 1 and carried 93% of FedAvg's weight; `partition-id=-1` took the last client's name. Now a node is
+    admitted once, as the partition and name it claims when no connected node holds them; a colliding claim stops
+    the federation, a claim outside the federation is refused, and a reply that reports other examples than the
+    client was admitted with is not aggregated."""
+    from types import SimpleNamespace
+
+    from tuneforge.errors import TrainingError
+    from tuneforge.strategies.federated.server import _Roster, _Server
+    from tuneforge.strategies.params import FederatedParams
+
+    run = SimpleNamespace(loaded=None, console=None, dir=None)
+    server = _Server(run, FederatedParams(clients=2), None, None, None, ["t1", "t2"], (0, 0), {}, 0)
+
+    def reply(node: int, client: dict | None = None, metrics: dict | None = None):
+        return SimpleNamespace(has_error=lambda: client is None, error=SimpleNamespace(reason="no data"),
+                               content={"client": client or {}, "metrics": metrics or {}},
+                               metadata=SimpleNamespace(reply_to_message_id=f"m{node}", src_node_id=node))
+
+    server.destinations = {f"m{node}": node for node in range(10, 20)}
+    connected = {11, 12, 13, 14, 16}
+    server._admit_one(reply(11, {"name": "t1", "partition": 0, "examples": 20}), connected)
+    server._admit_one(reply(12, {"name": "t2", "partition": 1, "examples": 20}), connected)
+    with pytest.raises(TrainingError, match=r"(?s)SuperNode 13 says it is client 't1'.*SuperNode 11.*authentication"):
+        server._admit_one(reply(13, {"name": "t1", "partition": 0, "examples": 200}), connected)
+    with pytest.raises(TrainingError, match=r"SuperNode 13 says it is client 't3' \(partition 1\)"):
+        server._admit_one(reply(13, {"name": "t3", "partition": 1, "examples": 200}), connected)
+    server._admit_one(reply(14, {"name": "t2", "partition": -1, "examples": 200}), connected)
+    server._admit_one(reply(16), connected)  # could not say who it is
+    assert server.nodes == {11: "t1", 12: "t2"} and set(server.refused) == {14, 16}
+
+    class Grid:
+        def get_node_ids(self):
+            return sorted(connected)
+
+    assert _Roster(Grid(), server.nodes).get_node_ids() == [11, 12]  # Flower's strategy is shown these only
+    kept, refused = server._as_introduced([
+        reply(11, {"name": "t1"}, {"num-examples": 20}), reply(12, {"name": "t2"}, {"num-examples": 200})])
+    assert [server._node_of(r) for r in kept] == [11]
+    assert refused == ["t2 (reported 200 training examples, 20 when it was admitted: not aggregated)"]
+    # t1's SuperNode reconnects under a new id: the client is the new node, the old one forgotten
+    server._admit_one(reply(15, {"name": "t1", "partition": 0, "examples": 20}), {12, 15})
+    assert server.nodes == {12: "t2", 15: "t1"}
+    assert server.roster()["roster"] == {"t1": {"node": 15, "partition": 0, "examples": 20},
+                                         "t2": {"node": 12, "partition": 1, "examples": 20}}
+
+
+@pytest.mark.parametrize("partition", ["-1", "2", "x"])
+def test_a_client_outside_the_federation_says_so(partition):
+    from tuneforge.strategies.federated.client import _Who
+    from tuneforge.strategies.params import FederatedParams
+
+    with pytest.raises(ConfigError, match=r"partition-id=.*not one of this federation's clients 0 to 1"):
+        _Who.of({"partition-id": partition}, FederatedParams(clients=2))
+    assert _Who.of({"partition-id": 1}, FederatedParams(clients=2)).name == "client-1"

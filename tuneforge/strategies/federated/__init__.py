@@ -78,7 +78,8 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
             after, samples = run.score(evaluate, params.rounds)
             console.info("after: " + format_scores(after))
             return run.complete({"rounds": params.rounds, "wall_s": run.wall_s(), "bytes_exchanged": server.bytes_total,
-                                 "missing": server.missing}, after, samples, steps=params.rounds * params.local_steps)
+                                 "missing": server.missing}, after, samples, steps=params.rounds * params.local_steps,
+                                record=server.roster())
 
 
 def _require_flower(where: str) -> None:

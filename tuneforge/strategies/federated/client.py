@@ -18,7 +18,7 @@ from tuneforge.engine import checkpoint
 from tuneforge.engine.console import Metrics, RunConsole
 from tuneforge.engine.loop import LoopState, train_loop
 from tuneforge.engine.session import Prepared, loop_inputs, make_evaluator, open_session
-from tuneforge.errors import TuneforgeError
+from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.models.load import load_tokenizer
 from tuneforge.runs.layout import CHECKPOINTS
 from tuneforge.runs.recipe import read_recipe
@@ -68,13 +68,12 @@ def client_app(resolve):
                        reply_to=message)
 
     @app.query()
-    def introduce(message, context):  # its name, and its examples where they count and its data loads
+    def introduce(message, context):  # who it is (the server admits it or not) and its examples, where its data loads
         loaded, params = resolve(context)
         who = _Who.of(context.node_config, params)
-        said: dict = {"name": who.name}
-        if params.sampling == "examples":
-            with suppress(TuneforgeError):  # it is sampled as an average client, and fails by name in train
-                said["examples"] = len(_data(loaded, params, who).train)
+        said: dict = {"name": who.name, "partition": who.index}
+        with suppress(TuneforgeError):  # admitted without a size, it fails by name in train
+            said["examples"] = len(_data(loaded, params, who).train)
         return Message(RecordDict({"client": ConfigRecord(said)}), reply_to=message)
 
     @app.evaluate()
@@ -101,7 +100,15 @@ class _Who:
     @classmethod
     def of(cls, node: dict, params: FederatedParams) -> _Who:
         path = node.get("data-path")
-        index = int(node.get("partition-id", 0))
+        count = len(_client_names(params))
+        try:
+            index = int(node.get("partition-id", 0))
+        except (TypeError, ValueError):
+            index = -1
+        if not 0 <= index < count:
+            raise ConfigError(f"node-config partition-id={node.get('partition-id')!r}: not one of this federation's "
+                              f"clients 0 to {count - 1}\n  fix: start each SuperNode with its own partition-id from 0 "
+                              f"to {count - 1} (strategy.clients: {count})")
         if path:
             return cls(index, str(node.get("name") or Path(str(path)).stem), str(path))
         return cls(index, _client_names(params)[index])

@@ -40,8 +40,10 @@ class _Server:
         self.weights, self.done = weights, done
         self.error: BaseException | None = None
         self.bytes_total, self.missing = 0, {}
-        self.nodes: dict[int, str] = {}
-        self.examples: dict[str, int] = {}  # client -> its training examples, for sampling: examples
+        self.nodes: dict[int, str] = {}  # the admitted nodes: node id -> its client's name
+        self.partitions: dict[int, int] = {}  # node id -> the client's partition (0 to clients - 1)
+        self.refused: dict[int, str] = {}  # nodes that are not one of the federation's clients, and why
+        self.examples: dict[str, int] = {}  # client -> its training examples, as it said when admitted
         self.destinations: dict[str, int] = {}  # message id -> the node it was sent to
 
     def main(self, grid, context) -> None:
@@ -55,17 +57,20 @@ class _Server:
 
         cfg, params = self.loaded.run, self.params
         self.run.evaluate_before(lambda generate: (self._score(self.weights), []), "the global model (round 0)")
-        grid = self._introduce(grid)
+        self._admit(grid, min(self.params.min_clients or len(self.names), len(self.names)))
+        grid = _Roster(grid, self.nodes)
         for round_ in range(self.done + 1, params.rounds + 1):
             started = time.perf_counter()
+            self._admit(grid.grid)  # a node that connected since is asked who it is
             arrays = ArrayRecord(self.weights)
             lr = lr_at(round_ - 1, params.rounds, cfg.train)  # train.schedule over the rounds
             replies = _in_client_order(self._exchange(grid, _configure_train(
                 self.strategy, round_, arrays, ConfigRecord({"lr": lr}), grid, cfg.train.seed,
                 (params.fraction, self.examples) if params.sampling == "examples" else None)))
+            replies, refused = self._as_introduced(replies)
             aggregated, _ = self.strategy.aggregate_train(round_, replies)
             answered = {self._name(r): r.content["metrics"] for r in replies if not r.has_error()}
-            missing = [self._failure(r) for r in replies if r.has_error()]
+            missing = [self._failure(r) for r in replies if r.has_error()] + refused
             if aggregated is None and params.privacy and answered:
                 raise TrainingError(f"round {round_}: {', '.join(missing)} failed, and under strategy.privacy Flower "
                                     "aggregates a round only when every sampled client answers (the noise is "
@@ -87,6 +92,7 @@ class _Server:
             if missing:
                 self.missing[round_] = missing
             row = {"clients": sorted(answered), "missing": missing, "global": scores,
+                   "nodes": {name: node for node, name in self.nodes.items() if name in answered},
                    "train_loss": {name: answered[name]["train_loss"] for name in sorted(answered)},
                    "client_scores": {name: held_out[name] for name in sorted(held_out)},
                    "bytes_exchanged": sent, "bytes_full_model": 2 * self.full_bytes * len(answered),
@@ -106,31 +112,90 @@ class _Server:
                               + f"; {_mib(sent)} exchanged; {row['wall_s']:.0f} s"
                               + (f"; ε {spent['epsilon']:.3g} at δ {spent['delta']:g}" if "epsilon" in spent else ""))
 
-    def _introduce(self, grid) -> _Roster:
-        """Wait for the clients a round needs, ask each connected node which client it is (a query message), and
-        give Flower's strategies the grid with its nodes in their clients' order (under `sampling: examples` a
-        client also says how many training examples it has)."""
+    def _admit(self, grid, least: int = 0) -> None:
+        """Ask each connected node not yet known which client it is (a query message; it also says its training
+        examples), and admit it as that client when the claim holds: a partition of this federation (0 to clients
+        - 1) that no connected node holds, under a name no connected node has. A claim on a connected client stops
+        the federation — which of the two nodes is the client cannot be told here (SuperNode authentication tells
+        it); a node that cannot say, or claims no partition of the federation, is refused and named. Waits until
+        `least` admitted clients are connected."""
         from flwr.app import Message, RecordDict
 
-        least = min(self.params.min_clients or len(self.names), len(self.names))
-        while len(nodes := list(grid.get_node_ids())) < least:
+        while True:
+            connected = set(grid.get_node_ids())
+            new = [node for node in sorted(connected) if node not in self.nodes and node not in self.refused]
+            asked = [Message(RecordDict(), dst_node_id=node, message_type="query") for node in new]
+            for reply in self._exchange(grid, asked) if asked else []:
+                self._admit_one(reply, connected)
+            if sum(node in self.nodes for node in grid.get_node_ids()) >= least:
+                return
             time.sleep(1)
-        for reply in self._exchange(grid, [Message(RecordDict(), dst_node_id=node, message_type="query")
-                                           for node in nodes]):
-            if not reply.has_error() and "examples" in reply.content["client"]:
-                self.examples[self._name(reply)] = int(reply.content["client"]["examples"])
-            elif not reply.has_error():
-                self._name(reply)
-        return _Roster(grid, self.nodes)
+
+    def _admit_one(self, reply, connected: set[int]) -> None:
+        node = self._node_of(reply)
+        if reply.has_error():
+            self.refused[node] = self._failure(reply)
+            return
+        said = reply.content["client"]
+        name, partition = str(said["name"]), int(said.get("partition", -1))
+        if not 0 <= partition < len(self.names):
+            self.refused[node] = f"node {node} claims partition {partition} of {len(self.names)} clients"
+            return
+        holder = next((other for other, held in self.nodes.items() if other in connected
+                       and (held == name or self.partitions[other] == partition)), None)
+        if holder is not None:
+            raise TrainingError(f"SuperNode {node} says it is client '{name}' (partition {partition}), but SuperNode "
+                                f"{holder} is client '{self.nodes[holder]}' (partition {self.partitions[holder]}) "
+                                "already; which of them is the client cannot be told, so the federation stops before "
+                                "either trains\n  fix: run the SuperLink with SuperNode authentication (see the "
+                                "federated guide) so that only your SuperNodes join, give each SuperNode its own name "
+                                "and partition-id, then continue with --resume")
+        for other in [other for other, held in self.nodes.items() if held == name or self.partitions[other] ==
+                      partition]:  # the client's node before it reconnected under a new id
+            del self.nodes[other], self.partitions[other]
+        self.nodes[node], self.partitions[node] = name, partition
+        if "examples" in said:
+            self.examples[name] = int(said["examples"])
+
+    def _as_introduced(self, replies: list) -> tuple[list, list[str]]:
+        """The replies of admitted clients as they introduced themselves (their name, their examples: FedAvg
+        weighs a client by the examples it reports); one that says otherwise is named and not aggregated."""
+        kept, refused = [], []
+        for reply in replies:
+            if reply.has_error():
+                kept.append(reply)
+                continue
+            node = self._node_of(reply)
+            name, reported = self.nodes.get(node), int(reply.content["metrics"]["num-examples"])
+            known = self.examples.get(name or "")
+            if name is None or str(reply.content["client"]["name"]) != name:
+                refused.append(f"node {node} (answered as '{reply.content['client']['name']}', not a client admitted "
+                               "under that name: not aggregated)")
+            elif known is not None and reported != known:
+                refused.append(f"{name} (reported {reported} training examples, {known} when it was admitted: not "
+                               "aggregated)")
+            else:
+                kept.append(reply)
+        return kept, refused
+
+    def roster(self) -> dict:
+        """Who took part: each admitted client's node, partition and examples; and the refused nodes."""
+        return {"roster": {name: {"node": node, "partition": self.partitions[node],
+                                  "examples": self.examples.get(name)} for node, name in sorted(
+                                      self.nodes.items(), key=lambda item: item[1])},
+                **({"refused": {str(node): why for node, why in self.refused.items()}} if self.refused else {})}
 
     def _score(self, weights: dict[str, torch.Tensor]) -> dict:
         checkpoint.restore_trainable(self.session.model, weights, "the aggregated weights")
         return self.evaluate(generate=True)[0]
 
     def _name(self, reply) -> str:
-        name = str(reply.content["client"]["name"])
-        self.nodes[reply.metadata.src_node_id] = name  # to name it should it fail later
-        return name
+        """The admitted client that sent the reply (to the node it was sent to)."""
+        return self.nodes[self._node_of(reply)]
+
+    def _node_of(self, reply) -> int:
+        """The node a reply answers for: the one its message was sent to."""
+        return self.destinations.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
     def _exchange(self, grid, messages) -> list:
         """Send and wait for every answer (Flower answers for a node whose heartbeat lapsed with an error)."""
@@ -142,22 +207,22 @@ class _Server:
     def _failure(self, reply) -> str:
         """A client that did not answer, by name where it answered before, with the last line of why (an error
         Flower writes for a lost node comes from the SuperLink: the node is the one the message went to)."""
-        node = self.destinations.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        node = self._node_of(reply)
         reason = (reply.error.reason or "").rsplit("Message: ", 1)[-1]  # a client's exception, after Flower's words
         reason = " ".join(line.strip() for line in reason.strip().rstrip("'>)").splitlines() if line.strip())
         return self.nodes.get(node, f"node {node}") + (f" ({reason[:300]})" if reason else "")
 
 
 class _Roster:
-    """A grid whose connected nodes come in the order of their clients' names (nodes not yet introduced last),
-    not in the order of their random node ids; `only`: the nodes a round drew, the others hidden."""
+    """A grid that shows Flower's strategies only the connected nodes admitted as clients (`names`), in the order
+    of their clients' names, not of their random node ids; `only`: the nodes a round drew, the others hidden."""
 
     def __init__(self, grid, names: dict[int, str], only: list[int] | None = None):
         self.grid, self.names, self.only = grid, names, only
 
     def get_node_ids(self) -> list[int]:
-        nodes = [n for n in self.grid.get_node_ids() if self.only is None or n in self.only]
-        return sorted(nodes, key=lambda node: (node not in self.names, self.names.get(node, ""), node))
+        nodes = [n for n in self.grid.get_node_ids() if n in self.names and (self.only is None or n in self.only)]
+        return sorted(nodes, key=lambda node: (self.names[node], node))
 
     def drawn(self, fraction: float, examples: dict[str, int]) -> _Roster:
         """This roster less all but `fraction` of its nodes, drawn without replacement in proportion to their
