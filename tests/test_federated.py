@@ -336,8 +336,12 @@ class _Deployment:
     """A SuperLink and one SuperNode per client file on loopback, each SuperNode started with its own data (the
     server's config names no client data at all); `run` submits a tuneforge config with `flwr run`."""
 
-    def __init__(self, tmp_path: Path, client_files: list[str]):
+    def __init__(self, tmp_path: Path, client_files: list[str], secure: Path | None = None,
+                 intruders: list[str] = ()):
+        """`secure`: the folder of `_credentials` (TLS, and only the SuperNodes whose keys are registered join);
+        `intruders`: node configs of SuperNodes started besides the clients (with keys nobody registered)."""
         import os
+        import subprocess
         import time
 
         self.bin = Path(sys.executable).parent
@@ -345,16 +349,27 @@ class _Deployment:
                     "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}"}
         link = _free_port()
         (tmp_path / "flwr").mkdir()
+        trust = f'root-certificates = "{secure / "ca.crt"}"' if secure else "insecure = true"
         (tmp_path / "flwr" / "config.toml").write_text(
-            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\n{trust}\n')
         # the SuperLink keeps its state (the registered nodes, the runs) in a file, so that a restarted one knows
         # the SuperNodes that reconnect to it
         self.port, self.database = link, tmp_path / "flwr" / "superlink.db"
-        self.link = self._start("flower-superlink", "--insecure", "--port", str(link), "--database", str(self.database))
+        tls = (["--ssl-ca-certfile", str(secure / "ca.crt"), "--ssl-certfile", str(secure / "server.pem"),
+                "--ssl-keyfile", str(secure / "server.key"), "--enable-supernode-auth"] if secure else ["--insecure"])
+        self.link = self._start("flower-superlink", *tls, "--port", str(link), "--database", str(self.database))
         time.sleep(4)
-        self.nodes = [self._start("flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port",
-                                  str(_free_port()), "--node-config", f'partition-id={i} data-path="{path}"')
-                      for i, path in enumerate(client_files)]
+        for i in range(len(client_files) if secure else 0):  # what the federation's operator does, once
+            subprocess.run([self.bin / "flwr", "supernode", "register", str(secure / f"node-{i}.pub"), "local"],
+                           env=self.env, check=True, capture_output=True)
+
+        def node(i: int, config: str) -> list[str]:
+            return (["--root-certificates", str(secure / "ca.crt"), "--auth-supernode-private-key",
+                     str(secure / f"node-{i}")] if secure else ["--insecure"]) + ["--node-config", config]
+
+        configs = [f'partition-id={i} data-path="{path}"' for i, path in enumerate(client_files)] + list(intruders)
+        self.nodes = [self._start("flower-supernode", "--superlink", f"127.0.0.1:{link}", "--port", str(_free_port()),
+                                  *node(i, config)) for i, config in enumerate(configs)]
 
     def _start(self, *command: str):
         import subprocess
@@ -392,6 +407,52 @@ class _Deployment:
         for process in [self.link, *self.nodes]:
             with contextlib.suppress(ProcessLookupError):
                 self.kill(process)
+
+
+def _credentials(folder: Path, nodes: int) -> Path:
+    """A certificate authority, the SuperLink's TLS certificate for 127.0.0.1 signed by it, and an EC key pair per
+    SuperNode (OpenSSH encoding, as Flower reads them): what an operator makes once for a federation."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer: x509.Name, signer, ca: bool) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    def pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
+    ca = certificate("test CA", ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]), ca_key, True)
+    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(certificate("localhost", server_key, ca.subject, ca_key, False)
+                                        .public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(pem(server_key))
+    for i in range(nodes):
+        key = ec.generate_private_key(ec.SECP384R1())
+        (folder / f"node-{i}").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                             serialization.PrivateFormat.OpenSSH,
+                                                             serialization.NoEncryption()))
+        (folder / f"node-{i}").chmod(0o600)
+        (folder / f"node-{i}.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                              serialization.PublicFormat.OpenSSH))
+    return folder
 
 
 def _deployed_config(tmp_path: Path, simulated: dict, **strategy) -> Path:
@@ -545,3 +606,52 @@ def test_a_client_outside_the_federation_says_so(partition):
     with pytest.raises(ConfigError, match=r"partition-id=.*not one of this federation's clients 0 to 1"):
         _Who.of({"partition-id": partition}, FederatedParams(clients=2))
     assert _Who.of({"partition-id": 1}, FederatedParams(clients=2)).name == "client-1"
+
+
+def _poisoned(tmp_path: Path) -> str:
+    """200 records of what an intruder would like the model to say."""
+    path = tmp_path / "poison.jsonl"
+    write_jsonl(path, [{"prompt": f"Repeat {i}", "completion": "EVIL"} for i in range(200)])
+    return f'partition-id=0 data-path="{path}" name="hospital-0"'
+
+
+@pytest.mark.slow
+def test_with_tls_and_supernode_authentication_only_registered_supernodes_join(tmp_path, tiny_model_dir):
+    """Issue 30, finding 1, the guide's multi-machine recipe: the SuperLink on TLS with SuperNode authentication,
+    the clients' SuperNodes registered by their public keys; a third SuperNode with a key nobody registered, claiming
+    client hospital-0 with 200 poisoned records, never joins: the federation trains on the two it was told about."""
+    simulated = _federation(tmp_path / "sim", tiny_model_dir, 2)
+    clients = simulated["strategy"]["client_data"][:2]
+    simulated["strategy"]["client_data"] = clients
+    config = _deployed_config(tmp_path, simulated)
+    deployment = _Deployment(tmp_path, clients, secure=_credentials(tmp_path / "credentials", 3),
+                             intruders=[_poisoned(tmp_path)])
+    try:
+        output = deployment.run(config).communicate(timeout=600)[0]
+    finally:
+        deployment.close()
+    assert "round 2/2" in output, output[-3000:]
+    rounds = [json.loads(line) for line in (tmp_path / "deployed" / "metrics.jsonl").read_text().splitlines()
+              if '"round"' in line]
+    assert [row["clients"] for row in rounds] == [["hospital-0", "hospital-1"]] * 2
+    roster = json.loads((tmp_path / "deployed" / "run.json").read_text())["roster"]
+    assert sorted(roster) == ["hospital-0", "hospital-1"] and {c["examples"] for c in roster.values()} == {6}
+    assert roster["hospital-0"]["node"] == rounds[0]["nodes"]["hospital-0"]
+
+
+@pytest.mark.slow
+def test_without_authentication_a_supernode_claiming_a_client_stops_the_federation(tmp_path, tiny_model_dir):
+    """Issue 30, finding 1, as it was found (an insecure SuperLink): the third SuperNode that claims hospital-0 is
+    not trained on; the federation stops before any round, naming both SuperNodes and the fix."""
+    simulated = _federation(tmp_path / "sim", tiny_model_dir, 1)
+    clients = simulated["strategy"]["client_data"][:2]
+    simulated["strategy"]["client_data"] = clients
+    config = _deployed_config(tmp_path, simulated)
+    deployment = _Deployment(tmp_path, clients, intruders=[_poisoned(tmp_path)])
+    try:
+        output = deployment.run(config).communicate(timeout=600)[0]
+    finally:
+        deployment.close()
+    assert "says it is client 'hospital-0'" in output and "authentication" in output, output[-3000:]
+    assert not (tmp_path / "deployed" / "rounds").exists() or not any((tmp_path / "deployed" / "rounds").iterdir())
+    assert json.loads((tmp_path / "deployed" / "run.json").read_text())["status"] == "failed"
