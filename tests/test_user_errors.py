@@ -205,11 +205,11 @@ def test_eval_options_and_data_kind(tmp_path, trained):
 
 def test_eval_output_is_checked_before_anything_is_scored(tmp_path, trained, monkeypatch):
     """Issue 30, finding 10: an --output that is a directory was found only after the whole evaluation ran."""
-    from tuneforge.runs import evaluate as evaluate_module
+    from tuneforge.runs import trained as trained_module
 
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "completion": "a"}])
     with monkeypatch.context() as patched:
-        patched.setattr(evaluate_module, "load_trained", lambda *a, **k: (_ for _ in ()).throw(
+        patched.setattr(trained_module, "load_trained", lambda *a, **k: (_ for _ in ()).throw(
             AssertionError("the run loaded before --output was checked")))
         refused(["eval", str(trained), "--data", str(data), "--output", str(tmp_path)], "--output", "is a directory")
         (tmp_path / "file").write_text("keep")

@@ -99,15 +99,56 @@ def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Seq
              limit: int | None = None, lm_eval_allow_code: bool = False, output: str | Path | None = None
              ) -> Evaluation:
     """Score a finished run on `data` (any supported format; loss/perplexity, exact match, ROUGE, BLEU, or all of
-    a classifier's metrics), on a multiple-choice `bench` (MMLU layout or quickstart:mc), and on lm-evaluation-
-    harness `lm_eval` tasks (Python beside the task YAMLs of `lm_eval_include` runs only with `lm_eval_allow_code`).
-    Returns the scores (`.scores`, `.flat()`) and the model's answers (`.samples`), also written to `output` as JSON."""
-    from tuneforge.runs.evaluate import evaluate as run_evaluate
+    a classifier's metrics) by the evaluator its training used, on a multiple-choice `bench` (MMLU layout or
+    quickstart:mc; few-shot `shots`, `style` letters or choices), and on lm-evaluation-harness `lm_eval` tasks
+    (Python beside the task YAMLs of `lm_eval_include` runs only with `lm_eval_allow_code`). Returns the scores
+    (`.scores`, `.flat()`) and the model's answers (`.samples`), also written to `output` as JSON (checked
+    writable before anything is scored)."""
+    from tuneforge.config import TASK_METRICS, parse_metrics
+    from tuneforge.evaluation.harness import requested_tasks
+    from tuneforge.evaluation.multiple_choice import bench_scores, read_questions
+    from tuneforge.runs.evaluate import Evaluation, evaluate_run
+    from tuneforge.runs.layout import write_json
+    from tuneforge.runs.paths import require_writable_file
+    from tuneforge.runs.trained import load_trained, require_run_dir
 
-    return run_evaluate(run_dir, data=data, metrics=metrics, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                        max_examples=max_examples, bench=bench, shots=shots, style=style, lm_eval=lm_eval,
-                        lm_eval_include=lm_eval_include, limit=limit, lm_eval_allow_code=lm_eval_allow_code,
-                        output=output)
+    if not (data or bench or lm_eval):
+        raise ConfigError("nothing to evaluate on\n  fix: give --data FILE, --bench FILE or --lm-eval TASKS")
+    if style not in ("letters", "choices"):
+        raise ConfigError(f"--style {style}: not a prompt style\n  fix: letters or choices")
+    task = require_run_dir(Path(run_dir)).task
+    if (bench or lm_eval) and task != "causal_lm":
+        raise ConfigError("--bench and --lm-eval score a language model's answers; this is a classification run\n"
+                          "  fix: evaluate it with --data")
+    default = "loss,exact_match,rouge,bleu" if task == "causal_lm" else ",".join(TASK_METRICS[task])
+    wanted = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics or []) or default, "--metrics",
+                           task)
+    questions = read_questions(bench) if bench else None
+    lm_tasks = requested_tasks(lm_eval, lm_eval_include, lm_eval_allow_code) if lm_eval is not None else []
+    if output is not None:
+        require_writable_file(Path(output), "--output")
+    trained = load_trained(run_dir)
+    scores, samples = {}, []
+    if data:
+        scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                       max_examples=max_examples)
+    if questions:
+        scored, bench_samples = bench_scores(trained.model, trained.tokenizer, questions,
+                                             shots=5 if shots is None else shots, style=style,
+                                             batch_size=batch_size, autocast=trained.autocast)
+        scores.update(scored)
+        samples += [{"bench": True, **sample} for sample in bench_samples]
+    if lm_tasks:
+        from tuneforge.evaluation.harness import lm_eval_scores  # imports lm-eval (seconds)
+
+        scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, lm_tasks, shots=shots,
+                                           batch_size=batch_size, include_path=lm_eval_include, limit=limit,
+                                           allow_code=lm_eval_allow_code)
+    evaluation = Evaluation(scores, samples)
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(output), {"scores": evaluation.scores, "samples": evaluation.samples})
+    return evaluation
 
 
 def data_check(config: ConfigLike, overrides: Sequence[str] = (), *, samples: int = 2) -> DataCheck:

@@ -1,29 +1,23 @@
-"""A finished run's scores on new data, by the evaluator its training used, on a multiple-choice benchmark, or by
-lm-evaluation-harness itself (`evaluate`); and a classifier's answers for people."""
+"""A finished run's scores on new data, by the evaluator its training used (`evaluate_run`; `tuneforge.api.evaluate`
+adds a benchmark and lm-evaluation-harness), and a classifier's answers for people."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from tuneforge.config import TASK_METRICS, DatasetSpec, parse_metrics
+from tuneforge.config import DatasetSpec
 from tuneforge.data.dataset import encode_examples, load_examples
 from tuneforge.data.kinds.labels import Labeled, encode_labeled
 from tuneforge.data.render import use_chat_template
 from tuneforge.engine.console import flat_scores
 from tuneforge.engine.labelled import labelled_scores, predict
 from tuneforge.engine.session import Prepared, Recipe, Session, make_evaluator
-from tuneforge.errors import ConfigError
 from tuneforge.evaluation import classification
-from tuneforge.evaluation.harness import requested_tasks
-from tuneforge.evaluation.multiple_choice import bench_scores, read_questions
 from tuneforge.methods import get_method, validate_method_params
 from tuneforge.objectives import get_objective, validate_objective_params
 from tuneforge.objectives.base import Frozen
-from tuneforge.runs.layout import write_json
-from tuneforge.runs.paths import require_writable_file
-from tuneforge.runs.trained import TrainedRun, load_trained, reference_of, require_run_dir, resolve_rewards
+from tuneforge.runs.trained import TrainedRun, reference_of, resolve_rewards
 
 
 @dataclass
@@ -36,55 +30,6 @@ class Evaluation:
     def flat(self) -> dict[str, float]:
         """The scores as one level (`task/metric`, `bench_subjects/NAME`), as the CLI prints them."""
         return flat_scores(self.scores)
-
-
-def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Sequence[str] | None = None,
-             batch_size: int = 16, max_new_tokens: int = 64, max_examples: int | None = None,
-             bench: str | None = None, shots: int | None = None, style: str = "letters",
-             lm_eval: str | Sequence[str] | None = None, lm_eval_include: str | Path | None = None,
-             limit: int | None = None, lm_eval_allow_code: bool = False, output: str | Path | None = None
-             ) -> Evaluation:
-    """Score a finished run: on `data` (any supported format) by the evaluator its training used, on a multiple-
-    choice `bench` (few-shot `shots`, `style` letters or choices), and on lm-evaluation-harness `lm_eval` tasks
-    (task code from `lm_eval_include` runs only with `lm_eval_allow_code`); with `output`, the scores and samples
-    are also written there as JSON (checked writable before anything is scored)."""
-    if not (data or bench or lm_eval):
-        raise ConfigError("nothing to evaluate on\n  fix: give --data FILE, --bench FILE or --lm-eval TASKS")
-    if style not in ("letters", "choices"):
-        raise ConfigError(f"--style {style}: not a prompt style\n  fix: letters or choices")
-    task = require_run_dir(Path(run_dir)).task
-    if (bench or lm_eval) and task != "causal_lm":
-        raise ConfigError("--bench and --lm-eval score a language model's answers; this is a classification run\n"
-                          "  fix: evaluate it with --data")
-    default = "loss,exact_match,rouge,bleu" if task == "causal_lm" else ",".join(TASK_METRICS[task])
-    wanted = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics or []) or default, "--metrics",
-                           task)
-    questions = read_questions(bench) if bench else None
-    lm_tasks = requested_tasks(lm_eval, lm_eval_include, lm_eval_allow_code) if lm_eval is not None else []
-    if output is not None:
-        require_writable_file(Path(output), "--output")
-    trained = load_trained(run_dir)
-    scores, samples = {}, []
-    if data:
-        scores, samples = evaluate_run(trained, data, wanted, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                       max_examples=max_examples)
-    if questions:
-        scored, bench_samples = bench_scores(trained.model, trained.tokenizer, questions,
-                                             shots=5 if shots is None else shots, style=style,
-                                             batch_size=batch_size, autocast=trained.autocast)
-        scores.update(scored)
-        samples += [{"bench": True, **sample} for sample in bench_samples]
-    if lm_tasks:
-        from tuneforge.evaluation.harness import lm_eval_scores  # imports lm-eval (seconds)
-
-        scores["lm_eval"] = lm_eval_scores(trained.model, trained.tokenizer, lm_tasks, shots=shots,
-                                           batch_size=batch_size, include_path=lm_eval_include, limit=limit,
-                                           allow_code=lm_eval_allow_code)
-    evaluation = Evaluation(scores, samples)
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(output), {"scores": evaluation.scores, "samples": evaluation.samples})
-    return evaluation
 
 
 def evaluate_run(trained: TrainedRun, data_path: str, metrics: list[str], *, batch_size: int = 16,
