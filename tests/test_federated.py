@@ -655,3 +655,66 @@ def test_without_authentication_a_supernode_claiming_a_client_stops_the_federati
     assert "says it is client 'hospital-0'" in output and "authentication" in output, output[-3000:]
     assert not (tmp_path / "deployed" / "rounds").exists() or not any((tmp_path / "deployed" / "rounds").iterdir())
     assert json.loads((tmp_path / "deployed" / "run.json").read_text())["status"] == "failed"
+
+
+def test_a_split_that_cannot_be_made_stops_the_simulation_before_ray_or_the_run_directory(tmp_path, tiny_model_dir):
+    """Issue 30, finding 11: 30 clients over 24 records failed in every client, after Ray had started, and left the
+    run directory behind. A process of its own checks the split first (the server's never opens data.train)."""
+    import time
+
+    from tuneforge.api import train
+
+    config = _federation(tmp_path, tiny_model_dir, 1)
+    config["strategy"] = {**config["strategy"], "clients": 30}
+    del config["strategy"]["client_data"]
+    config["data"]["train"] = [str(p) for p in sorted(tmp_path.glob("hospital-*.jsonl"))]
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"24 training records cannot be split among 30 clients"):
+        train(config, quiet=True)
+    assert time.perf_counter() - started < 60 and not (tmp_path / "run").exists()
+
+
+def test_a_federation_needs_no_data_train_of_its_own_and_other_strategies_do(tmp_path, tiny_model_dir):
+    """Issue 30, finding 10: the deployed ServerApp demanded data.train, which it never reads."""
+    from typer.testing import CliRunner
+
+    from tuneforge.api import load
+    from tuneforge.cli import app
+    from tuneforge.strategies import strategy_for
+
+    config = _federation(tmp_path, tiny_model_dir, 1)
+    config["data"] = {"test": config["data"]["test"]}  # the clients bring their data: client_data
+    loaded = load(config)
+    assert strategy_for(loaded)[0].name == "federated" and loaded.run.data.train == []
+    single = {**config, "strategy": {"name": "single"}}
+    with pytest.raises(ConfigError, match=r"missing required key 'data.train'"):
+        strategy_for(load(single))
+    import yaml
+
+    (tmp_path / "single.yaml").write_text(yaml.safe_dump(single))
+    result = CliRunner().invoke(app, ["data", "check", str(tmp_path / "single.yaml")])
+    assert result.exit_code == 2 and "missing required key 'data.train'" in result.output
+
+
+def test_a_deployed_apps_user_error_is_logged_as_its_message(tmp_path):
+    """Issue 30, finding 10: the deployed ServerApp's config error came out as Flower's traceback."""
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from flwr.common.logger import log
+
+    from tuneforge.strategies.federated.deploy import deployed_config
+
+    (tmp_path / "bad.yaml").write_text("model: default\ndata:\n  train: a.jsonl\ntrain:\n  lr: -1\n")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger("flwr").addHandler(handler)
+    try:
+        with pytest.raises(ConfigError) as raised:
+            deployed_config(SimpleNamespace(run_config={"config": str(tmp_path / "bad.yaml")}))
+        log(logging.ERROR, "%s raised an exception", "ServerApp", exc_info=raised.value)  # as Flower's runner does
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    said = stream.getvalue()
+    assert "error: " in said and "bad.yaml:5: 'train.lr' = -1" in said and "Traceback" not in said

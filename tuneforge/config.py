@@ -87,7 +87,8 @@ def _as_dataset_list(value: Any) -> Any:
 
 
 class DataConfig(Strict):
-    train: list[DatasetSpec]
+    train: list[DatasetSpec] = Field(default_factory=list, description="the training data (required, except by a "
+                                     "federation whose clients bring their own)")
     test: list[DatasetSpec] | None = None
     template: Literal["auto", "chat", "plain"] = "auto"
     max_seq_len: int = Field(1024, ge=8)

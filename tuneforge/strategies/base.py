@@ -25,11 +25,15 @@ class Strategy:
     run: Callable
     data_parallel: bool = False  # runs in every process of a torch.distributed world (torchrun, --nproc)
     tasks: tuple[str, ...] = LANGUAGE_MODELS  # the model tasks (`task:`) it trains
+    needs_train_data: bool = True  # data.train (a federation's clients may bring their own)
 
     def check(self, loaded: LoadedConfig, params: StrategyParams) -> None:
-        """What the strategy needs of the config, before anything loads: a task it trains, and where its phases
-        are the data's tasks, every data.train entry naming one."""
+        """What the strategy needs of the config, before anything loads: training data, a task it trains, and where
+        its phases are the data's tasks, every data.train entry naming one."""
         cfg = loaded.run
+        if self.needs_train_data and not cfg.data.train:
+            raise ConfigError(f"{loaded.where('data')}: missing required key 'data.train'\n  fix: add the training "
+                              "data, e.g. data: {train: train.jsonl}")
         if cfg.task not in self.tasks:
             raise ConfigError(f"{loaded.where('strategy')}: strategy '{self.name}' trains language models only so "
                               f"far; task '{cfg.task}' trains with strategy single (and `tuneforge compare`)\n  fix: "

@@ -12,6 +12,7 @@ from tuneforge.config import DatasetSpec, LoadedConfig, registry_lookup
 from tuneforge.data.dataset import load_examples
 from tuneforge.data.kinds import labels, pairs, prompts, rated, sft, teacher_answers
 from tuneforge.data.kinds.base import DataKind, EncodedSplits, SplitReport
+from tuneforge.errors import ConfigError
 
 __all__ = ["KINDS", "DataKind", "EncodedSplits", "SplitReport", "get_kind", "load_splits", "read_splits"]
 
@@ -28,6 +29,9 @@ def load_splits(loaded: LoadedConfig, objective, notes: list[str]) -> dict[str, 
     trains them; no tokenizer or model is needed. Warnings (skipped records, keys nothing reads) are appended to
     `notes`."""
     cfg = loaded.run
+    if not cfg.data.train:
+        raise ConfigError(f"{loaded.where('data')}: missing required key 'data.train'\n  fix: add the training data, "
+                          "e.g. data: {train: train.jsonl}")
     return read_splits(loaded, objective, notes, {"train": cfg.data.train, "test": cfg.data.test or []})
 
 

@@ -30,7 +30,7 @@ from tuneforge.runs.recipe import read_recipe
 from tuneforge.runs.run import Run, RunResult
 from tuneforge.strategies.base import Strategy
 from tuneforge.strategies.federated.aggregation import _flower_strategy
-from tuneforge.strategies.federated.client import _client_names, client_app
+from tuneforge.strategies.federated.client import _client_names, check_split, client_app
 from tuneforge.strategies.federated.server import _exchange_bytes, _last_round, _mib, _Server, _server_data, _simulate
 from tuneforge.strategies.params import FederatedParams
 
@@ -49,6 +49,8 @@ def run(loaded: LoadedConfig, params: FederatedParams, *, resume: bool = False, 
     recipe = read_recipe(loaded)
     aggregation = params.chosen(loaded.where("strategy"))
     names = _client_names(params)
+    if grid is None and not params.client_data:  # simulated clients share data.train: can it be split?
+        check_split(loaded, params)
     with Run.open(loaded, console, resume=resume, force=force, checkpoints=ROUNDS) as run:
         server_data = _server_data(loaded, recipe)
         run.identify(fingerprint_of(cfg, server_data))  # the config and tokenizer: the data are the clients'
@@ -91,4 +93,4 @@ def _require_flower(where: str) -> None:
 
 
 STRATEGY = Strategy("federated", "clients train the adapter on their own data; Flower aggregates the weights "
-                    "(FedAvg, FedAvgM, FedProx, FedAdam, FedYogi)", FederatedParams, run)
+                    "(FedAvg, FedAvgM, FedProx, FedAdam, FedYogi)", FederatedParams, run, needs_train_data=False)

@@ -141,9 +141,7 @@ def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, toke
     if path:
         records = read_splits(loaded, objective, [], {"train": [DatasetSpec(path=path)]})["train"]
     else:
-        everything = read_splits(loaded, objective, [], {"train": cfg.data.train})["train"]
-        shares = split_clients([e.task for e in everything], params.clients, params.split, params.alpha,
-                               params.min_client_examples, cfg.train.seed, loaded.where("strategy"))
+        everything, shares = _shares(loaded, params, objective)
         records = [everything[i] for i in shares[index]]
     records = list(records)
     random.Random(cfg.train.seed + index).shuffle(records)
@@ -153,6 +151,38 @@ def _client_data(loaded: LoadedConfig, params: FederatedParams, index: int, toke
     heldout, _ = encode_examples(heldout_raw, tokenizer, cfg.data, apply_drop_guard=False) if heldout_raw else ([], 0)
     chat = use_chat_template(tokenizer, cfg.data.template)
     return _ClientData(train, Prepared([], heldout, heldout_raw, tokenizer, chat, {}))
+
+
+def _shares(loaded: LoadedConfig, params: FederatedParams, objective) -> tuple[list, list[list[int]]]:
+    """Every record of data.train and each client's share of them (the same seeded split in every client)."""
+    cfg = loaded.run
+    if not cfg.data.train:
+        raise ConfigError(f"{loaded.where('data')}: this client has no data of its own and data.train is empty\n  "
+                          "fix: start its SuperNode with --node-config 'data-path=\"FILE\"', or give data.train (split "
+                          "among the clients) or strategy.client_data")
+    everything = read_splits(loaded, objective, [], {"train": cfg.data.train})["train"]
+    return everything, split_clients([e.task for e in everything], params.clients, params.split, params.alpha,
+                                     params.min_client_examples, cfg.train.seed, loaded.where("strategy"))
+
+
+def check_split(loaded: LoadedConfig, params: FederatedParams) -> None:
+    """Before a simulated federation starts Ray or writes its run directory: data.train can be split among the
+    clients (enough records, a Dirichlet draw that gives each its minimum). Checked in a process of its own, as a
+    client would, so that the server's process never opens data.train."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        problem = pool.apply(_split_problem, (loaded, params))
+    if problem:
+        raise ConfigError(problem)
+
+
+def _split_problem(loaded: LoadedConfig, params: FederatedParams) -> str | None:
+    try:
+        _shares(loaded, params, read_recipe(loaded).objective)
+    except TuneforgeError as exc:
+        return str(exc)
+    return None
 
 
 class _Losses(Metrics):
