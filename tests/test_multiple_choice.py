@@ -220,3 +220,15 @@ def test_an_include_task_never_takes_a_built_in_tasks_name(tmp_path):
     write_task(tmp_path / "tasks", "arc_easy")
     with pytest.raises(ConfigError, match=r"(?s)arc_easy\.yaml defines task 'arc_easy'.*my_arc_easy"):
         lm_eval_scores(None, None, ["arc_easy"], include_path=tmp_path / "tasks")
+
+
+def test_task_data_lm_eval_cannot_read_is_a_located_error(tmp_path, tokenizer):
+    """Issue 30, finding 10: a missing data file (or the hub out of reach offline) was a traceback."""
+    from tuneforge.errors import ConfigError
+    from tuneforge.evaluation.harness import lm_eval_scores
+
+    write_task(tmp_path / "tasks", "mine")  # its data file, tasks/data.jsonl, is never written
+    with pytest.raises(ConfigError, match=r"(?s)--lm-eval mine: lm-eval could not read a task's data.*data.jsonl.*"
+                                          r"fix: .*HF_DATASETS_OFFLINE"):
+        lm_eval_scores(build_tiny_llama(tokenizer), tokenizer, ["mine"], include_path=tmp_path / "tasks",
+                       builtin_tasks=False)
