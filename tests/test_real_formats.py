@@ -186,3 +186,54 @@ def test_data_check_shows_non_ascii_text_whole(tokenizer):
     [item], _ = encode_examples([example], tokenizer, DataConfig(train=["x"], cache=False))
     shown = marked_text(item, tokenizer)
     assert "Café? ☕" in shown and "⟦東京の喫茶店 – très bien<|im_end|>⟧" in shown and "�" not in shown
+
+
+FRANCE = [("user", "What is the capital of France?"), ("assistant", "The capital of France is Paris."),
+          ("user", "And of Italy?"), ("assistant", "Rome.")]
+HAIKU = [("user", "Write a haiku about rain."),
+         ("assistant", "Soft rain on the roof,\nthe kettle hums in the dark,\nsleep comes slow and warm.")]
+
+
+def turns(example) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in example.messages]
+
+
+@pytest.mark.parametrize("name", ["oasst1_messages.jsonl", "oasst1_trees.jsonl"])
+def test_openassistant_rows_and_trees_become_conversations(name, tokenizer):
+    """Issue 31: OpenAssistant's message rows were trained as plain text, the prompter's words included. Each tree
+    is rebuilt: the best-ranked reply at every turn; deleted and review-rejected messages left out; only the
+    assistant's turns trained."""
+    examples, notes = load(name)
+    assert not notes  # every oasst1 key is read or known
+    assert [turns(e) for e in examples] == [FRANCE, HAIKU]
+    assert trained(examples[0], tokenizer) == [["The capital of France is Paris." + END, "Rome." + END]]
+    assert examples[0].location.endswith(":1")
+    every, _ = load(name, tree="all")  # one conversation per path to a leaf (the deleted answer is no path)
+    assert sorted(turns(e) for e in every) == sorted([FRANCE, [*FRANCE[:1], ("assistant", "Paris, I think.")], HAIKU])
+    [pair], _ = load(name, tree="pairs")  # ranked siblings: the best against the worst
+    assert pair.is_pair and turns(pair)[:1] == FRANCE[:1] and pair.prompt_turns == 1
+    assert pair.messages[1]["content"] == "The capital of France is Paris."
+    assert pair.rejected[1]["content"] == "Paris, I think."
+
+
+def test_a_record_is_never_trained_in_a_shape_it_does_not_have(tmp_path):
+    """Issue 31: a record whose keys show a structure the chosen format does not read is refused, naming the
+    format that reads it (it was trained as text with an 'unread keys' warning)."""
+    with pytest.raises(DataError, match=r"(?s)oasst1_messages.jsonl:1: field 'parent_id': this record is a message "
+                                        r"of a message tree \(parent_id\), which the text format does not read.*"
+                                        r"fix: use format: oasst"):
+        load("oasst1_messages.jsonl", format="text")
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "q", "completion": "a", "parent_id": "x"}])
+    with pytest.raises(DataError, match=r"(?s)rows.jsonl:1: .*prompt_completion format does not read.*oasst"):
+        load(str(rows), format="prompt_completion")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"text": "q a", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match=r"(?s)a preference pair \(chosen\).*fix: use format: preference"):
+        load(str(pairs), format="text")
+
+
+def test_a_tree_missing_a_parent_is_refused_by_line(tmp_path):
+    rows = [json.loads(line) for line in (REAL / "oasst1_messages.jsonl").read_text().splitlines()]
+    path = write_jsonl(tmp_path / "part.jsonl", rows[2:5])  # the answers without their prompt
+    with pytest.raises(DataError, match=r"(?s)part.jsonl:1: field 'parent_id'.*not a message of this dataset.*"
+                                        r"whole trees"):
+        load(str(path))

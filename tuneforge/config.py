@@ -51,7 +51,8 @@ class NamedParams(BaseModel):
         return dict(self.model_extra or {})
 
 
-RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "preference", "rated"]
+RecordFormat = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "preference", "rated",
+                       "oasst"]
 
 
 class DatasetSpec(Strict):
@@ -64,6 +65,9 @@ class DatasetSpec(Strict):
     split: str | None = Field(None, description="split of a saved DatasetDict")
     columns: dict[str, str] = Field(default_factory=dict, description="the file's names for tuneforge's fields, "
                                     "e.g. {prompt: question, completion: answer}")
+    tree: Literal["best", "all", "pairs"] = Field("best", description="message trees (OpenAssistant rows or trees): "
+                                                  "the best-ranked reply at each turn, every path, or preference "
+                                                  "pairs of ranked replies")
     task: str | None = Field(None, min_length=1, max_length=64,
                              description="the task this dataset belongs to: train entries are sampled by task "
                              "(data.sampling), test entries are scored per task")

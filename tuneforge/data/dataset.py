@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tuneforge.config import DataConfig, DatasetSpec
-from tuneforge.data import cache
+from tuneforge.data import cache, trees
 from tuneforge.data.formats import Example, detect_format, normalise, shown_keys, unused_keys
 from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
@@ -126,7 +126,7 @@ class RecordReader(Protocol):
 
 def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
               reader: RecordReader | None = None) -> list[Example]:
-    examples, skipped, unused = [], [], None
+    examples, skipped, unused, tree_rows = [], [], None, []
     fmt = None if spec.format == "auto" else spec.format
     for record in read_records(path, spec.split):
         try:
@@ -136,7 +136,10 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
                 examples.append(reader(record))
             else:
                 fmt = fmt or detect_format(record)
-                examples.append(normalise(record, fmt))
+                if fmt == "oasst":  # a tree spans records: its conversations are built once all are read
+                    tree_rows += trees.rows_of(record)
+                else:
+                    examples.append(normalise(record, fmt))
         except DataError as exc:
             if bad_records != "skip":
                 raise
@@ -145,6 +148,7 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
         keys = reader.unused(record) if reader is not None else unused_keys(record, fmt)
         if unused is None and keys:
             unused = (record.where, keys)
+    examples += trees.conversations(tree_rows, spec.tree) if tree_rows else []
     shown = path if not examples else examples[0].source
     if skipped:
         notes.append(f"warning: {shown}: skipped {len(skipped)} bad records (data.bad_records: skip), first: "

@@ -47,9 +47,21 @@ USED_KEYS = {
 # bookkeeping keys published datasets carry next to the data (ShareGPT ids, UltraFeedback's prompt_id, OpenAI's
 # parallel_tool_calls switch): not reported as unread
 METADATA_KEYS = {"id", "idx", "prompt_id", "source", "dataset", "category", "lang", "language", "parallel_tool_calls"}
+# keys that show a record's structure: a format that does not read them refuses the record (format, what it is)
+STRUCTURE_KEYS = {
+    "parent_id": ("oasst", "a message of a message tree (parent_id)"),
+    "replies": ("oasst", "a message tree (replies)"),
+    "role": ("oasst", "one message of a conversation (role)"),
+    "chosen": ("preference", "a preference pair (chosen)"),
+    "rejected": ("preference", "a preference pair (rejected)"),
+    **{key: ("rated", f"a rated completion ({key})") for key in LABEL_KEYS},
+    "messages": ("messages", "a conversation (messages)"),
+    "conversations": ("sharegpt", "a conversation (conversations)"),
+}
 FORMAT_HELP = ("messages | conversations (ShareGPT) | prompt + completion | instruction + output (Alpaca) | text | "
                "chosen + rejected, with prompt or in full conversations (preference pairs, HH-RLHF) | any of the SFT "
-               "layouts plus label / kto_tag (rated, for kto)")
+               "layouts plus label / kto_tag (rated, for kto) | message_id + parent_id + role + text, or prompt + "
+               "replies (OpenAssistant message trees)")
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
@@ -95,7 +107,11 @@ class Example:
 
 
 def detect_format(record: RawRecord) -> str:
+    from tuneforge.data.trees import is_tree
+
     data = _record_object(record)
+    if is_tree(data):  # before `text`: a message row has its text, but trains only inside its tree
+        return "oasst"
     if any(k in data for k in LABEL_KEYS) and _sft_layout(data) is not None:
         return "rated"
     for name, keys in FORMAT_KEYS.items():
@@ -124,8 +140,19 @@ def normalise(record: RawRecord, fmt: str) -> Example:
 
 
 def unused_keys(record: RawRecord, fmt: str) -> list[str]:
-    """The record's keys that its format does not read (ids and similar bookkeeping aside)."""
-    return sorted(str(k) for k in record.data if k not in USED_KEYS[fmt] and k not in METADATA_KEYS)
+    """The record's keys that its format does not read (ids and similar bookkeeping aside). A key that shows a
+    structure the format would flatten (a message tree's parent ids, a pair's sides, a verdict, turns) refuses the
+    record, naming the format that reads it: it is never trained in a shape it does not have."""
+    from tuneforge.data.trees import KEYS
+
+    used = KEYS if fmt == "oasst" else USED_KEYS[fmt]
+    unused = sorted(str(k) for k in record.data if k not in used and k not in METADATA_KEYS)
+    found = next(((key, *STRUCTURE_KEYS[key]) for key in unused if key in STRUCTURE_KEYS), None)
+    if found:
+        key, reader, what = found
+        raise DataError(record.path, record.where, key, f"this record is {what}, which the {fmt} format does not "
+                        f"read: it would train as {fmt} without that structure", f"use format: {reader} (or auto)")
+    return unused
 
 
 def _record_object(record: RawRecord) -> dict:
