@@ -237,3 +237,34 @@ def test_a_tree_missing_a_parent_is_refused_by_line(tmp_path):
     with pytest.raises(DataError, match=r"(?s)part.jsonl:1: field 'parent_id'.*not a message of this dataset.*"
                                         r"whole trees"):
         load(str(path))
+
+
+def test_glue_tab_separated_and_conll_column_files(tmp_path):
+    """Issue 31: `.tsv` (GLUE's SST-2: a header, no quoting: a quote is text) and CoNLL-2003's column text (word POS
+    chunk NER, blank lines between sentences, -DOCSTART- skipped) were refused."""
+    from tuneforge.data.kinds.labels import LabelledReader
+
+    def read(name: str, task: str, **spec) -> list:
+        return load_examples([DatasetSpec(path=str(REAL / name), **spec)], seed=0, reader=LabelledReader(task))
+
+    sst = read("sst2_train.tsv", "sequence_classification")
+    assert [(r.text, r.label) for r in sst][2:] == [
+        ("that loves its characters and communicates something rather beautiful about human nature ", "1"),
+        ('the "greatest" movie of the year ', "1")]
+    assert sst[0].location.endswith("sst2_train.tsv:2")
+    conll = read("conll2003_train.conll", "token_classification")
+    assert [(r.words, r.tags) for r in conll] == [
+        (("EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."),
+         ("B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O")),
+        (("Peter", "Blackburn"), ("B-PER", "I-PER"))]
+    assert [r.location.rsplit(":", 1)[1] for r in conll] == ["3", "13"]  # each sentence's first line
+    chunks = read("conll2003_train.conll", "token_classification", columns={"tags": "column_2"})
+    assert chunks[1].tags == ("B-NP", "I-NP")  # the chunk column, chosen
+    ragged = tmp_path / "ragged.conll"
+    ragged.write_text("EU B-ORG\nrejects VBZ O\n")
+    with pytest.raises(DataError, match=r"(?s)ragged.conll:1: .*\[2, 3\] columns.*fix: give every line"):
+        load_examples([DatasetSpec(path=str(ragged))], seed=0, reader=LabelledReader("token_classification"))
+    text = tmp_path / "eng.train.txt"
+    text.write_text("EU B-ORG\n")
+    with pytest.raises(DataError, match=r"(?s)unsupported file type '.train.txt'.*name it .conll"):
+        load_examples([DatasetSpec(path=str(text))], seed=0)

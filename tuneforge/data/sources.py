@@ -1,8 +1,9 @@
 """Reading raw records from files, keeping where each one came from (file and line, or row).
 
 Every reader yields `RawRecord`s whose `where` is what an error message should print after the file
-name: a line number for JSON Lines, JSON and CSV, `row N` for Parquet and saved HF datasets. A UTF-8 byte
-order mark is dropped, and `.jsonl.gz`, `.json.gz` and `.csv.gz` are read as they are.
+name: a line number for JSON Lines, JSON, CSV and TSV (a sentence's first line for CoNLL), `row N` for Parquet and
+saved HF datasets. A UTF-8 byte order mark is dropped, and gzipped files (`.jsonl.gz`, `.csv.gz` ...) are read as
+they are.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
     reader = _READERS.get(kind)
     if reader is None:
         raise DataError(shown, None, None, f"unsupported file type '{''.join(source.suffixes[-2:]) or source.name}'",
-                        "use .jsonl, .json, .csv, .parquet (the first three also gzipped, .jsonl.gz), or a "
-                        "directory written by datasets' save_to_disk")
+                        _CONVERT.get(kind, "use .jsonl, .json, .csv, .tsv, .parquet, .conll (all but Parquet also "
+                                     "gzipped, .jsonl.gz), or a directory written by datasets' save_to_disk"))
     yield from reader(source, shown, compressed)
 
 
@@ -150,18 +151,67 @@ def _array_item_lines(text: str) -> Iterator[int]:
         _, index = decoder.raw_decode(text, index)
 
 
-def _read_csv(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
-    reader = csv.DictReader(io.StringIO(_read_all_text(source, shown, compressed), newline=""))
+def _read_csv(source: Path, shown: str, compressed: bool, tabs: bool = False) -> Iterator[RawRecord]:
+    """A header row, then a record a row. Tab-separated files (GLUE's) quote nothing: a quote is text there."""
+    text = _read_all_text(source, shown, compressed)
+    reader = (csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE) if tabs
+              else csv.DictReader(io.StringIO(text, newline="")))
     try:
         for row in reader:
-            if None in row:
-                yield RawRecord(shown, reader.line_num, Malformed("more values than header columns",
-                                                                  "quote values that contain commas"))
+            if None in row or (tabs and None in row.values()):
+                yield RawRecord(shown, reader.line_num, Malformed(
+                    f"{'more' if None in row else 'fewer'} values than header columns",
+                    "give every row one value per column" + ("" if tabs else "; quote values that contain commas")))
                 continue
             yield RawRecord(shown, reader.line_num, dict(row))
     except csv.Error as exc:
-        raise DataError(shown, reader.line_num, None, f"malformed CSV: {exc}",
+        raise DataError(shown, reader.line_num, None, f"malformed {'TSV' if tabs else 'CSV'}: {exc}",
                         "fix the quoting on that line") from None
+
+
+def _read_tsv(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    return _read_csv(source, shown, compressed, tabs=True)
+
+
+def _read_conll(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    """CoNLL column text (CoNLL-2003: `word POS chunk NER`): a sentence per block of lines, blank lines between,
+    `-DOCSTART-` lines skipped; a record {tokens: the first column, tags: the last, column_1 ... the others}
+    at the sentence's first line (`columns: {tags: column_2}` picks another tag column)."""
+    lines = _read_all_text(source, shown, compressed).splitlines()
+    sentence: list[list[str]] = []
+    start = 0
+    for number, line in enumerate([*lines, ""], 1):
+        fields = line.split()
+        if fields and fields[0] == "-DOCSTART-":
+            continue
+        if fields:
+            if not sentence:
+                start = number
+            sentence.append(fields)
+            continue
+        if not sentence:
+            continue
+        widths = {len(f) for f in sentence}
+        if len(widths) > 1 or min(widths) < 2:
+            yield RawRecord(shown, start, Malformed(
+                f"the sentence's lines have {sorted(widths)} columns", "give every line of a sentence the same "
+                "columns: the word first, its tag last, separated by spaces or tabs"))
+        else:
+            columns = list(zip(*sentence, strict=True))
+            yield RawRecord(shown, start, {"tokens": list(columns[0]), "tags": list(columns[-1]),
+                                           **{f"column_{i}": list(c) for i, c in enumerate(columns[1:-1], 1)}})
+        sentence = []
+
+
+# what to do with a file type tuneforge does not read
+_CONVERT = {
+    ".txt": "a .txt file: if it holds a word and its tags per line (CoNLL), name it .conll; plain text trains as JSON "
+            "Lines of {\"text\": ...}",
+    ".xlsx": "save the sheet as CSV (.csv) or tab-separated text (.tsv)",
+    ".xls": "save the sheet as CSV (.csv) or tab-separated text (.tsv)",
+    ".arrow": "give the directory datasets' save_to_disk wrote (it holds the .arrow files), or write Parquet",
+    ".yaml": "a config is not data: write the records as JSON Lines (.jsonl)",
+}
 
 
 def _read_parquet(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
@@ -194,4 +244,5 @@ def _read_saved_dataset(source: Path, shown: str, split: str | None) -> Iterator
         yield RawRecord(shown, f"row {index}", row)
 
 
-_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_tsv, ".parquet": _read_parquet,
+            ".conll": _read_conll}

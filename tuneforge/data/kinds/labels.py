@@ -85,7 +85,8 @@ class LabelledReader:
         return _text_with_label(record, self.task, self.label_names)
 
     def unused(self, record: RawRecord) -> list[str]:
-        return sorted(str(k) for k in record.data if k not in USED_KEYS and k not in ("id", "idx", "source"))
+        return sorted(str(k) for k in record.data if k not in USED_KEYS and k not in ("id", "idx", "source")
+                      and not str(k).startswith("column_"))  # a CoNLL file's other columns
 
 
 def _require_object(record: RawRecord) -> dict:
