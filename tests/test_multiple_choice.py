@@ -5,6 +5,7 @@ after training in eval.json."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,3 +233,25 @@ def test_task_data_lm_eval_cannot_read_is_a_located_error(tmp_path, tokenizer):
                                           r"fix: .*HF_DATASETS_OFFLINE"):
         lm_eval_scores(build_tiny_llama(tokenizer), tokenizer, ["mine"], include_path=tmp_path / "tasks",
                        builtin_tasks=False)
+
+
+REAL = Path(__file__).parent / "data" / "real"
+
+
+def test_published_benchmark_layouts_read_as_published():
+    """Issue 31: MMLU's own CSVs (no header) were refused with "write it in the MMLU layout", which they are; ARC's
+    hub rows (choices {text, label}, answerKey) and HellaSwag's (ctx, endings, label) had no path."""
+    mmlu = read_questions(str(REAL / "mmlu" / "abstract_algebra_test.csv"))
+    assert [(q.question[:21], q.choices, q.answer, q.subject, q.split) for q in mmlu] == [
+        ("Find all c in Z_3 suc", ("0", "1", "2", "3"), 1, "abstract_algebra", "test"),
+        ("Statement 1 | If aH i", ("True, True", "False, False", "True, False", "False, True"), 1,
+         "abstract_algebra", "test")]
+    with pytest.raises(DataError, match="every record is a few-shot 'dev' one"):  # the dev file alone
+        read_questions(str(REAL / "mmlu" / "abstract_algebra_dev.csv"))
+    arc = read_questions(str(REAL / "arc_challenge.jsonl"))
+    assert [(q.choices[q.answer], len(q.choices)) for q in arc] == [("dry palms", 4),
+                                                                    ("186 pounds and 84 kilograms", 4)]
+    hellaswag = read_questions(str(REAL / "hellaswag.jsonl"))
+    assert hellaswag[0].question == "Roof shingle removal: A man is sitting on a roof. He"  # as lm-eval asks it
+    assert hellaswag[0].choices[hellaswag[0].answer] == "starts pulling up roofing on a roof."
+    assert hellaswag[1].choices[3] == ", the man continues removing the snow on his car."

@@ -181,8 +181,8 @@ LOWER_IS_BETTER = ("loss", "mse")
 class BenchConfig(Strict):
     """A multiple-choice benchmark scored at the evaluations before and after training (`bench_acc`, ...)."""
 
-    data: str = Field(description="a file in MMLU's layout (question, choices, answer, subject?, split?), or "
-                      "quickstart:mc")
+    data: str = Field(description="a file in MMLU's layout (question, choices, answer, subject?, split?; MMLU's own "
+                      "headerless CSVs, ARC's and HellaSwag's rows read too), or quickstart:mc")
     shots: int = Field(5, ge=0, description="few-shot examples from the file's 'dev' records of the same subject")
     style: Literal["letters", "choices"] = Field("letters", description="letters: choices listed, ' A' scored "
                                                   "(MMLU); choices: each choice's text scored (ARC, HellaSwag)")

@@ -12,6 +12,7 @@ acc_norm) and `acc_per_token` (the mean log-likelihood of its tokens), in percen
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tuneforge.data.sources import Malformed, read_records
+from tuneforge.data.sources import Malformed, RawRecord, read_records, resolve_source
 from tuneforge.errors import DataError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -36,10 +37,13 @@ class Question:
 
 
 def read_questions(path: str) -> list[Question]:
-    """Every record of a benchmark file, checked: a bad one is refused with its file and line."""
+    """Every record of a benchmark file, checked: a bad one is refused with its file and line. Published layouts
+    read as they are: tuneforge's and MMLU's hub rows (question, choices, answer, subject?, split?), MMLU's own CSVs
+    (no header: question, the choices, the answer's letter; the subject and split from the file name), ARC's rows
+    (choices {text, label}, answerKey) and HellaSwag's (ctx, endings, label; cleaned as lm-eval cleans them)."""
     questions = []
-    for record in read_records(path):
-        row = record.data
+    for record in _records(path):
+        row = _published(record.data)
 
         def refuse(field: str | None, problem: str, fix: str, record=record):
             raise DataError(record.path, record.where, field, problem, fix)
@@ -73,6 +77,56 @@ def read_questions(path: str) -> list[Question]:
         raise DataError(path, None, None, "no questions to score (every record is a few-shot 'dev' one)",
                         "add questions without \"split\": \"dev\"")
     return questions
+
+
+def _records(path: str):
+    """The file's records; MMLU's own CSVs have no header row, so their rows are named here."""
+    import csv
+    import gzip
+    import io
+
+    source = resolve_source(path)
+    if not source.name.removesuffix(".gz").endswith(".csv"):
+        return read_records(path)
+    with (gzip.open(source, "rt", encoding="utf-8-sig", errors="replace") if source.name.endswith(".gz")
+          else source.open(encoding="utf-8-sig", errors="replace", newline="")) as handle:
+        first = next(csv.reader(handle), [])
+    answer = first[-1].strip().upper() if first else ""
+    if "question" in first or len(first) < 4 or len(answer) != 1 or answer not in LETTERS:
+        return read_records(path)
+    stem = source.name.removesuffix(".gz").removesuffix(".csv")
+    split = next((s for s in ("dev", "val", "test") if stem.endswith(f"_{s}")), "test")
+    subject = stem.removesuffix(f"_{split}")
+    text = source.read_bytes()
+    text = (gzip.decompress(text) if source.name.endswith(".gz") else text).decode("utf-8-sig", errors="replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    return (RawRecord(path, reader.line_num, {"question": row[0], "choices": row[1:-1], "answer": row[-1],
+                                              "subject": subject, "split": "dev" if split == "dev" else "test"})
+            for row in reader if row)
+
+
+def _published(row):
+    """ARC's and HellaSwag's rows as MMLU's (other rows as they are)."""
+    if not isinstance(row, dict):
+        return row
+    choices = row.get("choices")
+    if isinstance(choices, dict) and "text" in choices and "answerKey" in row:  # ARC
+        labels = [str(label) for label in choices.get("label") or []]
+        key = str(row["answerKey"])
+        return {**row, "choices": choices["text"], "answer": labels.index(key) if key in labels else key}
+    if "endings" in row and "ctx" in row:  # HellaSwag, with lm-eval's preprocessing
+        query = f"{row.get('activity_label', '')}: {row.get('ctx_a', '')} {str(row.get('ctx_b', '')).capitalize()}" \
+            if "ctx_a" in row else row["ctx"]
+        label = row.get("label")
+        return {"question": _hellaswag_text(query), "answer": int(label) if str(label).strip().isdigit() else label,
+                "choices": [_hellaswag_text(e) if isinstance(e, str) else e for e in row["endings"]]
+                if isinstance(row["endings"], list) else row["endings"]}
+    return row
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
 def describe(subject: str) -> str:
