@@ -255,3 +255,20 @@ def test_published_benchmark_layouts_read_as_published():
     assert hellaswag[0].question == "Roof shingle removal: A man is sitting on a roof. He"  # as lm-eval asks it
     assert hellaswag[0].choices[hellaswag[0].answer] == "starts pulling up roofing on a roof."
     assert hellaswag[1].choices[3] == ", the man continues removing the snow on his car."
+
+
+def test_data_bench_shows_each_question_as_asked_with_its_answer(tmp_path):
+    """Issue 31: benchmark files had no check-only command."""
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    shown = CliRunner().invoke(app, ["data", "bench", str(REAL / "hellaswag.jsonl"), "--style", "choices",
+                                     "--shots", "0", "--samples", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "2 questions, 0 few-shot (dev) records" in shown.output
+    assert "Roof shingle removal: A man is sitting on a roof. He" in shown.output
+    assert "right answer: D (starts pulling up roofing on a roof.)" in shown.output
+    bad = write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["a", "a"], "answer": 0}])
+    refused = CliRunner().invoke(app, ["data", "bench", str(bad)])
+    assert refused.exit_code == 2 and "mc.jsonl:1" in refused.output and "listed twice" in refused.output

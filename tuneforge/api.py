@@ -326,6 +326,28 @@ def _feedback_store(db: str | Path):
     return FeedbackStore(Path(db))
 
 
+def bench_check(path: str | Path, *, shots: int = 5, style: str = "letters", samples: int = 2) -> list[str]:
+    """A benchmark file read as `eval --bench` reads it (every question checked): its counts by subject, and
+    `samples` questions as the model is asked them (`shots` examples first) with the right answer, as lines."""
+    from collections import Counter
+
+    from tuneforge.evaluation.multiple_choice import LETTERS, read_questions, requests
+
+    if style not in ("letters", "choices"):
+        raise ConfigError(f"--style {style}: not a prompt style\n  fix: letters or choices")
+    questions = read_questions(str(path))
+    asked = requests(questions, shots, style)
+    subjects = Counter(q.subject or "(none)" for q, _, _ in asked)
+    lines = [f"{path}: {len(asked)} questions, {len(questions) - len(asked)} few-shot (dev) records; "
+             + ", ".join(f"{name} {count}" for name, count in sorted(subjects.items()))]
+    for question, prompt, choices in asked[:samples]:
+        lines += [f"--- {question.subject or 'question'} ({style}, {shots} shots): the prompt, then each choice "
+                  "scored as its continuation", prompt, *(f"  {'*' if i == question.answer else ' '} {LETTERS[i]} "
+                                                         f"{choice!r}" for i, choice in enumerate(choices)),
+                  f"  right answer: {LETTERS[question.answer]} ({question.choices[question.answer]})"]
+    return lines
+
+
 def bench(name: str, args: Sequence[str] = ()) -> int:
     """Run a benchmark of the source checkout's bench/ (against the peers, side by side) with its own options;
     its exit code."""
@@ -471,6 +493,7 @@ def _default(spec, quote: str = "") -> str:
 __all__ = [
     "Entry",
     "bench",
+    "bench_check",
     "catalogue",
     "chat",
     "compare",

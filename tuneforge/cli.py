@@ -154,6 +154,16 @@ def data_check(config: ConfigArg, overrides: OverridesArg = None,
         raise typer.Exit(2)
 
 
+@data_app.command("bench")
+@user_errors
+def data_bench(file: Annotated[str, typer.Argument(help="a multiple-choice file (as eval --bench takes)")],
+               shots: Annotated[int, typer.Option(min=0)] = 5, style: str = "letters",
+               samples: Annotated[int, typer.Option(min=0, help="questions to show as asked")] = 2) -> None:
+    """Read a benchmark file and show how its questions will be asked and which answer is right, without a run."""
+    from tuneforge.api import bench_check
+    print("\n".join(bench_check(file, shots=shots, style=style, samples=samples)))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @user_errors
 def bench(ctx: typer.Context,
