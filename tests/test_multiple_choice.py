@@ -272,3 +272,18 @@ def test_data_bench_shows_each_question_as_asked_with_its_answer(tmp_path):
     bad = write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["a", "a"], "answer": 0}])
     refused = CliRunner().invoke(app, ["data", "bench", str(bad)])
     assert refused.exit_code == 2 and "mc.jsonl:1" in refused.output and "listed twice" in refused.output
+
+
+def test_another_layout_is_read_through_columns(tmp_path):
+    """Issue 31: a `columns:` mapping for any other multiple-choice layout (eval.bench.columns, bench_check)."""
+    from tuneforge.api import bench_check
+
+    path = write_jsonl(tmp_path / "quiz.jsonl", [{"stem": "2 + 2?", "options": ["3", "4"], "gold": "B",
+                                                  "topic": "sums"}])
+    columns = {"question": "stem", "choices": "options", "answer": "gold", "subject": "topic"}
+    [question] = read_questions(str(path), columns)
+    assert (question.question, question.choices, question.answer, question.subject) == ("2 + 2?", ("3", "4"), 1,
+                                                                                          "sums")
+    assert "right answer: B (4)" in "\n".join(bench_check(path, shots=0, columns=columns))
+    with pytest.raises(DataError, match=r"quiz.jsonl:1: field 'prompt': no such column"):
+        read_questions(str(path), {"question": "prompt"})

@@ -326,16 +326,18 @@ def _feedback_store(db: str | Path):
     return FeedbackStore(Path(db))
 
 
-def bench_check(path: str | Path, *, shots: int = 5, style: str = "letters", samples: int = 2) -> list[str]:
-    """A benchmark file read as `eval --bench` reads it (every question checked): its counts by subject, and
-    `samples` questions as the model is asked them (`shots` examples first) with the right answer, as lines."""
+def bench_check(path: str | Path, *, shots: int = 5, style: str = "letters", samples: int = 2,
+                columns: dict[str, str] | None = None) -> list[str]:
+    """A benchmark file read as `eval --bench` reads it (every question checked; `columns` names another layout's
+    fields): its counts by subject, and `samples` questions as the model is asked them (`shots` examples first)
+    with the right answer, as lines."""
     from collections import Counter
 
     from tuneforge.evaluation.multiple_choice import LETTERS, read_questions, requests
 
     if style not in ("letters", "choices"):
         raise ConfigError(f"--style {style}: not a prompt style\n  fix: letters or choices")
-    questions = read_questions(str(path))
+    questions = read_questions(str(path), columns)
     asked = requests(questions, shots, style)
     subjects = Counter(q.subject or "(none)" for q, _, _ in asked)
     lines = [f"{path}: {len(asked)} questions, {len(questions) - len(asked)} few-shot (dev) records; "

@@ -186,6 +186,8 @@ class BenchConfig(Strict):
     shots: int = Field(5, ge=0, description="few-shot examples from the file's 'dev' records of the same subject")
     style: Literal["letters", "choices"] = Field("letters", description="letters: choices listed, ' A' scored "
                                                   "(MMLU); choices: each choice's text scored (ARC, HellaSwag)")
+    columns: dict[str, str] = Field(default_factory=dict, description="the file's names for question, choices, "
+                                    "answer, subject and split, e.g. {question: stem, choices: options}")
 
 
 class EvalConfig(Strict):

@@ -130,7 +130,7 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
     fmt = None if spec.format == "auto" else spec.format
     for record in read_records(path, spec.split):
         try:
-            record = _mapped(record, spec.columns)
+            record = mapped_columns(record, spec.columns)
             if reader is not None:
                 fmt = reader.format
                 examples.append(reader(record))
@@ -162,7 +162,7 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
     return examples
 
 
-def _mapped(record: RawRecord, columns: dict[str, str]) -> RawRecord:
+def mapped_columns(record: RawRecord, columns: dict[str, str]) -> RawRecord:
     """The record with the file's column names renamed to the fields tuneforge reads (`columns:`)."""
     if not columns or not isinstance(record.data, dict):
         return record

@@ -91,7 +91,8 @@ def prepare_data(loaded: LoadedConfig, console: RunConsole | None, recipe: Recip
     if cfg.eval.max_examples:
         test_raw = first_per_task(test_raw, cfg.eval.max_examples)
     encoded = kind.encode(train_raw, test_raw, tokenizer, cfg.data, labels, console)
-    bench = read_questions(loaded.resolve_path(cfg.eval.bench.data)) if cfg.eval.bench else None
+    bench = (read_questions(loaded.resolve_path(cfg.eval.bench.data), cfg.eval.bench.columns) if cfg.eval.bench
+             else None)
     return Prepared(encoded.train, encoded.test, test_raw, tokenizer, encoded.chat, encoded.stats, labels, bench)
 
 

@@ -36,14 +36,17 @@ class Question:
     split: str = "test"
 
 
-def read_questions(path: str) -> list[Question]:
+def read_questions(path: str, columns: dict[str, str] | None = None) -> list[Question]:
     """Every record of a benchmark file, checked: a bad one is refused with its file and line. Published layouts
     read as they are: tuneforge's and MMLU's hub rows (question, choices, answer, subject?, split?), MMLU's own CSVs
     (no header: question, the choices, the answer's letter; the subject and split from the file name), ARC's rows
-    (choices {text, label}, answerKey) and HellaSwag's (ctx, endings, label; cleaned as lm-eval cleans them)."""
+    (choices {text, label}, answerKey) and HellaSwag's (ctx, endings, label; cleaned as lm-eval cleans them);
+    `columns` names another layout's fields ({question: stem, choices: options, answer: gold})."""
+    from tuneforge.data.dataset import mapped_columns
+
     questions = []
     for record in _records(path):
-        row = _published(record.data)
+        row = _published(mapped_columns(record, columns or {}).data)
 
         def refuse(field: str | None, problem: str, fix: str, record=record):
             raise DataError(record.path, record.where, field, problem, fix)
