@@ -16,7 +16,7 @@ from typing import Protocol
 
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data import cache, trees
-from tuneforge.data.formats import Example, detect_format, normalise, shown_keys, unused_keys
+from tuneforge.data.formats import Example, detect_format, normalise, record_object, shown_keys, unused_keys
 from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
 from tuneforge.errors import DataError
@@ -135,11 +135,12 @@ def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
                 fmt = reader.format
                 examples.append(reader(record))
             else:
-                fmt = fmt or detect_format(record)
+                # a message tree first: its rows have a text, but train only inside their tree
+                fmt = fmt or ("oasst" if trees.is_tree(record_object(record)) else detect_format(record))
                 if fmt == "oasst":  # a tree spans records: its conversations are built once all are read
                     tree_rows += trees.rows_of(record)
-                else:
-                    examples.append(normalise(record, fmt))
+                    continue
+                examples.append(normalise(record, fmt))
         except DataError as exc:
             if bad_records != "skip":
                 raise

@@ -107,11 +107,8 @@ class Example:
 
 
 def detect_format(record: RawRecord) -> str:
-    from tuneforge.data.trees import is_tree
-
-    data = _record_object(record)
-    if is_tree(data):  # before `text`: a message row has its text, but trains only inside its tree
-        return "oasst"
+    """The record's format from its keys (a message tree's rows are told apart before, by `data.trees.is_tree`)."""
+    data = record_object(record)
     if any(k in data for k in LABEL_KEYS) and _sft_layout(data) is not None:
         return "rated"
     for name, keys in FORMAT_KEYS.items():
@@ -135,7 +132,7 @@ def shown_keys(data: dict) -> str:
 
 
 def normalise(record: RawRecord, fmt: str) -> Example:
-    _record_object(record)
+    record_object(record)
     return _NORMALISERS[fmt](record)
 
 
@@ -143,10 +140,7 @@ def unused_keys(record: RawRecord, fmt: str) -> list[str]:
     """The record's keys that its format does not read (ids and similar bookkeeping aside). A key that shows a
     structure the format would flatten (a message tree's parent ids, a pair's sides, a verdict, turns) refuses the
     record, naming the format that reads it: it is never trained in a shape it does not have."""
-    from tuneforge.data.trees import KEYS
-
-    used = KEYS if fmt == "oasst" else USED_KEYS[fmt]
-    unused = sorted(str(k) for k in record.data if k not in used and k not in METADATA_KEYS)
+    unused = sorted(str(k) for k in record.data if k not in USED_KEYS[fmt] and k not in METADATA_KEYS)
     found = next(((key, *STRUCTURE_KEYS[key]) for key in unused if key in STRUCTURE_KEYS), None)
     if found:
         key, reader, what = found
@@ -155,7 +149,7 @@ def unused_keys(record: RawRecord, fmt: str) -> list[str]:
     return unused
 
 
-def _record_object(record: RawRecord) -> dict:
+def record_object(record: RawRecord) -> dict:
     from tuneforge.data.sources import Malformed
 
     data = record.data
@@ -218,7 +212,7 @@ def _messages_from(record: RawRecord, key: str, role_key: str, content_key: str,
     turns = record.data.get(key) if turns is None else turns
     if not isinstance(turns, list) or not turns:
         raise DataError(record.path, record.where, key, f"expected a non-empty list of turns, got "
-                        f"{_excerpt(turns)}", f"make '{key}' a list like [{{\"{role_key}\": ..., "
+                        f"{excerpt(turns)}", f"make '{key}' a list like [{{\"{role_key}\": ..., "
                         f"\"{content_key}\": ...}}]")
     messages = [_turn(record, f"{key}[{index}]", turn, role_key, content_key, roles)
                 for index, turn in enumerate(turns)]
@@ -235,7 +229,7 @@ def _turn(record: RawRecord, where: str, turn, role_key: str, content_key: str, 
                         f"each turn needs '{role_key}' and '{content_key}'")
     role = turn.get(role_key)
     if not isinstance(role, str) or role not in roles:
-        raise DataError(record.path, record.where, f"{where}.{role_key}", f"unknown role {_excerpt(role)}",
+        raise DataError(record.path, record.where, f"{where}.{role_key}", f"unknown role {excerpt(role)}",
                         f"use one of: {', '.join(sorted(roles))}")
     content = turn.get(content_key)
     calls = turn.get("tool_calls")
@@ -262,14 +256,14 @@ def _parsed_call(record: RawRecord, where: str, value) -> dict:
             raise DataError(record.path, record.where, where, "a function call must be JSON text like "
                             '{"name": ..., "arguments": {...}}', "fix the JSON of this call") from None
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        raise DataError(record.path, record.where, where, f"a function call needs a 'name', got {_excerpt(value)}",
+        raise DataError(record.path, record.where, where, f"a function call needs a 'name', got {excerpt(value)}",
                         'write the call as {"name": ..., "arguments": {...}}')
     return {"function": {"name": value["name"], "arguments": value.get("arguments", {})}}
 
 
 def _with_tool_calls(record: RawRecord, where: str, content: str, calls) -> str:
     if not isinstance(calls, list):
-        raise DataError(record.path, record.where, where, f"expected a list of calls, got {_excerpt(calls)}",
+        raise DataError(record.path, record.where, where, f"expected a list of calls, got {excerpt(calls)}",
                         "write tool_calls as [{\"type\": \"function\", \"function\": {\"name\": ..., "
                         "\"arguments\": ...}}]")
     texts = []
@@ -291,7 +285,7 @@ def _with_tool_calls(record: RawRecord, where: str, content: str, calls) -> str:
     return "\n".join(filter(None, [content.strip(), *texts]))
 
 
-def _excerpt(value) -> str:
+def excerpt(value) -> str:
     """A short, clearly cut rendering of a value from the data for an error message."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -489,7 +483,7 @@ def _verdict(record: RawRecord, key: str | None) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # CSV has no booleans
         return value.strip().lower() == "true"
     if not isinstance(value, bool):
-        raise DataError(record.path, record.where, key or "label", f"expected true or false, got {_excerpt(value)}",
+        raise DataError(record.path, record.where, key or "label", f"expected true or false, got {excerpt(value)}",
                         f"set '{key or 'label'}' to true for a desirable completion and false for an undesirable "
                         "one")
     return value
@@ -533,7 +527,7 @@ _NORMALISERS = {
 def prompt_of(record: RawRecord) -> list[dict[str, str]]:
     """The conversation a model should answer: `prompt` (text or messages), or `messages` up to the last user
     turn (so SFT or preference files serve as prompt files too)."""
-    data = _record_object(record)
+    data = record_object(record)
     if not ({"prompt", "messages"} & set(data)):
         raise DataError(record.path, record.where, None, "a prompt record needs 'prompt' (text or messages) or "
                         "'messages'", "write records like {\"prompt\": \"What is 2 + 2?\"}")

@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from tuneforge.data.formats import Example, _excerpt, _record_object
+from tuneforge.data.formats import Example, excerpt, record_object
 from tuneforge.data.sources import RawRecord
 from tuneforge.errors import DataError
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
 ROW_KEYS = ("message_id", "parent_id", "role", "text")
-KEYS = {*ROW_KEYS, "message_tree_id", "tree_state", "prompt", "replies", "user_id", "created_date", "lang",
-        "review_count", "review_result", "deleted", "rank", "synthetic", "model_name", "detoxify", "emojis", "labels"}
 
 
 def is_tree(data: dict) -> bool:
@@ -41,7 +39,7 @@ class _Node:
 
 def rows_of(record: RawRecord) -> list[tuple[str, _Node]]:
     """A record's messages, checked: a row is one; a tree record gives each of its nodes, with its parent's id."""
-    data = _record_object(record)
+    data = record_object(record)
     if "prompt" in data and isinstance(data["prompt"], dict):
         found: list[tuple[str, _Node]] = []
         pending = [(data["prompt"], None, "prompt")]
@@ -67,19 +65,19 @@ def _node(record: RawRecord, data, parent: str | None, where: str | None) -> tup
     identity, role, text, rank = data.get("message_id"), data.get("role"), data.get("text"), data.get("rank")
     if not isinstance(identity, str) or not identity:
         raise DataError(record.path, record.where, field_name("message_id"), f"expected an id, got "
-                        f"{_excerpt(identity)}", "give every message its message_id")
+                        f"{excerpt(identity)}", "give every message its message_id")
     if parent is not None and not isinstance(parent, str):
         raise DataError(record.path, record.where, field_name("parent_id"), f"expected an id or null, got "
-                        f"{_excerpt(parent)}", "give the id of the message this one replies to (null for a prompt)")
+                        f"{excerpt(parent)}", "give the id of the message this one replies to (null for a prompt)")
     if role not in ROLES:
-        raise DataError(record.path, record.where, field_name("role"), f"unknown role {_excerpt(role)}",
+        raise DataError(record.path, record.where, field_name("role"), f"unknown role {excerpt(role)}",
                         "use prompter or assistant")
     if not isinstance(text, str) or not text.strip():
         raise DataError(record.path, record.where, field_name("text"), "expected the message's text",
                         "give the message its text, or remove it")
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int | float)):
         raise DataError(record.path, record.where, field_name("rank"), f"expected a number or null, got "
-                        f"{_excerpt(rank)}", "give the reviewers' rank among siblings (0 the best), or null")
+                        f"{excerpt(rank)}", "give the reviewers' rank among siblings (0 the best), or null")
     kept = data.get("deleted") is not True and data.get("review_result") is not False
     return identity, _Node(record, ROLES[role], text, parent, None if rank is None else int(rank), kept)
 

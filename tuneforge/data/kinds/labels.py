@@ -90,9 +90,9 @@ class LabelledReader:
 
 
 def _require_object(record: RawRecord) -> dict:
-    from tuneforge.data.formats import _record_object
+    from tuneforge.data.formats import record_object
 
-    return _record_object(record)
+    return record_object(record)
 
 
 def _text_with_label(record: RawRecord, task: str, label_names: Sequence[str] | None) -> Labeled:
