@@ -562,7 +562,8 @@ def test_the_server_admits_only_the_clients_it_was_told_about():
     from tuneforge.strategies.federated.server import _Roster, _Server
     from tuneforge.strategies.params import FederatedParams
 
-    run = SimpleNamespace(loaded=None, console=None, dir=None)
+    said: list[str] = []
+    run = SimpleNamespace(loaded=None, console=SimpleNamespace(info=said.append), dir=None)
     server = _Server(run, FederatedParams(clients=2), None, None, None, ["t1", "t2"], (0, 0), {}, 0)
 
     def reply(node: int, client: dict | None = None, metrics: dict | None = None):
@@ -580,7 +581,9 @@ def test_the_server_admits_only_the_clients_it_was_told_about():
         server._admit_one(reply(13, {"name": "t3", "partition": 1, "examples": 200}), connected)
     server._admit_one(reply(14, {"name": "t2", "partition": -1, "examples": 200}), connected)
     server._admit_one(reply(16), connected)  # could not say who it is
-    assert server.nodes == {11: "t1", 12: "t2"} and set(server.refused) == {14, 16}
+    server._admit_one(reply(17, {"name": 5, "partition": "0"}), connected)  # a malformed claim
+    assert server.nodes == {11: "t1", 12: "t2"} and set(server.refused) == {14, 16, 17}
+    assert len(said) == 3 and said[0].startswith("refused SuperNode 14: node 14 claims partition -1")
 
     class Grid:
         def get_node_ids(self):

@@ -133,13 +133,13 @@ class _Server:
 
     def _admit_one(self, reply, connected: set[int]) -> None:
         node = self._node_of(reply)
-        if reply.has_error():
-            self.refused[node] = self._failure(reply)
-            return
-        said = reply.content["client"]
-        name, partition = str(said["name"]), int(said.get("partition", -1))
-        if not 0 <= partition < len(self.names):
-            self.refused[node] = f"node {node} claims partition {partition} of {len(self.names)} clients"
+        said = {} if reply.has_error() else reply.content.get("client", {})
+        name, partition = said.get("name"), said.get("partition")
+        if reply.has_error() or not isinstance(name, str) or not isinstance(partition, int) \
+                or not 0 <= partition < len(self.names):
+            self.refused[node] = (self._failure(reply) if reply.has_error() else f"node {node} claims partition "
+                                  f"{partition!r} of {len(self.names)} clients, as {name!r}")
+            self.console.info(f"refused SuperNode {node}: {self.refused[node]}")
             return
         holder = next((other for other, held in self.nodes.items() if other in connected
                        and (held == name or self.partitions[other] == partition)), None)
