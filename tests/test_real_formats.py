@@ -268,3 +268,12 @@ def test_glue_tab_separated_and_conll_column_files(tmp_path):
     text.write_text("EU B-ORG\n")
     with pytest.raises(DataError, match=r"(?s)unsupported file type '.train.txt'.*name it .conll"):
         load_examples([DatasetSpec(path=str(text))], seed=0)
+
+
+def test_a_misspelt_file_type_names_the_nearest_and_ndjson_is_json_lines(tmp_path):
+    for name, says in (("train.jsnol", "did you mean .jsonl?"), ("train.xlsx", "save the sheet as CSV")):
+        (tmp_path / name).write_text('{"text": "x"}\n')
+        with pytest.raises(DataError, match=rf"(?s){name}: unsupported file type.*{says}"):
+            load_examples([DatasetSpec(path=str(tmp_path / name))], seed=0)
+    (tmp_path / "train.ndjson").write_text('{"text": "x"}\n')
+    assert load_examples([DatasetSpec(path=str(tmp_path / "train.ndjson"))], seed=0)[0].text == "x"

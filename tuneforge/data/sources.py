@@ -62,8 +62,7 @@ def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
     reader = _READERS.get(kind)
     if reader is None:
         raise DataError(shown, None, None, f"unsupported file type '{''.join(source.suffixes[-2:]) or source.name}'",
-                        _CONVERT.get(kind, "use .jsonl, .json, .csv, .tsv, .parquet, .conll (all but Parquet also "
-                                     "gzipped, .jsonl.gz), or a directory written by datasets' save_to_disk"))
+                        _how_to_convert(kind))
     yield from reader(source, shown, compressed)
 
 
@@ -203,6 +202,18 @@ def _read_conll(source: Path, shown: str, compressed: bool) -> Iterator[RawRecor
         sentence = []
 
 
+def _how_to_convert(kind: str) -> str:
+    """What to do with a file type tuneforge does not read: how to convert it, or the supported type it is nearest
+    to (a misspelt one)."""
+    import difflib
+
+    if kind in _CONVERT:
+        return _CONVERT[kind]
+    nearest = difflib.get_close_matches(kind, list(_READERS), n=1, cutoff=0.6)
+    return ((f"did you mean {nearest[0]}? " if nearest else "") + "use .jsonl, .json, .csv, .tsv, .parquet, .conll "
+            "(all but Parquet also gzipped, .jsonl.gz), or a directory written by datasets' save_to_disk")
+
+
 # what to do with a file type tuneforge does not read
 _CONVERT = {
     ".txt": "a .txt file: if it holds a word and its tags per line (CoNLL), name it .conll; plain text trains as JSON "
@@ -244,5 +255,5 @@ def _read_saved_dataset(source: Path, shown: str, split: str | None) -> Iterator
         yield RawRecord(shown, f"row {index}", row)
 
 
-_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_tsv, ".parquet": _read_parquet,
-            ".conll": _read_conll}
+_READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_tsv,
+            ".parquet": _read_parquet, ".conll": _read_conll}
