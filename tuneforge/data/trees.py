@@ -10,7 +10,6 @@ train."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tuneforge.data.formats import Example, excerpt, record_object
@@ -100,7 +99,7 @@ def conversations(rows: list[tuple[str, _Node]], how: str = "best") -> list[Exam
                             "give whole trees (every message of a message_tree_id)")
         else:
             nodes[node.parent].replies.append(identity)
-    order = defaultdict(int, {identity: index for index, identity in enumerate(nodes)})
+    order = {identity: index for index, identity in enumerate(nodes)}
     for node in nodes.values():  # the best-ranked first; unranked after, in the file's order
         node.replies.sort(key=lambda r: (nodes[r].rank is None, nodes[r].rank or 0, order[r]))
     examples: list[Example] = []

@@ -91,17 +91,15 @@ def _records(path: str):
     source = resolve_source(path)
     if not source.name.removesuffix(".gz").endswith(".csv"):
         return read_records(path)
-    with (gzip.open(source, "rt", encoding="utf-8-sig", errors="replace") if source.name.endswith(".gz")
-          else source.open(encoding="utf-8-sig", errors="replace", newline="")) as handle:
-        first = next(csv.reader(handle), [])
+    raw = source.read_bytes()
+    text = (gzip.decompress(raw) if source.name.endswith(".gz") else raw).decode("utf-8-sig", errors="replace")
+    first = next(csv.reader(io.StringIO(text, newline="")), [])
     answer = first[-1].strip().upper() if first else ""
     if "question" in first or len(first) < 4 or len(answer) != 1 or answer not in LETTERS:
         return read_records(path)
     stem = source.name.removesuffix(".gz").removesuffix(".csv")
     split = next((s for s in ("dev", "val", "test") if stem.endswith(f"_{s}")), "test")
     subject = stem.removesuffix(f"_{split}")
-    text = source.read_bytes()
-    text = (gzip.decompress(text) if source.name.endswith(".gz") else text).decode("utf-8-sig", errors="replace")
     reader = csv.reader(io.StringIO(text, newline=""))
     return (RawRecord(path, reader.line_num, {"question": row[0], "choices": row[1:-1], "answer": row[-1],
                                               "subject": subject, "split": "dev" if split == "dev" else "test"})

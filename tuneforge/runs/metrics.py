@@ -71,8 +71,7 @@ def check_trackers(cfg: RunConfig, where: str) -> list[str]:
     answers (else a run would wait minutes for it, then fail). What to tell the user (W&B going offline)."""
     notes = []
     for name in cfg.output.chosen_trackers:
-        module = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}[name]
-        if importlib.util.find_spec(module) is None:
+        if importlib.util.find_spec(name) is None:  # each tracker's module has its name
             raise ConfigError(f"{where}: tracker {name} is not installed\n  fix: pip install 'tuneforge[trackers]', or "
                               f"remove {name} from output.trackers")
         uri = os.environ.get("MLFLOW_TRACKING_URI", "")
