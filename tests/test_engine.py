@@ -200,7 +200,7 @@ def test_a_strategys_penalty_joins_the_loss_once_per_step(tokenizer):
     cfg = TrainConfig(batch_size=2, grad_accum=2, max_grad_norm=None, precision="fp32")
     inputs = LoopInputs(model, OBJECTIVES["sft"], items, cfg, tokenizer.pad_token_id, torch.device("cpu"),
                         nullcontext, None, None, Path("unused"), penalty=penalty)
-    values = train_step(inputs, torch.optim.SGD(named.values(), lr=1.0), [[0, 1], [2, 3]], lr=1.0)
+    values = train_step(inputs, torch.optim.SGD(named.values(), lr=1.0), [items[0:2], items[2:4]], lr=1.0)
     assert values["penalty"] == pytest.approx(expected_penalty, rel=1e-5)
     assert values["loss"] == pytest.approx(objective_loss + expected_penalty, rel=1e-5)
     for name, param in named.items():  # SGD at lr 1: θ − (∇L + ∇P), and ∇P = θ

@@ -164,7 +164,7 @@ def data_check(config: ConfigLike, overrides: Sequence[str] = (), *, samples: in
     loaded = load(config, overrides)
     cfg, objective = loaded.run, get_objective(loaded.run.objective.name)
     notes: list[str] = []
-    train, test, labels = objective.kind.split(loaded, load_splits(loaded, objective, notes))
+    train, test, labels = objective.kind.split(loaded, load_splits(loaded, objective, notes, sample=True))
     tokenizer = load_tokenizer(cfg.model)
     reports = [objective.kind.report(split, records, tokenizer, cfg.data, samples, labels)
                for split, records in (("train", train), ("test", test)) if records]

@@ -113,6 +113,10 @@ class DataConfig(Strict):
                                         "records as the test set (seeded), instead of data.test")
     stratify: bool = Field(False, description="with data.test_fraction: keep each class's share on both sides "
                            "(sequence_classification)")
+    streaming: bool = Field(False, description="read data.train a block at a time as it trains, never whole: data "
+                            "larger than memory (.jsonl, .csv, .tsv, .parquet; train.max_steps says how long)")
+    shuffle_buffer: int = Field(10_000, ge=1, le=10_000_000, description="data.streaming: records per block; "
+                                "each block's records are shuffled (seeded) among themselves")
 
     _lists = field_validator("train", "test", mode="before")(_as_dataset_list)
 
@@ -332,6 +336,7 @@ def load_config(source: str | Path | dict, overrides: Sequence[str] = ()) -> Loa
     run.model.path = model_path_from(run.model.path, base)
     loaded = LoadedConfig(run=run, source=path, base_dir=base, lines=lines)
     check_task_metrics(loaded)
+    check_streaming(loaded)
     if run.task != "causal_lm" and run.model.path == DEFAULT_MODEL:
         run.model.path = DEFAULT_ENCODER  # the default of a classification task is the default encoder
     return loaded
@@ -351,6 +356,24 @@ def check_task_metrics(loaded: LoadedConfig) -> None:
         raise ConfigError(f"{loaded.where('train', 'early_stopping_metric')}: {watched!r} is not a metric of task "
                           f"{run.task}\n  fix: " + (f"did you mean '{hint}'? " if hint else "")
                           + f"choose from {', '.join(valid)}")
+
+
+def check_streaming(loaded: LoadedConfig) -> None:
+    """`data.streaming` reads the training files once through, in order: what needs them whole is refused."""
+    data, where = loaded.run.data, loaded.where("data", "streaming")
+    if not data.streaming:
+        return
+    if loaded.run.train.max_steps is None:
+        raise ConfigError(f"{where}: a streamed dataset's size is not known until it is read, so the epochs cannot "
+                          "say how long to train\n  fix: set train.max_steps")
+    mixed = next((spec for spec in data.train if spec.weight != 1.0 or spec.task), None)
+    if mixed is not None:
+        raise ConfigError(f"{where}: data.train entry {mixed.path} has a {'weight' if mixed.weight != 1.0 else 'task'}"
+                          "; a mixture's shares need every file's size, and a stream reads the files one after "
+                          "another\n  fix: mix the files beforehand (one shuffled file), or set data.streaming: false")
+    if data.test_fraction is not None:
+        raise ConfigError(f"{where}: data.test_fraction holds out records chosen from the whole training data, "
+                          "which a stream never holds\n  fix: give data.test, or set data.streaming: false")
 
 
 DEFAULT_MODEL, DEFAULT_ENCODER = "default", "default-encoder"

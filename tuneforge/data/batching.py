@@ -202,7 +202,7 @@ def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
-def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int | str,
                         group_by_length: bool, shuffle: bool = True) -> list[list[int]]:
     """Indices of every micro-batch of one epoch, shuffled by (seed, epoch) unless `shuffle` is off.
 
@@ -226,11 +226,13 @@ def epoch_micro_batches(lengths: Sequence[int], batch_size: int, seed: int, epoc
 
 
 class StepPlan:
-    """Which micro-batches make up each optimizer step, across epochs; indexable by global step."""
+    """Which micro-batches of in-memory examples make up each optimizer step, across epochs; indexable by global
+    step. A streamed dataset's plan (`data.stream.StreamPlan`) answers the same questions."""
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, grad_accum: int, seed: int,
+    def __init__(self, examples: Sequence[TrainExample], batch_size: int, grad_accum: int, seed: int,
                  group_by_length: bool, shuffle: bool = True):
-        self.lengths, self.batch_size, self.grad_accum = list(lengths), batch_size, grad_accum
+        self.examples, self.batch_size, self.grad_accum = examples, batch_size, grad_accum
+        self.lengths = [len(e) for e in examples]
         self.seed, self.group_by_length, self.shuffle = seed, group_by_length, shuffle
         micro = -(-len(self.lengths) // batch_size)
         self.steps_per_epoch = max(1, -(-micro // grad_accum))
@@ -239,14 +241,23 @@ class StepPlan:
     def total_steps(self, epochs: float, max_steps: int | None) -> int:
         return max_steps if max_steps else max(1, round(epochs * self.steps_per_epoch))
 
-    def window(self, step: int) -> list[list[int]]:
-        """The micro-batches (lists of example indices) of optimizer step `step` (0-based)."""
+    def window(self, step: int) -> list[list[TrainExample]]:
+        """The micro-batches of optimizer step `step` (0-based)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch not in self._cache:
             self._cache = {epoch: epoch_micro_batches(self.lengths, self.batch_size, self.seed, epoch,
                                                       self.group_by_length, self.shuffle)}
         micro = self._cache[epoch]
-        return micro[index * self.grad_accum: (index + 1) * self.grad_accum]
+        return [[self.examples[i] for i in batch] for batch in micro[index * self.grad_accum:
+                                                                     (index + 1) * self.grad_accum]]
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
+
+    def position(self) -> dict | None:
+        """What a checkpoint keeps to continue the data where it stopped: nothing, the order being a function of
+        the step."""
+        return None
+
+    def restore(self, step: int, position: dict | None) -> None:
+        """Continue at `step` (a resume)."""

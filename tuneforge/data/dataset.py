@@ -126,41 +126,65 @@ class RecordReader(Protocol):
 
 def _load_one(spec: DatasetSpec, path: str, bad_records: str, notes: list[str],
               reader: RecordReader | None = None) -> list[Example]:
-    examples, skipped, unused, tree_rows = [], [], None, []
-    fmt = None if spec.format == "auto" else spec.format
-    for record in read_records(path, spec.split):
-        try:
-            record = mapped_columns(record, spec.columns)
-            if reader is not None:
-                fmt = reader.format
-                examples.append(reader(record))
-            else:
-                # a message tree first: its rows have a text, but train only inside their tree
-                fmt = fmt or ("oasst" if trees.is_tree(record_object(record)) else detect_format(record))
-                if fmt == "oasst":  # a tree spans records: its conversations are built once all are read
-                    tree_rows += trees.rows_of(record)
-                    continue
-                examples.append(normalise(record, fmt))
-        except DataError as exc:
-            if bad_records != "skip":
-                raise
-            skipped.append(str(exc).splitlines()[0])
-            continue
-        keys = reader.unused(record) if reader is not None else unused_keys(record, fmt)
-        if unused is None and keys:
-            unused = (record.where, keys)
-    examples += trees.conversations(tree_rows, spec.tree) if tree_rows else []
-    shown = path if not examples else examples[0].source
-    if skipped:
-        notes.append(f"warning: {shown}: skipped {len(skipped)} bad records (data.bad_records: skip), first: "
-                     + "; ".join(skipped[:3]))
-    if unused:
-        notes.append(f"warning: {shown}:{unused[0]}: keys {unused[1]} are not read by the {fmt} format (first "
-                     "such record); if one holds what should be trained, map it with `columns:` or set `format:`")
+    entry = EntryReader(spec, bad_records, reader)
+    examples = [e for e in map(entry.read, read_records(path, spec.split)) if e is not None]
+    examples += trees.conversations(entry.tree_rows, spec.tree) if entry.tree_rows else []
+    notes += entry.notes(path if not examples else examples[0].source)
     if not examples:
-        problem = f"contains no usable records ({len(skipped)} skipped)" if skipped else "contains no records"
+        skipped = len(entry.skipped)
+        problem = f"contains no usable records ({skipped} skipped)" if skipped else "contains no records"
         raise DataError(path, None, None, problem, "add records, or remove this dataset entry")
     return examples
+
+
+class EntryReader:
+    """Reads the records of one `data.train`/`data.test` entry into examples: its columns mapped, its format
+    detected at the first record, bad records refused or skipped as `data.bad_records` says. It keeps what was
+    skipped and the first record's keys that no format reads, for the notes, and a message tree's rows (a tree spans
+    records: its conversations are built once all are read)."""
+
+    def __init__(self, spec: DatasetSpec, bad_records: str, reader: RecordReader | None = None):
+        self.spec, self.bad_records, self.reader = spec, bad_records, reader
+        self.fmt = None if spec.format == "auto" else spec.format
+        self.skipped: list[str] = []
+        self.unused: tuple | None = None
+        self.tree_rows: list = []
+
+    def read(self, record: RawRecord) -> Example | None:
+        """The record's example; None for a skipped record or a message tree's row."""
+        try:
+            record = mapped_columns(record, self.spec.columns)
+            if self.reader is not None:
+                self.fmt = self.reader.format
+                example = self.reader(record)
+            else:
+                # a message tree first: its rows have a text, but train only inside their tree
+                self.fmt = self.fmt or ("oasst" if trees.is_tree(record_object(record)) else detect_format(record))
+                if self.fmt == "oasst":
+                    self.tree_rows += trees.rows_of(record)
+                    return None
+                example = normalise(record, self.fmt)
+        except DataError as exc:
+            if self.bad_records != "skip":
+                raise
+            self.skipped.append(str(exc).splitlines()[0])
+            return None
+        keys = self.reader.unused(record) if self.reader is not None else unused_keys(record, self.fmt)
+        if self.unused is None and keys:
+            self.unused = (record.where, keys)
+        return example
+
+    def notes(self, shown: str) -> list[str]:
+        """What was skipped (data.bad_records: skip) and keys no format reads, said of the file `shown`."""
+        said = []
+        if self.skipped:
+            said.append(f"warning: {shown}: skipped {len(self.skipped)} bad records (data.bad_records: skip), first: "
+                        + "; ".join(self.skipped[:3]))
+        if self.unused:
+            said.append(f"warning: {shown}:{self.unused[0]}: keys {self.unused[1]} are not read by the {self.fmt} "
+                        "format (first such record); if one holds what should be trained, map it with `columns:` or "
+                        "set `format:`")
+        return said
 
 
 def mapped_columns(record: RawRecord, columns: dict[str, str]) -> RawRecord:

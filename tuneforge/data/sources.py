@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,19 +50,46 @@ def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
     """Yield every record of a dataset file or saved dataset directory, in order. A record that cannot be read
     (a malformed JSON line, bytes that are not UTF-8) comes as a `Malformed` datum, so that the caller decides
     whether it stops the run (the default) or is skipped (`data.bad_records: skip`)."""
-    source = resolve_source(path)
-    shown = path if path.startswith(BUNDLED_PREFIX) else str(source)
+    source, shown = resolve_source(path), _shown(path)
     if source.is_dir():
         yield from _read_saved_dataset(source, shown, split)
         return
-    suffixes = [s.lower() for s in source.suffixes[-2:]]
-    compressed = bool(suffixes) and suffixes[-1] == ".gz"
-    kind = suffixes[-2] if compressed and len(suffixes) == 2 else (suffixes[-1] if suffixes else "")
+    kind, compressed = _file_type(source)
     reader = _READERS.get(kind)
     if reader is None:
         raise DataError(shown, None, None, f"unsupported file type '{''.join(source.suffixes[-2:]) or source.name}'",
                         _how_to_convert(kind))
     yield from reader(source, shown, compressed)
+
+
+# where a streamed file is: what it takes to read on from just after a record (a byte offset and a line number,
+# rows read, ...), as plain integers a checkpoint's JSON keeps
+Point = tuple[int, int]
+
+
+def read_from(path: str, point: Point | None = None) -> Iterator[tuple[Point, RawRecord]]:
+    """Every record of a file from `point` (the start when None) on, each with the point just after it, read a
+    line or a row group at a time: what `data.streaming` reads. JSON Lines, CSV, TSV and Parquet stream; other
+    layouts are refused with how to convert."""
+    source, shown = resolve_source(path), _shown(path)
+    kind, compressed = ("", False) if source.is_dir() else _file_type(source)
+    reader = _POSITIONED.get(kind)
+    if reader is None:
+        raise DataError(shown, None, None, f"a {'saved dataset directory' if source.is_dir() else kind or 'file'} "
+                        "cannot be streamed (data.streaming reads .jsonl, .csv, .tsv and .parquet a part at a time)",
+                        "write the records as JSON Lines or Parquet, or set data.streaming: false")
+    yield from reader(source, shown, compressed, point or (0, 0))
+
+
+def _shown(path: str) -> str:
+    return path if path.startswith(BUNDLED_PREFIX) else str(resolve_source(path))
+
+
+def _file_type(source: Path) -> tuple[str, bool]:
+    """The file's type ('.jsonl') and whether it is gzipped."""
+    suffixes = [s.lower() for s in source.suffixes[-2:]]
+    compressed = bool(suffixes) and suffixes[-1] == ".gz"
+    return (suffixes[-2] if compressed and len(suffixes) == 2 else (suffixes[-1] if suffixes else "")), compressed
 
 
 @dataclass(frozen=True)
@@ -94,13 +120,21 @@ def _read_all_text(source: Path, shown: str, compressed: bool) -> str:
 
 
 def _read_jsonl(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
-    """Line by line, each decoded on its own, so an error names its own line."""
+    return (record for _, record in _jsonl_from(source, shown, compressed, (0, 0)))
+
+
+def _jsonl_from(source: Path, shown: str, compressed: bool, point: Point) -> Iterator[tuple[Point, RawRecord]]:
+    """Line by line, each decoded on its own, so an error names its own line; from byte `point[0]`, which is the
+    start of line `point[1] + 1`."""
+    offset, lineno = point
     try:
         with _open_binary(source, compressed) as handle:
-            for lineno, raw in enumerate(handle, 1):
+            handle.seek(offset)
+            for raw in handle:
+                offset, lineno = offset + len(raw), lineno + 1
                 data = _json_line(raw, lineno == 1)
                 if data is not None:
-                    yield RawRecord(shown, lineno, data)
+                    yield (offset, lineno), RawRecord(shown, lineno, data)
     except (OSError, EOFError) as exc:
         raise DataError(shown, None, None, f"cannot read the file: {exc}", "check the file (re-compress it)") from None
 
@@ -151,25 +185,54 @@ def _array_item_lines(text: str) -> Iterator[int]:
 
 
 def _read_csv(source: Path, shown: str, compressed: bool, tabs: bool = False) -> Iterator[RawRecord]:
-    """A header row, then a record a row. Tab-separated files (GLUE's) quote nothing: a quote is text there."""
-    text = _read_all_text(source, shown, compressed)
-    reader = (csv.DictReader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE) if tabs
-              else csv.DictReader(io.StringIO(text, newline="")))
+    return (record for _, record in _csv_from(source, shown, compressed, (0, 0), tabs))
+
+
+def _csv_from(source: Path, shown: str, compressed: bool, point: Point,
+              tabs: bool = False) -> Iterator[tuple[Point, RawRecord]]:
+    """A header row, then a record a row, read a line at a time; from `point` = (rows read, lines read). Tab-separated
+    files (GLUE's) quote nothing: a quote is text there."""
+    handle = _open_binary(source, compressed)
+    lines = _text_lines(handle, shown)
+    reader = (csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE) if tabs else csv.DictReader(lines))
+    rows = 0
     try:
         for row in reader:
+            rows += 1
+            if rows <= point[0]:
+                continue
             if None in row or (tabs and None in row.values()):
-                yield RawRecord(shown, reader.line_num, Malformed(
+                yield (rows, reader.line_num), RawRecord(shown, reader.line_num, Malformed(
                     f"{'more' if None in row else 'fewer'} values than header columns",
                     "give every row one value per column" + ("" if tabs else "; quote values that contain commas")))
                 continue
-            yield RawRecord(shown, reader.line_num, dict(row))
+            yield (rows, reader.line_num), RawRecord(shown, reader.line_num, dict(row))
     except csv.Error as exc:
         raise DataError(shown, reader.line_num, None, f"malformed {'TSV' if tabs else 'CSV'}: {exc}",
                         "fix the quoting on that line") from None
+    finally:
+        handle.close()
+
+
+def _text_lines(handle: BinaryIO, shown: str) -> Iterator[str]:
+    """The file's lines as text (a UTF-8 BOM dropped); a line that is not UTF-8 is named by its number."""
+    try:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(shown, number, None, f"not valid UTF-8 ({exc.reason}, byte {exc.start} of the line)",
+                                "save the file as UTF-8") from None
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise DataError(shown, None, None, f"cannot read the file: {exc}", "check the file (re-compress it)") from None
 
 
 def _read_tsv(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
     return _read_csv(source, shown, compressed, tabs=True)
+
+
+def _tsv_from(source: Path, shown: str, compressed: bool, point: Point) -> Iterator[tuple[Point, RawRecord]]:
+    return _csv_from(source, shown, compressed, point, tabs=True)
 
 
 def _read_conll(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
@@ -226,15 +289,27 @@ _CONVERT = {
 
 
 def _read_parquet(source: Path, shown: str, compressed: bool) -> Iterator[RawRecord]:
+    return (record for _, record in _parquet_from(source, shown, compressed, (0, 0)))
+
+
+def _parquet_from(source: Path, shown: str, compressed: bool, point: Point) -> Iterator[tuple[Point, RawRecord]]:
+    """A row group at a time, from row `point[0]` (the row groups before it are not read)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(source)
+        file = pq.ParquetFile(source)
+        groups = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+        first, row = 0, 0
+        while first < len(groups) and row + groups[first] <= point[0]:
+            row, first = row + groups[first], first + 1
+        for group in range(first, len(groups)):
+            for data in file.read_row_group(group).to_pylist():
+                row += 1
+                if row > point[0]:
+                    yield (row, 0), RawRecord(shown, f"row {row - 1}", data)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(shown, None, None, f"cannot read Parquet: {exc}", "check the file is valid Parquet") from None
-    for index, row in enumerate(table.to_pylist()):
-        yield RawRecord(shown, f"row {index}", row)
 
 
 def _read_saved_dataset(source: Path, shown: str, split: str | None) -> Iterator[RawRecord]:
@@ -257,3 +332,5 @@ def _read_saved_dataset(source: Path, shown: str, split: str | None) -> Iterator
 
 _READERS = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".tsv": _read_tsv,
             ".parquet": _read_parquet, ".conll": _read_conll}
+_POSITIONED = {".jsonl": _jsonl_from, ".ndjson": _jsonl_from, ".csv": _csv_from, ".tsv": _tsv_from,
+               ".parquet": _parquet_from}

@@ -87,7 +87,7 @@ class World:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
-    def share(self, window: Sequence[list[int]]) -> list[tuple[int, list[int]]]:
+    def share(self, window: Sequence[list]) -> list[tuple[int, list]]:
         """This process's micro-batches of a step's window, with their index in the window."""
         return [(index, micro) for index, micro in enumerate(window) if index % self.size == self.rank]
 

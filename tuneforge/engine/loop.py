@@ -18,12 +18,9 @@ import numpy as np
 import torch
 
 from tuneforge.config import LOWER_IS_BETTER, TrainConfig
-from tuneforge.data.batching import (
-    StepPlan,
-    count_label_tokens,
-    to_device,
-)
+from tuneforge.data.batching import count_label_tokens, to_device
 from tuneforge.data.dataset import TrainExample
+from tuneforge.data.stream import StreamedExamples, step_plan
 from tuneforge.engine import checkpoint, distributed
 from tuneforge.engine.console import Metrics, RunConsole, flat_scores
 from tuneforge.engine.optim import build_optimizer, lr_at, set_lr
@@ -42,18 +39,19 @@ class LoopState:
     skipped_steps: int = 0
     fingerprint: dict = field(default_factory=dict)
     lr_reductions: int = 0  # train.schedule: plateau: how often the rate has been cut so far
+    data_position: dict | None = None  # where a streamed dataset is read to (None: the step says it)
 
     def as_json(self) -> dict:
         return {"best_eval_loss": self.best_eval_loss, "evals_without_improvement": self.evals_without_improvement,
                 "skipped_steps": self.skipped_steps, "fingerprint": self.fingerprint,
-                "lr_reductions": self.lr_reductions}
+                "lr_reductions": self.lr_reductions, "data_position": self.data_position}
 
 
 @dataclass
 class LoopInputs:
     model: torch.nn.Module
     objective: Objective
-    examples: Sequence[TrainExample]
+    examples: Sequence[TrainExample] | StreamedExamples  # in memory, or read as training goes (data.streaming)
     cfg: TrainConfig
     pad_id: int
     device: torch.device
@@ -78,8 +76,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     world every process runs this loop on its share of each step (see `engine.distributed`); only the main
     one logs and writes checkpoints."""
     cfg, model, world = inputs.cfg, inputs.model, distributed.world()
-    plan = StepPlan([len(e) for e in inputs.examples], cfg.batch_size, cfg.grad_accum, cfg.seed,
-                    cfg.group_by_length, cfg.shuffle)
+    plan = step_plan(inputs.examples, cfg)
     total = plan.total_steps(cfg.epochs, cfg.max_steps)
     with distributed.peers_guard(lambda: "at the start", cfg.collective_timeout_s):
         # before the optimizer: FSDP replaces the parameters with their shards
@@ -89,6 +86,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
         saved = checkpoint.load_checkpoint(resume_from, model, optimizer)
         state = _restored_state(saved, state.fingerprint)
         inputs.console.info(f"resumed from {resume_from.name} at step {state.step}/{total}")
+    plan.restore(state.step, state.data_position)
     model.train()
     inputs.console.start_training(total, state.step)
     started, tokens_seen, first_step = time.perf_counter(), 0, state.step
@@ -109,8 +107,8 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
                 tokens_seen += values["tokens"]
                 values["epoch"] = plan.epoch_of(step)
                 # the records this step trained on, in order: a resumed run's steps can be checked against these
-                values["samples"] = [inputs.examples[i].sample_id for micro in window for i in micro]
-                tasks = Counter(inputs.examples[i].example.task for micro in window for i in micro)
+                values["samples"] = [e.sample_id for micro in window for e in micro]
+                tasks = Counter(e.example.task for micro in window for e in micro)
                 if None not in tasks:  # a mixture of named tasks: how many examples of each this step saw
                     values["tasks"] = dict(sorted(tasks.items()))
                 if values.pop("skipped"):
@@ -125,6 +123,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
                     with guard(f"writing the checkpoint of step {state.step}"):
                         # taken whole by the main process, with every process's help under FSDP
                         taken = checkpoint.snapshot(model, optimizer) if world.main or world.sharded else None
+                        state.data_position = plan.position()
                         world.from_main(partial(checkpoint.write_checkpoint, inputs.checkpoint_dir, state.step,
                                                 taken, state.as_json(), cfg.keep_last))
                 if state.stopped_early:
@@ -137,7 +136,7 @@ def train_loop(inputs: LoopInputs, state: LoopState, resume_from: Path | None = 
     return state
 
 
-def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[int]], lr: float,
+def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: list[list[TrainExample]], lr: float,
                step: int = 0, forward_model: torch.nn.Module | None = None) -> dict[str, float]:
     """One optimizer step over an accumulation window (this process's share of it); the loss is normalised by
     the whole window's label tokens."""
@@ -148,7 +147,7 @@ def train_step(inputs: LoopInputs, optimizer: torch.optim.Optimizer, window: lis
     # first one at weight zero, so it still joins the gradient exchange
     idle = not share
     share = share or [(0, window[0])]
-    micro_batches = [[inputs.examples[i] for i in micro] for _, micro in share]
+    micro_batches = [micro for _, micro in share]
     metrics: dict[str, float] = {}
     if inputs.rollout is not None:
         micro_batches, extras, metrics = inputs.rollout(micro_batches)
@@ -232,10 +231,10 @@ def window_context(batches: Sequence[dict[str, torch.Tensor]], params: Objective
                        reference=frozen.reference, teacher=frozen.teacher)
 
 
-def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[int]], values: dict) -> None:
+def _non_finite(inputs: LoopInputs, state: LoopState, window: list[list[TrainExample]], values: dict) -> None:
     """A step whose loss or gradient was NaN or inf never reached the weights; say which step and samples,
     then go on or stop as `train.nonfinite` says (the last checkpoint stays the last good state)."""
-    where = ", ".join(inputs.examples[i].example.location for micro in window for i in micro[:3])
+    where = ", ".join(e.example.location for micro in window for e in micro[:3])
     message = (f"step {state.step}: the loss ({values['loss']}) or gradient norm ({values['grad_norm']}) is not "
                f"finite, on samples {values['samples']} ({where} ...)")
     values["nonfinite"] = True
@@ -298,7 +297,7 @@ def _restored_state(saved: dict, fingerprint: dict) -> LoopState:
     return LoopState(step=saved["step"], best_eval_loss=saved.get("best_eval_loss"),
                      evals_without_improvement=saved.get("evals_without_improvement", 0),
                      skipped_steps=saved.get("skipped_steps", 0), fingerprint=fingerprint,
-                     lr_reductions=saved.get("lr_reductions", 0))
+                     lr_reductions=saved.get("lr_reductions", 0), data_position=saved.get("data_position"))
 
 
 def peak_memory_gib(device: torch.device) -> float:

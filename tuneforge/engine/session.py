@@ -19,6 +19,7 @@ from tuneforge.config import LoadedConfig
 from tuneforge.data.dataset import TrainExample
 from tuneforge.data.kinds import load_splits
 from tuneforge.data.kinds.labels import LabelSet
+from tuneforge.data.stream import StreamedExamples
 from tuneforge.engine import precision
 from tuneforge.engine.console import Metrics, RunConsole
 from tuneforge.engine.heldout import heldout_scores
@@ -58,7 +59,7 @@ class Recipe:
 
 @dataclass
 class Prepared:
-    train: list[TrainExample]
+    train: list[TrainExample] | StreamedExamples
     test: list[TrainExample]
     test_raw: list
     tokenizer: object
@@ -66,6 +67,10 @@ class Prepared:
     stats: dict
     labels: LabelSet | None = None  # a classification task's classes (the head's outputs)
     bench: list[Question] | None = None  # eval.bench's multiple-choice questions
+
+    def in_memory(self) -> list[TrainExample]:
+        """The training and test examples held in memory (streamed training data is not)."""
+        return [*([] if isinstance(self.train, StreamedExamples) else self.train), *self.test]
 
     def test_sets(self) -> dict[str | None, tuple[list[TrainExample], list]]:
         """The test data by task (encoded, raw); one set under None when the test entries name no task."""

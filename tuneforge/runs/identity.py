@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from tuneforge.config import ModelConfig, load_config
+from tuneforge.data.stream import StreamedExamples
 from tuneforge.engine.console import RunConsole
 from tuneforge.errors import CheckpointError, RunDirError
 from tuneforge.models.digest import model_digest, remembered_sha256
@@ -20,7 +21,11 @@ from tuneforge.runs.layout import CONFIG_FILE, RUN_FILE, SUB_RUNS, read_json
 def fingerprint_of(cfg, prepared) -> dict:
     """The run's identity from its config and prepared data (`engine.session.Prepared`)."""
     data = hashlib.sha256()
-    for item in prepared.train:
+    streamed = isinstance(prepared.train, StreamedExamples)
+    if streamed:  # the files, by digest (remembered: a 10 GB file is read once), and their first block as trained
+        for path in prepared.train.records.files():
+            data.update(remembered_sha256(path).encode())
+    for item in prepared.train.first if streamed else prepared.train:
         for sequence in item.sequences:  # a preference pair's rejected side is data too
             data.update(json.dumps(sequence.input_ids).encode())
             data.update(json.dumps(sequence.labels).encode())

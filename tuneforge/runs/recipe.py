@@ -39,6 +39,10 @@ def read_recipe(loaded: LoadedConfig) -> Recipe:
         raise ConfigError(f"{loaded.where('objective', 'top_k')}: top_k {top_k} is more than the vocabulary's "
                           f"{len(teacher.tokenizer)} tokens\n  fix: remove top_k to compare over the whole vocabulary, "
                           "or give a smaller k (e.g. 32)")
+    if cfg.data.streaming and top_k and getattr(objective_params, "cache", False):
+        raise ConfigError(f"{loaded.where('objective', 'cache')}: a cached teacher computes its top-k over the whole "
+                          "training data before training, and data.streaming never holds it\n  fix: set "
+                          "objective.cache: false (the teacher runs live), or data.streaming: false")
     return Recipe(method, method_params, objective, objective_params, rewards, teacher)
 
 

@@ -26,6 +26,7 @@ class Strategy:
     data_parallel: bool = False  # runs in every process of a torch.distributed world (torchrun, --nproc)
     tasks: tuple[str, ...] = LANGUAGE_MODELS  # the model tasks (`task:`) it trains
     needs_train_data: bool = True  # data.train (a federation's clients may bring their own)
+    streams: bool = False  # trains from data read a block at a time (data.streaming), never needing it whole
 
     def check(self, loaded: LoadedConfig, params: StrategyParams) -> None:
         """What the strategy needs of the config, before anything loads: training data, a task it trains, and where
@@ -34,6 +35,10 @@ class Strategy:
         if self.needs_train_data and not cfg.data.train:
             raise ConfigError(f"{loaded.where('data')}: missing required key 'data.train'\n  fix: add the training "
                               "data, e.g. data: {train: train.jsonl}")
+        if cfg.data.streaming and not self.streams:
+            raise ConfigError(f"{loaded.where('data', 'streaming')}: strategy '{self.name}' uses its training data "
+                              "whole (split by task or client, or replayed), which data.streaming never holds\n  fix: "
+                              "set data.streaming: false, or use strategy: single")
         if cfg.task not in self.tasks:
             raise ConfigError(f"{loaded.where('strategy')}: strategy '{self.name}' trains language models only so "
                               f"far; task '{cfg.task}' trains with strategy single (and `tuneforge compare`)\n  fix: "

@@ -29,7 +29,7 @@ def train_phase(loaded: LoadedConfig, console: RunConsole, *, resume: bool = Fal
         prepared = prepare_data(loaded, console, recipe)
         run.identify(fingerprint_of(cfg, prepared))
         with run.guard("loading the model"):
-            session = open_session(loaded, recipe, console, prepared.train + prepared.test, prepared.labels)
+            session = open_session(loaded, recipe, console, prepared.in_memory(), prepared.labels)
         evaluate = make_evaluator(session, prepared, cfg)
         run.start(prepared.tokenizer, prepared.labels, **session.summary(), data=prepared.stats,
                   **({"processes": world.size} if world.active else {}))

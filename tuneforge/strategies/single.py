@@ -20,4 +20,5 @@ def run(loaded: LoadedConfig, params: SingleParams | None = None, *, resume: boo
 
 
 STRATEGY = Strategy("single", "one phase: train, evaluate and save one run directory (tuneforge train)",
-                    SingleParams, run, data_parallel=True, tasks=EVERY_TASK)
+                    SingleParams, run, data_parallel=True, tasks=EVERY_TASK,
+                    streams=True)

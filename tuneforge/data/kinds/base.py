@@ -14,6 +14,7 @@ from tuneforge.data.batching import collate, collate_packed
 from tuneforge.data.check import check_split, marked_text
 from tuneforge.data.dataset import TrainExample, encode_examples
 from tuneforge.data.render import use_chat_template
+from tuneforge.data.stream import RecordStream, StreamedExamples
 from tuneforge.errors import DataError
 
 
@@ -48,6 +49,7 @@ class DataKind:
     tasks: tuple[str, ...] = ("causal_lm",)
     online = False  # completions are sampled during training and scored by rewards (the prompts kind)
     perplexity = False  # the held-out loss is the data's own negative log-likelihood (plain SFT)
+    streams = False  # its records train one by one as read (data.streaming), needing no others
 
     def reader(self, task: str, label_names: Sequence[str] | None) -> Callable | None:
         """How a raw record is read: None for the language-model formats (`data.formats`)."""
@@ -75,12 +77,17 @@ class DataKind:
 
     def encode(self, train: list, test: list, tokenizer, cfg: DataConfig, labels: Any = None,
                console: Any = None) -> EncodedSplits:
-        """Tokenized with the length policy (the test data never dropped for length), the figures said."""
-        encoded, stats = encode_examples(train, tokenizer, cfg)
+        """Tokenized with the length policy (the test data never dropped for length), the figures said. Streamed
+        training data is tokenized a block at a time as it trains; its figures are its first block's."""
+        streamed = train if isinstance(train, RecordStream) else None
+        encoded, stats = encode_examples(streamed.first if streamed else train, tokenizer, cfg)
+        if streamed:
+            encoded = StreamedExamples(streamed, lambda block: encode_examples(block, tokenizer, cfg)[0], encoded)
         test_encoded, test_stats = encode_examples(test, tokenizer, cfg) if test else ([], None)
-        summary = stats.summary()
+        summary = stats.summary() | ({"streamed": True, "block": cfg.shuffle_buffer} if streamed else {})
         if console:
-            console.info(f"data: {summary['kept']} training examples ({summary['truncated']} truncated, "
+            console.info(("data (streamed, its first block): " if streamed else "data: ") + f"{summary['kept']} "
+                         f"training examples ({summary['truncated']} truncated, "
                          f"{summary['dropped']} dropped), {summary['tokens']} tokens, {summary['label_tokens']} "
                          f"trained; {len(test_encoded)} test examples")
             if stats.missing_end_of_turn:
@@ -100,9 +107,13 @@ class DataKind:
     def report(self, split: str, records: list, tokenizer, cfg: DataConfig, samples: int = 2,
                labels: Any = None) -> SplitReport:
         """`data check` on one split: lengths and trained tokens under the length policy, warnings, samples."""
-        report = check_split(split, records, tokenizer, cfg, samples)
+        streamed = records if isinstance(records, RecordStream) else None
+        report = check_split(split, streamed.first if streamed else records, tokenizer, cfg, samples)
         stats = report.stats.summary()
-        lines = [f"tokens {stats['tokens']}, trained {stats['label_tokens']} "
+        lines = [f"sampled: the first {len(streamed.first):,} records, read as training would read its first block of "
+                 f"{', '.join(map(str, streamed.paths))} (data.streaming; the rest is checked a block at a time as it "
+                 "trains)"] if streamed else []
+        lines += [f"tokens {stats['tokens']}, trained {stats['label_tokens']} "
                  f"({100 * stats['label_tokens'] / max(stats['tokens'], 1):.1f}%); length min {stats['length_min']} "
                  f"mean {stats['length_mean']} p50 {stats['length_p50']} p95 {stats['length_p95']} "
                  f"max {stats['length_max']}"]

@@ -16,6 +16,7 @@ from tuneforge.errors import ConfigError
 class Pairs(DataKind):
     name = "pairs"
     summary = "preference pairs: a prompt with a chosen and a rejected response"
+    streams = True
 
     def check(self, records: list, objective: str, loaded: LoadedConfig | None = None) -> None:
         refuse_rated(records, objective)

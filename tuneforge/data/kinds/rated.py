@@ -22,6 +22,7 @@ class Rated(Pairs):
 
     name = "rated"
     summary = "rated completions: a prompt and one completion labelled desirable or undesirable"
+    streams = False  # each record's KL side is another record's completion
 
     def check(self, records: list, objective: str, loaded: LoadedConfig | None = None) -> None:
         require(records, lambda e: not e.is_rated, f"objective '{objective}' trains on rated completions, but this "

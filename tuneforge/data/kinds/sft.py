@@ -9,6 +9,7 @@ from tuneforge.data.kinds.base import DataKind, refuse_rated, require
 class Sft(DataKind):
     name = "sft"
     summary = "conversations or texts: the assistant turns (or every token) trained"
+    streams = True
     perplexity = True
 
     def check(self, records: list, objective: str, loaded: LoadedConfig | None = None) -> None:
