@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import qa_records, tiny_config, write_jsonl
-from tests.reliability.killing import kill_at, resume, train_command
+from tests.reliability.killing import kill_at, resume
 from tuneforge.cli import app
 
 # 30 records in blocks of 7: blocks of 7, 7, 7, 7 and 2 an epoch; micro-batches of 3, two a step
@@ -39,12 +39,9 @@ def steps(config: Path) -> list[tuple[int, int, list[int]]]:
 
 @pytest.fixture(scope="module")
 def streamed_reference(tmp_path_factory, tiny_model_dir) -> Path:
-    import subprocess
-
-    from tests.reliability.killing import ENV
-
     config = streamed_config(tmp_path_factory.mktemp("streamed") / "full", tiny_model_dir)
-    subprocess.run(train_command(config), env=ENV, check=True, capture_output=True)
+    result = CliRunner().invoke(app, ["train", str(config), "--quiet"])
+    assert result.exit_code == 0, result.output
     return config
 
 
@@ -83,19 +80,20 @@ def test_a_killed_stream_resumes_at_the_same_example(tmp_path, tiny_model_dir, s
 
 
 def test_a_stream_reads_a_block_at_a_time_and_names_a_bad_record_when_it_reaches_it(tmp_path, tiny_model_dir):
-    """A malformed line far into the file is not read before training (the first block is checked, the rest as
-    it trains): `data check` says it sampled, training stops with the line when it gets there."""
+    """A malformed line past the first block is not read before training (the first block is checked, the rest as
+    it trains): `data check` says it sampled, training stops with the line when it gets there (step 2)."""
     config = streamed_config(tmp_path / "bad", tiny_model_dir)
     train = config.parent / "train.jsonl"
-    train.write_text(train.read_text() + "{not json\n")
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join([*lines[:9], "{not json\n", *lines[9:]]))
     checked = CliRunner().invoke(app, ["data", "check", str(config)])
     assert checked.exit_code == 0, checked.output
     assert "sampled: the first 7 records" in checked.output
     result = CliRunner().invoke(app, ["train", str(config), "--quiet"])
     assert result.exit_code == 2
-    assert f"{train}:31" in result.output and "malformed JSON" in result.output and "fix:" in result.output
+    assert f"{train}:10" in result.output and "malformed JSON" in result.output and "fix:" in result.output
     status = json.loads((config.parent / "run" / "run.json").read_text())["status"]
-    assert status == "failed"
+    assert status == "failed" and [step for step, _, _ in steps(config)] == [1]  # trained before it got there
 
 
 @pytest.mark.parametrize("change, key, said", [
