@@ -150,3 +150,25 @@ def test_a_file_read_from_a_point_continues_with_the_record_after_it(tmp_path, s
     assert [r for _, r in points] == whole
     for cut in (1, 4, 5, 8):
         assert list(read_from(str(path), points[cut - 1][0])) == points[cut:]
+
+
+def test_data_check_samples_a_huge_training_file_and_training_it_whole_is_warned_about(tmp_path, tiny_model_dir,
+                                                                                       monkeypatch):
+    """A file of HUGE_BYTES or more (1 GiB; lowered here) is sampled by `data check` even without data.streaming,
+    and said to be: the check does not read it whole."""
+    from tuneforge.data import kinds
+
+    config = streamed_config(tmp_path, tiny_model_dir)
+    data = yaml.safe_load(config.read_text())
+    data["data"]["streaming"] = False
+    config.write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(kinds, "HUGE_BYTES", 100)
+    checked = CliRunner().invoke(app, ["data", "check", str(config)])
+    assert checked.exit_code == 0, checked.output
+    assert "sampled: the first 7 records" in checked.output and "30 examples" not in checked.output
+    from tuneforge.config import load_config
+    from tuneforge.objectives import get_objective
+
+    notes: list[str] = []
+    splits = kinds.load_splits(load_config(config), get_objective("sft"), notes)
+    assert len(splits["train"]) == 30 and "data.streaming: true reads it a block at a time" in notes[0]

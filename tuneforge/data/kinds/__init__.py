@@ -48,7 +48,8 @@ def read_splits(loaded: LoadedConfig, objective, notes: list[str], specs: dict[s
     cfg, kind = loaded.run, get_kind(objective.data)
     mixture = {"sampling": cfg.data.sampling, "temperature": cfg.data.temperature}  # training data only
     reader = kind.reader(cfg.task, cfg.data.label_names)
-    streamed = specs.get("train") and (cfg.data.streaming or (sample and _huge(loaded, specs["train"])))
+    streamed = bool(specs.get("train")) and (cfg.data.streaming or (sample and kind.streams
+                                                                    and _huge(loaded, specs["train"])))
     if streamed and not kind.streams:
         raise ConfigError(f"{loaded.where('data', 'streaming')}: objective '{objective.name}' trains on {kind.name} "
                           f"records, which are not streamed ({kind.summary}: they are used whole)\n  fix: set "
