@@ -62,6 +62,45 @@ def run(count: int, work: Path) -> None:
     seconds = time.perf_counter() - started
     print(f"{'Rust tokenizer alone':<26} {seconds:6.1f} s  {count / seconds:8,.0f} examples/s  (rendered texts, "
           "no reading, rendering or masking)")
+    peers(path, tokenizer, count)
+
+
+def peers(path: Path, tokenizer, count: int) -> None:
+    """The peers' preparation of the same file with the same tokenizer, from the JSON Lines file to token ids:
+    `datasets.map` over the chat template (what a hand-written pipeline does) and TRL's `SFTTrainer` dataset
+    preparation. Neither masks the prompt here (the template has no generation markers for TRL's
+    assistant_only_loss), so each does less than tuneforge's first pass, which also places the label masks."""
+    import datasets
+
+    datasets.disable_caching()  # every pass tokenizes, as a first pass does
+    datasets.disable_progress_bars()
+
+    def load():
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+
+    def tokenized(batch):
+        return {"input_ids": tokenizer.apply_chat_template(batch["messages"], tokenize=True, return_dict=False)}
+
+    started = time.perf_counter()
+    load().map(tokenized, batched=True, num_proc=os.cpu_count(), remove_columns=["messages"])
+    _said("datasets.map", time.perf_counter() - started, count, "load_dataset + chat template tokenized, no masks")
+    try:
+        from types import SimpleNamespace
+
+        from trl import SFTConfig, SFTTrainer
+    except ImportError:
+        print("TRL: not installed (pip install tuneforge[bench])")
+        return
+    config = SFTConfig(output_dir=str(path.parent / "trl"), dataset_num_proc=os.cpu_count(), max_length=4096,
+                       report_to=[], use_cpu=True, bf16=False)
+    trainer = SimpleNamespace(_tokenizer=tokenizer, chat_template=None, completion_only_loss=False)
+    started = time.perf_counter()
+    SFTTrainer._prepare_dataset(trainer, load(), tokenizer, config, False, None, "train")
+    _said("TRL SFTTrainer", time.perf_counter() - started, count, "load_dataset + its dataset preparation, no masks")
+
+
+def _said(label: str, seconds: float, count: int, what: str) -> None:
+    print(f"{label:<26} {seconds:6.1f} s  {count / seconds:8,.0f} examples/s  ({what})")
 
 
 if __name__ == "__main__":
