@@ -63,7 +63,7 @@ def test_a_stream_trains_every_record_once_an_epoch_in_a_seeded_order(streamed_r
 def test_a_killed_stream_resumes_at_the_same_example(tmp_path, tiny_model_dir, streamed_reference):
     """Killed inside step 5's window (its second micro-batch, in the third block): the resume reads that block
     again from the checkpoint's position and trains what the uninterrupted run trained, to the same adapter."""
-    config = streamed_config(tmp_path / "cut", tiny_model_dir, **{})
+    config = streamed_config(tmp_path / "cut", tiny_model_dir)
     config_data = yaml.safe_load(config.read_text())
     config_data["train"]["save_every"] = 2
     config.write_text(yaml.safe_dump(config_data))

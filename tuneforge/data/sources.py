@@ -50,7 +50,8 @@ def read_records(path: str, split: str | None = None) -> Iterator[RawRecord]:
     """Yield every record of a dataset file or saved dataset directory, in order. A record that cannot be read
     (a malformed JSON line, bytes that are not UTF-8) comes as a `Malformed` datum, so that the caller decides
     whether it stops the run (the default) or is skipped (`data.bad_records: skip`)."""
-    source, shown = resolve_source(path), _shown(path)
+    source = resolve_source(path)
+    shown = _shown(path, source)
     if source.is_dir():
         yield from _read_saved_dataset(source, shown, split)
         return
@@ -71,7 +72,8 @@ def read_from(path: str, point: Point | None = None) -> Iterator[tuple[Point, Ra
     """Every record of a file from `point` (the start when None) on, each with the point just after it, read a
     line or a row group at a time: what `data.streaming` reads. JSON Lines, CSV, TSV and Parquet stream; other
     layouts are refused with how to convert."""
-    source, shown = resolve_source(path), _shown(path)
+    source = resolve_source(path)
+    shown = _shown(path, source)
     kind, compressed = ("", False) if source.is_dir() else _file_type(source)
     reader = _POSITIONED.get(kind)
     if reader is None:
@@ -81,8 +83,9 @@ def read_from(path: str, point: Point | None = None) -> Iterator[tuple[Point, Ra
     yield from reader(source, shown, compressed, point or (0, 0))
 
 
-def _shown(path: str) -> str:
-    return path if path.startswith(BUNDLED_PREFIX) else str(resolve_source(path))
+def _shown(path: str, source: Path) -> str:
+    """How a file is named in messages: a bundled dataset by its name, a file by its path."""
+    return path if path.startswith(BUNDLED_PREFIX) else str(source)
 
 
 def _file_type(source: Path) -> tuple[str, bool]:

@@ -54,10 +54,10 @@ class RecordStream:
     `data check` shows."""
 
     def __init__(self, specs: Sequence[DatasetSpec], resolve: Callable[[str], str], cfg: DataConfig,
-                 reader: RecordReader | None, check: Callable[[list], None], say: Callable[[str], None] | None = None):
+                 reader: RecordReader | None, check: Callable[[list], None]):
         self.specs, self.paths = list(specs), [resolve(spec.path) for spec in specs]
         self.block_size, self.bad_records, self.reader = cfg.shuffle_buffer, cfg.bad_records, reader
-        self.check, self.say = check, say
+        self.check = check
         self.notes: list[str] = []
         self.first, self._after_first = self.read_block(Cursor(), self.notes)
         if not self.first:
@@ -87,12 +87,8 @@ class RecordStream:
                 if len(examples) == self.block_size:
                     ended = False
                     break
-            said = entry.notes(self.paths[file])
-            if notes is not None:
-                notes += said
-            elif self.say is not None:
-                for line in said:
-                    self.say(f"{line} (block {cursor.block} of epoch {cursor.epoch})")
+            if notes is not None:  # the first block's, said before training (later blocks' are not said)
+                notes += entry.notes(self.paths[file])
             if ended:
                 file, point = file + 1, (0, 0)
         if examples:
