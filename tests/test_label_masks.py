@@ -149,3 +149,71 @@ def test_fast_label_path_equals_the_offset_path(tokenizer, prompt, answer):
     spans = [(start, len(text.rstrip()))]
     encoding = tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
     assert _label_spans_of(encoding, spans) == _label_spans(encoding.ids, encoding.offsets, spans)
+
+
+EXTRA_TEMPLATES = {  # templates the layout path must not misread: contents trimmed, a block only on the last turn
+    "trimming": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "think-last": ("{% for m in messages %}{% if m['role'] == 'assistant' and loop.last %}{{ '<|im_start|>assistant\n"
+                   "<think>\n\n</think>\n\n' + m['content'] + '<|im_end|>\n' }}{% else %}{{ '<|im_start|>' + "
+                   "m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+}
+tricky = st.one_of(content, st.sampled_from(["user", "assistant", "system", "model", "a", " padded ", "\n"]))
+
+
+@st.composite
+def shaped_conversations(draw):
+    messages = [{"role": "system", "content": draw(tricky)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 3))):
+        messages += [{"role": "user", "content": draw(tricky)}, {"role": "assistant", "content": draw(tricky)}]
+    return messages
+
+
+@pytest.fixture(scope="module")
+def shaped(templated, tokenizer):
+    made = dict(templated)
+    for name, template in EXTRA_TEMPLATES.items():
+        made[name] = copy.deepcopy(tokenizer)
+        made[name].chat_template = template
+    return made
+
+
+@pytest.mark.parametrize("family", [*sorted(TEMPLATES), *sorted(EXTRA_TEMPLATES)])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(shaped_conversations(), min_size=1, max_size=8))
+def test_spans_read_off_one_rendering_equal_the_incremental_renderings(shaped, family, batch):
+    """Each conversation is rendered once and its spans read off by its shape's layout: exactly the spans (or the
+    refusal) that rendering every turn incrementally gives, contents that spell the template's words included."""
+    from tuneforge.data import render
+
+    tok = shaped[family]
+    tok.__dict__.pop("_tuneforge_layouts", None)  # learned afresh from this batch
+    if family in TEMPLATES and not TEMPLATES[family][3]:
+        batch = [[m for m in messages if m["role"] != "system"] for messages in batch]
+    examples = [Example("t.jsonl", i, messages=tuple(messages)) for i, messages in enumerate(batch)]
+    try:
+        expected = [render._spans_from_renders(e, *r) for e, r in zip(examples, render._renders(examples, tok),
+                                                                         strict=True)]
+    except TemplateError:
+        with pytest.raises(TemplateError):
+            render._rendered_spans(examples, tok)
+        return
+    assert render._rendered_spans(examples, tok) == expected
+    assert render._rendered_spans(examples, tok) == expected  # again, with every layout already learned
+    assert family in EXTRA_TEMPLATES or len(render._layouts(tok)) <= len({render._shape(e) for e in examples})
+
+
+def test_layouts_read_most_conversations(templated, monkeypatch):
+    """The fast path is taken: after the first conversation of a shape, no conversation is rendered again."""
+    from tuneforge.data import render
+
+    tok = templated["chatml"]
+    tok.__dict__.pop("_tuneforge_layouts", None)
+    examples = [Example("t.jsonl", i, messages=({"role": "user", "content": f"question {i}"},
+                                                {"role": "assistant", "content": f"answer {i}"}))
+                for i in range(20)]
+    calls, real = [], render._renders
+    monkeypatch.setattr(render, "_renders", lambda batch, t: calls.append(len(batch)) or real(batch, t))
+    render._rendered_spans(examples, tok)
+    assert calls == [1, 0]

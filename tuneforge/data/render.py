@@ -90,7 +90,7 @@ def _renders(examples: Sequence[Example], tokenizer) -> list[tuple[str, list[str
     full_jobs, before_jobs, through_jobs, plan = [], [], [], []
     for example in examples:
         messages = list(example.messages)
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= example.prompt_turns]
+        turns = _trained_turns(example)
         plan.append(turns)
         full_jobs.append(messages)
         before_jobs.extend(messages[:i] for i in turns)
@@ -107,6 +107,10 @@ def _renders(examples: Sequence[Example], tokenizer) -> list[tuple[str, list[str
     return out
 
 
+def _trained_turns(example: Example) -> list[int]:
+    return [i for i, m in enumerate(example.messages) if m["role"] == "assistant" and i >= example.prompt_turns]
+
+
 def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool) -> list[str]:
     if not conversations:
         return []
@@ -116,8 +120,7 @@ def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_p
 def _spans_from_renders(example: Example, full: str, befores: list[str],
                         throughs: list[str]) -> tuple[str, list[tuple[int, int]]]:
     spans = []
-    turns = [i for i, m in enumerate(example.messages) if m["role"] == "assistant" and i >= example.prompt_turns]
-    for index, before, through in zip(turns, befores, throughs, strict=True):
+    for index, before, through in zip(_trained_turns(example), befores, throughs, strict=True):
         if not through.startswith(before) or not full.startswith(through):
             raise TemplateError(
                 f"{example.location}: the chat template renders turn {index} differently depending on what "
@@ -132,10 +135,119 @@ def _spans_from_renders(example: Example, full: str, befores: list[str],
     return full, spans
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How the chat template lays out conversations of one shape (roles, which contents are empty, which turns
+    are trained), learned from one conversation rendered incrementally: the template's text before each message's
+    content and after the last, and for each trained turn how far its span starts before its content and how far
+    the turn's rendering runs past it."""
+
+    between: tuple[str, ...]
+    trailer: str
+    leads: tuple[int, ...]
+    tails: tuple[int, ...]
+
+    @classmethod
+    def learn(cls, example: Example, full: str, spans: list[tuple[int, int]],
+              throughs: list[str]) -> _Layout | None:
+        """The layout, or None where the contents are not in the rendering verbatim (a template that trims or
+        escapes them) or a span does not sit around its own content."""
+        between, starts, cursor = [], [], 0
+        for message in example.messages:
+            at = full.find(message["content"], cursor)
+            if at < 0:
+                return None
+            between.append(full[cursor:at])
+            starts.append(at)
+            cursor = at + len(message["content"])
+        ends = [start + len(m["content"]) for start, m in zip(starts, example.messages, strict=True)]
+        leads, tails = [], []
+        for i, (start, _), through in zip(_trained_turns(example), spans, throughs, strict=True):
+            # the span must begin and the turn's rendering end in template text, which the layout pins down
+            if not (ends[i - 1] if i else 0) <= start <= starts[i] \
+                    or not ends[i] <= len(through) <= (starts[i + 1] if i + 1 < len(starts) else len(full)):
+                return None
+            leads.append(starts[i] - start)
+            tails.append(len(through) - ends[i])
+        return cls(tuple(between), full[cursor:], tuple(leads), tuple(tails))
+
+    def spans(self, example: Example, full: str) -> list[tuple[int, int]] | None:
+        """The trained spans of a conversation of this shape, read off its full rendering; None where the
+        rendering differs from the layout anywhere outside the contents."""
+        starts, cursor = [], 0
+        for between, message in zip(self.between, example.messages, strict=True):
+            if not full.startswith(between, cursor):
+                return None
+            cursor += len(between)
+            if not full.startswith(message["content"], cursor):
+                return None
+            starts.append(cursor)
+            cursor += len(message["content"])
+        if len(full) - cursor != len(self.trailer) or not full.endswith(self.trailer):
+            return None
+        spans = []
+        for i, lead, tail in zip(_trained_turns(example), self.leads, self.tails, strict=True):
+            start, end = starts[i] - lead, starts[i] + len(example.messages[i]["content"]) + tail
+            while end > start and full[end - 1].isspace():  # the turn's rendering, trailing whitespace off
+                end -= 1
+            if end <= start:
+                return None
+            spans.append((start, end))
+        return spans
+
+
+def _shape(example: Example) -> tuple:
+    return tuple((m["role"], not m["content"]) for m in example.messages), example.prompt_turns
+
+
+def _layouts(tokenizer) -> dict[tuple, _Layout | None]:
+    """The layouts learned for the tokenizer's chat template, kept on the tokenizer object (they depend on the
+    template and the special tokens it is given)."""
+    key = (tokenizer.chat_template, tuple(sorted(tokenizer.special_tokens_map.items())))
+    cached = getattr(tokenizer, "_tuneforge_layouts", None)
+    if cached is None or cached[0] != key:
+        cached = (key, {})
+        tokenizer._tuneforge_layouts = cached
+    return cached[1]
+
+
+def _rendered_spans(examples: Sequence[Example], tokenizer) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Each conversation's rendering and trained character spans, rendering each conversation once: the spans are
+    read off the full rendering by the layout of the conversation's shape, learned by rendering the first
+    conversation of that shape incrementally (`_renders`). A conversation that does not fit its shape's layout,
+    and every conversation of a shape without one, is rendered incrementally, as all were before."""
+    layouts = _layouts(tokenizer)
+    full = _render_many(tokenizer, [list(e.messages) for e in examples], add_generation_prompt=False)
+    out: list = [None] * len(examples)
+    unknown: dict[tuple, int] = {}
+    for index, example in enumerate(examples):
+        shape = _shape(example)
+        if shape not in layouts:
+            unknown.setdefault(shape, index)
+    learners = list(unknown.values())
+    for index, rendered in zip(learners, _renders([examples[i] for i in learners], tokenizer), strict=True):
+        example = examples[index]
+        text, spans = _spans_from_renders(example, *rendered)
+        layouts[_shape(example)] = _Layout.learn(example, text, spans, rendered[2])
+        out[index] = (text, spans)
+    misfits = []
+    for index, (example, text) in enumerate(zip(examples, full, strict=True)):
+        if out[index] is None:
+            layout = layouts[_shape(example)]
+            spans = layout.spans(example, text) if layout is not None else None
+            if spans is None:
+                misfits.append(index)
+            else:
+                out[index] = (text, spans)
+    for index, rendered in zip(misfits, _renders([examples[i] for i in misfits], tokenizer), strict=True):
+        out[index] = _spans_from_renders(examples[index], *rendered)
+    return out
+
+
 def _encode_chats(examples: Sequence[Example], tokenizer) -> list[Encoded]:
     if not examples:
         return []
-    rendered = [_spans_from_renders(e, *r) for e, r in zip(examples, _renders(examples, tokenizer), strict=True)]
+    rendered = _rendered_spans(examples, tokenizer)
     quoting = {i for i, e in enumerate(examples) if control_lookalikes(e.messages, tokenizer)}
     if quoting:  # the rare records that quote a control token's spelling: their content is encoded as text
         plain = [i for i in range(len(examples)) if i not in quoting]
