@@ -22,7 +22,7 @@ def no_tokenizing(*args, **kwargs):
 def test_second_run_reads_the_cache(tmp_path, tokenizer, monkeypatch):
     path = write_jsonl(tmp_path / "d.jsonl", qa_records(12))
     first = encode(path, tokenizer)
-    monkeypatch.setattr(dataset, "encode_batch", no_tokenizing)
+    monkeypatch.setattr(dataset, "encode_blocks", no_tokenizing)
     second = encode(path, tokenizer, max_seq_len=512)  # the length policy applies after the cache
     assert [e.encoded for e in second] == [e.encoded for e in first]
     with pytest.raises(AssertionError, match="tokenized although"):
@@ -35,12 +35,12 @@ def test_changed_data_misses_and_damage_is_ignored(tmp_path, tokenizer, monkeypa
     for entry in cache.cache_dir().iterdir():
         for array in entry.glob("labels.npy"):
             array.write_bytes(b"not an array")
-    monkeypatch.setattr(dataset, "encode_batch", no_tokenizing)
+    monkeypatch.setattr(dataset, "encode_blocks", no_tokenizing)
     with pytest.raises(AssertionError):
         encode(path, tokenizer)  # the damaged entry is not used
     monkeypatch.undo()
     assert [e.encoded for e in encode(path, tokenizer, cache=False)] == [e.encoded for e in reference]
     write_jsonl(path, qa_records(13))
-    monkeypatch.setattr(dataset, "encode_batch", no_tokenizing)
+    monkeypatch.setattr(dataset, "encode_blocks", no_tokenizing)
     with pytest.raises(AssertionError):
         encode(path, tokenizer)  # new data, new key

@@ -4,6 +4,7 @@ end-of-turn token are trained — never the prompt, never the template's trailin
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -188,7 +189,7 @@ def test_spans_read_off_one_rendering_equal_the_incremental_renderings(shaped, f
     from tuneforge.data import render
 
     tok = shaped[family]
-    tok.__dict__.pop("_tuneforge_layouts", None)  # learned afresh from this batch
+    render._LEARNED.pop(tok, None)  # learned afresh from this batch
     if family in TEMPLATES and not TEMPLATES[family][3]:
         batch = [[m for m in messages if m["role"] != "system"] for messages in batch]
     examples = [Example("t.jsonl", i, messages=tuple(messages)) for i, messages in enumerate(batch)]
@@ -205,11 +206,12 @@ def test_spans_read_off_one_rendering_equal_the_incremental_renderings(shaped, f
 
 
 def test_layouts_read_most_conversations(templated, monkeypatch):
-    """The fast path is taken: after the first conversation of a shape, no conversation is rendered again."""
+    """The fast path is taken: after the first conversation of a shape, no conversation is rendered again (and
+    the tokenizer still pickles, as datasets and DataLoader workers need)."""
     from tuneforge.data import render
 
     tok = templated["chatml"]
-    tok.__dict__.pop("_tuneforge_layouts", None)
+    render._LEARNED.pop(tok, None)
     examples = [Example("t.jsonl", i, messages=({"role": "user", "content": f"question {i}"},
                                                 {"role": "assistant", "content": f"answer {i}"}))
                 for i in range(20)]
@@ -217,3 +219,4 @@ def test_layouts_read_most_conversations(templated, monkeypatch):
     monkeypatch.setattr(render, "_renders", lambda batch, t: calls.append(len(batch)) or real(batch, t))
     render._rendered_spans(examples, tok)
     assert calls == [1, 0]
+    assert pickle.loads(pickle.dumps(tok)).chat_template == tok.chat_template  # nothing unpicklable left on it

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -36,8 +37,8 @@ def cache_key(examples: Sequence[Example], tokenizer, *, chat: bool, train_on_pr
                                         "template": getattr(tokenizer, "chat_template", None),
                                         "specials": tokenizer.all_special_tokens}).encode())
     digest.update(tokenizer.backend_tokenizer.to_str().encode())
-    for example in examples:
-        digest.update(json.dumps([example.messages, example.text, example.prompt_turns]).encode())
+    # pickle of plain strings, ints, dicts and tuples is deterministic, and several times faster than JSON here
+    digest.update(pickle.dumps([(e.messages, e.text, e.prompt_turns) for e in examples], protocol=5))
     return digest.hexdigest()
 
 
@@ -53,20 +54,39 @@ def load(key: str) -> list[Encoded] | None:
 
 
 def save(key: str, encoded: Sequence[Encoded]) -> None:
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
-    try:
+    writer = Writer(key)
+    writer.add(encoded)
+    writer.finish()
+
+
+class Writer:
+    """Packs encodings into the cache's arrays a block at a time (as the encoder gives them out, while it tokenizes
+    the next block), then writes the entry whole: staged in a temporary directory and renamed into place."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+
+    def add(self, encoded: Sequence[Encoded]) -> None:
         for name, array in _pack(encoded).items():
-            np.save(staging / f"{name}.npy", array, allow_pickle=False)
-        (staging / "complete").write_text("")
-        target = root / key
-        if target.exists():
-            shutil.rmtree(staging)  # another process wrote the same entry first
-            return
-        os.replace(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a cache that cannot be written is only a slower rerun
+            self.parts[name].append(array)
+
+    def finish(self) -> None:
+        root = cache_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=root))
+        try:
+            for name, parts in self.parts.items():
+                np.save(staging / f"{name}.npy", np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                        allow_pickle=False)
+            (staging / "complete").write_text("")
+            target = root / self.key
+            if target.exists():
+                shutil.rmtree(staging)  # another process wrote the same entry first
+                return
+            os.replace(staging, target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # a cache that cannot be written is only a slower rerun
 
 
 def _pack(encoded: Sequence[Encoded]) -> dict[str, np.ndarray]:

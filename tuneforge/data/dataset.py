@@ -7,17 +7,18 @@ model is loaded. `encode_examples` then tokenizes with the over-long policy and 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from tuneforge.config import DataConfig, DatasetSpec
 from tuneforge.data import cache, trees
 from tuneforge.data.formats import Example, detect_format, normalise, record_object, shown_keys, unused_keys
-from tuneforge.data.render import Encoded, control_lookalikes, encode_batch, end_of_turn_ids, use_chat_template
+from tuneforge.data.render import Encoded, control_lookalikes, encode_blocks, end_of_turn_ids, use_chat_template
 from tuneforge.data.sources import RawRecord, read_records
 from tuneforge.errors import DataError
 
@@ -43,7 +44,7 @@ class TrainExample:
 
     @property
     def num_label_tokens(self) -> int:
-        return sum(1 for s in self.sequences for label in s.labels[1:] if label != -100)
+        return sum(len(s.labels) - 1 - s.labels[1:].count(-100) for s in self.sequences if s.labels)
 
 
 @dataclass
@@ -216,38 +217,47 @@ def encode_examples(examples: Sequence[Example], tokenizer, cfg: DataConfig, *,
     stops = end_of_turn_ids(tokenizer)
     stats = EncodeStats(examples=len(examples))
     kept: list[TrainExample] = []
-    # the rejected sides of preference pairs are encoded in the same call, after all the examples
-    pairs = [i for i, e in enumerate(examples) if e.rejected]  # pairs, and rated examples with their KL side
-    all_encoded = _encode_cached([*examples, *(examples[i].rejected_side() for i in pairs)], tokenizer, chat, cfg)
-    rejected = dict(zip(pairs, all_encoded[len(examples):], strict=True))
-    for sample_id, (example, encoded) in enumerate(zip(examples, all_encoded[:len(examples)], strict=True)):
+    # each example's sequences in turn: a preference pair's (or a rated example's KL side's) rejected one after it
+    sequences = [s for e in examples for s in ((e, e.rejected_side()) if e.rejected else (e,))]
+    encodings = itertools.chain.from_iterable(_encode_cached(sequences, tokenizer, chat, cfg))
+    for sample_id, example in enumerate(examples):  # each block as it is encoded, while the next is tokenized
+        encoded = next(encodings)
+        rejected = next(encodings) if example.rejected else None
         quoted = control_lookalikes([*example.messages, *example.rejected, {"content": example.text}], tokenizer)
         if quoted:
             stats.control_lookalikes.append((example.location, quoted[0]))
-        for sequence in (encoded, rejected.get(sample_id)):
+        for sequence in (encoded, rejected):
             if sequence is not None:
                 _note_missing_end(example, sequence, stops, stats)
-        item = _apply_length_policy(sample_id, example, encoded, rejected.get(sample_id), cfg, stats)
+        item = _apply_length_policy(sample_id, example, encoded, rejected, cfg, stats)
         if item is not None:
             kept.append(item)
             stats.lengths.append(len(item))
             stats.label_tokens += item.num_label_tokens
+    if next(encodings, None) is not None:  # run the encoder to its end, where it writes the cache entry
+        raise AssertionError("more encodings than sequences")
     stats.kept = len(kept)
     if apply_drop_guard:
         check_drop_fraction(stats, cfg, examples)
     return kept, stats
 
 
-def _encode_cached(examples: Sequence[Example], tokenizer, chat: bool, cfg: DataConfig) -> list[Encoded]:
+def _encode_cached(examples: Sequence[Example], tokenizer, chat: bool, cfg: DataConfig) -> Iterator[list[Encoded]]:
+    """The encodings, a block at a time: the cache entry whole, or the encoder's blocks, each packed for the cache
+    as it comes (the entry is written once all are)."""
     if not cfg.cache:
-        return encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+        yield from encode_blocks(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
+        return
     key = cache.cache_key(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
     found = cache.load(key)
     if found is not None and len(found) == len(examples):
-        return found
-    encoded = encode_batch(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt)
-    cache.save(key, encoded)
-    return encoded
+        yield found
+        return
+    writer = cache.Writer(key)
+    for block in encode_blocks(examples, tokenizer, chat=chat, train_on_prompt=cfg.train_on_prompt):
+        writer.add(block)
+        yield block
+    writer.finish()
 
 
 def _note_missing_end(example: Example, encoded: Encoded, stops: set[int], stats: EncodeStats) -> None:

@@ -17,7 +17,9 @@ template's own markers become control tokens (RELIABILITY.md, promise 15).
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -53,19 +55,31 @@ def encode_example(example: Example, tokenizer, *, chat: bool, train_on_prompt: 
 
 
 def encode_batch(examples: Sequence[Example], tokenizer, *, chat: bool, train_on_prompt: bool = False) -> list[Encoded]:
-    """Encode many examples; the chat ones are tokenized in one batched call (the Rust tokenizer runs a batch
-    in parallel, and one call costs far less than one per example)."""
-    encoded: list[Encoded | None] = [None] * len(examples)
-    templated = [i for i, e in enumerate(examples) if e.is_chat and chat]
-    for index, item in zip(templated, _encode_chats([examples[i] for i in templated], tokenizer), strict=True):
-        encoded[index] = item
-    for index, example in enumerate(examples):
-        if encoded[index] is None:
-            encoded[index] = (_encode_text(example.text or "", tokenizer) if not example.is_chat
-                              else _encode_plain_pair(example, tokenizer))
-    if train_on_prompt:
-        return [Encoded(e.input_ids, list(e.input_ids), e.turn_ends) for e in encoded]
-    return encoded
+    return [e for block in encode_blocks(examples, tokenizer, chat=chat, train_on_prompt=train_on_prompt)
+            for e in block]
+
+
+BLOCK = 2048  # examples rendered (here) while the block before is tokenized (in Rust, without the GIL)
+
+
+def encode_blocks(examples: Sequence[Example], tokenizer, *, chat: bool,
+                  train_on_prompt: bool = False) -> Iterator[list[Encoded]]:
+    """The examples' encodings, a block of `BLOCK` at a time, in order. A block's conversations are rendered here
+    while the block before is tokenized on a worker thread (the Rust tokenizer releases the GIL and runs a batch on
+    every core), and a block is given out as soon as it is labelled, so what the caller does with it (the length
+    policy, the cache) also overlaps the next block's tokenizing. Only the worker touches the tokenizer's state."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneforge-tokenize") as worker:
+        pending = None
+        for start in range(0, len(examples), BLOCK):
+            block = examples[start:start + BLOCK]
+            templated = [chat and e.is_chat for e in block]
+            rendered = _rendered_spans([e for e, t in zip(block, templated, strict=True) if t], tokenizer)
+            job = worker.submit(_tokenized, tokenizer, block, templated, [text for text, _ in rendered])
+            if pending is not None:
+                yield _labelled(*pending, train_on_prompt)
+            pending = (rendered, job)
+        if pending is not None:
+            yield _labelled(*pending, train_on_prompt)
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:
@@ -114,7 +128,43 @@ def _trained_turns(example: Example) -> list[int]:
 def _render_many(tokenizer, conversations: list[list[dict]], *, add_generation_prompt: bool) -> list[str]:
     if not conversations:
         return []
-    return tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=add_generation_prompt)
+    render = _direct_renderer(tokenizer)
+    if render is None:
+        return tokenizer.apply_chat_template(conversations, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    return [render(messages, add_generation_prompt) for messages in conversations]
+
+
+_PROBE = ({"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"})
+
+
+def _direct_renderer(tokenizer):
+    """The compiled chat template called directly, as `apply_chat_template` calls it, without its per-call copying
+    and checking of the messages (a third of the rendering time): tuneforge's messages are plain {role, content}
+    strings already. Used where it renders a probe conversation exactly as `apply_chat_template` does; otherwise (or
+    where transformers does not have the compiler) None, and the public call is used."""
+    learned = _learned(tokenizer)
+    if "renderer" in learned:
+        return learned["renderer"]
+    render = None
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(tokenizer.chat_template)
+        kwargs = dict(tokenizer.special_tokens_map)
+
+        def render(messages, add_generation_prompt):
+            return compiled.render(messages=messages, tools=None, documents=None,
+                                   add_generation_prompt=add_generation_prompt, **kwargs)
+
+        probes = [(list(messages), prompt) for messages in (_PROBE, _PROBE[1:]) for prompt in (False, True)]
+        if any(render(m, p) != tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=p)
+               for m, p in probes):
+            render = None
+    except Exception:  # no compiler in this transformers, or a template that refuses the probe: the public call
+        render = None
+    learned["renderer"] = render
+    return render
 
 
 def _spans_from_renders(example: Example, full: str, befores: list[str],
@@ -200,15 +250,23 @@ def _shape(example: Example) -> tuple:
     return tuple((m["role"], not m["content"]) for m in example.messages), example.prompt_turns
 
 
+# per tokenizer, what was learned of its chat template: (template and special tokens, direct renderer, layouts by
+# shape). Kept beside the tokenizer, not on it: a compiled template cannot be pickled, and tokenizers are.
+_LEARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _learned(tokenizer) -> dict:
+    key = (tokenizer.chat_template, tuple(sorted(map(str, tokenizer.special_tokens_map.items()))))
+    learned = _LEARNED.get(tokenizer)
+    if learned is None or learned["key"] != key:
+        learned = _LEARNED[tokenizer] = {"key": key, "layouts": {}}
+    return learned
+
+
 def _layouts(tokenizer) -> dict[tuple, _Layout | None]:
-    """The layouts learned for the tokenizer's chat template, kept on the tokenizer object (they depend on the
-    template and the special tokens it is given)."""
-    key = (tokenizer.chat_template, tuple(sorted(tokenizer.special_tokens_map.items())))
-    cached = getattr(tokenizer, "_tuneforge_layouts", None)
-    if cached is None or cached[0] != key:
-        cached = (key, {})
-        tokenizer._tuneforge_layouts = cached
-    return cached[1]
+    """The layouts learned for the tokenizer's chat template (they depend on the template and the special tokens
+    it is given)."""
+    return _learned(tokenizer)["layouts"]
 
 
 def _rendered_spans(examples: Sequence[Example], tokenizer) -> list[tuple[str, list[tuple[int, int]]]]:
@@ -244,28 +302,44 @@ def _rendered_spans(examples: Sequence[Example], tokenizer) -> list[tuple[str, l
     return out
 
 
-def _encode_chats(examples: Sequence[Example], tokenizer) -> list[Encoded]:
-    if not examples:
-        return []
-    rendered = _rendered_spans(examples, tokenizer)
-    quoting = {i for i, e in enumerate(examples) if control_lookalikes(e.messages, tokenizer)}
-    if quoting:  # the rare records that quote a control token's spelling: their content is encoded as text
-        plain = [i for i in range(len(examples)) if i not in quoting]
-        encoded = dict(zip(plain, _encode_chats([examples[i] for i in plain], tokenizer), strict=True))
-        for i in quoting:
-            text, spans = rendered[i]
-            ids, offsets = _encode_with_text_content(tokenizer, text, examples[i].messages, examples[i].location)
-            encoded[i] = _label_spans(ids, offsets, spans)
-        return [encoded[i] for i in range(len(examples))]
-    texts = [text for text, _ in rendered]
+def _tokenized(tokenizer, block: Sequence[Example], templated: list[bool], texts: list[str]) -> list:
+    """Per example: a rendered conversation's Rust encoding or its (ids, offsets), or the `Encoded` of an example
+    not rendered with the template. A record that quotes a control token's spelling has its content encoded as
+    text, and transformers' call applies a tokenizer's truncation or padding."""
+    chats = [e for e, t in zip(block, templated, strict=True) if t]
+    quoting = {i for i, e in enumerate(chats) if control_lookalikes(e.messages, tokenizer)}
+    plain = [text for i, text in enumerate(texts) if i not in quoting]
     backend = tokenizer.backend_tokenizer
-    if backend.truncation is not None or backend.padding is not None:  # keep transformers' handling of those
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=False)
-        return [_label_spans(ids, offsets, spans)
-                for ids, offsets, (_, spans) in zip(enc["input_ids"], enc["offset_mapping"], rendered, strict=True)]
-    with _control_tokens_parsed(tokenizer, True):  # the template's markers (the data has none here)
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
-    return [_label_spans_of(encoding, spans) for encoding, (_, spans) in zip(encodings, rendered, strict=True)]
+    if not plain:
+        encodings = iter(())
+    elif backend.truncation is not None or backend.padding is not None:
+        enc = tokenizer(plain, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=False)
+        encodings = iter(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    else:
+        with _control_tokens_parsed(tokenizer, True):  # the template's markers (the data has none here)
+            encodings = iter(backend.encode_batch(plain, add_special_tokens=False))
+    texts_of = iter(enumerate(texts))
+    out = []
+    for example, is_templated in zip(block, templated, strict=True):
+        if not is_templated:
+            out.append(_encode_text(example.text or "", tokenizer) if not example.is_chat
+                       else _encode_plain_pair(example, tokenizer))
+            continue
+        index, text = next(texts_of)
+        out.append(_encode_with_text_content(tokenizer, text, example.messages, example.location)
+                   if index in quoting else next(encodings))
+    return out
+
+
+def _labelled(rendered: list[tuple[str, list[tuple[int, int]]]], job: Future, train_on_prompt: bool) -> list[Encoded]:
+    spans = (spans for _, spans in rendered)
+    out = []
+    for item in job.result():
+        encoded = item if isinstance(item, Encoded) else (
+            _label_spans(*item, next(spans)) if isinstance(item, tuple) else _label_spans_of(item, next(spans)))
+        out.append(Encoded(encoded.input_ids, list(encoded.input_ids), encoded.turn_ends) if train_on_prompt
+                   else encoded)
+    return out
 
 
 @contextmanager
@@ -352,13 +426,14 @@ def _text_ids(tokenizer, text: str, *, add_special_tokens: bool) -> list[int]:
 def _control_pattern(tokenizer) -> re.Pattern | None:
     """A regex matching the spelling of any of the tokenizer's control (special) tokens, longest first; kept on
     the tokenizer object, and made again when tokens were added since."""
-    added = tokenizer.added_tokens_decoder
+    size = tokenizer.backend_tokenizer.get_vocab_size(with_added_tokens=True)  # cheap, unlike added_tokens_decoder
     cached = getattr(tokenizer, "_tuneforge_control_pattern", None)
-    if cached is not None and cached[0] == len(added):
+    if cached is not None and cached[0] == size:
         return cached[1]
+    added = tokenizer.added_tokens_decoder
     spellings = sorted({t.content for t in added.values() if t.special and t.content}, key=len, reverse=True)
     pattern = re.compile("|".join(map(re.escape, spellings))) if spellings else None
-    tokenizer._tuneforge_control_pattern = (len(added), pattern)
+    tokenizer._tuneforge_control_pattern = (size, pattern)
     return pattern
 
 
