@@ -165,22 +165,29 @@ def record_object(record: RawRecord) -> dict:
 def _require_valid_unicode(record: RawRecord, data: dict) -> None:
     """JSON can spell a lone surrogate (\\ud800), which is no character: no tokenizer can encode it."""
     try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        field = next((str(k) for k, v in data.items() if not _encodes(v)), None)
+        field = next((str(k) for k, v in data.items() if not (_encodes(k) and _encodes(v))), None)
+    except RecursionError:
+        return  # nested too deeply to walk: the fields' own checks name what is wrong
+    if field is not None:
         raise DataError(record.path, record.where, field, "holds a lone surrogate (a \\ud800-\\udfff escape "
-                        "without its pair), which is not a character", "fix the escape, or remove the record"
-                        ) from None
-    except (TypeError, ValueError, RecursionError):
-        pass  # values JSON cannot hold (from Parquet or datasets): the fields' own checks name them
+                        "without its pair), which is not a character", "fix the escape, or remove the record")
 
 
 def _encodes(value) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-        return True
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return False
+    """Whether every string in the value is valid Unicode (an ASCII string is, and says so at no cost)."""
+    if isinstance(value, str):
+        if value.isascii():
+            return True
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+    if isinstance(value, dict):
+        return all(_encodes(k) and _encodes(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(map(_encodes, value))
+    return True
 
 
 def _sft_layout(data: dict) -> str | None:
