@@ -3,7 +3,10 @@
 Chat examples are rendered with the tokenizer's own chat template. Which characters belong to an
 assistant turn is found by rendering incrementally — the conversation up to a turn with the generation
 prompt, then including the turn — which works for any template that renders earlier turns the same way
-whatever follows (we check that, and refuse templates that do not). The trained span of a turn is its
+whatever follows (we check that, and refuse templates that do not). That is done once per conversation
+shape (roles, empty contents, trained turns): it teaches the shape's layout, the template's text around
+each content, and every other conversation of the shape is rendered once and its spans read off that
+layout, or rendered incrementally where its rendering does not fit it. The trained span of a turn is its
 rendered text without trailing whitespace, so the end-of-turn token (`<|im_end|>`, `<|eot_id|>`, EOS...)
 is trained and the newline the template puts after it is not. Character spans map to tokens through
 the fast tokenizer's offsets; labels never depend on token ids, so pad == eos cannot mask the EOS.
