@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 # two workers: much of a test's time is single-threaded (imports in subprocesses, Python), so two overlap well
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -n 2 --dist worksteal
+	$(VENV)/bin/pytest -q -n 2 --dist worksteal --durations=12
 
 # the numerical tests again with the precision forced to bf16 (the tests pin fp32; DESIGN.md, "Tests")
 test-bf16: $(STAMP)
