@@ -95,3 +95,76 @@ def test_second_order_terms_change_the_gradient(tokenizer):
     differ = [not torch.allclose(grads["fomaml", 0.5][n], grads["maml", 0.5][n], atol=1e-6)
               for n in grads["maml", 0.5]]
     assert any(differ)
+
+
+def episodes(tokenizer, tasks: int = 3, per_task: int = 12):
+    from tuneforge.config import DataConfig
+    from tuneforge.data.dataset import encode_examples
+    from tuneforge.data.episodes import Episodes
+    from tuneforge.data.formats import Example
+
+    def task(name):
+        examples = [Example(f"{name}.jsonl", i + 1, task=name,
+                            messages=({"role": "user", "content": f"{name} {i}?"},
+                                      {"role": "assistant", "content": f"{name[::-1]} {i * 7 % 10}"}))
+                    for i in range(per_task)]
+        return encode_examples(examples, tokenizer, DataConfig(cache=False))[0]
+
+    return Episodes({f"task{t}": task(f"task{t}") for t in range(tasks)}, meta_batch=2, inner_steps=2, support=2,
+                    query=3)
+
+
+def test_episodes_are_seeded_by_step_and_disjoint(tokenizer):
+    from tuneforge.config import TrainConfig
+
+    plan = episodes(tokenizer).plan(TrainConfig(seed=7))
+    window = plan.window(5)
+    assert window == plan.window(5) and window != plan.window(6)
+    assert len(window) == 2 and len({e.task for e in window}) == 2
+    for episode in window:
+        ids = [e.sample_id for e in episode]
+        assert len(ids) == len(set(ids)) == 2 * 2 + 3  # support and query drawn without repeats
+        assert {e.example.task for e in episode} == {episode.task}
+    assert plan.steps_per_epoch == 3  # 36 examples, 14 drawn a step
+
+
+@pytest.mark.parametrize("algorithm", ["reptile", "fomaml", "maml"])
+def test_loop_update_is_the_mean_task_gradient(tokenizer, algorithm):
+    """Each episode's loss, as the loop computes and backpropagates it, leaves on the weights the mean of the
+    tasks' outer gradients, and its value is the mean query loss after adapting."""
+    from tuneforge.config import TrainConfig
+    from tuneforge.data.batching import count_label_tokens
+    from tuneforge.engine.loop import window_context
+    from tuneforge.objectives import get_objective
+    from tuneforge.objectives.base import Frozen
+    from tuneforge.objectives.params import ObjectiveParams
+    from tuneforge.strategies.meta import meta_objective
+
+    model = lora_tiny(tokenizer, seed=2)
+    sft = get_objective("sft")
+    objective = meta_objective(sft, algorithm, inner_lr=0.05)
+    window = episodes(tokenizer).plan(TrainConfig(seed=0)).window(0)
+    batches = [objective.kind.collate(episode, tokenizer.pad_token_id) for episode in window]
+    ctx = window_context(batches, ObjectiveParams(), Frozen())
+    assert ctx.num_examples == 2
+    values = []
+    for batch in batches:
+        out = objective.loss(model, batch, ctx)
+        out.loss.backward()
+        values.append(float(out.loss))
+
+    def base(m, sub):
+        sub_ctx = window_context([sub], ObjectiveParams(), Frozen())
+        assert sub_ctx.num_label_tokens == count_label_tokens(sub)
+        return sft.loss(m, sub, sub_ctx).loss
+
+    expected, after = [], []
+    for batch in batches:
+        gradient, losses = task_gradient(algorithm, functional_loss(model, base), trainable(model), batch["support"],
+                                         batch["query"], 0.05)
+        expected.append(gradient)
+        after.append(losses["query_loss_after"])
+    mean = mean_gradient(expected)
+    for name, param in trainable(model).items():
+        assert torch.allclose(param.grad, mean[name], atol=1e-6, rtol=1e-4), name
+    assert sum(values) == pytest.approx(sum(after) / 2, rel=1e-5)

@@ -18,9 +18,12 @@ from tuneforge.data.render import IGNORE_INDEX, Encoded
 LENGTH_GROUP_FACTOR = 32  # micro-batches per length-sorted chunk; larger = less padding, less randomness
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of a batch on `device` (a no-op where it already is)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Every tensor of a batch on `device` (a no-op where it already is), inside lists of batches too (a
+    meta-learning episode's support and query batches)."""
+    def moved(value):
+        return [to_device(v, device) for v in value] if isinstance(value, list) else value.to(device, non_blocking=True)
+    return {k: moved(v) for k, v in batch.items()}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -167,7 +167,8 @@ class StreamPlan:
 
 
 def step_plan(examples: Sequence[TrainExample] | StreamedExamples, cfg: TrainConfig) -> StepPlan | StreamPlan:
-    """The plan of optimizer steps over the training data, in memory or streamed."""
-    if isinstance(examples, StreamedExamples):
+    """The plan of optimizer steps over the training data: in memory, or the data's own (streamed data, a
+    meta-learning run's episodes)."""
+    if hasattr(examples, "plan"):
         return examples.plan(cfg)
     return StepPlan(examples, cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.group_by_length, cfg.shuffle)

@@ -1,4 +1,4 @@
-"""The kinds of training record, one module each (sft, pairs, rated, prompts, teacher_answers, labels): an
+"""The kinds of training record, one module each (sft, pairs, rated, prompts, teacher_answers, labels, episodes): an
 objective names its kind (`Objective.data`) and the engine asks the kind — how records are read and checked,
 what the objective trains on, how they are tokenized and batched, what the held-out evaluation needs — never
 switching on its name. A new kind is one module with a `KIND` and one line in `KINDS`.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuneforge.config import DatasetSpec, LoadedConfig, registry_lookup
 from tuneforge.data.dataset import load_examples
-from tuneforge.data.kinds import labels, pairs, prompts, rated, sft, teacher_answers
+from tuneforge.data.kinds import episodes, labels, pairs, prompts, rated, sft, teacher_answers
 from tuneforge.data.kinds.base import DataKind, EncodedSplits, SplitReport
 from tuneforge.data.stream import HUGE_BYTES, RecordStream
 from tuneforge.errors import ConfigError
@@ -20,7 +20,7 @@ from tuneforge.errors import ConfigError
 __all__ = ["KINDS", "DataKind", "EncodedSplits", "SplitReport", "get_kind", "load_splits", "read_splits"]
 
 KINDS: dict[str, DataKind] = {kind.name: kind for kind in (sft.KIND, pairs.KIND, rated.KIND, prompts.KIND,
-                                                            teacher_answers.KIND, labels.KIND)}
+                                                            teacher_answers.KIND, labels.KIND, episodes.KIND)}
 
 
 def get_kind(name: str) -> DataKind:
