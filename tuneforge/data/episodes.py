@@ -51,6 +51,10 @@ class Episodes:
     def __len__(self) -> int:
         return sum(map(len, self.tasks.values()))
 
+    def __iter__(self) -> Iterator[TrainExample]:
+        """Every example, task by task (what identifies the run's data)."""
+        return (e for name in sorted(self.tasks) for e in self.tasks[name])
+
     def too_small(self) -> list[str]:
         """The tasks with fewer examples than one episode draws (support and query are drawn without repeats)."""
         drawn = self.inner_steps * self.support + self.query

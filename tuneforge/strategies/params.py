@@ -218,5 +218,24 @@ class FederatedParams(ChoiceParams):
     choices: ClassVar[dict] = AGGREGATION_PARAMS
 
 
+class MetaParams(StrategyParams):
+    """Meta-learning: an initialisation learned over a task family's meta-training tasks (its targets never seen),
+    an outer step being `meta_batch` episodes; the outer optimizer is train.optimizer at train.lr, `train.max_steps`
+    outer steps."""
+
+    algorithm: Literal["reptile", "fomaml", "maml"] = Field("reptile", description="reptile: toward the adapted "
+                                                            "weights; fomaml: the query gradient at them; maml: "
+                                                            "through the inner steps (second order)")
+    family: str = Field("textops", description="a bundled family (textops) or a folder of task folders")
+    split: str | None = Field(None, description="MetaICL's split file ({train: [...], test: [...]}) where the "
+                              "family folder has no family.json")
+    meta_batch: int = Field(4, ge=1, le=1024, description="tasks per outer step")
+    inner_steps: int = Field(4, ge=1, le=1000, description="SGD steps on a task's support set per episode")
+    support: int = Field(4, ge=1, le=4096, description="examples per support batch")
+    query: int = Field(8, ge=1, le=4096, description="examples in an episode's query batch")
+    inner_lr: float = Field(1e-3, gt=0, le=10, description="the inner loop's SGD rate")
+
+
 PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams,
-                                           "multitask": MultitaskParams, "federated": FederatedParams}
+                                           "multitask": MultitaskParams, "federated": FederatedParams,
+                                           "meta": MetaParams}
