@@ -8,7 +8,7 @@ STAMP := $(VENV)/.tuneforge-installed
 # pip cannot pull a multi-GB CUDA build on a machine without a GPU.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-bf16 test-slow gguf-check bench lint docs clean
+.PHONY: demo test test-bf16 test-heavy test-slow gguf-check bench lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 # the numerical tests again with the precision forced to bf16 (the tests pin fp32; DESIGN.md, "Tests")
 test-bf16: $(STAMP)
 	TUNEFORGE_TEST_PRECISION=bf16 $(VENV)/bin/pytest -q -m "numerical and not slow"
+
+# end-to-end checks of outputs in other tools, kept out of `make test` for its time; CI runs them
+test-heavy: $(STAMP)
+	$(VENV)/bin/pytest -q -n 2 --dist worksteal -m heavy
 
 test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow

@@ -76,6 +76,7 @@ def exports(root, tiny_model_dir) -> dict[str, tuple]:
 
 # one test, not one per method: the exports are made together (one plain-transformers process loads them all),
 # and a module fixture would be made again on each test worker that runs one of them
+@pytest.mark.heavy  # `make test-bf16` (numerical) runs it too
 def test_merged_exports_load_without_tuneforge_or_peft_and_match(tmp_path, tiny_model_dir):
     made = exports(tmp_path, tiny_model_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

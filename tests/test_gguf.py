@@ -38,6 +38,7 @@ def assert_close(logits, reference, quant):
     assert (logits - reference).abs().max().item() <= TOLERANCE[quant] * scale, quant
 
 
+@pytest.mark.heavy
 def test_gguf_export_reloads_with_the_merged_models_logits_tokenizer_and_template(tmp_path, tiny_model_dir):
     config = tiny_config(tmp_path, tiny_model_dir, train={"max_steps": 3, "lr": 2e-2}, eval={"metrics": ["loss"]})
     config["method"] = {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
@@ -90,6 +91,7 @@ def assert_dequantized_close(path, model, quant):
         assert (got - expected).abs().max() <= {"q8_0": 0.01, "q4_1": 0.1}[quant] * expected.abs().max(), name
 
 
+@pytest.mark.heavy
 def test_untied_output_layer_and_4bit_types(tmp_path, tokenizer):
     import gguf
 

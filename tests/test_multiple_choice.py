@@ -114,6 +114,7 @@ def test_a_prompt_longer_than_the_context_loses_its_start_as_lm_eval_cuts_it_and
     assert samples[0]["loglikelihoods"][0] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.heavy
 def test_scores_agree_with_lm_evaluation_harness_on_the_bundled_set(tokenizer):
     model = build_tiny_llama(tokenizer, seed=11).eval()
     # two of the four subjects (lm-eval's time is mostly per task): dates have 4 choices of 3 to 10 tokens, the
