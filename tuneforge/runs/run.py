@@ -137,6 +137,7 @@ class Phase:
         """The phase's end state, then its result.json, which marks it finished (each written whole or not at
         all)."""
         with self.run.guard(f"saving the state of {self.dir.name}"):
+            self.dir.mkdir(parents=True, exist_ok=True)  # a phase that trained nothing has no folder yet
             tmp = self.dir / (STATE_FILE + ".tmp")
             save_file({name: t.contiguous() for name, t in tensors.items()}, tmp)
             tmp.replace(self.dir / STATE_FILE)

@@ -23,10 +23,10 @@ __all__ = ["Strategy", "get_strategy", "strategy_for", "train_tasks", "validate_
 
 @cache
 def registry() -> dict[str, Strategy]:
-    from tuneforge.strategies import continual, federated, meta, multitask, single
+    from tuneforge.strategies import continual, federated, fewshot, meta, multitask, single
 
     entries = {s.name: s for s in (single.STRATEGY, continual.STRATEGY, multitask.STRATEGY, federated.STRATEGY,
-                                   meta.STRATEGY)}
+                                   meta.STRATEGY, fewshot.STRATEGY)}
     if {name: s.params for name, s in entries.items()} != PARAMS:
         raise RuntimeError("strategies.params.PARAMS and the registry disagree")  # caught by any test run
     return entries

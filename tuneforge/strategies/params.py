@@ -236,6 +236,23 @@ class MetaParams(StrategyParams):
     inner_lr: float = Field(1e-3, gt=0, le=10, description="the inner loop's SGD rate")
 
 
+class FewshotParams(StrategyParams):
+    """Few-shot curves on a task family's targets: each start adapted on k examples per seed, scored on each
+    target's test set, beside in-context learning (k = 0: zero-shot)."""
+
+    family: str = Field("textops", description="a bundled family (textops) or a folder of task folders")
+    split: str | None = Field(None, description="MetaICL's split file where the family folder has no family.json")
+    starts: dict[str, str | None] = Field(default_factory=lambda: {"base": None}, description="name: run "
+                                          "directory whose trained weights start each adaptation (null: the config's "
+                                          "model with its method freshly applied)")
+    k: list[int] = Field(default_factory=lambda: [0, 4, 16, 64], min_length=1, description="examples to adapt "
+                         "on (and to show in context)")
+    seeds: int = Field(5, ge=1, le=1000, description="draws of the k examples per k > 0")
+    steps: int = Field(20, ge=1, le=100_000, description="optimizer steps of each adaptation")
+    in_context: bool = Field(True, description="also score the config's model with the k examples in the prompt")
+    max_test: int = Field(50, ge=1, description="test questions per target task")
+
+
 PARAMS: dict[str, type[StrategyParams]] = {"single": SingleParams, "sequential": SequentialParams,
                                            "multitask": MultitaskParams, "federated": FederatedParams,
-                                           "meta": MetaParams}
+                                           "meta": MetaParams, "fewshot": FewshotParams}
