@@ -73,3 +73,19 @@ def test_kill_inside_an_inner_loop_resumes_bitwise(tmp_path, tiny_model_dir):
     assert steps(directory / "run") == steps(reference)
     weights = "adapter/adapter_model.safetensors"
     assert (directory / "run" / weights).read_bytes() == (reference / weights).read_bytes()
+
+
+def test_multitask_control_trains_the_same_examples_as_plain_steps(tmp_path, tiny_model_dir):
+    """`algorithm: multitask` draws the same episodes (the same samples at every step) and trains them without an
+    inner loop: the control a meta-learned start is judged against."""
+    meta = train(meta_config(tmp_path / "meta", tiny_model_dir), quiet=True).run_dir
+    control = train(meta_config(tmp_path / "control", tiny_model_dir, algorithm="multitask"), quiet=True).run_dir
+
+    def samples(run: Path) -> list:
+        return [(r["step"], r["samples"]) for r in read_metrics(run) if r["kind"] == "train"]
+
+    assert samples(control) == samples(meta)
+    rows = [r for r in read_metrics(control) if r["kind"] == "train"]
+    assert all("query_loss_after" not in r for r in rows)
+    weights = "adapter/adapter_model.safetensors"
+    assert (control / weights).read_bytes() != (meta / weights).read_bytes()

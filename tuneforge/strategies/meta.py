@@ -77,7 +77,9 @@ def prepare_episodes(loaded: LoadedConfig, console: RunConsole | None, recipe: R
 
 
 def meta_objective(base: Objective, algorithm: str, inner_lr: float) -> Objective:
-    """`base` (an objective on plain examples: sft) meta-learned with `algorithm` and inner SGD rate `inner_lr`."""
+    """`base` (an objective on plain examples: sft) meta-learned with `algorithm` and inner SGD rate `inner_lr`; or,
+    `multitask`, trained on the very same episodes' examples as plain multi-task learning (the control that counts:
+    a multi-task start with the same examples and steps)."""
     if base.data != "sft":
         raise ValueError(f"meta-learning trains objectives on plain examples (sft); {base.name} trains on {base.data}")
     return Objective(f"{algorithm}:{base.name}", f"{base.summary}, meta-learned with {algorithm}",
@@ -93,6 +95,9 @@ def episode_loss(model: torch.nn.Module, batch: dict, ctx: LossContext, *, base:
         sub_ctx = replace(ctx, num_label_tokens=count_label_tokens(sub), num_examples=int(sub["num_examples"]))
         return base.loss(m, sub, sub_ctx).loss
 
+    if algorithm == "multitask":  # the control: the same examples and steps, trained as one plain step at θ
+        batches = [*batch["support"], *batch["query"]]
+        return LossOutput(sum(loss(model, sub) for sub in batches) / len(batches) / max(ctx.num_examples, 1))
     theta = trainable(model)
     gradient, losses = task_gradient(algorithm, functional_loss(model, loss), theta, batch["support"],
                                      batch["query"], inner_lr)

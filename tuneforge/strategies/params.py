@@ -223,9 +223,10 @@ class MetaParams(StrategyParams):
     an outer step being `meta_batch` episodes; the outer optimizer is train.optimizer at train.lr, `train.max_steps`
     outer steps."""
 
-    algorithm: Literal["reptile", "fomaml", "maml"] = Field("reptile", description="reptile: toward the adapted "
-                                                            "weights; fomaml: the query gradient at them; maml: "
-                                                            "through the inner steps (second order)")
+    algorithm: Literal["reptile", "fomaml", "maml", "multitask"] = Field(
+        "reptile", description="reptile: toward the adapted weights; fomaml: the query gradient at them; maml: "
+        "through the inner steps (second order); multitask: the control, the same episodes' examples trained as "
+        "plain multi-task steps")
     family: str = Field("textops", description="a bundled family (textops) or a folder of task folders")
     split: str | None = Field(None, description="MetaICL's split file ({train: [...], test: [...]}) where the "
                               "family folder has no family.json")
