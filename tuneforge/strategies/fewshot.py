@@ -7,7 +7,8 @@ Each cell (start, task, k, seed) is a sub-run of its own under cells/ (its resul
 skips the finished ones). An adaptation is one phase of the one loop (`train.optimizer` at `train.lr`,
 `strategy.steps` steps of `train.batch_size` drawn from the k examples), from the start's weights each time. The
 score is exact match by teacher forcing (`evaluation.forced`), and each cell records the prompt tokens an answer
-costs (in-context learning pays for its k examples at every answer)."""
+costs (in-context learning pays for its k examples at every answer). The run's eval.json holds the table
+(`summary`), and fewshot.md, .html and .png show it (`reports.fewshot`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tuneforge.errors import ConfigError
 from tuneforge.evaluation.forced import forced_exact_match
 from tuneforge.methods import get_method
 from tuneforge.models.load import load_model, load_tokenizer
+from tuneforge.reports.fewshot import write_report
 from tuneforge.runs.recipe import read_recipe
 from tuneforge.runs.run import Run, RunResult
 from tuneforge.runs.trained import require_run_dir
@@ -78,8 +80,9 @@ def run(loaded: LoadedConfig, params: FewshotParams, *, resume: bool = False, fo
                                                                                   tokenizer.pad_token_id))
                         cell.finish(scored | {"start": IN_CONTEXT, "task": task, "k": k, "seed": seed}, {})
                     rows.append(cell.result())
-        table = summary(rows)
-        return run.complete({"steps": 0, "cells": len(rows)}, {}, evaluation={"fewshot": table})
+        result = run.complete({"steps": 0, "cells": len(rows)}, {}, evaluation={"fewshot": summary(rows)})
+    write_report(result.run_dir)
+    return result
 
 
 def _grid(family: TaskFamily, params: FewshotParams):
