@@ -66,7 +66,7 @@ def run(loaded: LoadedConfig, params: FewshotParams, *, resume: bool = False, fo
                             _adapt(loaded, session, support, tokenizer, cell.checkpoints, params.steps, seed)
                         cell.finish(_score(session, tests[task], tokenizer.pad_token_id) | {"start": name, "task": task,
                                     "k": k, "seed": seed}, {})
-                    rows.append(cell.result())
+                    rows.append(_said(console, cell.result()))
             if params.in_context:
                 session = open_session(loaded, recipe, console)
                 for task, k, seed in _grid(family, params):
@@ -79,10 +79,16 @@ def run(loaded: LoadedConfig, params: FewshotParams, *, resume: bool = False, fo
                                   if stats.truncated or stats.dropped else _score(session, encoded,
                                                                                   tokenizer.pad_token_id))
                         cell.finish(scored | {"start": IN_CONTEXT, "task": task, "k": k, "seed": seed}, {})
-                    rows.append(cell.result())
+                    rows.append(_said(console, cell.result()))
         result = run.complete({"steps": 0, "cells": len(rows)}, {}, evaluation={"fewshot": summary(rows)})
     write_report(result.run_dir)
     return result
+
+
+def _said(console: RunConsole, row: dict) -> dict:
+    score = row.get("skipped") or f"exact match {row['exact_match']:.1f}% of {row['questions']}"
+    console.info(f"{row['start']} on {row['task']}, k={row['k']}, seed {row['seed']}: {score}")
+    return row
 
 
 def _grid(family: TaskFamily, params: FewshotParams):
@@ -130,7 +136,7 @@ def _adapt(loaded: LoadedConfig, session: Session, support: list[TrainExample], 
                                                 "warmup_steps": 0})
     cfg = loaded.run.model_copy(update={"train": train})
     prepared = Prepared(support, [], [], tokenizer, True, {})
-    inputs = loop_inputs(session, prepared, cfg, Metrics(), RunConsole(quiet=True), checkpoints, lambda **_: ({}, []))
+    inputs = loop_inputs(session, prepared, cfg, Metrics(), RunConsole(silent=True), checkpoints, lambda **_: ({}, []))
     train_loop(inputs, LoopState())
 
 
