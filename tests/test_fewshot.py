@@ -95,3 +95,18 @@ def test_fewshot_scores_every_cell_and_resumes(tmp_path, tiny_model_dir, monkeyp
     report = (result.run_dir / "fewshot.md").read_text()
     assert "## Averaged over the targets" in report and "| fomaml |" in report and "k=2" in report
     assert (result.run_dir / "fewshot.png").stat().st_size > 10_000 and (result.run_dir / "fewshot.html").is_file()
+
+
+def test_refused_before_anything_loads(tmp_path, tiny_model_dir, monkeypatch):
+    from tuneforge.engine import session
+    from tuneforge.errors import ConfigError, TuneforgeError
+
+    monkeypatch.setattr(session, "open_session", lambda *a, **k: pytest.fail("a model was loaded"))
+    config = meta_config(tmp_path, tiny_model_dir)
+    config["strategy"] = {"name": "fewshot", "k": [0, 300], "seeds": 2}
+    with pytest.raises(ConfigError, match=r"strategy\.k.*cannot give 2 draws of k=300.*256 training records"):
+        train(config, quiet=True)
+    config["strategy"] = {"name": "fewshot", "k": [4], "starts": {"reptile": str(tmp_path / "missing")}}
+    with pytest.raises(TuneforgeError, match="missing"):
+        train(config, quiet=True)
+    assert not (tmp_path / "run").exists()

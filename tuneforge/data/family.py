@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneforge.config import LoadedConfig
 from tuneforge.data.formats import Example, normalise, record_object
 from tuneforge.data.sources import RawRecord, read_records
 from tuneforge.errors import DataError
@@ -72,6 +73,21 @@ class FamilyTask:
     def tests(self) -> list[Example]:
         return self._examples(self.test)
 
+    def size(self) -> int:
+        """How many training records `training` gives (counted, not checked)."""
+        path = self.pool if self.pool is not None else self.shots[max(self.shots)]
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+
+    def seeds_for(self, k: int, count: int) -> list[int]:
+        """The seeds of `count` draws of k examples: 0, 1, ... from the pool, or the first `count` seeds MetaICL's
+        files have for that k (13, 21, 42, 87, 100 as distributed); fewer where the family has fewer."""
+        if k == 0:
+            return [0]
+        if self.pool is not None:
+            return list(range(count)) if k <= self.size() else []
+        return sorted(s for kk, s in self.shots if kk == k)[:count]
+
     def _examples(self, path: Path) -> list[Example]:
         return [_example(record, self) for record in read_records(str(path))]
 
@@ -107,6 +123,12 @@ def read_family(source: str, split: str | None = None) -> TaskFamily:
     instructions = spec.get("instructions") or {}
     tasks = {name: _task(root, name, str(instructions.get(name, ""))) for name in [*names[0], *names[1]]}
     return TaskFamily(root, tasks, tuple(names[0]), tuple(names[1]))
+
+
+def family_for(loaded: LoadedConfig, family: str, split: str | None) -> TaskFamily:
+    """The family a config names: a bundled one, or a folder (and MetaICL split file) beside the config."""
+    source = family if family in BUNDLED else loaded.resolve_path(family)
+    return read_family(source, loaded.resolve_path(split) if split else None)
 
 
 def _json_object(path: Path) -> dict:

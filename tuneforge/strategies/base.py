@@ -27,6 +27,8 @@ class Strategy:
     tasks: tuple[str, ...] = LANGUAGE_MODELS  # the model tasks (`task:`) it trains
     needs_train_data: bool = True  # data.train (a federation's clients may bring their own)
     streams: bool = False  # trains from data read a block at a time (data.streaming), never needing it whole
+    # what else the strategy needs of the config, checked before anything loads (a task family's tasks and sizes)
+    requires: Callable[[LoadedConfig, StrategyParams], None] | None = None
 
     def check(self, loaded: LoadedConfig, params: StrategyParams) -> None:
         """What the strategy needs of the config, before anything loads: training data, a task it trains, and where
@@ -46,6 +48,8 @@ class Strategy:
         purpose = params.phases_by_task()
         if purpose:
             train_tasks(loaded, purpose)
+        if self.requires is not None:
+            self.requires(loaded, params)
 
 
 def validate_strategy_params(spec: NamedParams, where: str = "config key 'strategy'") -> BaseModel:

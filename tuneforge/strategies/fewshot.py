@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tuneforge.config import LoadedConfig
 from tuneforge.data.dataset import TrainExample, encode_examples
-from tuneforge.data.family import BUNDLED, FamilyTask, TaskFamily, read_family
+from tuneforge.data.family import FamilyTask, TaskFamily, family_for
 from tuneforge.data.formats import Example
 from tuneforge.engine import checkpoint
 from tuneforge.engine.console import Metrics, RunConsole
@@ -43,7 +43,7 @@ def run(loaded: LoadedConfig, params: FewshotParams, *, resume: bool = False, fo
         quiet: bool = False) -> RunResult:
     cfg, console = loaded.run, RunConsole(quiet=quiet)
     recipe = read_recipe(loaded)
-    family = _family(loaded, params)
+    family = check(loaded, params)
     starts = {name: _start(loaded, name, path) for name, path in params.starts.items()}
     with Run.open(loaded, console, resume=resume, force=force, checkpoints=CELLS) as run:
         tokenizer = load_tokenizer(cfg.model)
@@ -94,13 +94,24 @@ def _said(console: RunConsole, row: dict) -> dict:
 def _grid(family: TaskFamily, params: FewshotParams):
     for task in family.targets:
         for k in params.k:
-            for seed in range(params.seeds if k else 1):  # k = 0 draws nothing: one seed
+            for seed in family.tasks[task].seeds_for(k, params.seeds):  # k = 0 draws nothing: one seed
                 yield task, k, seed
 
 
-def _family(loaded: LoadedConfig, params: FewshotParams) -> TaskFamily:
-    source = params.family if params.family in BUNDLED else loaded.resolve_path(params.family)
-    return read_family(source, loaded.resolve_path(params.split) if params.split else None)
+def check(loaded: LoadedConfig, params: FewshotParams) -> TaskFamily:
+    """Before anything loads: a family that reads, every k drawable `seeds` times from every target, and starts that
+    are finished runs of this config's method on its model."""
+    family = family_for(loaded, params.family, params.split)
+    for task in family.targets:
+        for k in params.k:
+            if len(family.tasks[task].seeds_for(k, params.seeds)) < (params.seeds if k else 1):
+                raise ConfigError(f"{loaded.where('strategy', 'k')}: target {task} cannot give {params.seeds} draws "
+                                  f"of k={k} examples (it has {family.tasks[task].size()} training records, or "
+                                  "fewer k-shot files)\n  fix: lower k or strategy.seeds, or give the task more "
+                                  "records")
+    for name, path in params.starts.items():
+        _start(loaded, name, path)
+    return family
 
 
 def _start(loaded: LoadedConfig, name: str, path: str | None) -> Path | None:
@@ -184,4 +195,5 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 STRATEGY = Strategy("fewshot", "few-shot curves: starts adapted to a family's target tasks on k examples over "
-                    "seeds, beside in-context and zero-shot", FewshotParams, run, needs_train_data=False)
+                    "seeds, beside in-context and zero-shot", FewshotParams, run, needs_train_data=False,
+                    requires=check)

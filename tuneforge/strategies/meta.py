@@ -20,11 +20,12 @@ import torch
 from tuneforge.config import LoadedConfig
 from tuneforge.data.batching import count_label_tokens
 from tuneforge.data.episodes import Episodes
-from tuneforge.data.family import BUNDLED, read_family
+from tuneforge.data.family import TaskFamily, family_for
 from tuneforge.engine.console import RunConsole
 from tuneforge.engine.session import Prepared, first_per_task
 from tuneforge.errors import ConfigError
 from tuneforge.models.load import load_tokenizer
+from tuneforge.objectives import get_objective
 from tuneforge.objectives.base import LossContext, LossOutput, Objective
 from tuneforge.runs.recipe import Recipe
 from tuneforge.runs.run import RunResult
@@ -42,21 +43,33 @@ def run(loaded: LoadedConfig, params: MetaParams, *, resume: bool = False, force
                        trained_as=lambda base: meta_objective(base, params.algorithm, params.inner_lr))
 
 
+def check(loaded: LoadedConfig, params: MetaParams) -> TaskFamily:
+    """Before anything loads: a family that reads, an objective on plain examples, as many meta-training tasks as a
+    meta-batch draws, each with the records of one episode."""
+    objective = loaded.run.objective.name
+    if get_objective(objective).data != "sft":
+        raise ConfigError(f"{loaded.where('objective')}: strategy meta trains objectives on plain examples (sft, ...); "
+                          f"'{objective}' trains on {get_objective(objective).data} records\n  fix: set objective: sft")
+    family = family_for(loaded, params.family, params.split)
+    if params.meta_batch > len(family.meta_train):
+        raise ConfigError(f"{loaded.where('strategy', 'meta_batch')}: {params.meta_batch} tasks per outer step, but "
+                          f"the family has {len(family.meta_train)} meta-training tasks\n  fix: set "
+                          f"strategy.meta_batch to at most {len(family.meta_train)}")
+    drawn = params.inner_steps * params.support + params.query
+    small = [name for name in family.meta_train if family.tasks[name].size() < drawn]
+    if small:
+        raise ConfigError(f"{loaded.where('strategy')}: tasks {small} have fewer examples than one episode draws "
+                          f"({drawn}: inner_steps x support + query)\n  fix: lower strategy.inner_steps, support or "
+                          "query, or give those tasks more records")
+    return family
+
+
 def prepare_episodes(loaded: LoadedConfig, console: RunConsole | None, recipe: Recipe, *,
                      params: MetaParams) -> Prepared:
     """The family's meta-training tasks, read and tokenized as the recipe's objective reads plain examples: every
     training record of each task in its episodes, the first `eval.max_examples` of each task's test set held out."""
     cfg = loaded.run
-    if recipe.objective.data != "sft":
-        raise ConfigError(f"{loaded.where('objective')}: strategy meta trains objectives on plain examples (sft, ...); "
-                          f"'{recipe.objective.name}' trains on {recipe.objective.data} records\n  fix: set "
-                          "objective: sft")
-    source = params.family if params.family in BUNDLED else loaded.resolve_path(params.family)
-    family = read_family(source, loaded.resolve_path(params.split) if params.split else None)
-    if params.meta_batch > len(family.meta_train):
-        raise ConfigError(f"{loaded.where('strategy', 'meta_batch')}: {params.meta_batch} tasks per outer step, but "
-                          f"the family has {len(family.meta_train)} meta-training tasks\n  fix: set "
-                          f"strategy.meta_batch to at most {len(family.meta_train)}")
+    family = check(loaded, params)
     train_raw = [e for name in family.meta_train for e in family.tasks[name].training()]
     test_raw = first_per_task([e for name in family.meta_train for e in family.tasks[name].tests()],
                               cfg.eval.max_examples or 10**9)
@@ -66,12 +79,10 @@ def prepare_episodes(loaded: LoadedConfig, console: RunConsole | None, recipe: R
     for example in encoded.train:
         by_task[example.example.task].append(example)
     episodes = Episodes(by_task, params.meta_batch, params.inner_steps, params.support, params.query)
-    small = episodes.too_small()
-    if small:
-        drawn = params.inner_steps * params.support + params.query
-        raise ConfigError(f"{loaded.where('strategy')}: tasks {small} have fewer examples than one episode draws "
-                          f"({drawn}: inner_steps x support + query)\n  fix: lower strategy.inner_steps, support or "
-                          "query, or give those tasks more records")
+    if episodes.too_small():  # records dropped for length (data.overlong: drop)
+        raise ConfigError(f"{loaded.where('data', 'max_seq_len')}: tasks {episodes.too_small()} keep fewer examples "
+                          "than one episode draws once the over-long ones are dropped\n  fix: raise data.max_seq_len, "
+                          "or set data.overlong: truncate")
     return Prepared(episodes, encoded.test, test_raw, tokenizer, encoded.chat,
                     {**encoded.stats, "family": str(Path(family.root)), "meta_train": list(family.meta_train)})
 
@@ -109,4 +120,4 @@ def episode_loss(model: torch.nn.Module, batch: dict, ctx: LossContext, *, base:
 
 
 STRATEGY = Strategy("meta", "meta-learning (Reptile, FOMAML, MAML) over a task family's meta-training tasks: an "
-                    "initialisation for few-shot adaptation", MetaParams, run, needs_train_data=False)
+                    "initialisation for few-shot adaptation", MetaParams, run, needs_train_data=False, requires=check)
