@@ -53,12 +53,6 @@ def load(key: str) -> list[Encoded] | None:
     return _unpack(arrays)
 
 
-def save(key: str, encoded: Sequence[Encoded]) -> None:
-    writer = Writer(key)
-    writer.add(encoded)
-    writer.finish()
-
-
 class Writer:
     """Packs encodings into the cache's arrays a block at a time (as the encoder gives them out, while it tokenizes
     the next block), then writes the entry whole: staged in a temporary directory and renamed into place."""
