@@ -92,6 +92,8 @@ def test_fewshot_scores_every_cell_and_resumes(tmp_path, tiny_model_dir, monkeyp
     trained = {r["k"]: r["prompt_tokens"] for r in table if r["start"] == "base" and r["task"] == "mean"}
     assert in_context[0] == trained[0] == trained[2] < in_context[2]  # the shown examples cost prompt tokens
     assert len(list((result.run_dir / "cells").glob("*/*/*/result.json"))) == 3 * 5 * 3
+    assert not list((result.run_dir / "cells").rglob("*.safetensors"))  # a cell's score is all it keeps
+    assert not [p for p in json.loads((result.run_dir / "run.json").read_text())["weights_sha256"] if "cells" in p]
     report = (result.run_dir / "fewshot.md").read_text()
     assert "## Averaged over the targets" in report and "| fomaml |" in report and "k=2" in report
     assert (result.run_dir / "fewshot.png").stat().st_size > 10_000 and (result.run_dir / "fewshot.html").is_file()

@@ -138,9 +138,10 @@ class Phase:
         all)."""
         with self.run.guard(f"saving the state of {self.dir.name}"):
             self.dir.mkdir(parents=True, exist_ok=True)  # a phase that trained nothing has no folder yet
-            tmp = self.dir / (STATE_FILE + ".tmp")
-            save_file({name: t.contiguous() for name, t in tensors.items()}, tmp)
-            tmp.replace(self.dir / STATE_FILE)
+            if tensors:  # a phase with no end state (a few-shot cell: its score is its result) writes none
+                tmp = self.dir / (STATE_FILE + ".tmp")
+                save_file({name: t.contiguous() for name, t in tensors.items()}, tmp)
+                tmp.replace(self.dir / STATE_FILE)
             write_json(self.dir / RESULT_FILE, {**result, "fingerprint": self.run.fingerprint})
 
     def state(self) -> dict:
