@@ -89,3 +89,11 @@ def test_multitask_control_trains_the_same_examples_as_plain_steps(tmp_path, tin
     assert all("query_loss_after" not in r for r in rows)
     weights = "adapter/adapter_model.safetensors"
     assert (control / weights).read_bytes() != (meta / weights).read_bytes()
+
+
+def test_an_objective_on_pairs_is_refused_before_anything_loads(tmp_path, tiny_model_dir):
+    config = meta_config(tmp_path, tiny_model_dir)
+    config["objective"] = {"name": "dpo"}
+    with pytest.raises(ConfigError, match=r"strategy meta trains objectives on plain examples.*'dpo' trains on pairs"):
+        train(config, quiet=True)
+    assert not (tmp_path / "run").exists()

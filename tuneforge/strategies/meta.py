@@ -46,10 +46,10 @@ def run(loaded: LoadedConfig, params: MetaParams, *, resume: bool = False, force
 def check(loaded: LoadedConfig, params: MetaParams) -> TaskFamily:
     """Before anything loads: a family that reads, an objective on plain examples, as many meta-training tasks as a
     meta-batch draws, each with the records of one episode."""
-    objective = loaded.run.objective.name
-    if get_objective(objective).data != "sft":
+    objective = get_objective(loaded.run.objective.name)
+    if not objective.kind.episodic:
         raise ConfigError(f"{loaded.where('objective')}: strategy meta trains objectives on plain examples (sft, ...); "
-                          f"'{objective}' trains on {get_objective(objective).data} records\n  fix: set objective: sft")
+                          f"'{objective.name}' trains on {objective.kind.name} records\n  fix: set objective: sft")
     family = family_for(loaded, params.family, params.split)
     if params.meta_batch > len(family.meta_train):
         raise ConfigError(f"{loaded.where('strategy', 'meta_batch')}: {params.meta_batch} tasks per outer step, but "
@@ -91,8 +91,9 @@ def meta_objective(base: Objective, algorithm: str, inner_lr: float) -> Objectiv
     """`base` (an objective on plain examples: sft) meta-learned with `algorithm` and inner SGD rate `inner_lr`; or,
     `multitask`, trained on the very same episodes' examples as plain multi-task learning (the control that counts:
     a multi-task start with the same examples and steps)."""
-    if base.data != "sft":
-        raise ValueError(f"meta-learning trains objectives on plain examples (sft); {base.name} trains on {base.data}")
+    if not base.kind.episodic:
+        raise ValueError(f"meta-learning trains objectives on plain examples (sft); {base.name} trains on "
+                         f"{base.kind.name} records")
     return Objective(f"{algorithm}:{base.name}", f"{base.summary}, meta-learned with {algorithm}",
                      partial(episode_loss, base=base, algorithm=algorithm, inner_lr=inner_lr), base.params,
                      data="episodes")

@@ -50,6 +50,7 @@ class DataKind:
     online = False  # completions are sampled during training and scored by rewards (the prompts kind)
     perplexity = False  # the held-out loss is the data's own negative log-likelihood (plain SFT)
     streams = False  # its records train one by one as read (data.streaming), needing no others
+    episodic = False  # its records can be drawn into meta-learning episodes (plain examples, a loss each)
 
     def reader(self, task: str, label_names: Sequence[str] | None) -> Callable | None:
         """How a raw record is read: None for the language-model formats (`data.formats`)."""

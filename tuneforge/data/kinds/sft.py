@@ -11,6 +11,7 @@ class Sft(DataKind):
     summary = "conversations or texts: the assistant turns (or every token) trained"
     streams = True
     perplexity = True
+    episodic = True
 
     def check(self, records: list, objective: str, loaded: LoadedConfig | None = None) -> None:
         refuse_rated(records, objective)
