@@ -43,8 +43,8 @@ def run(loaded: LoadedConfig, params: FewshotParams, *, resume: bool = False, fo
         quiet: bool = False) -> RunResult:
     cfg, console = loaded.run, RunConsole(quiet=quiet)
     recipe = read_recipe(loaded)
-    family = check(loaded, params)
-    starts = {name: _start(loaded, name, path) for name, path in params.starts.items()}
+    family = family_for(loaded, params.family, params.split)  # k, seeds and starts checked before anything loaded
+    starts = {name: _start_dir(loaded, path) for name, path in params.starts.items()}
     with Run.open(loaded, console, resume=resume, force=force, checkpoints=CELLS) as run:
         tokenizer = load_tokenizer(cfg.model)
         tests = {task: _encoded(family.tasks[task].tests()[:params.max_test], tokenizer, cfg)
@@ -112,6 +112,10 @@ def check(loaded: LoadedConfig, params: FewshotParams) -> TaskFamily:
     for name, path in params.starts.items():
         _start(loaded, name, path)
     return family
+
+
+def _start_dir(loaded: LoadedConfig, path: str | None) -> Path | None:
+    return Path(loaded.resolve_path(path)) if path is not None else None
 
 
 def _start(loaded: LoadedConfig, name: str, path: str | None) -> Path | None:

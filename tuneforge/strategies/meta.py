@@ -69,7 +69,7 @@ def prepare_episodes(loaded: LoadedConfig, console: RunConsole | None, recipe: R
     """The family's meta-training tasks, read and tokenized as the recipe's objective reads plain examples: every
     training record of each task in its episodes, the first `eval.max_examples` of each task's test set held out."""
     cfg = loaded.run
-    family = check(loaded, params)
+    family = family_for(loaded, params.family, params.split)  # checked before anything loaded (`check`)
     train_raw = [e for name in family.meta_train for e in family.tasks[name].training()]
     test_raw = first_per_task([e for name in family.meta_train for e in family.tasks[name].tests()],
                               cfg.eval.max_examples or 10**9)
@@ -79,8 +79,9 @@ def prepare_episodes(loaded: LoadedConfig, console: RunConsole | None, recipe: R
     for example in encoded.train:
         by_task[example.example.task].append(example)
     episodes = Episodes(by_task, params.meta_batch, params.inner_steps, params.support, params.query)
-    if episodes.too_small():  # records dropped for length (data.overlong: drop)
-        raise ConfigError(f"{loaded.where('data', 'max_seq_len')}: tasks {episodes.too_small()} keep fewer examples "
+    small = episodes.too_small()
+    if small:  # records dropped for length (data.overlong: drop)
+        raise ConfigError(f"{loaded.where('data', 'max_seq_len')}: tasks {small} keep fewer examples "
                           "than one episode draws once the over-long ones are dropped\n  fix: raise data.max_seq_len, "
                           "or set data.overlong: truncate")
     return Prepared(episodes, encoded.test, test_raw, tokenizer, encoded.chat,
