@@ -3,7 +3,8 @@ meta-training tasks with the same episodes and steps — plain multi-task (the c
 `strategy: fewshot` adapting each start, and a fresh adapter on the base, to the five held-out targets with k
 examples over several seeds, beside in-context learning (k = 0: zero-shot). One report (fewshot.md/.html/.png).
 
-    python -m bench.meta                # k 0, 4, 16, 64; 5 seeds; 100 outer steps (hours on 2 CPU cores)
+    python -m bench.meta --quick        # k 0, 4, 16, 64; 5 seeds; 30 outer steps of 3 tasks, 10-step adaptations
+    python -m bench.meta                # the same grid, 100 outer steps of 4 tasks, 20-step adaptations (hours)
     python -m bench.meta --steps 10 --seeds 2 --k 0 4 16 --max-test 20   # a smaller grid
     python -m bench.meta --model PATH   # another model of the same family (the default: SmolLM2-135M-Instruct)
 
@@ -13,6 +14,7 @@ report's averaged table is printed with each stage's time."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -23,18 +25,23 @@ from bench.common import machine_line
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "examples" / "meta.yaml"
 STARTS = ("multitask", "reptile", "fomaml")
+QUICK = ["--steps", "30", "--meta-batch", "3", "--adapt-steps", "10", "--adapt-lr", "2e-3", "--max-test", "25"]
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the smaller preset: " + " ".join(QUICK))
     parser.add_argument("--steps", type=int, default=100, help="outer steps of each start's meta-training")
+    parser.add_argument("--meta-batch", type=int, default=4, help="tasks per outer step")
     parser.add_argument("--k", type=int, nargs="+", default=[0, 4, 16, 64])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--adapt-steps", type=int, default=20, help="optimizer steps of each few-shot adaptation")
+    parser.add_argument("--adapt-lr", type=float, default=1e-3, help="the adaptations' learning rate")
     parser.add_argument("--max-test", type=int, default=50, help="test questions per target")
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "meta")
-    args = parser.parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)  # given options override the preset
     run(args)
 
 
@@ -56,13 +63,13 @@ def run(args) -> None:
     for algorithm in STARTS:
         started = time.perf_counter()
         out = args.out / f"meta-{algorithm}"
-        starts[algorithm] = str(train(config_for(args, out, {"algorithm": algorithm}, {"max_steps": args.steps}),
-                                      quiet=True).run_dir)
+        strategy = {"algorithm": algorithm, "meta_batch": args.meta_batch}
+        starts[algorithm] = str(train(config_for(args, out, strategy, {"max_steps": args.steps}), quiet=True).run_dir)
         timings[algorithm] = time.perf_counter() - started
     started = time.perf_counter()
     fewshot = {"name": "fewshot", "family": "textops", "starts": {"base": None, **starts}, "k": args.k,
                "seeds": args.seeds, "steps": args.adapt_steps, "max_test": args.max_test}
-    config = config_for(args, args.out / "fewshot", {}, {"save_every": 0})
+    config = config_for(args, args.out / "fewshot", {}, {"save_every": 0, "lr": args.adapt_lr})
     config["strategy"] = fewshot
     config["data"] = {"max_seq_len": 2048}  # room for 64 examples in context
     result = train(config, quiet=True)

@@ -16,7 +16,7 @@ METAICL = Path(__file__).parent / "data" / "real" / "metaicl"
 
 
 def prompt_and_answer(example) -> tuple[str, str]:
-    user, assistant = example.messages
+    *_, user, assistant = example.messages
     return user["content"], assistant["content"]
 
 
@@ -39,8 +39,9 @@ def test_targets_are_held_out_and_test_questions_unseen():
         pool = {prompt_and_answer(e)[0] for e in task.training()}
         tests = [prompt_and_answer(e)[0] for e in task.tests()]
         assert len(tests) >= 20 and len(set(tests)) == len(tests) and pool.isdisjoint(tests)
-    prompt, answer = prompt_and_answer(family.tasks["roman"].tests()[0])
-    assert prompt == "Write the number as a Roman numeral.\n\n43" and answer == "XLIII"
+    system, user, assistant = family.tasks["roman"].tests()[0].messages
+    assert (system["role"], system["content"]) == ("system", "Write the number as a Roman numeral.")
+    assert (user["content"], assistant["content"]) == ("43", "XLIII")
     assert family.tasks["roman"].tests()[0].task == "roman"
 
 

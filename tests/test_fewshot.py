@@ -21,14 +21,18 @@ from tuneforge.strategies.fewshot import summary
 pytestmark = pytest.mark.numerical
 
 
-def test_forced_exact_match_is_greedy_decodings(tokenizer):
+@pytest.mark.parametrize("shared", [0, 70])
+def test_forced_exact_match_is_greedy_decodings(tokenizer, shared):
     """The model's own greedy continuation of each prompt is an exact match; the same with one token changed (first,
-    middle or last) is not."""
+    middle or last) is not. Prompts that share a long prefix (in-context shots) score the same from its cache."""
+    from tuneforge.evaluation.forced import _shared_prefix
+
     model = lora_tiny(tokenizer, seed=3).eval()
     generator = torch.Generator().manual_seed(3)
+    common = torch.randint(5, 500, (1, shared), generator=generator)
     examples, expected = [], []
     for index in range(6):
-        prompt = torch.randint(5, 500, (1, 4 + index), generator=generator)
+        prompt = torch.cat([common, torch.randint(5, 500, (1, 4 + index), generator=generator)], dim=1)
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=None)
@@ -41,6 +45,7 @@ def test_forced_exact_match_is_greedy_decodings(tokenizer):
         labels = [IGNORE_INDEX] * prompt.shape[1] + answer
         examples.append(TrainExample(index, Example("t", index, text="x"), Encoded(ids, labels, (len(ids) - 1,))))
         expected.append(index % 2 == 0)
+    assert _shared_prefix(model, examples) == shared  # computed once, cached, when long enough
     assert forced_exact_match(model, examples, tokenizer.pad_token_id, batch_size=4) == expected
 
 
@@ -112,3 +117,22 @@ def test_refused_before_anything_loads(tmp_path, tiny_model_dir, monkeypatch):
     with pytest.raises(TuneforgeError, match="missing"):
         train(config, quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_in_context_prompts_say_the_instruction_once_then_the_shots(tokenizer):
+    """An in-context prompt: the task's instruction once (its system turn), the k shots as earlier user/assistant
+    turns, then the question; only the question's answer is trained (scored), the shots' answers are prompt."""
+    from tuneforge.data.family import read_family
+    from tuneforge.data.render import encode_example
+    from tuneforge.strategies.fewshot import _in_context
+
+    task = read_family("textops").tasks["roman"]
+    shots, question = task.support(4, seed=1), task.tests()[0]
+    prompt = _in_context(task, 4, 1, max_test=3)[0]
+    assert [m["role"] for m in prompt.messages] == ["system", *["user", "assistant"] * 5]
+    assert prompt.messages[0]["content"] == "Write the number as a Roman numeral."
+    assert [m["content"] for m in prompt.messages[1:9:2]] == [s.messages[1]["content"] for s in shots]
+    assert prompt.messages[-2:] == question.messages[1:] and prompt.prompt_turns == 9
+    encoded = encode_example(prompt, tokenizer, chat=True)
+    answer = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(answer).startswith(question.messages[-1]["content"])

@@ -10,8 +10,9 @@ Two layouts are read:
   train, dev or test; MetaICL's test files carry seed 100), the meta-training and target tasks named by a split file
   in MetaICL's config layout, {"train": [...], "test": [...]}. A k-shot set is the file for that k and seed.
 
-A record is {"input", "output"} (MetaICL's "task" and "options" are read too); it becomes an example whose prompt
-is the task's instruction and the input, and whose answer is the output, tagged with its task."""
+A record is {"input", "output"} (MetaICL's "task" and "options" are read too); it becomes an example whose system
+turn is the task's instruction (where it has one), whose user turn is the input and whose answer is the output,
+tagged with its task."""
 
 from __future__ import annotations
 
@@ -181,8 +182,9 @@ def _example(record: RawRecord, task: FamilyTask) -> Example:
         if not isinstance(data.get(key), str):
             raise DataError(record.path, record.where, key, f"expected a string, got {data.get(key)!r}",
                             f"give each record an '{key}' string")
-    fields = ({"instruction": task.instruction, "input": data["input"], "output": data["output"]}
-              if task.instruction else {"prompt": data["input"], "completion": data["output"]})
-    example = normalise(RawRecord(record.path, record.where, fields), "alpaca" if task.instruction
-                        else "prompt_completion")
+    example = normalise(RawRecord(record.path, record.where, {"prompt": data["input"], "completion": data["output"]}),
+                        "prompt_completion")
+    if task.instruction:  # the task's instruction is its system turn: said once, before any in-context examples
+        example = dataclasses.replace(example, messages=({"role": "system", "content": task.instruction},
+                                                         *example.messages))
     return dataclasses.replace(example, task=task.name)

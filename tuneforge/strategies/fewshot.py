@@ -163,12 +163,19 @@ def _score(session: Session, tests: list[TrainExample], pad_id: int) -> dict:
 
 
 def _in_context(task: FamilyTask, k: int, seed: int, max_test: int) -> list[Example]:
-    """Each test question asked after the k examples of (k, seed), as earlier turns of the conversation; only the
-    answer to the test question is scored."""
-    shots = task.support(k, seed)
-    turns = tuple(m for shot in shots for m in shot.messages)
-    return [Example(e.source, e.where, messages=turns + e.messages, prompt_turns=len(turns), task=e.task)
-            for e in task.tests()[:max_test]]
+    """Each test question asked after the k examples of (k, seed), as earlier turns of the conversation (after the
+    task's instruction, said once); only the answer to the test question is scored."""
+    def split(example: Example) -> tuple[tuple, tuple]:
+        system = example.messages[:1] if example.messages[0]["role"] == "system" else ()
+        return system, example.messages[len(system):]
+
+    turns = tuple(m for shot in task.support(k, seed) for m in split(shot)[1])
+    examples = []
+    for e in task.tests()[:max_test]:
+        system, question = split(e)
+        examples.append(Example(e.source, e.where, messages=system + turns + question,
+                                prompt_turns=len(system) + len(turns), task=e.task))
+    return examples
 
 
 def summary(rows: list[dict]) -> list[dict]:

@@ -234,7 +234,9 @@ class MetaParams(StrategyParams):
     inner_steps: int = Field(4, ge=1, le=1000, description="SGD steps on a task's support set per episode")
     support: int = Field(4, ge=1, le=4096, description="examples per support batch")
     query: int = Field(8, ge=1, le=4096, description="examples in an episode's query batch")
-    inner_lr: float = Field(1e-3, gt=0, le=10, description="the inner loop's SGD rate")
+    inner_lr: float = Field(0.1, gt=0, le=10, description="the inner loop's SGD rate (plain SGD on a LoRA "
+                            "adapter needs ~100x Adam's rate to move: at 1e-3 four steps left a task's query loss "
+                            "unchanged, at 0.1 they cut it by a third)")
 
 
 class FewshotParams(StrategyParams):
