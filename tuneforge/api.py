@@ -10,7 +10,7 @@ Every function is documented with a runnable example in docs/python-api.md (exec
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tuneforge.runs.evaluate import Evaluation
     from tuneforge.runs.run import RunResult
     from tuneforge.runs.serving import AdapterSet, Chat
+    from tuneforge.strategies.sweep import SweepResult
 
 ConfigLike = str | Path | dict | LoadedConfig
 
@@ -31,15 +32,9 @@ ConfigLike = str | Path | dict | LoadedConfig
 def load(config: ConfigLike, overrides: Sequence[str] = ()) -> LoadedConfig:
     """A config (a YAML path, a dict of the same shape, or one loaded already) with `section.key=value` overrides,
     checked whole — the method's, objective's and strategy's own keys too — before PyTorch loads."""
-    from tuneforge.methods import validate_method_params
-    from tuneforge.objectives import validate_objective_params
-    from tuneforge.strategies import validate_strategy_params
+    from tuneforge.strategies import checked
 
-    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
-    validate_method_params(loaded.run.method, loaded.where("method"))
-    validate_objective_params(loaded.run.objective, loaded.where("objective"))
-    validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
-    return loaded
+    return checked(config if isinstance(config, LoadedConfig) else load_config(config, overrides))
 
 
 def train(config: ConfigLike, overrides: Sequence[str] = (), *, resume: bool = False, force: bool = False,
@@ -51,23 +46,9 @@ def train(config: ConfigLike, overrides: Sequence[str] = (), *, resume: bool = F
     loaded = load(config, overrides)
     if nproc > 1:
         return _train_in_processes(loaded, overrides, nproc, resume=resume, force=force, quiet=quiet)
-    from tuneforge.engine.distributed import leave_world, require_one_process
-    from tuneforge.reports.plots import plot_confusion, plot_loss
-    from tuneforge.reports.tasks import write_task_report
-    from tuneforge.strategies import strategy_for
+    from tuneforge.strategies import run_config
 
-    strategy, params = strategy_for(loaded)
-    if not strategy.data_parallel:
-        require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
-    try:
-        result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
-    finally:  # a process of a distributed run ends its process group however it ends: exiting with it live aborts
-        leave_world()
-    if int(os.environ.get("RANK", "0")) == 0:  # the other processes of a distributed run write nothing
-        plot_loss(result.run_dir)
-        plot_confusion(result.run_dir)  # a classification run's
-        write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
-    return result
+    return run_config(loaded, resume=resume, force=force, quiet=quiet)
 
 
 def _train_in_processes(loaded: LoadedConfig, overrides: Sequence[str], nproc: int, **flags: bool) -> RunResult:
@@ -90,6 +71,20 @@ def compare(config: ConfigLike, methods: Sequence[str], out_dir: str | Path, *, 
     from tuneforge.strategies.compare import compare as run_compare
 
     return run_compare(config, methods, out_dir, quick=quick, overrides=overrides, quiet=quiet)
+
+
+def sweep(config: ConfigLike, out: str | Path, overrides: Sequence[str] = (), *, resume: bool = False,
+          workers: int = 1, storage: str | None = None, quiet: bool = False) -> SweepResult:
+    """Search the hyperparameters the config's `sweep:` section names, on Optuna: each trial a run directory under
+    `out`/trials, the study in `out`/study.db (or `storage`, an Optuna URL several machines share), `workers`
+    processes taking trials; writes best.yaml, trials.json and the report (sweep.md/.html/.png). `resume` continues
+    a sweep that was stopped or killed."""
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("tuneforge sweep runs on Optuna, which is not installed\n  fix: pip install "
+                          "'tuneforge[sweep]'")
+    from tuneforge.strategies.sweep import sweep as search
+
+    return search(load(config, overrides), Path(out), resume=resume, workers=workers, storage=storage, quiet=quiet)
 
 
 def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Sequence[str] | None = None,

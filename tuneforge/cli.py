@@ -74,6 +74,23 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
         print("\n".join([f"run directory: {result.run_dir}", *result.table()]))
 
 
+@app.command()
+@user_errors
+def sweep(config: ConfigArg, overrides: OverridesArg = None,
+          out: Annotated[Path, typer.Option(help="the sweep's folder: study.db, trials/, best.yaml, the report")]
+          = Path("sweep"),
+          resume: Annotated[bool, typer.Option(help="continue a stopped or killed sweep")] = False,
+          workers: Annotated[int, typer.Option(min=1, max=256, help="processes taking trials at once")] = 1,
+          storage: Annotated[str | None, typer.Option(help="an Optuna storage URL that several machines share "
+                                                      "(postgresql://..., mysql://...)")] = None,
+          quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
+    """Search hyperparameters (the config's sweep: section) with Optuna; writes best.yaml and a report."""
+    from tuneforge.api import sweep as search
+
+    print("\n".join(search(config, out, overrides or [], resume=resume, workers=workers, storage=storage,
+                           quiet=quiet).lines()))
+
+
 @app.command("eval")
 @user_errors
 def evaluate(run_dir: RunArg,

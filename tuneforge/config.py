@@ -243,6 +243,64 @@ class OutputConfig(Strict):
         return ["tensorboard"] if self.tensorboard else []
 
 
+class Dimension(Strict):
+    """One searched config key: a float or int range (log-uniform with `log`, on a grid with `step`) or a list of
+    choices; `when` makes it conditional on other keys' values (r only when method.name is lora or dora)."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    integer: bool = Field(False, description="draw whole numbers from [low, high]")
+    choices: list[Any] | None = Field(None, min_length=1)
+    when: dict[str, list[Any]] = Field(default_factory=dict, description="key: values under which this key is "
+                                       "searched (the keys are the config's, sampled or set)")
+
+    @model_validator(mode="after")
+    def _distribution(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None or self.integer:
+                raise ValueError("give either choices or a range (low, high, log, step, integer), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or give choices: [...])")
+        if not self.low < self.high:
+            raise ValueError(f"an empty range: low {self.low} is not below high {self.high}")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step")
+        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError("an integer range needs whole low and high")
+        return self
+
+
+class SweepTarget(Strict):
+    metric: str = Field(description="a held-out score of the trials' runs (loss, exact_match, TASK/loss ...) or a "
+                        "cost: tokens_per_s, peak_memory_gib, trainable_parameters, wall_s")
+    direction: Literal["minimize", "maximize"]
+
+
+class SweepConfig(Strict):
+    """`tuneforge sweep`: the search over this config (ignored by `tuneforge train`, which trains the config as
+    written: the hand-set defaults)."""
+
+    space: dict[str, Dimension] = Field(min_length=1, description="config key (train.lr, method.r, method.name, "
+                                        "objective.beta ...): its range or choices")
+    objectives: list[SweepTarget] = Field(default_factory=lambda: [SweepTarget(metric="loss",
+                                          direction="minimize")], min_length=1, max_length=4,
+                                          description="one: the best trial; several: a Pareto front")
+    trials: int | None = Field(20, ge=1, description="trials to finish (complete, pruned or failed)")
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock budget: no trial starts after it")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["none", "median", "hyperband", "successive_halving"] = Field(
+        "median", description="stops unpromising trials at their evaluations (single-objective sweeps); a NaN or "
+        "diverging score stops a trial in every sweep")
+    diverge: float | None = Field(None, description="a reported score past this (above when minimising, below "
+                                  "when maximising) stops the trial at once")
+    reports: int = Field(4, ge=1, le=1000, description="evaluations per trial the pruner sees, where the config "
+                         "sets no train.eval_every")
+    seed: int = 0
+
+
 class RunConfig(Strict):
     task: Task = Field("causal_lm", description="what the model predicts: the next token (causal_lm), a class "
                        "per text, a tag per word, or a number per text; chooses the model's head, the data "
@@ -263,6 +321,8 @@ class RunConfig(Strict):
                              "training")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where the run directory goes and where "
                                  "its metrics are sent")
+    sweep: SweepConfig | None = Field(None, description="a hyperparameter search over this config "
+                                      "(`tuneforge sweep`)")
 
     @model_validator(mode="before")
     @classmethod
@@ -514,6 +574,11 @@ def _describe_validation_error(exc: ValidationError, path: Path | None, lines: d
             messages.append(f"{where}: '{dotted}' = {shown}: {err['msg']}\n  fix: give a valid value for "
                             f"'{dotted}'")
     return "\n".join(messages)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """A schema error of a config built in code (a sweep's trial): each key, what is wrong, the fix."""
+    return _describe_validation_error(exc, None, {}).replace("config: ", "")
 
 
 def _nearest_line(loc: tuple[str, ...], lines: dict) -> int | None:

@@ -25,7 +25,7 @@ def killer(*args, **kwargs):
     return real(*args, **kwargs)
 setattr(owner, name, killer)
 from tuneforge.cli import main
-sys.argv = ["tuneforge", "train", *sys.argv[3:]]
+sys.argv = ["tuneforge", *sys.argv[3:]]
 main()
 """
 
@@ -34,10 +34,11 @@ def train_command(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tuneforge.cli", "train", str(config), "--quiet", *extra]
 
 
-def kill_at(target: str, nth: int, config: Path) -> subprocess.CompletedProcess:
-    """Train `config`, killed with SIGKILL just before the nth call of `target` ("module:attribute.path")."""
-    return subprocess.run([sys.executable, "-c", _DRIVER, target, str(nth), str(config), "--quiet"], env=ENV,
-                          capture_output=True, text=True, check=False)
+def kill_at(target: str, nth: int, config: Path, command: str = "train", *extra: str) -> subprocess.CompletedProcess:
+    """`tuneforge COMMAND config` (train it, or sweep ...), killed with SIGKILL just before the nth call of `target`
+    ("module:attribute.path")."""
+    return subprocess.run([sys.executable, "-c", _DRIVER, target, str(nth), command, str(config), "--quiet", *extra],
+                          env=ENV, capture_output=True, text=True, check=False)
 
 
 def resume(config: Path) -> subprocess.CompletedProcess:

@@ -32,6 +32,7 @@ ADAPTERS = "adapters"  # a per-task multitask run's own runs
 SUB_RUNS = (CHECKPOINTS, TASKS, ROUNDS, ADAPTERS)  # folders whose weights are not the run's own
 
 TRAINING, COMPLETE, FAILED, INTERRUPTED = "training", "complete", "failed", "interrupted"
+STOPPED = "stopped"  # ended on purpose before its end (a sweep's pruner), with the reason
 
 
 def read_json(path: Path) -> dict:

@@ -13,7 +13,9 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,19 @@ from tuneforge.config import RunConfig, redacted
 from tuneforge.engine.console import Metrics
 from tuneforge.errors import ConfigError
 from tuneforge.runs.layout import METRICS_FILE, metric_rows
+
+_WATCHERS: ContextVar[tuple[Callable[[int, str, dict], None], ...]] = ContextVar("watchers", default=())
+
+
+@contextmanager
+def watching(watcher: Callable[[int, str, dict], None]) -> Iterator[None]:
+    """Inside, every row a run logs is also given to `watcher(step, kind, values)` after metrics.jsonl has it; unlike a
+    tracker's failure, what the watcher raises ends the run (`runs.run.Stopped`: a sweep's pruner)."""
+    token = _WATCHERS.set((*_WATCHERS.get(), watcher))
+    try:
+        yield
+    finally:
+        _WATCHERS.reset(token)
 
 
 class MetricsLog(Metrics):
@@ -50,6 +65,8 @@ class MetricsLog(Metrics):
                    if isinstance(value, int | float) and not isinstance(value, bool)}
         for name, tracker in list(self._trackers.items()):
             self._call(name, lambda tracker=tracker: tracker.log(step, numbers))
+        for watcher in _WATCHERS.get():
+            watcher(step, kind, values)
 
     def close(self, artifacts: Sequence[Path] = (), failed: bool = False) -> None:
         self._file.close()

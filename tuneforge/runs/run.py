@@ -39,6 +39,7 @@ from tuneforge.runs.layout import (
     METRICS_FILE,
     RESULT_FILE,
     RUN_FILE,
+    STOPPED,
     TOKENIZER_DIR,
     TRAINING,
     read_json,
@@ -49,6 +50,11 @@ from tuneforge.runs.lock import is_locked, run_lock
 from tuneforge.runs.metrics import MetricsLog, check_trackers
 
 STATE_FILE = "state.safetensors"  # a finished phase's end state (its trained weights and a strategy's tensors)
+
+
+class Stopped(Exception):
+    """Raised (by a metrics watcher, `runs.metrics.watching`) to end a started run on purpose: run.json says
+    `stopped` and the reason; its checkpoints stay."""
 
 
 @dataclass
@@ -292,12 +298,15 @@ class Run(Phase):
         return round(time.perf_counter() - self.clock, 1)
 
     def ended_by(self, exc: BaseException) -> None:
-        """run.json says how a started run ended: `interrupted` (Ctrl-C, a stop signal) or `failed` and why."""
+        """run.json says how a started run ended: `interrupted` (Ctrl-C, a stop signal), `stopped` on purpose and
+        why (a sweep's pruner), or `failed` and why."""
         if not (self.started and self.world.main):
             return
         interrupted = isinstance(exc, KeyboardInterrupt)
-        ended = {"status": INTERRUPTED if interrupted else FAILED}
-        if not interrupted:
+        ended = {"status": INTERRUPTED if interrupted else STOPPED if isinstance(exc, Stopped) else FAILED}
+        if isinstance(exc, Stopped):
+            ended["reason"] = str(exc)
+        elif not interrupted:
             ended["error"] = {"type": type(exc).__name__, "message": str(exc)[:4000]}
         with suppress(OSError):  # a full disk: the run's own error is what the user needs to see
             write_json(self.dir / RUN_FILE, {**self.record, **ended})

@@ -18,7 +18,8 @@ from tuneforge.config import LoadedConfig, registry_lookup
 from tuneforge.strategies.base import Strategy, train_tasks, validate_strategy_params
 from tuneforge.strategies.params import PARAMS
 
-__all__ = ["Strategy", "get_strategy", "strategy_for", "train_tasks", "validate_strategy_params"]
+__all__ = ["Strategy", "checked", "get_strategy", "run_config", "strategy_for", "train_tasks",
+           "validate_strategy_params"]
 
 
 @cache
@@ -43,3 +44,36 @@ def strategy_for(loaded: LoadedConfig) -> tuple[Strategy, BaseModel]:
     params = validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
     strategy.check(loaded, params)
     return strategy, params
+
+
+def checked(loaded: LoadedConfig) -> LoadedConfig:
+    """The config with its method's, objective's and strategy's own keys checked too (before PyTorch loads)."""
+    from tuneforge.methods import validate_method_params
+    from tuneforge.objectives import validate_objective_params
+
+    validate_method_params(loaded.run.method, loaded.where("method"))
+    validate_objective_params(loaded.run.objective, loaded.where("objective"))
+    validate_strategy_params(loaded.run.strategy, loaded.where("strategy"))
+    return loaded
+
+
+def run_config(loaded: LoadedConfig, *, resume: bool = False, force: bool = False, quiet: bool = False):
+    """Train one checked config in this process as its strategy says, then its plots and task report (rank 0)."""
+    import os
+
+    from tuneforge.engine.distributed import leave_world, require_one_process
+    from tuneforge.reports.plots import plot_confusion, plot_loss
+    from tuneforge.reports.tasks import write_task_report
+
+    strategy, params = strategy_for(loaded)
+    if not strategy.data_parallel:
+        require_one_process(f"strategy {strategy.name}", loaded.where("strategy"))
+    try:
+        result = strategy.run(loaded, params, resume=resume, force=force, quiet=quiet)
+    finally:  # a process of a distributed run ends its process group however it ends: exiting with it live aborts
+        leave_world()
+    if int(os.environ.get("RANK", "0")) == 0:  # the other processes of a distributed run write nothing
+        plot_loss(result.run_dir)
+        plot_confusion(result.run_dir)  # a classification run's
+        write_task_report(result.run_dir)  # each task's before/after, where the test sets name tasks
+    return result

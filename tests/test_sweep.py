@@ -1,0 +1,112 @@
+"""`tuneforge sweep` on a tiny model: trials as run directories, conditional keys, a failing trial recorded with its
+reason while the sweep goes on, a diverging trial stopped at its first evaluation (run.json `stopped`), best.yaml
+ready for `tuneforge train`, the report, located refusals of a bad space before anything trains, and a kill -9
+resumed without losing or repeating a trial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_config
+from tests.reliability.killing import kill_at
+from tuneforge.api import sweep
+from tuneforge.config import load_config
+from tuneforge.errors import ConfigError
+from tuneforge.runs.layout import read_json, read_metrics
+
+pytestmark = pytest.mark.numerical
+pytest.importorskip("optuna")
+
+
+def sweep_config(directory: Path, model_dir: Path, **spec) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(directory, model_dir, train={"max_steps": 4, "eval_every": 2},
+                         eval={"metrics": ["loss"], "max_examples": 4})
+    config["data"]["overlong"] = "error"
+    config["sweep"] = {"space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                 "method.name": {"choices": ["lora", "ia3"]},
+                                 "method.r": {"choices": [2, 4], "when": {"method.name": ["lora"]}}},
+                       "trials": 3, "sampler": "random", "seed": 1, **spec}
+    path = directory / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_trials_are_runs_and_the_best_config_trains(tmp_path, tiny_model_dir):
+    config = sweep_config(tmp_path, tiny_model_dir, pruner="none")
+    result = sweep(config, tmp_path / "out", quiet=True)
+    record = json.loads((tmp_path / "out" / "trials.json").read_text())
+    assert len(record["trials"]) == 3 and all(t["state"] == "COMPLETE" for t in record["trials"])
+    for trial in record["trials"]:
+        run = Path(trial["run_dir"])
+        assert read_json(run / "run.json")["status"] == "complete" and trial["steps"] == 4
+        method = yaml.safe_load((run / "config.yaml").read_text())["method"]
+        assert method["name"] == trial["params"]["method.name"]
+        assert ("method.r" in trial["params"]) == (method["name"] == "lora")  # searched only under its condition
+        if method["name"] == "lora":
+            assert method["r"] == trial["params"]["method.r"]
+        evaluated = [(r["kind"], r["step"]) for r in read_metrics(run) if "eval" in r["kind"]]
+        assert evaluated == [("eval", 2), ("final_eval", 4)]  # step 2: what a pruner sees
+    best = min(record["trials"], key=lambda t: t["scores"]["loss"])
+    assert [t["number"] for t in result.best] == [best["number"]]
+    chosen = load_config(tmp_path / "out" / "best.yaml").run
+    assert chosen.train.lr == pytest.approx(best["params"]["train.lr"]) and chosen.sweep is None
+    for name in ("sweep.md", "sweep.html", "sweep.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_a_failing_trial_is_recorded_and_a_diverging_one_stopped(tmp_path, tiny_model_dir):
+    """max_seq_len 8 cannot hold the records (overlong: error): that trial fails with its reason, the sweep goes
+    on; `diverge: 0` stops every other trial at its first evaluation, as the pruner would."""
+    config = sweep_config(tmp_path, tiny_model_dir, space={"data.max_seq_len": {"choices": [8, 64]}},
+                          sampler="grid", trials=2, diverge=0.0)
+    sweep(config, tmp_path / "out", quiet=True)
+    trials = {t["params"]["data.max_seq_len"]: t for t in
+              json.loads((tmp_path / "out" / "trials.json").read_text())["trials"]}
+    assert trials[8]["state"] == "FAIL" and "max_seq_len" in trials[8]["reason"]
+    stopped = trials[64]
+    assert stopped["state"] == "PRUNED" and "diverged" in stopped["reason"] and stopped["steps"] == 2
+    record = read_json(Path(stopped["run_dir"]) / "run.json")
+    assert record["status"] == "stopped" and "diverged" in record["reason"]
+    assert not (tmp_path / "out" / "best.yaml").exists()
+
+
+@pytest.mark.parametrize(("space", "message"), [
+    ({"train.lrr": {"low": 1e-4, "high": 1e-3}}, r"(?s)train.lrr=0.0001 does not make.*did you mean 'train.lr'"),
+    ({"train.lr": {"low": 1e-3, "high": 1e-4}}, r"sweep.*empty range"),
+    ({"train.lr": {"low": 0, "high": 1e-3, "log": True}}, r"log range needs low > 0"),
+    ({"method.r": {"choices": [4, "x"]}}, r"method.r='x' does not make a valid config"),
+    ({"method.r": {"choices": [4], "when": {"method.kind": ["lora"]}}}, r"condition names method.kind"),
+])
+def test_a_bad_space_is_refused_with_its_line_before_training(tmp_path, tiny_model_dir, space, message):
+    config = sweep_config(tmp_path, tiny_model_dir, space=space)
+    with pytest.raises(ConfigError, match=message) as caught:
+        sweep(config, tmp_path / "out", quiet=True)
+    assert str(config) in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_kill_during_a_trial_then_resume_loses_and_repeats_nothing(tmp_path, tiny_model_dir, capsys):
+    config = sweep_config(tmp_path, tiny_model_dir, pruner="none")
+    settings = yaml.safe_load(config.read_text())
+    settings["train"]["save_every"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "out"
+    # the 2nd trial's 3rd step: trial 0 finished, trial 1 left running in the study
+    killed = kill_at("tuneforge.engine.loop:train_step", 7, config, "sweep", "--out", str(out))
+    assert killed.returncode == -9, killed.stderr
+    result = sweep(config, out, resume=True, quiet=True)
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    finished = [t for t in trials if t["state"] == "COMPLETE"]
+    assert len(finished) == 3 and len(result.trials) == 4  # the killed trial failed, retried once
+    killed_trial = next(t for t in trials if t["state"] == "FAIL")
+    retry = next(t for t in finished if t["run_dir"] == killed_trial["run_dir"])
+    assert retry["params"] == killed_trial["params"]
+    assert len({t["run_dir"] for t in finished}) == 3  # no trial run twice
+    assert "resumed from step-00000002" in capsys.readouterr().out  # the retry continued the killed trial's run
+    steps = [r["step"] for r in read_metrics(Path(retry["run_dir"])) if r["kind"] == "train"]
+    assert steps == [1, 2, 3, 4]
