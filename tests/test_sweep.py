@@ -110,3 +110,16 @@ def test_kill_during_a_trial_then_resume_loses_and_repeats_nothing(tmp_path, tin
     assert "resumed from step-00000002" in capsys.readouterr().out  # the retry continued the killed trial's run
     steps = [r["step"] for r in read_metrics(Path(retry["run_dir"])) if r["kind"] == "train"]
     assert steps == [1, 2, 3, 4]
+
+
+def test_two_workers_share_the_study_and_never_run_a_trial_twice(tmp_path, tiny_model_dir):
+    config = sweep_config(tmp_path, tiny_model_dir, pruner="none", trials=6)
+    result = sweep(config, tmp_path / "out", workers=2, quiet=True)
+    trials = [t for t in result.trials if t["state"] == "COMPLETE"]
+    assert 6 <= len(trials) <= 7  # the budget, passed by at most one trial per extra worker
+    assert len({t["process"] for t in trials}) == 2  # both processes took trials
+    assert len({t["number"] for t in trials}) == len({t["run_dir"] for t in trials}) == len(trials)
+    states = {json.loads((Path(t["run_dir"]) / "run.json").read_text())["status"] for t in trials}
+    assert states == {"complete"}
+    for trial in trials:  # each trained once: one row per step
+        assert [r["step"] for r in read_metrics(Path(trial["run_dir"])) if r["kind"] == "train"] == [1, 2, 3, 4]

@@ -483,6 +483,9 @@ def _default(spec, quote: str = "") -> str:
     value = spec.get_default(call_default_factory=True)
     if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
         value = value.name
+    if isinstance(value, list) and value and all(hasattr(v, "model_dump") for v in value):  # sections, as YAML
+        value = "[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in item.model_dump().items()) + "}"
+                                for item in value) + "]"
     shown = {True: "true", False: "false", None: "none"}.get(value, value) if isinstance(value, bool | None) else value
     return f"{quote}{'[]' if shown == [] else shown}{quote}"
 

@@ -244,15 +244,14 @@ class OutputConfig(Strict):
 
 
 class Dimension(Strict):
-    """One searched config key: a float or int range (log-uniform with `log`, on a grid with `step`) or a list of
-    choices; `when` makes it conditional on other keys' values (r only when method.name is lora or dora)."""
+    """One searched config key: a range, or choices; `when` makes it conditional on other keys' values."""
 
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    low: float | None = Field(None, description="the range's lower end")
+    high: float | None = Field(None, description="the range's upper end")
+    log: bool = Field(False, description="log-uniform (a learning rate)")
+    step: float | None = Field(None, gt=0, description="on a grid of this step from low")
     integer: bool = Field(False, description="draw whole numbers from [low, high]")
-    choices: list[Any] | None = Field(None, min_length=1)
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to choose from (any YAML values)")
     when: dict[str, list[Any]] = Field(default_factory=dict, description="key: values under which this key is "
                                        "searched (the keys are the config's, sampled or set)")
 
@@ -274,9 +273,11 @@ class Dimension(Strict):
 
 
 class SweepTarget(Strict):
+    """What a sweep optimises: a score or a cost, and which way."""
+
     metric: str = Field(description="a held-out score of the trials' runs (loss, exact_match, TASK/loss ...) or a "
                         "cost: tokens_per_s, peak_memory_gib, trainable_parameters, wall_s")
-    direction: Literal["minimize", "maximize"]
+    direction: Literal["minimize", "maximize"] = Field(description="minimize (loss, memory) or maximize")
 
 
 class SweepConfig(Strict):
@@ -290,7 +291,9 @@ class SweepConfig(Strict):
                                           description="one: the best trial; several: a Pareto front")
     trials: int | None = Field(20, ge=1, description="trials to finish (complete, pruned or failed)")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock budget: no trial starts after it")
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = Field("tpe", description="Optuna's sampler: TPE "
+                                                               "(multivariate), random, grid (every combination), "
+                                                               "CMA-ES")
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = Field(
         "median", description="stops unpromising trials at their evaluations (single-objective sweeps); a NaN or "
         "diverging score stops a trial in every sweep")
@@ -298,7 +301,7 @@ class SweepConfig(Strict):
                                   "when maximising) stops the trial at once")
     reports: int = Field(4, ge=1, le=1000, description="evaluations per trial the pruner sees, where the config "
                          "sets no train.eval_every")
-    seed: int = 0
+    seed: int = Field(0, description="the sampler's seed")
 
 
 class RunConfig(Strict):

@@ -73,16 +73,21 @@ def sweep(loaded: LoadedConfig, out: Path, *, resume: bool = False, workers: int
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is said below
     if resume:
         _retry_abandoned(study)
-    if not _spent(study, spec):
-        extra = [multiprocessing.get_context("spawn").Process(target=_worker, args=(loaded, out, url, workers, quiet))
-                 for _ in range(workers - 1)]
-        for process in extra:
+    if not _spent(study, spec) and workers == 1:
+        _optimize(loaded, spec, out, url, workers, quiet)
+    elif not _spent(study, spec):  # N processes alike; this one waits for them
+        processes = [multiprocessing.get_context("spawn").Process(target=_worker, args=(loaded, out, url, workers,
+                                                                                        quiet))
+                     for _ in range(workers)]
+        for process in processes:
             process.start()
         try:
-            _optimize(loaded, spec, out, url, workers, quiet)
-        finally:
-            for process in extra:
+            for process in processes:
                 process.join()
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
     return _write_results(loaded, spec, out, _load(url))
 
 
@@ -339,6 +344,7 @@ def _objective(trial, loaded: LoadedConfig, spec: SweepConfig, out: Path, quiet:
     values = _sample(trial, spec, loaded)
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
     first = spec.objectives[0]
     last_step = [0]
 
@@ -360,8 +366,13 @@ def _objective(trial, loaded: LoadedConfig, spec: SweepConfig, out: Path, quiet:
 
     try:
         config = trial_config(loaded, values, run_dir)
-        if spec.pruner != "none" and not config.run.train.eval_every:  # checked: max_steps is set
-            config.run.train.eval_every = max(1, config.run.train.max_steps // spec.reports)
+        train = config.run.train
+        if spec.pruner != "none" and not train.eval_every:  # checked: max_steps is set
+            train.eval_every = max(1, train.max_steps // spec.reports)
+        if (spec.pruner != "none" and first.metric not in COSTS and "/" not in first.metric
+                and train.early_stopping_patience is None
+                and train.schedule != "plateau"):  # the periodic evaluations score what the pruner judges
+            train.early_stopping_metric = first.metric
         resume = retried is not None and _has_checkpoint(run_dir)
         if retried is not None and not resume:  # killed before its first checkpoint: it starts again
             config.run.output.overwrite = True
@@ -372,9 +383,7 @@ def _objective(trial, loaded: LoadedConfig, spec: SweepConfig, out: Path, quiet:
     except Stopped as stop:
         trial.set_user_attr("steps", last_step[0])
         trial.set_user_attr("reason", str(stop))
-        if "diverged" in str(stop) or len(spec.objectives) == 1:
-            raise optuna.TrialPruned(str(stop)) from None
-        raise
+        raise optuna.TrialPruned(str(stop)) from None
     except Exception as exc:  # recorded with its reason; the sweep goes on (Optuna marks the trial failed)
         trial.set_user_attr("steps", last_step[0])
         trial.set_user_attr("reason", f"{type(exc).__name__}: {str(exc)[:2000]}")
@@ -483,6 +492,7 @@ def _row(trial, spec: SweepConfig) -> dict:
     scores = dict(zip([t.metric for t in spec.objectives], values, strict=False))
     return {"number": trial.number, "state": trial.state.name, "params": trial.params, "scores": scores,
             "steps": trial.user_attrs.get("steps"), "run_dir": trial.user_attrs.get("run_dir"),
+            "process": f"{trial.user_attrs.get('host')}:{trial.user_attrs.get('pid')}",
             "reason": trial.user_attrs.get("reason"), "intermediate": {str(k): v for k, v in
                                                                        trial.intermediate_values.items()},
             "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
