@@ -123,3 +123,33 @@ def test_two_workers_share_the_study_and_never_run_a_trial_twice(tmp_path, tiny_
     assert states == {"complete"}
     for trial in trials:  # each trained once: one row per step
         assert [r["step"] for r in read_metrics(Path(trial["run_dir"])) if r["kind"] == "train"] == [1, 2, 3, 4]
+
+
+def test_lr_find_suggestion_is_the_steepest_descent_before_the_minimum():
+    """Hand-computed: slopes per unit of ln(rate) between neighbours; the steepest lies before the lowest point."""
+    import math
+
+    from tuneforge.reports.lr_find import smooth, suggest
+
+    rates = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    smoothed = [5.0, 4.9, 3.0, 1.0, 0.8, 9.0]
+    # central slopes at 1..3: (3.0-5.0)/ln(100), (1.0-4.9)/ln(100), (0.8-3.0)/ln(100): the steepest is at 1e-3
+    assert suggest(rates, smoothed) == (1e-3, 1e-1)
+    assert suggest(rates[:4], smoothed[:4]) == (None, None)  # too few points
+    assert suggest(rates, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == (None, 1e-5)  # never fell: nothing to suggest
+    assert smooth([2.0, 4.0]) == pytest.approx([2.0, (0.9 * 0.1 * 2.0 + 0.1 * 4.0) / (1 - 0.9 ** 2)])
+    assert math.isclose(smooth([3.0])[0], 3.0)
+
+
+def test_lr_find_raises_the_rate_exponentially_and_suggests_one_of_them(tmp_path, tiny_model_dir):
+    from tuneforge.api import lr_find
+
+    config = tiny_config(tmp_path, tiny_model_dir, output={"dir": str(tmp_path / "run")})
+    found = lr_find(config, start=1e-6, end=1e-1, steps=12, quiet=True)
+    assert found.run_dir == tmp_path / "run-lr-find"
+    expected = [1e-6 * (1e-1 / 1e-6) ** (i / 11) for i in range(len(found.rates))]
+    assert found.rates == pytest.approx(expected, rel=1e-6) and len(found.rates) >= 6
+    assert found.suggested in found.rates and found.suggested < found.lowest
+    assert json.loads((found.run_dir / "lr_find.json").read_text())["suggested"] == found.suggested
+    assert (found.run_dir / "lr_find.png").stat().st_size > 0
+    assert not any(r["kind"] in ("eval", "final_eval") for r in read_metrics(found.run_dir))  # no evaluation

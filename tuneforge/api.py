@@ -21,6 +21,7 @@ from tuneforge.errors import ConfigError
 
 if TYPE_CHECKING:
     from tuneforge.data.check import DataCheck
+    from tuneforge.reports.lr_find import LrFind
     from tuneforge.runs.evaluate import Evaluation
     from tuneforge.runs.run import RunResult
     from tuneforge.runs.serving import AdapterSet, Chat
@@ -85,6 +86,16 @@ def sweep(config: ConfigLike, out: str | Path, overrides: Sequence[str] = (), *,
     from tuneforge.strategies.sweep import sweep as search
 
     return search(load(config, overrides), Path(out), resume=resume, workers=workers, storage=storage, quiet=quiet)
+
+
+def lr_find(config: ConfigLike, overrides: Sequence[str] = (), *, start: float = 1e-7, end: float = 1.0,
+            steps: int = 100, diverge: float = 4.0, quiet: bool = False) -> LrFind:
+    """The learning-rate range test: a short run of the config (into its output.dir + "-lr-find") whose rate rises
+    exponentially from `start` to `end` over `steps` steps, stopped when the smoothed loss passes `diverge` times its
+    lowest; returns the rates, losses and the suggested rate (and writes lr_find.json and lr_find.png)."""
+    from tuneforge.strategies.lr_find import lr_find as range_test
+
+    return range_test(load(config, overrides), start=start, end=end, steps=steps, diverge=diverge, quiet=quiet)
 
 
 def evaluate(run_dir: str | Path, *, data: str | None = None, metrics: str | Sequence[str] | None = None,

@@ -91,6 +91,19 @@ def sweep(config: ConfigArg, overrides: OverridesArg = None,
                            quiet=quiet).lines()))
 
 
+@app.command("lr-find")
+@user_errors
+def lr_find(config: ConfigArg, overrides: OverridesArg = None,
+            start: Annotated[float, typer.Option(min=0.0, help="the first rate")] = 1e-7,
+            end: Annotated[float, typer.Option(min=0.0, help="the last rate")] = 1.0,
+            steps: Annotated[int, typer.Option(min=5, help="optimizer steps from start to end")] = 100,
+            quiet: Annotated[bool, typer.Option(help="plain log lines, no progress bar")] = False) -> None:
+    """The learning-rate range test: the loss as the rate rises; prints a suggested train.lr and plots the curve."""
+    from tuneforge.api import lr_find as range_test
+
+    print("\n".join(range_test(config, overrides or [], start=start, end=end, steps=steps, quiet=quiet).lines()))
+
+
 @app.command("eval")
 @user_errors
 def evaluate(run_dir: RunArg,

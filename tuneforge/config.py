@@ -127,9 +127,11 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(2e-4, gt=0)
-    schedule: Literal["cosine", "linear", "constant", "plateau"] = Field(
+    schedule: Literal["cosine", "linear", "constant", "plateau", "range_test"] = Field(
         "cosine", description="plateau: constant, multiplied by train.plateau_factor whenever the monitored "
-        "evaluation (train.early_stopping_metric) has not improved for train.plateau_patience evaluations")
+        "evaluation (train.early_stopping_metric) has not improved for train.plateau_patience evaluations; "
+        "range_test: rising exponentially from train.lr_start to train.lr over the steps (`tuneforge lr-find`)")
+    lr_start: float = Field(1e-7, gt=0, description="the range test's first rate (schedule: range_test)")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     plateau_patience: int = Field(1, ge=1)
     layer_lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise learning-rate decay (LLRD): "

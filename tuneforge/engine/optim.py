@@ -50,6 +50,8 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
 
 def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then the chosen decay."""
+    if cfg.schedule == "range_test":  # the LR range test: lr_start to lr, exponentially, no warmup
+        return cfg.lr_start * (cfg.lr / cfg.lr_start) ** (step / max(1, total_steps - 1))
     warm = warmup_steps(cfg, total_steps)
     if step < warm:
         return cfg.lr * (step + 1) / warm
