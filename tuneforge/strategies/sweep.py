@@ -318,7 +318,9 @@ def _sampler(spec: SweepConfig):
                 [_cast(d, v) for v in np.arange(d.low, d.high + (d.step or 1) / 2, d.step or 1)]
                 for key, d in spec.space.items()}
         return optuna.samplers.GridSampler(grid, seed=spec.seed)
-    return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True)
+    with warnings.catch_warnings():  # multivariate TPE over groups (conditional keys) is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True)
 
 
 def _pruner(spec: SweepConfig):
