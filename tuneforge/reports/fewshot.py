@@ -9,19 +9,15 @@ import html
 import json
 from pathlib import Path
 
+from tuneforge.reports.pages import write_pages
+
 
 def read_table(run_dir: Path) -> list[dict]:
     return json.loads((Path(run_dir) / "eval.json").read_text())["fewshot"]
 
 
 def write_report(run_dir: Path) -> dict[str, Path]:
-    run_dir = Path(run_dir)
-    table = read_table(run_dir)
-    chart = _chart(run_dir / "fewshot.png", table)
-    paths = {"md": run_dir / "fewshot.md", "html": run_dir / "fewshot.html", "png": chart}
-    paths["md"].write_text(markdown(table, chart.name))
-    paths["html"].write_text(_html(table, chart.name))
-    return paths
+    return write_pages(Path(run_dir), "fewshot", read_table(run_dir), markdown, _html, _chart)
 
 
 def _layout(table: list[dict]) -> tuple[list[str], list[str], list[int], dict]:

@@ -10,19 +10,15 @@ import json
 import statistics
 from pathlib import Path
 
+from tuneforge.reports.pages import write_pages
+
 
 def read_trials(out: Path) -> dict:
     return json.loads((Path(out) / "trials.json").read_text())
 
 
 def write_report(out: Path) -> dict[str, Path]:
-    out = Path(out)
-    record = read_trials(out)
-    chart = _chart(out / "sweep.png", record)
-    paths = {"md": out / "sweep.md", "html": out / "sweep.html", "png": chart}
-    paths["md"].write_text(markdown(record, chart.name))
-    paths["html"].write_text(_html(record, chart.name))
-    return paths
+    return write_pages(Path(out), "sweep", read_trials(out), markdown, _html, _chart)
 
 
 def savings(record: dict) -> dict:
