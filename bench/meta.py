@@ -25,7 +25,8 @@ from bench.common import machine_line
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "examples" / "meta.yaml"
 STARTS = ("multitask", "reptile", "fomaml")
-QUICK = ["--steps", "30", "--meta-batch", "3", "--adapt-steps", "10", "--adapt-lr", "2e-3", "--max-test", "25"]
+QUICK = ["--steps", "30", "--meta-batch", "3", "--adapt-steps", "10", "--adapt-lr", "2e-3", "--adapt-batch", "4",
+         "--max-test", "25"]
 
 
 def main(argv=None) -> None:
@@ -37,6 +38,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--adapt-steps", type=int, default=20, help="optimizer steps of each few-shot adaptation")
     parser.add_argument("--adapt-lr", type=float, default=1e-3, help="the adaptations' learning rate")
+    parser.add_argument("--adapt-batch", type=int, default=8, help="the adaptations' batch (at most k)")
+    parser.add_argument("--resume", action="store_true", help="keep the finished starts and few-shot cells of an "
+                        "earlier run into --out (a killed run continues)")
     parser.add_argument("--max-test", type=int, default=50, help="test questions per target")
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "meta")
@@ -57,6 +61,7 @@ def config_for(args, out: Path, strategy: dict, train: dict | None = None) -> di
 def run(args) -> None:
     from tuneforge.api import train
     from tuneforge.reports.fewshot import markdown, read_table
+    from tuneforge.runs.run import status
 
     print(machine_line())
     starts, timings = {}, {}
@@ -64,15 +69,19 @@ def run(args) -> None:
         started = time.perf_counter()
         out = args.out / f"meta-{algorithm}"
         strategy = {"algorithm": algorithm, "meta_batch": args.meta_batch}
-        starts[algorithm] = str(train(config_for(args, out, strategy, {"max_steps": args.steps}), quiet=True).run_dir)
+        config = config_for(args, out, strategy, {"max_steps": args.steps})
+        done = args.resume and status(out) == "complete"
+        starts[algorithm] = str(out if done else train(config, quiet=True, resume=args.resume and status(out)
+                                                       in ("interrupted", "failed")).run_dir)
         timings[algorithm] = time.perf_counter() - started
     started = time.perf_counter()
     fewshot = {"name": "fewshot", "family": "textops", "starts": {"base": None, **starts}, "k": args.k,
                "seeds": args.seeds, "steps": args.adapt_steps, "max_test": args.max_test}
-    config = config_for(args, args.out / "fewshot", {}, {"save_every": 0, "lr": args.adapt_lr})
+    config = config_for(args, args.out / "fewshot", {}, {"save_every": 0, "lr": args.adapt_lr,
+                                                         "batch_size": args.adapt_batch})
     config["strategy"] = fewshot
     config["data"] = {"max_seq_len": 2048}  # room for 64 examples in context
-    result = train(config, quiet=True)
+    result = train(config, quiet=True, resume=args.resume and status(args.out / "fewshot") is not None)
     timings["fewshot"] = time.perf_counter() - started
     table = [r for r in read_table(result.run_dir) if r["task"] == "mean"]
     print(markdown(table))

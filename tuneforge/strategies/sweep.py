@@ -69,8 +69,8 @@ def sweep(loaded: LoadedConfig, out: Path, *, resume: bool = False, workers: int
     spec = check_sweep(loaded)
     out = Path(out)
     url = storage or f"sqlite:///{out.resolve() / STUDY_FILE}"
-    study = _open_study(loaded, spec, out, url, resume)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's end is said below
+    study = _open_study(loaded, spec, out, url, resume)
     if resume:
         _retry_abandoned(study)
     if not _spent(study, spec) and workers == 1:
