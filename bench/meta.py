@@ -44,9 +44,84 @@ def main(argv=None) -> None:
     parser.add_argument("--max-test", type=int, default=50, help="test questions per target")
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "meta")
+    parser.add_argument("--probe", choices=["inner-lr", "in-context"], help="instead of the grid: how far four SGD "
+                        "steps at each inner rate move a task's query loss; or scoring in-context prompts with and "
+                        "without their shared prefix cached")
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)  # given options override the preset
-    run(args)
+    print(machine_line())
+    if args.probe:
+        {"inner-lr": probe_inner_lr, "in-context": probe_in_context}[args.probe](args)
+    else:
+        run(args)
+
+
+def _session(args):
+    """The fewshot config's model with a fresh adapter, its tokenizer and the family."""
+    from tuneforge.api import load
+    from tuneforge.data.family import family_for
+    from tuneforge.engine.console import RunConsole
+    from tuneforge.engine.session import open_session
+    from tuneforge.models.load import load_tokenizer
+    from tuneforge.runs.recipe import read_recipe
+
+    config = yaml.safe_load((ROOT / "examples" / "fewshot.yaml").read_text())
+    config["model"], config["output"] = args.model, {"dir": str(args.out / "probe"), "overwrite": True}
+    loaded = load(config)
+    session = open_session(loaded, read_recipe(loaded), RunConsole(quiet=True))
+    return loaded, session, load_tokenizer(loaded.run.model), family_for(loaded, "textops", None)
+
+
+def probe_inner_lr(args) -> None:
+    """Four SGD steps (support batches of 4) from a fresh adapter, then the query loss (4 other examples)."""
+    import torch
+
+    from tuneforge.data.batching import collate
+    from tuneforge.models.parts import label_token_nll
+    from tuneforge.strategies.fewshot import _encoded
+    from tuneforge.strategies.metalearning import adapt, functional_loss, trainable
+
+    loaded, session, tokenizer, family = _session(args)
+
+    def loss(model, batch):
+        with session.scoring():
+            nll, count = label_token_nll(model, batch)
+        return nll / count
+
+    loss_of, theta = functional_loss(session.model, loss), trainable(session.model)
+    print("| task | inner lr | query loss before | after 4 steps |\n|---|---|---|---|")
+    for task in ("upper", "to_json"):
+        examples = _encoded(family.tasks[task].support(20, 3), tokenizer, loaded.run)
+        support = [collate(examples[i * 4:(i + 1) * 4], tokenizer.pad_token_id) for i in range(4)]
+        query = collate(examples[16:20], tokenizer.pad_token_id)
+        with torch.no_grad():
+            before = loss_of(theta, query).item()
+        for rate in (1e-3, 1e-2, 1e-1, 3e-1, 1.0):
+            with torch.no_grad():
+                after = loss_of(adapt(loss_of, theta, support, rate), query).item()
+            print(f"| {task} | {rate:g} | {before:.3f} | {after:.3f} |")
+
+
+def probe_in_context(args) -> None:
+    """25 questions of `lower` after k = 16 and 64 examples: scored with the shared prefix cached, and without."""
+    import tuneforge.evaluation.forced as forced
+    from tuneforge.data.dataset import encode_examples
+    from tuneforge.strategies.fewshot import _in_context, _score
+
+    loaded, session, tokenizer, family = _session(args)
+    data = loaded.run.data.model_copy(update={"max_seq_len": 2048})
+    print("| k | prompt tokens | cached: s | exact match | recomputed: s | exact match |\n|---|---|---|---|---|---|")
+    original = forced.SHARED_PREFIX
+    for k in (16, 64):
+        prompts, _ = encode_examples(_in_context(family.tasks["lower"], k, 0, 25), tokenizer, data,
+                                     apply_drop_guard=False)
+        row = []
+        for shared in (original, 10**9):
+            forced.SHARED_PREFIX, started = shared, time.perf_counter()
+            scored = _score(session, prompts, tokenizer.pad_token_id)
+            row += [time.perf_counter() - started, scored["exact_match"]]
+        forced.SHARED_PREFIX = original
+        print(f"| {k} | {scored['prompt_tokens']:.0f} | {row[0]:.1f} | {row[1]:.0f}% | {row[2]:.1f} | {row[3]:.0f}% |")
 
 
 def config_for(args, out: Path, strategy: dict, train: dict | None = None) -> dict:
@@ -63,7 +138,6 @@ def run(args) -> None:
     from tuneforge.reports.fewshot import markdown, read_table
     from tuneforge.runs.run import status
 
-    print(machine_line())
     starts, timings = {}, {}
     for algorithm in STARTS:
         started = time.perf_counter()
