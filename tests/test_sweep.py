@@ -70,6 +70,7 @@ def test_a_failing_trial_is_recorded_and_a_diverging_one_stopped(tmp_path, tiny_
     assert trials[8]["state"] == "FAIL" and "max_seq_len" in trials[8]["reason"]
     stopped = trials[64]
     assert stopped["state"] == "PRUNED" and "diverged" in stopped["reason"] and stopped["steps"] == 2
+    assert stopped["scores"] == {}  # a stopped trial has no final score (Optuna keeps its last report)
     record = read_json(Path(stopped["run_dir"]) / "run.json")
     assert record["status"] == "stopped" and "diverged" in record["reason"]
     assert not (tmp_path / "out" / "best.yaml").exists()

@@ -490,8 +490,8 @@ def _write_results(loaded: LoadedConfig, spec: SweepConfig, out: Path, study) ->
 
 
 def _row(trial, spec: SweepConfig) -> dict:
-    values = trial.values if trial.values is not None else []
-    scores = dict(zip([t.metric for t in spec.objectives], values, strict=False))
+    values = trial.values if trial.values is not None and trial.state.name == "COMPLETE" else []  # a pruned
+    scores = dict(zip([t.metric for t in spec.objectives], values, strict=False))  # one's is its last report
     return {"number": trial.number, "state": trial.state.name, "params": trial.params, "scores": scores,
             "steps": trial.user_attrs.get("steps"), "run_dir": trial.user_attrs.get("run_dir"),
             "process": f"{trial.user_attrs.get('host')}:{trial.user_attrs.get('pid')}",
