@@ -97,8 +97,9 @@ def probe_inner_lr(args) -> None:
         with torch.no_grad():
             before = loss_of(theta, query).item()
         for rate in (1e-3, 1e-2, 1e-1, 3e-1, 1.0):
+            adapted = adapt(loss_of, theta, support, rate)
             with torch.no_grad():
-                after = loss_of(adapt(loss_of, theta, support, rate), query).item()
+                after = loss_of(adapted, query).item()
             print(f"| {task} | {rate:g} | {before:.3f} | {after:.3f} |")
 
 
