@@ -91,6 +91,7 @@ def test_a_bad_space_is_refused_with_its_line_before_training(tmp_path, tiny_mod
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.heavy  # a killed interpreter and a resumed sweep: CI runs it in make test-heavy
 def test_kill_during_a_trial_then_resume_loses_and_repeats_nothing(tmp_path, tiny_model_dir, capsys):
     config = sweep_config(tmp_path, tiny_model_dir, pruner="none")
     settings = yaml.safe_load(config.read_text())
@@ -113,6 +114,7 @@ def test_kill_during_a_trial_then_resume_loses_and_repeats_nothing(tmp_path, tin
     assert steps == [1, 2, 3, 4]
 
 
+@pytest.mark.heavy  # two spawned interpreters: CI runs it in make test-heavy
 def test_two_workers_share_the_study_and_never_run_a_trial_twice(tmp_path, tiny_model_dir):
     config = sweep_config(tmp_path, tiny_model_dir, pruner="none", trials=6)
     result = sweep(config, tmp_path / "out", workers=2, quiet=True)
