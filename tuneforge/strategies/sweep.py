@@ -190,9 +190,7 @@ def _open_study(loaded: LoadedConfig, spec: SweepConfig, out: Path, url: str, re
     if existing is None:
         if resume:
             raise RunDirError(f"{out}: no sweep to resume there\n  fix: run the sweep without --resume")
-        if out.exists() and any(out.iterdir()) and not url.startswith("sqlite:///"):
-            pass  # a shared storage: this machine's folder may hold its own trials
-        elif out.exists() and any(out.iterdir()):
+        if out.exists() and any(out.iterdir()) and url.startswith("sqlite:///"):  # (a shared storage: its own)
             raise RunDirError(f"{out} exists and is not empty\n  fix: choose another --out, or --resume a sweep "
                               "there")
         out.mkdir(parents=True, exist_ok=True)
