@@ -59,6 +59,30 @@ def test_trials_are_runs_and_the_best_config_trains(tmp_path, tiny_model_dir):
         assert (tmp_path / "out" / name).stat().st_size > 0
 
 
+def test_two_objectives_give_the_pareto_front(tmp_path, tiny_model_dir):
+    """Loss against trainable parameters: the best trials are exactly the non-dominated ones, the report says so
+    and that the pruner is off (Optuna prunes single-objective studies only)."""
+    config = sweep_config(tmp_path, tiny_model_dir, trials=4, objectives=[
+        {"metric": "loss", "direction": "minimize"}, {"metric": "trainable_parameters", "direction": "minimize"}])
+    result = sweep(config, tmp_path / "out", quiet=True)
+    done = [t for t in result.trials if t["state"] == "COMPLETE"]
+    assert len(done) == 4 and all(set(t["scores"]) == {"loss", "trainable_parameters"} for t in done)
+
+    def dominates(a: dict, b: dict) -> bool:
+        pairs = [(a["scores"][m], b["scores"][m]) for m in ("loss", "trainable_parameters")]
+        return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
+
+    front = {t["number"] for t in done if not any(dominates(o, t) for o in done)}
+    assert {t["number"] for t in result.best} == front
+    report = (tmp_path / "out" / "sweep.md").read_text()
+    assert ("## Pareto front" in report) == (len(front) > 1) and "pruner median (off" in report
+    assert load_config(tmp_path / "out" / "best.yaml").run.sweep is None
+    import optuna  # optuna-dashboard names its axes after the study's metric names
+
+    study = optuna.load_study(study_name="tuneforge", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    assert study.metric_names == ["loss", "trainable_parameters"]
+
+
 def test_a_failing_trial_is_recorded_and_a_diverging_one_stopped(tmp_path, tiny_model_dir):
     """max_seq_len 8 cannot hold the records (overlong: error): that trial fails with its reason, the sweep goes
     on; `diverge: 0` stops every other trial at its first evaluation, as the pruner would."""
@@ -128,18 +152,18 @@ def test_two_workers_share_the_study_and_never_run_a_trial_twice(tmp_path, tiny_
         assert [r["step"] for r in read_metrics(Path(trial["run_dir"])) if r["kind"] == "train"] == [1, 2, 3, 4]
 
 
-def test_lr_find_suggestion_is_the_steepest_descent_before_the_minimum():
-    """Hand-computed: slopes per unit of ln(rate) between neighbours; the steepest lies before the lowest point."""
+def test_lr_find_suggests_a_third_of_the_lowest_point_and_shows_the_steepest_descent():
+    """Hand-computed: the lowest smoothed loss is at 1e-1, so the suggestion is 1e-1 / 3; the central slopes per
+    unit of ln(rate) at 1..3 are (3.0-5.0)/ln(100), (1.0-4.9)/ln(100), (0.8-3.0)/ln(100): the steepest at 1e-3."""
     import math
 
     from tuneforge.reports.lr_find import smooth, suggest
 
     rates = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
     smoothed = [5.0, 4.9, 3.0, 1.0, 0.8, 9.0]
-    # central slopes at 1..3: (3.0-5.0)/ln(100), (1.0-4.9)/ln(100), (0.8-3.0)/ln(100): the steepest is at 1e-3
-    assert suggest(rates, smoothed) == (1e-3, 1e-1)
-    assert suggest(rates[:4], smoothed[:4]) == (None, None)  # too few points
-    assert suggest(rates, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == (None, 1e-5)  # never fell: nothing to suggest
+    assert suggest(rates, smoothed) == pytest.approx((1e-1 / 3, 1e-1, 1e-3))
+    assert suggest(rates[:4], smoothed[:4]) == (None, None, None)  # too few points
+    assert suggest(rates, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]) == (None, 1e-5, None)  # never fell: nothing to suggest
     assert smooth([2.0, 4.0]) == pytest.approx([2.0, (0.9 * 0.1 * 2.0 + 0.1 * 4.0) / (1 - 0.9 ** 2)])
     assert math.isclose(smooth([3.0])[0], 3.0)
 
@@ -152,7 +176,8 @@ def test_lr_find_raises_the_rate_exponentially_and_suggests_one_of_them(tmp_path
     assert found.run_dir == tmp_path / "run-lr-find"
     expected = [1e-6 * (1e-1 / 1e-6) ** (i / 11) for i in range(len(found.rates))]
     assert found.rates == pytest.approx(expected, rel=1e-6) and len(found.rates) >= 6
-    assert found.suggested in found.rates and found.suggested < found.lowest
+    assert found.lowest in found.rates and found.suggested == pytest.approx(found.lowest / 3)
+    assert found.steepest in found.rates and found.steepest < found.lowest
     assert json.loads((found.run_dir / "lr_find.json").read_text())["suggested"] == found.suggested
     assert (found.run_dir / "lr_find.png").stat().st_size > 0
     assert not any(r["kind"] in ("eval", "final_eval") for r in read_metrics(found.run_dir))  # no evaluation

@@ -294,7 +294,8 @@ class SweepConfig(Strict):
     trials: int | None = Field(20, ge=1, description="trials to finish (complete, pruned or failed)")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock budget: no trial starts after it")
     sampler: Literal["tpe", "random", "grid", "cmaes"] = Field("tpe", description="Optuna's sampler: TPE "
-                                                               "(multivariate), random, grid (every combination), "
+                                                               "(multivariate; random for its first third of the "
+                                                               "trials, 3 to 10), random, grid (every combination), "
                                                                "CMA-ES")
     pruner: Literal["none", "median", "hyperband", "successive_halving"] = Field(
         "median", description="stops unpromising trials at their evaluations (single-objective sweeps); a NaN or "

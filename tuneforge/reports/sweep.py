@@ -55,8 +55,10 @@ def _rows(record: dict) -> tuple[list[str], list[str], list[list[str]]]:
 def markdown(record: dict, chart: str | None = None) -> str:
     keys, metrics, rows = _rows(record)
     goal = ", ".join(f"{o['direction']} {o['metric']}" for o in record["objectives"])
-    lines = ["# Sweep", "", f"{len(record['trials'])} trials; {goal}; sampler {record['sampler']}, pruner "
-             f"{record['pruner']}.", ""]
+    pruner = record["pruner"] + (" (off: Optuna prunes single-objective studies only)"
+                                 if len(metrics) > 1 and record["pruner"] != "none" else "")
+    lines = ["# Sweep", "", f"{len(record['trials'])} trials; {goal}; sampler {record['sampler']}, pruner {pruner}.",
+             ""]
     best = [t for t in record["trials"] if t["number"] in record["best"]]
     if best:
         lines += ["## Best" if len(best) == 1 else "## Pareto front", ""]

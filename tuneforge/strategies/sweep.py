@@ -198,6 +198,9 @@ def _open_study(loaded: LoadedConfig, spec: SweepConfig, out: Path, url: str, re
         study = optuna.create_study(storage=_storage(url), study_name=STUDY, directions=directions,
                                     load_if_exists=True)
         study.set_user_attr("config", identity)
+        with warnings.catch_warnings():  # metric names (what optuna-dashboard's axes say) are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([t.metric for t in spec.objectives])
         return study
     if not resume:
         raise RunDirError(f"{out}: a sweep is there already\n  fix: --resume it, or choose another --out")
@@ -318,7 +321,14 @@ def _sampler(spec: SweepConfig):
         return optuna.samplers.GridSampler(grid, seed=spec.seed)
     with warnings.catch_warnings():  # multivariate TPE over groups (conditional keys) is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True)
+        return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True,
+                                          n_startup_trials=startup_trials(spec.trials))
+
+
+def startup_trials(trials: int | None) -> int:
+    """TPE's random trials before it models the space: Optuna's 10, or a third of a smaller budget (at least 3),
+    so that a sweep of 8 or 20 trials is not random search under another name."""
+    return 10 if trials is None else min(10, max(3, trials // 3))
 
 
 def _pruner(spec: SweepConfig):
