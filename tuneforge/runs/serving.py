@@ -217,3 +217,58 @@ def open_chat(runs: Sequence[str | Path], *, max_new_tokens: int = 256, temperat
                               f"{', '.join(chat.names)}")
         chat.use(adapter)
     return chat
+
+
+@dataclass
+class Served:
+    """Finished runs as `tuneforge serve` answers with them: one model (a run, or a base carrying each adapter run
+    under its name), the tokenizer, and per name whether its data was rendered with the chat template."""
+
+    model: object
+    tokenizer: object
+    autocast: object
+    chat: dict[str, bool]
+    select: object  # select(name): that run's adapter answers next (nothing to do for one run)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.chat)
+
+    def prompt_ids(self, name: str, messages: Sequence[dict]) -> list[int]:
+        """The prompt for the next assistant turn (without a chat template: the last user message, as `chat`)."""
+        return generation_prompt_ids(self.tokenizer, list(messages), chat=self.chat[name])
+
+    def text_ids(self, text: str) -> list[int]:
+        """A raw completion prompt: text, its control-token lookalikes encoded as text."""
+        return generation_prompt_ids(self.tokenizer, [{"role": "user", "content": text}], chat=False)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        return end_of_turn_ids(self.tokenizer)
+
+
+def load_served(runs: Mapping[str, str | Path] | Sequence[str | Path]) -> Served:
+    """The runs under their names (the run directory's name by default; a per-task multitask run stands for its
+    adapters). Several runs share one base as peft adapters; one run may be any generative run."""
+    from tuneforge.runs.trained import load_trained
+
+    named = dict(runs.items()) if isinstance(runs, Mapping) else {}
+    if not named:
+        for run_dir in adapter_runs(list(runs)):
+            name = Path(run_dir).name
+            if name in named:
+                raise ConfigError(f"two runs are named '{name}' ({named[name]}, {run_dir}); a model name must be "
+                                  f"unique\n  fix: name them: NAME=PATH")
+            named[name] = Path(run_dir)
+    if len(named) > 1:
+        adapters = load_adapter_set(named)
+        return Served(adapters.model, adapters.tokenizer, adapters.autocast,
+                      {n: use_chat_template(adapters.tokenizer, c.data.template) for n, c in adapters.configs.items()},
+                      adapters.use)
+    (name, path), = named.items()
+    trained = load_trained(path)
+    if trained.labels is not None:
+        raise ConfigError(f"{path}: a {trained.config.task} model labels texts; it does not generate, so it cannot "
+                          "be served as a chat model\n  fix: serve a causal_lm run (`tuneforge eval` scores this one)")
+    chat = use_chat_template(trained.tokenizer, trained.config.data.template)
+    return Served(trained.model, trained.tokenizer, trained.autocast, {name: chat}, lambda _: None)

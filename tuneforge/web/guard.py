@@ -1,0 +1,96 @@
+"""What every tuneforge web server checks before a request reaches a route (RELIABILITY.md, promise 14), as ASGI
+middleware on Starlette:
+
+- the Host header names this server (loopback, the bound address, or, beyond loopback, an IP address or this
+  machine's name): a DNS name rebound to this machine by another page is refused (421);
+- a browser page of another origin is refused (403): no CORS is offered, so no other page reads or writes here;
+- a body over the limit is refused before it is read whole (413);
+- with a token, a request without `Authorization: Bearer TOKEN` is refused (401), compared in constant time.
+
+Refusals are JSON in OpenAI's error shape, `{"error": {"message", "type", "code"}}`, which the `openai` client
+reads into its exceptions."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from http import HTTPStatus
+
+from tuneforge.feedback.app import _allowed_host, _loopback, _url_host
+
+__all__ = ["Guard", "Refused", "error_body", "is_loopback", "url_host"]
+
+is_loopback, url_host = _loopback, _url_host
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.param = status, kind, param
+
+
+def error_body(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": status}}).encode()
+
+
+class Guard:
+    def __init__(self, app, *, bound: str, port: int, token: str | None, max_body: int, open_paths: tuple = ()):
+        self.app, self.bound, self.port, self.token, self.max_body = app, bound, port, token, max_body
+        self.open_paths = open_paths  # paths a browser loads without the token (the page that then asks for it)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            self._check(scope, headers)
+        except Refused as refused:
+            await _send(send, refused.status, error_body(refused.status, str(refused), refused.kind))
+            return
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is over {self.max_body} bytes")
+            return message
+
+        started = False
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited, watched)
+        except Refused as refused:  # the body grew past the limit while a route read it
+            if not started:
+                await _send(send, refused.status, error_body(refused.status, str(refused)))
+
+    def _check(self, scope, headers: dict[str, str]) -> None:
+        host = headers.get("host", "")
+        if not _allowed_host(host, self.bound, self.port):
+            raise Refused(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only its own address")
+        origin = headers.get("origin")
+        if origin is not None and origin != f"http://{host}":
+            raise Refused(HTTPStatus.FORBIDDEN, "requests from other web pages are refused")
+        length = headers.get("content-length", "")
+        if length and (not length.isdigit() or int(length) > self.max_body):
+            raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is {length[:20]} bytes; the limit is "
+                                                               f"{self.max_body}")
+        if self.token is not None and scope["path"] not in self.open_paths:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                raise Refused(HTTPStatus.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer KEY)",
+                              "authentication_error")
+
+
+async def _send(send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": int(status),
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
