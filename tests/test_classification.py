@@ -219,6 +219,13 @@ def test_eval_and_chat_on_a_finished_classification_run(sentiment_run):
     assert "assistant: positive  (positive 0." in chat.stdout
 
 
+def test_serve_refuses_a_classifier_with_the_command_that_scores_it(sentiment_run):
+    from tuneforge.runs.serving import load_served
+
+    with pytest.raises(ConfigError, match=r"(?s)labels texts.*cannot be served.*tuneforge eval"):
+        load_served([sentiment_run])
+
+
 def test_the_merged_export_is_a_plain_transformers_classifier(sentiment_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
