@@ -37,8 +37,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="each trial's optimizer steps")
     parser.add_argument("--max-test", type=int, default=100, help="held-out questions per evaluation")
     parser.add_argument("--seed", type=int, default=0, help="the samplers' seed")
-    parser.add_argument("--only", choices=["search", "cost", "lr"], default=None,
-                        help="the searches, the cost-aware search alone (beside the hand-set run), or the range test")
+    parser.add_argument("--only", choices=["search", "tpe", "cost", "lr"], default=None,
+                        help="the searches; TPE with the median pruner or the cost-aware search alone (each beside "
+                        "the hand-set run); or the range test")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the config searched (its hand-set values are "
+                        "the baseline; without a sweep: section, --space gives one)")
+    parser.add_argument("--space", default=None, help="the space as YAML (sweep.space), replacing the config's")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep")
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)
@@ -53,6 +57,8 @@ def overrides(args, **extra: object) -> list[str]:
     base = {"train.max_steps": args.steps, "train.eval_every": max(1, args.steps // 3),
             "eval.max_examples": args.max_test, "sweep.trials": args.trials, "sweep.seed": args.seed,
             "output.overwrite": "true"}
+    if args.space:  # a space of one's own, for a config that may have no sweep: section
+        base |= {"sweep.space": args.space, "sweep.objectives": "[{metric: exact_match, direction: maximize}]"}
     return [f"{key}={value}" for key, value in {**base, **extra}.items()]
 
 
@@ -62,7 +68,7 @@ def searches(args) -> None:
 
     rows = []
     started = time.perf_counter()
-    hand = tf.train(CONFIG, overrides(args, **{"output.dir": str(args.out / "hand-set")}), quiet=True)
+    hand = tf.train(args.config, overrides(args, **{"output.dir": str(args.out / "hand-set")}), quiet=True)
     rows.append(("hand-set config", hand.eval_after.get("exact_match"), hand.steps, time.perf_counter() - started,
                  "1 run"))
     grid = "{" + ", ".join(f"{key}: {{choices: {values}}}" for key, values in GRID.items()) + "}"
@@ -78,13 +84,14 @@ def searches(args) -> None:
                             "sweep.pruner": "none", "sweep.space": costly, "train.warmup_steps": 0,
                             "train.warmup_ratio": 0.4, "sweep.objectives":
                             "[{metric: exact_match, direction: maximize}, {metric: wall_s, direction: minimize}]"})):
-        if args.only == "cost" and "sweep.objectives" not in extra:
+        if (args.only == "cost" and "sweep.objectives" not in extra) or (args.only == "tpe" and name !=
+                                                                            "TPE + median pruner"):
             continue
         out = args.out / ("cost" if "sweep.objectives" in extra else name.split(" ")[0].lower().strip(",")) \
             / extra["sweep.pruner"]
         shutil.rmtree(out, ignore_errors=True)  # the previous measurement's study
         started = time.perf_counter()
-        result = tf.sweep(CONFIG, out, overrides(args, **extra), quiet=True)
+        result = tf.sweep(args.config, out, overrides(args, **extra), quiet=True)
         seconds = time.perf_counter() - started
         record = read_trials(out)
         steps = sum(t["steps"] or 0 for t in record["trials"])
@@ -98,6 +105,8 @@ def searches(args) -> None:
     print("\n| search | best exact match | training steps | wall time | |\n|---|---|---|---|---|")
     for name, best, steps, seconds, note in rows:
         print(f"| {name} | {'—' if best is None else f'{best:.0f}%'} | {steps} | {seconds / 60:.1f} min | {note} |")
+    if not fronts:
+        return
     print("\nThe last search's Pareto front (exact match against the trial's training time):\n\n"
           "| trial | exact match | training time | steps | train.lr | LoRA r, alpha |\n|---|---|---|---|---|---|")
     for t in fronts:
