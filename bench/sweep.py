@@ -37,12 +37,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="each trial's optimizer steps")
     parser.add_argument("--max-test", type=int, default=100, help="held-out questions per evaluation")
     parser.add_argument("--seed", type=int, default=0, help="the samplers' seed")
-    parser.add_argument("--only", choices=["search", "tpe", "cost", "lr"], default=None,
-                        help="the searches; TPE with the median pruner or the cost-aware search alone (each beside "
-                        "the hand-set run); or the range test")
+    parser.add_argument("--only", choices=["search", "tpe", "grid", "cost", "lr"], default=None,
+                        help="the searches; TPE with the median pruner, the grid or the cost-aware search alone "
+                        "(each beside the hand-set run); or the range test")
     parser.add_argument("--config", type=Path, default=CONFIG, help="the config searched (its hand-set values are "
                         "the baseline; without a sweep: section, --space gives one)")
     parser.add_argument("--space", default=None, help="the space as YAML (sweep.space), replacing the config's")
+    parser.add_argument("--grid", default=None, help="the grid's space as YAML (default: lr x LoRA r, 8 points)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "sweep")
     argv = list(argv if argv is not None else sys.argv[1:])
     args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)
@@ -71,7 +72,7 @@ def searches(args) -> None:
     hand = tf.train(args.config, overrides(args, **{"output.dir": str(args.out / "hand-set")}), quiet=True)
     rows.append(("hand-set config", hand.eval_after.get("exact_match"), hand.steps, time.perf_counter() - started,
                  "1 run"))
-    grid = "{" + ", ".join(f"{key}: {{choices: {values}}}" for key, values in GRID.items()) + "}"
+    grid = args.grid or "{" + ", ".join(f"{key}: {{choices: {values}}}" for key, values in GRID.items()) + "}"
     lengths = sorted({args.steps // 3, args.steps // 2, 2 * args.steps // 3, args.steps})
     costly = ("{train.lr: {low: 1.0e-4, high: 1.0e-2, log: true}, method.r: {choices: [4, 8, 16, 32]}, "
               f"method.alpha: {{choices: [8, 16, 32, 64]}}, train.max_steps: {{choices: {lengths}}}}}")
@@ -84,8 +85,9 @@ def searches(args) -> None:
                             "sweep.pruner": "none", "sweep.space": costly, "train.warmup_steps": 0,
                             "train.warmup_ratio": 0.4, "sweep.objectives":
                             "[{metric: exact_match, direction: maximize}, {metric: wall_s, direction: minimize}]"})):
-        if (args.only == "cost" and "sweep.objectives" not in extra) or (args.only == "tpe" and name !=
-                                                                            "TPE + median pruner"):
+        wanted = {"cost": "sweep.objectives" in extra, "tpe": name == "TPE + median pruner",
+                  "grid": name.startswith("grid")}.get(args.only, True)
+        if not wanted:
             continue
         out = args.out / ("cost" if "sweep.objectives" in extra else name.split(" ")[0].lower().strip(",")) \
             / extra["sweep.pruner"]

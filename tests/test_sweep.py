@@ -83,6 +83,16 @@ def test_two_objectives_give_the_pareto_front(tmp_path, tiny_model_dir):
     assert study.metric_names == ["loss", "trainable_parameters"]
 
 
+@pytest.mark.parametrize(("sampler", "pruner"), [("cmaes", "hyperband"), ("tpe", "successive_halving")])
+def test_every_sampler_and_pruner_runs_a_study(tmp_path, tiny_model_dir, sampler, pruner):
+    config = sweep_config(tmp_path, tiny_model_dir, sampler=sampler, pruner=pruner, trials=3,
+                          space={"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                 "train.weight_decay": {"low": 0.0, "high": 0.1}})
+    result = sweep(config, tmp_path / "out", quiet=True)
+    assert len(result.trials) == 3 and {t["state"] for t in result.trials} <= {"COMPLETE", "PRUNED"}
+    assert result.best and json.loads((tmp_path / "out" / "trials.json").read_text())["pruner"] == pruner
+
+
 def test_a_failing_trial_is_recorded_and_a_diverging_one_stopped(tmp_path, tiny_model_dir):
     """max_seq_len 8 cannot hold the records (overlong: error): that trial fails with its reason, the sweep goes
     on; `diverge: 0` stops every other trial at its first evaluation, as the pruner would."""

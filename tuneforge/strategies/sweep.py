@@ -19,6 +19,7 @@ best.yaml (the best trial's config, ready for `tuneforge train`) and the report 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -120,6 +121,9 @@ def check_sweep(loaded: LoadedConfig) -> SweepConfig:
             raise ConfigError(f"{loaded.where('sweep', 'objectives')}: objective {index + 1} is {target.metric!r}, "
                               f"which the trials do not measure (eval.metrics: {', '.join(sorted(evaluated))}; "
                               f"costs: {', '.join(COSTS)})\n  fix: add it to eval.metrics or choose one of these")
+    if spec.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise ConfigError(f"{loaded.where('sweep', 'sampler')}: Optuna's CMA-ES sampler needs the cmaes package, "
+                          "which is not installed\n  fix: pip install 'tuneforge[sweep]' (or cmaes), or sampler: tpe")
     if spec.sampler == "grid" and any(d.choices is None and d.step is None and not d.integer
                                       for d in spec.space.values()):
         raise ConfigError(f"{loaded.where('sweep', 'sampler')}: a grid needs choices, or a step or integer range, "
@@ -351,7 +355,6 @@ def _objective(trial, loaded: LoadedConfig, spec: SweepConfig, out: Path, quiet:
 
     retried = _retried(trial.study._storage.get_trial(trial._trial_id))
     run_dir = (out / TRIALS_DIR / f"{trial.number if retried is None else retried:04d}").resolve()
-    values = _sample(trial, spec, loaded)
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("pid", os.getpid())
@@ -375,7 +378,7 @@ def _objective(trial, loaded: LoadedConfig, spec: SweepConfig, out: Path, quiet:
                 raise Stopped(f"pruned at step {step}: {first.metric} {value:.4g} (the {spec.pruner} pruner)")
 
     try:
-        config = trial_config(loaded, values, run_dir)
+        config = trial_config(loaded, _sample(trial, spec, loaded), run_dir)
         train = config.run.train
         if spec.pruner != "none" and not train.eval_every:  # checked: max_steps is set
             train.eval_every = max(1, train.max_steps // spec.reports)
