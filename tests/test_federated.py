@@ -142,6 +142,7 @@ def test_a_typo_in_the_aggregation_names_the_nearest_key():
         validate_strategy_params(NamedParams(name="federated", aggregation={"name": "fedprox", "muu": 1}))
 
 
+@pytest.mark.heavy  # Flower's simulation engine (Ray workers): CI runs it in make test-heavy
 def test_a_federation_in_simulation_trains_and_never_opens_client_data_on_the_server(tmp_path, tiny_model_dir):
     """Three clients, two rounds of FedAvg in Flower's simulation (each client a Ray actor), and a fourth that
     fails. The server (this process) reads the config, the model and data.test; an audit hook sees every file it

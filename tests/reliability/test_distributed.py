@@ -89,6 +89,7 @@ def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
 
 
 # FSDP's steps before the kill below are compared with the reference too, so its own run is in test-slow only
+@pytest.mark.heavy  # two torchrun processes: CI runs it in make test-heavy
 @pytest.mark.parametrize("how", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_train_as_one(reference, tmp_path, how):
     config = run_config(tmp_path, Path(yaml.safe_load(reference.read_text())["model"]), output=tmp_path / "run")
@@ -110,6 +111,7 @@ def stopped_at_step_3(reference: Path, run_dir: Path) -> None:
     (run_dir / "run.json").write_text(json.dumps({**status, "status": "training"}))
 
 
+@pytest.mark.heavy  # three torchrun launches: CI runs it in make test-heavy
 def test_resume_in_two_then_kill_one_then_resume_in_one(reference, tmp_path):
     """Across world sizes and a kill: a run stopped after step 3 in one process resumes in two under FSDP (each
     takes its shard of the saved weights and optimizer state); kill -9 of the second process at its 2nd step
