@@ -84,6 +84,9 @@ def spoken(two_runs) -> dict[str, tuple[str, str]]:
 
 def test_the_openai_client_lists_chats_and_streams_as_tuneforge_chat_answers(client, spoken):
     assert sorted(m.id for m in client.models.list()) == ["dates", "sums"]
+    assert client.models.retrieve("sums").id == "sums"
+    with pytest.raises(openai.NotFoundError, match="no model 'nope'"):
+        client.models.retrieve("nope")
     for name, (question, expected) in spoken.items():
         messages = [{"role": "user", "content": question}]
         answer = client.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=TOKENS)

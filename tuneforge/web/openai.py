@@ -96,11 +96,7 @@ def openai_app(served: Served, *, bound: str = "127.0.0.1", port: int = 8000, to
         return JSONResponse({"object": "list", "data": [_card(n, created) for n in served.names]})
 
     def model(request: HttpRequest) -> Response:
-        name = request.path_params["name"]
-        if name not in served.names:
-            raise Refused(HTTPStatus.NOT_FOUND, f"no model '{name[:100]}'; served: {', '.join(served.names)}",
-                          param="model")
-        return JSONResponse(_card(name, created))
+        return JSONResponse(_card(_model(request.path_params["name"]), created))
 
     async def chat(request: HttpRequest) -> Response:
         body = _parse(ChatRequest, await _json(request))
