@@ -64,6 +64,8 @@ class _Row:
             self.finish = "stop"
             return True
         self.tokens.append(token)
+        if self.request.on_text is None and not self.request.stop:  # nothing to show or search: decode at the end
+            return self.request.cancelled
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
         cut = min((i for i in (text.find(s) for s in self.request.stop if s) if i >= 0), default=None)
         if cut is not None:
@@ -98,8 +100,6 @@ class Batcher:
         self.batches: list[int] = []  # the size of each batch decoded (for tests and the benchmark)
 
     def submit(self, request: Request) -> Request:
-        if request.model not in self.served.chat:
-            raise KeyError(request.model)
         self._queue.put(request)
         return request
 
@@ -130,14 +130,15 @@ class Batcher:
 
     def _decode(self, batch: list[Request]) -> None:
         first, served = batch[0], self.served
-        rows = [_Row(r, served.tokenizer, served.stop_ids) for r in batch]
+        stop_ids = served.stop_ids
+        rows = [_Row(r, served.tokenizer, stop_ids) for r in batch]
         try:
             with torch.no_grad(), served.autocast():
                 served.select(first.model)
                 if first.seed is not None and first.temperature > 0:
                     torch.manual_seed(first.seed)
                 stream_ids(served.model, served.tokenizer, [r.prompt for r in batch],
-                           limits=[r.max_tokens for r in batch], stop_ids=served.stop_ids,
+                           limits=[r.max_tokens for r in batch], stop_ids=stop_ids,
                            on_token=lambda row, token: rows[row].add(token), temperature=first.temperature,
                            top_p=first.top_p)
             self.batches.append(len(batch))

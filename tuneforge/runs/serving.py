@@ -3,6 +3,7 @@ per request without reloading anything (peft's named adapters)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +243,7 @@ class Served:
         """A raw completion prompt: text, its control-token lookalikes encoded as text."""
         return generation_prompt_ids(self.tokenizer, [{"role": "user", "content": text}], chat=False)
 
-    @property
+    @functools.cached_property
     def stop_ids(self) -> set[int]:
         return end_of_turn_ids(self.tokenizer)
 
