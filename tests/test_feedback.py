@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -275,9 +274,6 @@ def test_a_file_that_is_not_a_feedback_database_is_named(tmp_path):
 
 # ------------------------------------------------------------------------------ the browser, end to end
 
-CHROMIUM, DRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -298,20 +294,6 @@ def stop_server(server: subprocess.Popen, how: signal.Signals) -> None:
     server.send_signal(how)
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 0 and "stopped" in output, output
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
-    yield driver
-    driver.quit()
 
 
 def vote_in_page(driver, url: str, name: str, actions: list[tuple[str, dict]]) -> list[dict]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneforge.config import LoadedConfig, load_config
 from tuneforge.errors import ConfigError
+from tuneforge.strategies.catalogue import Entry, catalogue
 
 if TYPE_CHECKING:
     from tuneforge.data.check import DataCheck
@@ -231,15 +231,31 @@ def serve(runs: str | Path | Sequence[str | Path] | dict[str, str | Path], *, ho
     from tuneforge.web.guard import is_loopback
     from tuneforge.web.openai import start
 
-    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
-        raise ConfigError("tuneforge serve runs on Starlette and uvicorn, which are not installed\n  fix: pip install "
-                          "'tuneforge[web]'")
+    _need_web("serve")
     if not is_loopback(host) and not api_key:
         raise ConfigError(f"--host {host}: beyond loopback anyone who reaches this machine could use the models\n"
                           "  fix: set an API key (TUNEFORGE_API_KEY or --api-key-file FILE), or serve on 127.0.0.1")
     named = runs if isinstance(runs, dict) else [runs] if isinstance(runs, str | Path) else list(runs)
     return start(load_served(named), host=host, port=port, token=api_key, max_tokens=max_tokens,
                  max_batch=max_batch, background=background, announce=announce)
+
+
+def ui(runs: str | Path = "runs", *, host: str = "127.0.0.1", port: int = 8765, parallel: int = 1,
+       background: bool = False, announce: bool = False) -> Server:
+    """The web UI over a folder of runs and sweeps: list, watch (live charts), launch from a form, stop and resume,
+    compare, sweeps, chat, export. Blocks until Ctrl-C, or with `background` returns the running `Server` (`.url`
+    opens the page with the token that writes; `.stop()`). Runs it launches are processes of their own, `parallel`
+    at a time: stopping the UI stops none of them."""
+    from tuneforge.web.ui import start_ui
+
+    _need_web("ui")
+    return start_ui(Path(runs), host=host, port=port, parallel=parallel, background=background, announce=announce)
+
+
+def _need_web(command: str) -> None:
+    if importlib.util.find_spec("starlette") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError(f"tuneforge {command} runs on Starlette and uvicorn, which are not installed\n  fix: pip "
+                          "install 'tuneforge[web]'")
 
 
 def load_adapter_set(runs: dict[str, str | Path] | Sequence[str | Path]) -> AdapterSet:
@@ -393,50 +409,11 @@ def bench(name: str, args: Sequence[str] = ()) -> int:
     return subprocess.call([sys.executable, "-m", f"bench.{name}", *args], cwd=root)
 
 
-@dataclass(frozen=True)
-class Entry:
-    """A registered method, objective, strategy, mitigation or aggregation: its summary and its parameters with
-    their defaults."""
-
-    name: str
-    summary: str
-    params: dict[str, str]
-    relative_lr: float | None = None
-    schema: type | None = field(default=None, repr=False)  # its parameters' pydantic model
-
-    def lines(self) -> list[str]:
-        """As `tuneforge methods` lists it."""
-        relative = f" (compare's lr scale {self.relative_lr:g})" if self.relative_lr else ""
-        shown = [f"  {self.name:<9} {self.summary}{relative}"]
-        return shown + ([f"  {'':<9} " + ", ".join(f"{k}={v}" for k, v in self.params.items())] if self.params else [])
-
-
-def catalogue() -> dict[str, list[Entry]]:
-    """What can be chosen, by section (`method: NAME`, `objective: NAME`, ...)."""
-    from tuneforge.methods import REGISTRY as METHODS
-    from tuneforge.objectives import REGISTRY as OBJECTIVES
-    from tuneforge.strategies import registry as strategies
-    from tuneforge.strategies.params import AGGREGATION_PARAMS, MITIGATION_PARAMS
-
-    def entry(name: str, summary: str, schema, relative_lr: float | None = None) -> Entry:
-        return Entry(name, summary, {key: _default(value) for key, value in schema.model_fields.items()},
-                     relative_lr, schema)
-
-    def described(schemas: dict) -> list[Entry]:
-        return [entry(name, (schema.__doc__ or name).strip().split("\n")[0], schema)
-                for name, schema in schemas.items()]
-
-    return {"methods (method: NAME)": [entry(n, m.summary, m.params, m.relative_lr) for n, m in METHODS.items()],
-            "objectives (objective: NAME)": [entry(n, o.summary, o.params) for n, o in OBJECTIVES.items()],
-            "strategies (strategy: NAME)": [entry(n, s.summary, s.params) for n, s in strategies().items()],
-            "continual-learning mitigations (strategy.mitigation: NAME)": described(MITIGATION_PARAMS),
-            "federated aggregations (strategy.aggregation: NAME)": described(AGGREGATION_PARAMS)}
-
-
 def config_reference() -> str:
     """The config reference (docs/reference/config.md), generated from the schema: every section's keys with their
     types, defaults and descriptions, and each method's, objective's and strategy's own parameters."""
     from tuneforge.config import NamedParams, RunConfig
+    from tuneforge.strategies.catalogue import TITLES, catalogue, default_of
 
     lines = ["# Config reference", "", "Generated from the schema by `make docs` (a test checks that it is current). "
              "Every key has a default unless it says required; an unknown key is an error that names the closest "
@@ -446,11 +423,11 @@ def config_reference() -> str:
         schema = _model_of(spec.annotation)
         lines += [f"## `{name}`", "", spec.description or "", ""]
         if schema is None:
-            lines += [f"{_type_name(spec.annotation)}; default `{_default(spec)}`", ""]
+            lines += [f"{_type_name(spec.annotation)}; default `{default_of(spec)}`", ""]
         elif not issubclass(schema, NamedParams):
             lines += _tables(schema, f"{name}.", shown)
-    for title, entries in catalogue().items():
-        lines += [f"## {title}", ""]
+    for key, entries in catalogue().items():
+        lines += [f"## {TITLES[key]}", ""]
         for entry in entries:
             fields = entry.schema.model_fields
             lines += [f"### `{entry.name}`", "", entry.summary, "",
@@ -471,10 +448,12 @@ def _tables(schema, prefix: str, shown: set) -> list[str]:
 
 
 def _field_table(fields: dict, prefix: str) -> list[str]:
+    from tuneforge.strategies.catalogue import default_of
+
     rows = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
     for key, spec in fields.items():
         description = (spec.description or "").replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{prefix}{key}` | {_type_name(spec.annotation)} | {_default(spec, '`')} | {description} |")
+        rows.append(f"| `{prefix}{key}` | {_type_name(spec.annotation)} | {default_of(spec, '`')} | {description} |")
     return [*rows, ""]
 
 
@@ -510,20 +489,6 @@ def _type_name(annotation) -> str:
         getattr(annotation, "__name__", str(annotation)), getattr(annotation, "__name__", str(annotation)))
 
 
-def _default(spec, quote: str = "") -> str:
-    """A field's default as YAML spells it (`quote` around it), or required."""
-    if spec.is_required():
-        return "required"
-    value = spec.get_default(call_default_factory=True)
-    if hasattr(value, "name") and hasattr(value, "params"):  # a nested registry choice (a mitigation)
-        value = value.name
-    if isinstance(value, list) and value and all(hasattr(v, "model_dump") for v in value):  # sections, as YAML
-        value = "[" + ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in item.model_dump().items()) + "}"
-                                for item in value) + "]"
-    shown = {True: "true", False: "false", None: "none"}.get(value, value) if isinstance(value, bool | None) else value
-    return f"{quote}{'[]' if shown == [] else shown}{quote}"
-
-
 __all__ = [
     "Entry",
     "bench",
@@ -545,4 +510,5 @@ __all__ = [
     "reward_score",
     "student_report",
     "train",
+    "ui",
 ]

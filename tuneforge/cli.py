@@ -200,6 +200,25 @@ def serve(runs: Annotated[list[str], typer.Argument(help="finished run directori
           announce=True)
 
 
+@app.command()
+@user_errors
+def ui(runs: Annotated[Path, typer.Option(help="the folder of runs (and sweeps) it shows; launched runs go there")]
+       = Path("runs"),
+       host: Annotated[str, typer.Option(help="the address to listen on (beyond loopback every page needs the "
+                                         "token)")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(min=0, max=65535, help="0 picks a free port")] = 8765,
+       parallel: Annotated[int, typer.Option(min=1, max=64, help="launched runs training at once; the rest "
+                                             "queue")] = 1) -> None:
+    """A web UI over a folder of runs: watch them train, launch from a form, stop, resume, compare, sweeps, chat.
+    Open the URL it prints (it carries the token that launches and stops runs). Ctrl-C stops the UI, not the runs."""
+    from tuneforge.api import ui as start
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: anyone who reaches this machine sees the page; only the printed URL's "
+              "token launches, stops or reads runs", file=sys.stderr)
+    start(runs, host=host, port=port, parallel=parallel, announce=True)
+
+
 def _ask() -> str | None:
     with contextlib.suppress(EOFError):
         return input("you: ")
@@ -401,9 +420,10 @@ def methods() -> None:
     """List the methods (what is trained), objectives (what is optimised) and strategies (what is trained when),
     with their parameters."""
     from tuneforge.api import catalogue
+    from tuneforge.strategies.catalogue import TITLES
 
-    for title, entries in catalogue().items():
-        print("\n".join([title, *(line for entry in entries for line in entry.lines()), ""]))
+    for key, entries in catalogue().items():
+        print("\n".join([TITLES[key], *(line for entry in entries for line in entry.lines()), ""]))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneforge.runs.layout import read_metrics
+from tuneforge.runs.layout import read_json, read_metrics
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,21 @@ COLUMNS = (
 
 
 def run_row(run_dir: Path) -> dict:
-    """One method's figures from its run directory (None where a figure does not apply)."""
-    status = json.loads((run_dir / "run.json").read_text())
-    evaluation = json.loads((run_dir / "eval.json").read_text())
-    measured = json.loads((run_dir / "compare.json").read_text())
-    steps = [r for r in read_metrics(run_dir) if r["kind"] == "train"]
+    """One method's figures from its run directory (None where a figure does not apply, or the run has not
+    recorded it: one still training, or one that failed)."""
+    status, evaluation = read_json(run_dir / "run.json"), read_json(run_dir / "eval.json")
+    measured = read_json(run_dir / "compare.json")
+    steps = [r for r in read_metrics(run_dir) if r.get("kind") == "train"]
     steady = steps[1:] or steps
     after = evaluation.get("after", {})
+    trainable, parameters = status.get("trainable_parameters"), status.get("parameters")
     return {
         "method": run_dir.name,
-        "trainable": status["trainable_parameters"],
-        "trainable_pct": 100 * status["trainable_parameters"] / status["parameters"],
-        "peak_memory_gib": max(r["peak_memory_gib"] for r in steps),
-        "tokens_per_s": statistics.median(r["tokens"] / r["step_time_s"] for r in steady),
-        "wall_s": status["train"]["wall_s"],
+        "trainable": trainable,
+        "trainable_pct": 100 * trainable / parameters if trainable is not None and parameters else None,
+        "peak_memory_gib": max((r["peak_memory_gib"] for r in steps if "peak_memory_gib" in r), default=None),
+        "tokens_per_s": statistics.median(r["tokens"] / r["step_time_s"] for r in steady) if steady else None,
+        "wall_s": (status.get("train") or {}).get("wall_s"),
         "task_loss": after.get("loss"),
         "exact_match": after.get("exact_match"),
         "accuracy": after.get("accuracy"),
@@ -68,7 +69,7 @@ def run_row(run_dir: Path) -> dict:
         "forgetting_loss": (measured.get("forgetting") or {}).get("loss_change"),
         "forgetting_accuracy": (measured.get("forgetting") or {}).get("accuracy_change"),
         "before": evaluation.get("before", {}),
-        "general_before": measured["general_before"],
+        "general_before": measured.get("general_before"),
     }
 
 

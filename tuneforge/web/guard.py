@@ -5,7 +5,8 @@ middleware on Starlette:
   machine's name): a DNS name rebound to this machine by another page is refused (421);
 - a browser page of another origin is refused (403): no CORS is offered, so no other page reads or writes here;
 - a body over the limit is refused before it is read whole (413);
-- with a token, a request without `Authorization: Bearer TOKEN` is refused (401), compared in constant time.
+- with a token, a request without `Authorization: Bearer TOKEN` is refused (401), compared in constant time
+  (except the pages a browser opens first and, where the server says so, reads).
 
 Refusals are JSON in OpenAI's error shape, `{"error": {"message", "type", "code"}}`, which the `openai` client
 reads into its exceptions."""
@@ -34,9 +35,11 @@ def error_body(status: int, message: str, kind: str = "invalid_request_error", p
 
 
 class Guard:
-    def __init__(self, app, *, bound: str, port: int, token: str | None, max_body: int, open_paths: tuple = ()):
+    def __init__(self, app, *, bound: str, port: int, token: str | None, max_body: int, open_paths: tuple = (),
+                 open_reads: bool = False):
         self.app, self.bound, self.port, self.token, self.max_body = app, bound, port, token, max_body
         self.open_paths = open_paths  # paths a browser loads without the token (the page that then asks for it)
+        self.open_reads = open_reads  # GET needs no token (a loopback UI: only writes do)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -83,7 +86,8 @@ class Guard:
         if length and (not length.isdigit() or int(length) > self.max_body):
             raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is {length[:20]} bytes; the limit is "
                                                                f"{self.max_body}")
-        if self.token is not None and scope["path"] not in self.open_paths:
+        free = scope["path"] in self.open_paths or (self.open_reads and scope["method"] in ("GET", "HEAD"))
+        if self.token is not None and not free:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
                 raise Refused(HTTPStatus.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer KEY)",

@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import secrets
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tuneforge.errors import ConfigError, TuneforgeError
 from tuneforge.runs.batcher import Answer, Batcher, Request
 from tuneforge.runs.serving import Served
-from tuneforge.web.guard import Guard, Refused, error_body, is_loopback, url_host
+from tuneforge.web.base import Server, json_body, listen, parsed, starlette_app
+from tuneforge.web.guard import Guard, Refused, error_body, is_loopback
 
 MAX_BODY = 1024 * 1024  # bytes: a long conversation is tens of KiB
 
@@ -83,7 +81,6 @@ def openai_app(served: Served, *, bound: str = "127.0.0.1", port: int = 8000, to
                max_tokens: int = 512, max_batch: int = 8):
     """The ASGI app (Starlette, behind `web.guard.Guard`): `max_tokens` is the most a request may ask for and what
     one that names none gets (a completion's default is OpenAI's 16)."""
-    from starlette.applications import Starlette
     from starlette.requests import Request as HttpRequest
     from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
@@ -99,14 +96,14 @@ def openai_app(served: Served, *, bound: str = "127.0.0.1", port: int = 8000, to
         return JSONResponse(_card(_model(request.path_params["name"]), created))
 
     async def chat(request: HttpRequest) -> Response:
-        body = _parse(ChatRequest, await _json(request))
+        body = _parse(ChatRequest, await json_body(request))
         limit = body.max_completion_tokens or body.max_tokens or max_tokens
         prompt = served.prompt_ids(_model(body.model), [{"role": "system" if m.role == "developer" else m.role,
                                                          "content": m.text()} for m in body.messages])
         return await _answer(body, [prompt], limit, "chat.completion")
 
     async def completions(request: HttpRequest) -> Response:
-        body = _parse(CompletionRequest, await _json(request))
+        body = _parse(CompletionRequest, await json_body(request))
         _model(body.model)
         prompts = [served.text_ids(p) for p in ([body.prompt] if isinstance(body.prompt, str) else body.prompt)]
         return await _answer(body, prompts, body.max_tokens or max_tokens, "text_completion")
@@ -146,9 +143,7 @@ def openai_app(served: Served, *, bound: str = "127.0.0.1", port: int = 8000, to
         yield
         batcher.close()
 
-    app = Starlette(routes=routes, exception_handlers={Refused: _refused, TuneforgeError: _user_error,
-                                                       404: _not_found, 405: _not_allowed, Exception: _failed},
-                    lifespan=lifespan)
+    app = starlette_app(routes, lifespan, "serve")
     app.state.batcher = batcher
     return Guard(app, bound=bound, port=port, token=token, max_body=MAX_BODY)
 
@@ -157,28 +152,11 @@ def _card(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "tuneforge"}
 
 
-async def _json(request) -> dict:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise Refused(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
-    try:
-        body = json.loads((await request.body()).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON") from None
-    if not isinstance(body, dict):
-        raise Refused(HTTPStatus.BAD_REQUEST, f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
 def _parse(schema: type[_Sampling], body: dict) -> _Sampling:
     for field, unused in UNSUPPORTED.items():
         if body.get(field, unused) not in (unused, None):
             raise Refused(HTTPStatus.BAD_REQUEST, f"{field} is not supported by tuneforge serve", param=field)
-    try:
-        return schema.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise Refused(HTTPStatus.BAD_REQUEST, f"{where}: {first['msg']}", param=where) from None
+    return parsed(schema, body)
 
 
 def _feeder(loop, pieces: asyncio.Queue, index: int):
@@ -245,80 +223,19 @@ async def _stream(kind: str, ident: str, model: str, requests: list[Request], pi
             request.cancelled = True  # a client that went away stops costing decode steps
 
 
-async def _refused(_, exc: Refused):
-    from starlette.responses import Response
-
-    return Response(error_body(exc.status, str(exc), exc.kind, exc.param), status_code=exc.status,
-                    media_type="application/json")
-
-
-async def _not_found(request, _):
-    return await _refused(request, Refused(HTTPStatus.NOT_FOUND, f"no endpoint {request.url.path[:100]}"))
-
-
-async def _not_allowed(request, _):
-    return await _refused(request, Refused(HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on "
-                                           f"{request.url.path[:100]}"))
-
-
-async def _user_error(request, exc: TuneforgeError):  # a located user error from below (a prompt, a config)
-    return await _refused(request, Refused(HTTPStatus.BAD_REQUEST, str(exc)))
-
-
-async def _failed(request, exc: Exception):
-    print(f"tuneforge serve: {type(exc).__name__}: {exc} on {request.method} {request.url.path[:200]}",
-          file=sys.stderr)
-    return await _refused(request, Refused(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; the server's console "
-                                           "says more", "server_error"))
-
-
-@dataclasses.dataclass
-class Server:
-    """A running `tuneforge serve`: its base URL (what the `openai` client's base_url takes) and how to stop it."""
-
-    url: str
-    port: int
-    server: object  # uvicorn.Server
-    thread: threading.Thread | None = None
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=30)
-
-
 def start(served: Served, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_tokens: int = 512, max_batch: int = 8, background: bool = False, announce: bool = False) -> Server:
     """Listen on host:port (0: a free port) and answer until stopped (Ctrl-C in the foreground; `stop()` in the
     background, where this returns once the server accepts connections)."""
-    import socket
+    def app(actual: int):
+        return openai_app(served, bound=host, port=actual, token=token, max_tokens=max_tokens, max_batch=max_batch)
 
-    import uvicorn
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})\n  fix: choose "
-                          "another --port (0 picks a free one)") from None
-    actual = sock.getsockname()[1]
-    app = openai_app(served, bound=host, port=actual, token=token, max_tokens=max_tokens, max_batch=max_batch)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    handle = Server(f"http://{url_host(host)}:{actual}/v1", actual, server)
-    if announce:
-        print(f"serving {', '.join(served.names)} at {handle.url} (OpenAI API; Ctrl-C stops)", flush=True)
+    def said(url: str) -> str:
         if not is_loopback(host):
             print(f"warning: listening on {host}: anyone who reaches this machine and has the API key can use the "
                   "models", file=sys.stderr)
-    if not background:
-        server.run(sockets=[sock])
-        return handle
-    handle.thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tuneforge-serve",
-                                     daemon=True)
-    handle.thread.start()
-    while not server.started and handle.thread.is_alive():
-        time.sleep(0.02)
-    return handle
+        return f"serving {', '.join(served.names)} at {url} (OpenAI API; Ctrl-C stops)"
+
+    return listen(app, host, port, path="/v1", background=background, announce=said if announce else None)
+
+
