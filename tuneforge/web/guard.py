@@ -36,10 +36,11 @@ def error_body(status: int, message: str, kind: str = "invalid_request_error", p
 
 class Guard:
     def __init__(self, app, *, bound: str, port: int, token: str | None, max_body: int, open_paths: tuple = (),
-                 open_reads: bool = False):
+                 open_reads: bool = False, credential: str = "a valid API key"):
         self.app, self.bound, self.port, self.token, self.max_body = app, bound, port, token, max_body
         self.open_paths = open_paths  # paths a browser loads without the token (the page that then asks for it)
         self.open_reads = open_reads  # GET needs no token (a loopback UI: only writes do)
+        self.credential = credential  # what a refused request is told to send
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -90,7 +91,7 @@ class Guard:
         if self.token is not None and not free:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-                raise Refused(HTTPStatus.UNAUTHORIZED, "a valid API key is required (Authorization: Bearer KEY)",
+                raise Refused(HTTPStatus.UNAUTHORIZED, f"{self.credential} is required (Authorization: Bearer ...)",
                               "authentication_error")
 
 

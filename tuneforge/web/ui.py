@@ -249,7 +249,7 @@ def ui_app(root: Path, *, bound: str = "127.0.0.1", port: int = 8765, token: str
 
     async def index(_: Request) -> Response:
         return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; style-src 'self' "
-                                           "'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src 'self'"})
+                                           "'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src 'self' data:"})
 
     async def chart_js(_: Request) -> Response:
         return Response(chart, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
@@ -405,7 +405,8 @@ def ui_app(root: Path, *, bound: str = "127.0.0.1", port: int = 8765, token: str
     app.state.token, app.state.launcher = token, launcher
     open_reads = is_loopback(bound)
     return Guard(app, bound=bound, port=port, token=token, max_body=MAX_BODY,
-                 open_paths=("/", "/chart.min.js"), open_reads=open_reads)
+                 open_paths=("/", "/chart.min.js"), open_reads=open_reads,
+                 credential="the token in the URL that `tuneforge ui` printed")
 
 
 def start_ui(root: Path, *, host: str = "127.0.0.1", port: int = 8765, parallel: int = 1,
