@@ -23,6 +23,7 @@ from tuneforge.data.sources import RawRecord
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.feedback.app import FeedbackApp, load_reviewers
 from tuneforge.feedback.store import FeedbackStore, Judgement, export, fleiss_kappa, pairwise_agreement, stats
+from tuneforge.web.feedback import serve_feedback
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -130,12 +131,9 @@ def live_server(tmp_path):
     """The feedback server in this process, on a free port, with canned responses (no model)."""
     store = store_with_items(tmp_path, 3)
     app = FeedbackApp(store, [item.prompt for item in store.items()], lambda prompt: (("x", "y"), ("m", "m")))
-    server = app.server("127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield app, server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = serve_feedback(app, "127.0.0.1", 0, background=True, on_ready=lambda url: None)
+    yield app, server.port
+    server.stop()
 
 
 def call(port: int, method: str, path: str, body=None, headers: dict | None = None, raw: bytes | None = None):
@@ -154,7 +152,11 @@ def call(port: int, method: str, path: str, body=None, headers: dict | None = No
     if payload is not None and int(sent.get("Content-Length", 0)) <= 1 << 20:
         connection.send(payload)
     response = connection.getresponse()
-    answer = json.loads(response.read() or b"{}")
+    text = response.read()
+    try:
+        answer = json.loads(text or b"{}")
+    except ValueError:  # what the HTTP parser refuses before any route sees it is plain text
+        answer = {"error": {"message": text.decode(errors="replace")}}
     connection.close()
     return response.status, answer
 
@@ -219,7 +221,7 @@ MALFORMED = [  # (body or raw bytes, extra headers, status, words of the reason)
     (b"[" * 30_000 + b"]" * 30_000, {}, 400, "UTF-8 JSON"),
     (b"{}", {"Content-Length": str(10**12)}, 413, "limit"),
     (b"{" + b" " * (1 << 20) + b"}", {}, 413, "limit"),
-    (b"{}", {"Content-Length": "-5"}, 411, "Content-Length"),
+    (b"{}", {"Content-Length": "-5"}, 400, "Invalid HTTP request"),  # refused by uvicorn's HTTP parser, in text
 ]
 
 
@@ -230,7 +232,7 @@ def test_malformed_bodies_are_refused_with_a_reason(live_server, body, headers, 
     ann = token_of(port, "ann")
     raw = body if isinstance(body, bytes) else None
     got, answer = call(port, "POST", "/api/judge", None if raw else body, {**ann, **headers}, raw=raw)
-    assert (got, reason in answer.get("error", "")) == (status, True), answer
+    assert (got, reason in answer.get("error", {}).get("message", "")) == (status, True), answer
     assert app.store.judgements() == []  # nothing half-saved
     assert call(port, "GET", "/api/next", headers=ann)[0] == 200  # and the server still answers
 
@@ -250,7 +252,8 @@ def test_a_closed_reviewer_list(tmp_path, live_server):
 
 
 def test_listening_beyond_loopback_warns_and_other_hosts_are_not_served():
-    from tuneforge.feedback.app import _allowed_host, exposure_warning
+    from tuneforge.web.feedback import exposure_warning
+    from tuneforge.web.guard import allowed_host as _allowed_host
 
     assert all(exposure_warning(host) is None for host in ("127.0.0.1", "::1", "localhost"))
     assert all("anyone who can reach" in exposure_warning(host) for host in ("0.0.0.0", "192.168.1.5"))

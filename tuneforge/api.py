@@ -330,7 +330,9 @@ def feedback_serve(model: str | Path, prompts: str | Path, *, model_b: str | Pat
     from tuneforge.feedback.app import FeedbackApp, load_prompts, load_reviewers, model_sampler
     from tuneforge.feedback.store import FeedbackStore
     from tuneforge.runs.serving import load_responder
+    from tuneforge.web.feedback import serve_feedback
 
+    _need_web("feedback serve")
     if model_b is None and temperature <= 0:
         raise ConfigError("--temperature 0 with one model would show the same response twice\n  fix: give a "
                           "temperature above 0, or a second model with --model-b")
@@ -339,12 +341,8 @@ def feedback_serve(model: str | Path, prompts: str | Path, *, model_b: str | Pat
     store = FeedbackStore(Path(db))
     responders = [load_responder(model)] + ([load_responder(model_b)] if model_b else [])
     sampler = model_sampler(responders, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    try:
-        FeedbackApp(store, conversations, sampler, closed_list).serve(
-            host, port, on_ready=lambda url: on_ready(url, len(conversations)))
-    except OSError as exc:
-        raise ConfigError(f"--port {port}: cannot listen on {host}:{port}: {exc.strerror}\n  fix: choose another "
-                          "--port, or stop what uses it") from None
+    serve_feedback(FeedbackApp(store, conversations, sampler, closed_list), host, port,
+                   on_ready=lambda url: on_ready(url, len(conversations)))
 
 
 def feedback_export(db: str | Path = "feedback.db", out: str | Path = "feedback") -> dict[str, int]:

@@ -379,13 +379,12 @@ def feedback_serve(model: Annotated[str, typer.Option(help="whose responses are 
     # server in the background (`... &`) leaves it ignored
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, signal.default_int_handler)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal again once it has shut down
         serve(model, prompts, model_b=model_b, db=db, host=host, port=port, max_new_tokens=max_new_tokens,
               temperature=temperature, top_p=top_p, reviewers=reviewers,
               on_ready=lambda url, count: print(f"feedback page: {url}  ({count} prompts, saving to {db}); Ctrl-C "
                                                 "stops", flush=True))
-    except KeyboardInterrupt:
-        print("stopped; every saved judgement is in the database")
+    print("stopped; every saved judgement is in the database")
 
 
 @feedback_app.command("export")

@@ -5,8 +5,8 @@ samples of the one model. Items are sampled ahead in a background thread (one mo
 stored before any page sees them, so a restarted server shows the same responses and never samples a prompt
 twice. The page shows the two responses in random order; what is saved names the response, not the side.
 
-The server is the standard library's threaded HTTP server: a page and a few JSON endpoints, for a handful of
-reviewers on a local network, needs nothing more. What it guards against (RELIABILITY.md, promise 14):
+The page and its JSON endpoints are served by `web.feedback` on the web stack every tuneforge server shares
+(Starlette + uvicorn behind `web.guard`). What it guards against (RELIABILITY.md, promise 14):
 - writing as someone else: a reviewer's first visit claims the name and the server issues a secret token,
   kept by that browser; every later request carries it (`Authorization: Bearer`), and the name a judgement
   is saved under is the token's, never one the request names. `--reviewers FILE` closes the list instead:
@@ -20,24 +20,19 @@ reviewers on a local network, needs nothing more. What it guards against (RELIAB
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import random
 import secrets
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import resources
 from pathlib import Path
-from urllib.parse import urlparse
 
 from tuneforge.data.formats import prompt_of
 from tuneforge.data.sources import read_records
 from tuneforge.errors import ConfigError, DataError
-from tuneforge.feedback.store import FeedbackStore, Judgement, stats
+from tuneforge.feedback.store import FeedbackStore, Judgement
 
 Sample = Callable[[list[dict]], tuple[tuple[str, str], tuple[str, str]]]  # prompt -> (responses, model names)
 
@@ -162,24 +157,6 @@ class FeedbackApp:
             raise Refused(HTTPStatus.BAD_REQUEST, str(exc)) from None
         return {"saved": True, "judged": self.store.count_for(reviewer)}
 
-    def server(self, host: str, port: int) -> ThreadingHTTPServer:
-        server = ThreadingHTTPServer((host, port), _handler(self, host))
-        server.daemon_threads = True
-        return server
-
-    def serve(self, host: str, port: int, *, on_ready: Callable[[str], None] = print) -> None:
-        filler = threading.Thread(target=self.fill, name="feedback-sampler", daemon=True)
-        filler.start()
-        server = self.server(host, port)
-        if exposure_warning(host):
-            print(exposure_warning(host), file=sys.stderr)
-        on_ready(f"http://{_url_host(host)}:{server.server_address[1]}/")
-        try:
-            server.serve_forever()
-        finally:
-            self._stop.set()
-            server.server_close()
-
 
 def _only_keys(body: dict, allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
@@ -220,146 +197,6 @@ def _text(value, name: str, limit: int, *, required: bool = False) -> str | None
 def _shown(value) -> str:
     text = json.dumps(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def exposure_warning(host: str) -> str | None:
-    """What to tell the person starting the server when it listens beyond this machine's loopback."""
-    if _loopback(host):
-        return None
-    return (f"warning: listening on {host}, so anyone who can reach this machine can open the page; names are "
-            "protected by their tokens, but consider --reviewers FILE for a closed list")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _allowed_host(header: str, bound: str, port: int) -> bool:
-    """Whether a request's Host header names this server: loopback, the bound address, or, when it listens
-    beyond loopback, any IP address or this machine's own names. Any other DNS name reaching it is a name
-    rebound to this machine by someone else's page, and is refused."""
-    import socket
-
-    host, _, given_port = header.rpartition(":") if not header.endswith("]") else (header, "", "")
-    if (given_port or "80") != str(port):
-        return False
-    host = host.strip("[]").lower()
-    if host in ("localhost", bound.strip("[]").lower()):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return not _loopback(bound) and host in {socket.gethostname().lower(), socket.getfqdn().lower()}
-    return address.is_loopback or not _loopback(bound)
-
-
-def _handler(app: FeedbackApp, bound: str) -> type[BaseHTTPRequestHandler]:
-    page = resources.files("tuneforge.feedback").joinpath("page.html").read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 30  # seconds a client may take to send its request (a stalled body ends the connection)
-
-        def do_GET(self) -> None:
-            self._answer(self._get)
-
-        def do_POST(self) -> None:
-            self._answer(self._post)
-
-        def _answer(self, route: Callable[[], None]) -> None:
-            try:
-                self._check_host_and_origin()
-                route()
-            except Refused as exc:
-                self._json(exc.status, {"error": str(exc)})
-            except Exception as exc:  # a bug: the reviewer gets an answer, the console the cause
-                print(f"feedback server: {type(exc).__name__}: {exc} on {self.command} {self.path[:200]}",
-                      file=sys.stderr)
-                self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; the console says more"})
-
-        def _check_host_and_origin(self) -> None:
-            host = self.headers.get("Host", "")
-            if not _allowed_host(host, bound, self.server.server_address[1]):
-                raise Refused(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only its own address")
-            origin = self.headers.get("Origin")
-            if origin is not None and origin != f"http://{host}":  # a page of another origin: never
-                raise Refused(HTTPStatus.FORBIDDEN, "requests from other web pages are refused")
-
-        def _get(self) -> None:
-            url = urlparse(self.path)
-            if url.path == "/":
-                self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-            elif url.path == "/api/config":
-                self._json(HTTPStatus.OK, {"closed": app.reviewers is not None})
-            elif url.path == "/api/next":
-                self._json(HTTPStatus.OK, app.next_for(self._reviewer()))
-            elif url.path == "/api/stats":
-                self._reviewer()
-                self._json(HTTPStatus.OK, stats(app.store))
-            else:
-                raise Refused(HTTPStatus.NOT_FOUND, f"no page {url.path[:100]}")
-
-        def _post(self) -> None:
-            path = urlparse(self.path).path
-            if path not in ("/api/join", "/api/judge"):
-                raise Refused(HTTPStatus.NOT_FOUND, f"no endpoint {path[:100]}")
-            body = self._body()
-            if path == "/api/join":
-                self._json(HTTPStatus.OK, app.join(body))
-            else:
-                self._json(HTTPStatus.OK, app.judge(self._reviewer(), body))
-
-        def _reviewer(self) -> str:
-            scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-            reviewer = app.store.reviewer_of(token) if scheme == "Bearer" and token else None
-            if reviewer is None:
-                raise Refused(HTTPStatus.UNAUTHORIZED, "start with your name first (no valid reviewer token)")
-            return reviewer
-
-        def _body(self) -> dict:
-            if self.headers.get_content_type() != "application/json":
-                raise Refused(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json")
-            length = self.headers.get("Content-Length", "")
-            if not length.isdigit():
-                raise Refused(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
-            if int(length) > MAX_BODY:
-                self.close_connection = True  # the unread body must not be taken for the next request
-                raise Refused(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body is {length} bytes; the limit is "
-                                                                   f"{MAX_BODY}")
-            raw = self.rfile.read(int(length))
-            try:
-                body = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                raise Refused(HTTPStatus.BAD_REQUEST, "the body is not valid UTF-8 JSON") from None
-            if not isinstance(body, dict):
-                raise Refused(HTTPStatus.BAD_REQUEST, f"the body must be a JSON object, not {type(body).__name__}")
-            return body
-
-        def _json(self, status: HTTPStatus, data: dict) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
-
-        def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "frame-ancestors 'none'")  # no page may frame this one
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args) -> None:  # quiet: the console shows the URL only
-            pass
-
-    return Handler
 
 
 def model_sampler(responders: Sequence, *, max_new_tokens: int, temperature: float, top_p: float) -> Sample:

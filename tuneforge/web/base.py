@@ -95,8 +95,8 @@ class Server:
 def listen(app, host: str, port: int, *, path: str = "/", fragment: str = "", background: bool = False,
            announce=None) -> Server:
     """Serve `app(port)` (the ASGI app for the port actually bound: 0 picks a free one) with uvicorn on a socket
-    bound here, so that a taken port is a located error, not a traceback; `announce(url)` is the line printed once
-    it listens."""
+    bound here, so that a taken port is a located error, not a traceback; `announce(url)` is called once it
+    listens, and what it returns printed."""
     import socket
 
     import uvicorn
@@ -113,8 +113,8 @@ def listen(app, host: str, port: int, *, path: str = "/", fragment: str = "", ba
     actual = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app(actual), log_level="warning", timeout_graceful_shutdown=5))
     handle = Server(f"http://{url_host(host)}:{actual}{path}{fragment}", actual, server)
-    if announce is not None:
-        print(announce(handle.url), flush=True)
+    if announce is not None and (line := announce(handle.url)):
+        print(line, flush=True)
     if not background:
         server.run(sockets=[sock])
         return handle

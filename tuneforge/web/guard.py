@@ -14,14 +14,11 @@ reads into its exceptions."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from http import HTTPStatus
 
-from tuneforge.feedback.app import _allowed_host, _loopback, _url_host
-
-__all__ = ["Guard", "Refused", "error_body", "is_loopback", "url_host"]
-
-is_loopback, url_host = _loopback, _url_host
+__all__ = ["Guard", "Refused", "allowed_host", "error_body", "is_loopback", "url_host"]
 
 
 class Refused(Exception):
@@ -36,11 +33,13 @@ def error_body(status: int, message: str, kind: str = "invalid_request_error", p
 
 class Guard:
     def __init__(self, app, *, bound: str, port: int, token: str | None, max_body: int, open_paths: tuple = (),
-                 open_reads: bool = False, credential: str = "a valid API key"):
+                 open_reads: bool = False, credential: str = "a valid API key", headers: dict | None = None):
         self.app, self.bound, self.port, self.token, self.max_body = app, bound, port, token, max_body
         self.open_paths = open_paths  # paths a browser loads without the token (the page that then asks for it)
         self.open_reads = open_reads  # GET needs no token (a loopback UI: only writes do)
         self.credential = credential  # what a refused request is told to send
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in
+                        {"X-Content-Type-Options": "nosniff", **(headers or {})}.items()]  # on every response
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -50,7 +49,7 @@ class Guard:
         try:
             self._check(scope, headers)
         except Refused as refused:
-            await _send(send, refused.status, error_body(refused.status, str(refused), refused.kind))
+            await self._refuse(send, refused)
             return
         received = 0
 
@@ -67,18 +66,22 @@ class Guard:
 
         async def watched(message):
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                given = list(message.get("headers", []))
+                names = {name.lower() for name, _ in given}
+                message = {**message, "headers": given + [h for h in self.headers if h[0] not in names]}
             await send(message)
 
         try:
             await self.app(scope, limited, watched)
         except Refused as refused:  # the body grew past the limit while a route read it
             if not started:
-                await _send(send, refused.status, error_body(refused.status, str(refused)))
+                await self._refuse(send, refused)
 
     def _check(self, scope, headers: dict[str, str]) -> None:
         host = headers.get("host", "")
-        if not _allowed_host(host, self.bound, self.port):
+        if not allowed_host(host, self.bound, self.port):
             raise Refused(HTTPStatus.MISDIRECTED_REQUEST, "this server answers only its own address")
         origin = headers.get("origin")
         if origin is not None and origin != f"http://{host}":
@@ -95,7 +98,40 @@ class Guard:
                               "authentication_error")
 
 
-async def _send(send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": int(status),
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, send, refused: Refused) -> None:
+        body = error_body(refused.status, str(refused), refused.kind)
+        await send({"type": "http.response.start", "status": int(refused.status), "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *self.headers]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def allowed_host(header: str, bound: str, port: int) -> bool:
+    """Whether a request's Host header names this server: loopback, the bound address, or, when it listens
+    beyond loopback, any IP address or this machine's own names. Any other DNS name reaching it is a name
+    rebound to this machine by someone else's page, and is refused."""
+    import socket
+
+    host, _, given_port = header.rpartition(":") if not header.endswith("]") else (header, "", "")
+    if (given_port or "80") != str(port):
+        return False
+    host = host.strip("[]").lower()
+    if host in ("localhost", bound.strip("[]").lower()):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return not is_loopback(bound) and host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return address.is_loopback or not is_loopback(bound)
