@@ -85,6 +85,18 @@ def test_rows_are_read_from_an_offset_and_a_half_written_row_waits(tmp_path):
     assert edge_rows(run / "metrics.jsonl")[1]["step"] == 3
 
 
+def test_a_running_sweep_shows_its_trial_runs_as_they_are(tmp_path):
+    from tuneforge.runs.index import read_sweep
+
+    sweep = tmp_path / "s"
+    fake_run(sweep / "trials", "0000", after=0.7)
+    fake_run(sweep / "trials", "0001", status="failed")
+    (sweep / "study.db").write_bytes(b"")
+    summary = read_sweep(tmp_path, sweep)
+    assert not summary.finished and [(t["number"], t["state"], t["run"], t["scores"]) for t in summary.trials] == [
+        (0, "COMPLETE", "s/trials/0000", {"loss": 0.7}), (1, "FAILED", "s/trials/0001", {"loss": 1.0})]
+
+
 def test_names_never_lead_out_of_the_folder(tmp_path):
     root = tmp_path / "runs"
     fake_run(root, "a")
@@ -235,6 +247,20 @@ def test_reads_are_open_on_loopback_and_writes_need_the_token(ui):
     assert httpx.post(f"{ui.base_url}/api/stop", json={"id": "a"}).status_code == 401
 
 
+def test_export_from_the_page(ui, tmp_path, tiny_model_dir):
+    from tuneforge.api import train
+
+    config = tiny_config(tmp_path, tiny_model_dir)
+    train({**config, "output": {"dir": str(ui.root / "done"), "tensorboard": False}}, quiet=True)
+    fake_run(ui.root, "unfinished", status="failed")
+    assert post(ui, "/api/export", {"id": "unfinished"}).status_code == 409
+    answer = post(ui, "/api/export", {"id": "done", "merge": True})
+    assert answer.status_code == 200, answer.text
+    out = ui.root / ".ui" / "exports" / "done-merged"
+    assert answer.json()["out"].endswith("exports/done-merged") and (out / "config.json").is_file()
+    assert any(out.glob("*.safetensors")) and not (out / "adapter_config.json").exists()  # merged: a plain model
+
+
 def test_beyond_loopback_every_read_needs_the_token(tmp_path):
     from tuneforge.web.ui import ui_app
 
@@ -297,6 +323,22 @@ def test_stop_from_the_ui_interrupts_and_resume_continues_bitwise(ui, tmp_path, 
     reference = train({**config, "output": {"dir": str(tmp_path / "reference"), "tensorboard": False}}, quiet=True)
     mine, theirs = adapter(run), adapter(reference.run_dir)
     assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+
+
+@pytest.mark.heavy
+def test_launches_queue_one_at_a_time(ui, tmp_path, tiny_model_dir):
+    for name, steps in (("first", 150), ("second", 4)):
+        answer = post(ui, "/api/launch", {"name": name, "config": launched_config(tmp_path, tiny_model_dir, steps)})
+        assert answer.status_code == 200, answer.text
+    assert ui.get("/api/runs").json()["queue"] == ["second"]  # the first is starting: one at a time
+    again = post(ui, "/api/launch", {"name": "first", "config": launched_config(tmp_path, tiny_model_dir, 4)})
+    assert again.status_code == 409 and again.json()["error"]["param"] == "name"
+    for name in ("first", "second"):
+        wait(lambda n=name: (ui.root / n / "run.json").is_file()
+             and json.loads((ui.root / n / "run.json").read_text())["status"] == "complete", timeout=300)
+    first, second = (edge_rows(ui.root / n / "metrics.jsonl") for n in ("first", "second"))
+    assert second[0]["time"] > first[1]["time"]  # the second began after the first had ended
+    assert ui.get("/api/runs").json()["queue"] == []
 
 
 @pytest.mark.heavy

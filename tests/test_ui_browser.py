@@ -98,6 +98,17 @@ def test_launch_watch_compare_and_chat_in_the_browser(tmp_path, tiny_model_dir, 
         expected = chat(root / "from-the-form", max_new_tokens=8).say("Repeat the number 3")
         assert reply == f"model: {expected}".strip()
         assert not browser.find_element(By.ID, "chat-error").text
+        # A/B: the same message to both runs, each answering as its own `tuneforge chat`
+        browser.get(server.url.split("#")[0] + "#/chat/from-the-form,second")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".answers > div")) == 2)
+        browser.find_element(By.ID, "max-tokens").clear()
+        browser.find_element(By.ID, "max-tokens").send_keys("8")
+        browser.find_element(By.ID, "prompt").send_keys("Repeat the number 5")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#answer-1 .reply"))
+        for index, run in enumerate(("from-the-form", "second")):
+            shown = browser.find_element(By.CSS_SELECTOR, f"#answer-{index} .reply").text
+            assert shown == f"model: {chat(root / run, max_new_tokens=8).say('Repeat the number 5')}".strip()
     finally:
         server.stop()
     record = json.loads((root / "from-the-form" / "run.json").read_text())

@@ -110,6 +110,7 @@ def listen(app, host: str, port: int, *, path: str = "/", fragment: str = "", ba
         sock.close()
         raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})\n  fix: choose "
                           "another --port (0 picks a free one)") from None
+    sock.listen(2048)  # connections wait in the backlog from now on, even before uvicorn accepts them
     actual = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app(actual), log_level="warning", timeout_graceful_shutdown=5))
     handle = Server(f"http://{url_host(host)}:{actual}{path}{fragment}", actual, server)
