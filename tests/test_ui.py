@@ -6,6 +6,7 @@ tests are in tests/test_ui_browser.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -146,6 +147,16 @@ def test_the_form_is_the_schema_and_a_new_registry_entry_appears(ui, monkeypatch
 
     monkeypatch.setitem(REGISTRY, "newpeft", type(base)(**{**base.__dict__, "params": Params,
                                                            "summary": "a method added to the registry"}))
+    from tuneforge.objectives import REGISTRY as OBJECTIVES
+    from tuneforge.objectives.params import PARAMS
+
+    class LossParams(BaseModel):
+        model_config = {"extra": "forbid"}
+        margin: float = Field(0.5, gt=0, description="the new loss's margin")
+
+    monkeypatch.setitem(OBJECTIVES, "newloss", dataclasses.replace(OBJECTIVES["sft"], params=LossParams,
+                                                                   summary="an objective added to the registry"))
+    monkeypatch.setitem(PARAMS, "newloss", LossParams)
     form = ui.get("/api/schema").json()
     methods = {c["name"]: c for c in form["choices"]["method"]}
     assert methods["newpeft"]["summary"] == "a method added to the registry"
@@ -155,6 +166,8 @@ def test_the_form_is_the_schema_and_a_new_registry_entry_appears(ui, monkeypatch
     assert set(methods) >= {"lora", "qlora", "ia3", "full"} and {"sft", "dpo", "grpo"} <= {
         c["name"] for c in form["choices"]["objective"]}
     assert form["config"]["$defs"]["TrainConfig"]["properties"]["lr"]["exclusiveMinimum"] == 0
+    objectives = {c["name"]: c for c in form["choices"]["objective"]}
+    assert objectives["newloss"]["schema"]["properties"]["margin"]["exclusiveMinimum"] == 0
     config = tiny_config(tmp_path, tiny_model_dir)
     del config["output"]
     config["method"] = {"name": "newpeft", "rank": 12}
@@ -166,6 +179,10 @@ def test_the_form_is_the_schema_and_a_new_registry_entry_appears(ui, monkeypatch
     assert refused.json()["error"]["message"] == str(cli.value)
     config["method"]["rank"] = 2
     del config["output"]
+    config["objective"] = {"name": "newloss", "margin": -1}
+    refused = post(ui, "/api/check", {"name": "n1", "config": config}).json()["error"]
+    assert refused["param"] == "objective.margin" and "greater than 0" in refused["message"]
+    config["objective"]["margin"] = 0.25
     config["train"]["lr"] = -1
     refused = post(ui, "/api/check", {"name": "n1", "config": config}).json()["error"]
     assert refused["param"] == "train.lr" and "train.lr" in refused["message"]
@@ -173,6 +190,7 @@ def test_the_form_is_the_schema_and_a_new_registry_entry_appears(ui, monkeypatch
     good = post(ui, "/api/check", {"name": "n1", "config": config, "yaml": {"eval.metrics": "[loss]"}}).json()
     written = yaml.safe_load(good["yaml"])
     assert written["method"] == {"name": "newpeft", "rank": 2} and written["eval"]["metrics"] == ["loss"]
+    assert written["objective"] == {"name": "newloss", "margin": 0.25}
     assert written["output"]["dir"].endswith("runs/n1") and good["command"].endswith("n1.yaml --quiet")
     assert sorted(p.name for p in ui.root.iterdir()) == []  # a check writes nothing
 
@@ -259,6 +277,9 @@ def test_export_from_the_page(ui, tmp_path, tiny_model_dir):
     out = ui.root / ".ui" / "exports" / "done-merged"
     assert answer.json()["out"].endswith("exports/done-merged") and (out / "config.json").is_file()
     assert any(out.glob("*.safetensors")) and not (out / "adapter_config.json").exists()  # merged: a plain model
+    answer = post(ui, "/api/export", {"id": "done", "gguf": True})
+    assert answer.status_code == 200, answer.text
+    assert [p.suffix for p in (ui.root / ".ui" / "exports" / "done-gguf").glob("*.gguf")] == [".gguf"]
 
 
 def test_beyond_loopback_every_read_needs_the_token(tmp_path):

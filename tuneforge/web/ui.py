@@ -72,6 +72,7 @@ class ChatBody(_Body):
 class ExportBody(_Body):
     id: str = Field(max_length=600)
     merge: bool = False
+    gguf: bool = False  # GGUF q8_0 for llama.cpp and Ollama (the adapter folded in)
 
 
 def form_schema() -> dict:
@@ -384,8 +385,10 @@ def ui_app(root: Path, *, bound: str = "127.0.0.1", port: int = 8765, token: str
             raise Refused(HTTPStatus.CONFLICT, f"run '{body.id}' has not finished", param="id")
         from tuneforge.runs.export import export_run
 
-        out = root / EXPORTS / (body.id.replace("/", "--") + ("-merged" if body.merge else ""))
-        await asyncio.to_thread(export_run, folder, out, merge=body.merge, overwrite=True)
+        kind = "-gguf" if body.gguf else "-merged" if body.merge else ""
+        out = root / EXPORTS / (body.id.replace("/", "--") + kind)
+        await asyncio.to_thread(export_run, folder, out, merge=body.merge, overwrite=True,
+                                gguf=["q8_0"] if body.gguf else ())
         return JSONResponse({"id": body.id, "out": _shown(out)})
 
     routes = [Route("/", index), Route("/chart.min.js", chart_js), Route("/api/runs", runs), Route("/api/run", run),
