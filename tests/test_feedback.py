@@ -348,6 +348,7 @@ def expected_pairs(shown: list[dict]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+@pytest.mark.heavy  # a server process, a model and Chromium: about 20 s (make test-heavy, as the runs UI's)
 def test_feedback_loop_in_the_browser(tmp_path, tiny_model_dir, browser):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something about {w}."}
                                                         for w in ("cats", "rain", "tea", "maps")])

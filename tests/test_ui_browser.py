@@ -47,6 +47,16 @@ def test_launch_watch_compare_and_chat_in_the_browser(tmp_path, tiny_model_dir, 
     try:
         browser.get(server.url)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-id='second']"))
+        # a finished run's settings fill the form ("Launch like this"), and check as they are
+        browser.get(server.url.split("#")[0] + "#/launch/second")
+        wait.until(lambda d: d.find_element(By.ID, "f-train.max_steps").get_attribute("value") == "4")
+        assert browser.find_element(By.ID, "f-method.r").get_attribute("value") == "4"
+        assert browser.find_element(By.ID, "f-model.path").get_attribute("value") == str(tiny_model_dir)
+        fill(browser, {"name": "again"})
+        browser.find_element(By.ID, "check").click()
+        wait.until(lambda d: "max_steps: 4" in d.find_element(By.ID, "yaml").text)
+        assert not browser.find_element(By.ID, "form-error").text
+        browser.get(server.url.split("#")[0] + "#/runs")
         browser.find_element(By.ID, "nav-launch").click()
         wait.until(lambda d: d.find_elements(By.ID, "f-train.max_steps"))
         fill(browser, {"name": "from-the-form", "model.path": str(tiny_model_dir), "data.train": str(train_file),

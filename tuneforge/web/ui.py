@@ -167,10 +167,10 @@ def run_view(root: Path, run_dir: Path) -> dict:
     except OSError:
         config = ""
     name = summary.id
+    images = sorted(p.name for p in run_dir.iterdir() if p.suffix in IMAGES)
     return {"summary": summary.as_dict(), "record": record, "before": evaluation.get("before") or {},
             "after": evaluation.get("after") or {}, "samples": (evaluation.get("samples") or [])[:20],
-            "config": config, "log": log_tail(root, name), "images": sorted(p.name for p in run_dir.iterdir()
-                                                                             if p.suffix in IMAGES),
+            "config": config, "settings": read_config(run_dir), "log": log_tail(root, name), "images": images,
             "resumable": (root / f"{name}.yaml").is_file()}
 
 
