@@ -29,7 +29,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.errors import ConfigError
-from tuneforge.runs.index import Outside, file_in, list_runs, read_config, read_sweep, resolve, rows_from, status
+from tuneforge.runs.index import (
+    Outside,
+    file_in,
+    find,
+    flat,
+    list_runs,
+    read_config,
+    read_sweep,
+    resolve,
+    rows_from,
+    status,
+    summarize,
+)
 from tuneforge.runs.layout import COMPLETE, CONFIG_FILE, EVAL_FILE, RUN_FILE, TRAINING, read_json
 from tuneforge.web.base import json_body, listen, parsed, starlette_app
 from tuneforge.web.guard import Guard, Refused, is_loopback
@@ -157,8 +169,6 @@ def _shown(path: Path) -> str:
 
 
 def run_view(root: Path, run_dir: Path) -> dict:
-    from tuneforge.runs.index import summarize
-
     summary = summarize(root, run_dir)
     evaluation = read_json(run_dir / EVAL_FILE)
     record = {k: v for k, v in read_json(run_dir / RUN_FILE).items() if k not in ("fingerprint", "weights")}
@@ -176,7 +186,6 @@ def run_view(root: Path, run_dir: Path) -> dict:
 
 def compare_view(root: Path, ids: list[str]) -> dict:
     from tuneforge.reports.compare import run_row, shown_columns, winners
-    from tuneforge.runs.index import flat
 
     dirs = [resolve(root, i) for i in ids]
     rows = [{**run_row(d), "method": i} for d, i in zip(dirs, ids, strict=True)]
@@ -257,8 +266,6 @@ def ui_app(root: Path, *, bound: str = "127.0.0.1", port: int = 8765, token: str
 
     async def runs(_: Request) -> Response:
         summaries = await asyncio.to_thread(list_runs, root)
-        from tuneforge.runs.index import find
-
         sweeps = [s.relative_to(root).as_posix() for s in find(root)[1]]
         return JSONResponse({"root": str(root), "runs": [s.as_dict() for s in summaries], "sweeps": sweeps,
                              "queue": [q.name for q in launcher.queue()]})
