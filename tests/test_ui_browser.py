@@ -83,10 +83,13 @@ def test_launch_watch_compare_and_chat_in_the_browser(tmp_path, tiny_model_dir, 
         first = browser.execute_script("return window.tf.points")
         wait.until(lambda d: d.execute_script("return window.tf.points") > first + 5)
         assert browser.find_element(By.ID, "status").text == "training"  # points arrived while it trained
+        assert browser.find_element(By.ID, "stop").is_enabled() and not browser.find_element(By.ID, "chat").is_enabled()
         assert browser.execute_script("return Object.keys(window.tf.charts)").count("loss") == 1
         wait.until(lambda d: d.find_element(By.ID, "status").text == "complete")
         wait.until(lambda d: "exact_match" in d.find_element(By.ID, "scores").text
                    and len(d.find_elements(By.CSS_SELECTOR, "#scores tr")) >= 3)
+        wait.until(lambda d: d.find_element(By.ID, "chat").is_enabled())
+        assert not browser.find_element(By.ID, "stop").is_enabled()  # nothing to stop now
         # compare with the second run
         browser.find_element(By.ID, "nav-runs").click()
         for ident in ("from-the-form", "second"):
