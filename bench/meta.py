@@ -137,7 +137,7 @@ def config_for(args, out: Path, strategy: dict, train: dict | None = None) -> di
 def run(args) -> None:
     from tuneforge.api import train
     from tuneforge.reports.fewshot import markdown, read_table
-    from tuneforge.runs.run import status
+    from tuneforge.runs.index import status
 
     starts, timings = {}, {}
     for algorithm in STARTS:

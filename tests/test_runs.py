@@ -9,9 +9,9 @@ import pytest
 
 from tests.conftest import tiny_config
 from tuneforge.api import train
+from tuneforge.runs.index import status
 from tuneforge.runs.layout import read_json
 from tuneforge.runs.lock import run_lock
-from tuneforge.runs.run import status
 
 
 def stop_at_step(monkeypatch, step: int, exc: BaseException) -> None:

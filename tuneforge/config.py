@@ -80,7 +80,7 @@ class DatasetSpec(Strict):
         return name
 
 
-def _as_dataset_list(value: Any) -> Any:
+def dataset_list(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, str | dict):
@@ -118,7 +118,7 @@ class DataConfig(Strict):
     shuffle_buffer: int = Field(10_000, ge=1, le=10_000_000, description="data.streaming: records per block; "
                                 "each block's records are shuffled (seeded) among themselves")
 
-    _lists = field_validator("train", "test", mode="before")(_as_dataset_list)
+    _lists = field_validator("train", "test", mode="before")(dataset_list)
 
 
 class TrainConfig(Strict):

@@ -105,6 +105,10 @@ class FeedbackApp:
                 return
             self.ensure_item(prompt)
 
+    def stop(self) -> None:
+        """`fill` stops before its next prompt (the server is shutting down)."""
+        self._stop.set()
+
     def join(self, body: dict) -> dict:
         """A reviewer starts: a new name is claimed and gets a token; a taken one needs its token."""
         _only_keys(body, {"name", "token"})

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from tuneforge.engine.console import flat_scores
 from tuneforge.runs.layout import (
     ADAPTERS,
     CONFIG_FILE,
@@ -71,9 +72,11 @@ class SweepSummary:
     finished: bool = False
 
 
-def status(run_dir: Path) -> str | None:
-    said = read_json(run_dir / RUN_FILE).get("status")
-    return INTERRUPTED if said == TRAINING and not is_locked(run_dir) else said
+def status(run_dir: Path, record: dict | None = None) -> str | None:
+    """A run's status as run.json (or its `record`, read already) says it, except that a run recorded as training
+    whose lock no process holds was stopped without a chance to say so (kill -9, a lost machine): `interrupted`."""
+    said = (read_json(Path(run_dir) / RUN_FILE) if record is None else record).get("status")
+    return INTERRUPTED if said == TRAINING and not is_locked(Path(run_dir)) else said
 
 
 def resolve(root: Path, ident: str, *, kind: str = "run") -> Path:
@@ -137,9 +140,7 @@ def list_runs(root: Path) -> list[RunSummary]:
 
 def summarize(root: Path, run_dir: Path, sweep: str | None = None) -> RunSummary:
     record = read_json(run_dir / RUN_FILE)
-    said = record.get("status") or "unknown"
-    summary = RunSummary(run_dir.relative_to(root).as_posix(), INTERRUPTED if said == TRAINING and not
-                         is_locked(run_dir) else said, sweep=sweep)
+    summary = RunSummary(run_dir.relative_to(root).as_posix(), status(run_dir, record) or "unknown", sweep=sweep)
     config = read_config(run_dir)
     summary.strategy, summary.method, summary.objective = (_name(config.get(k), d) for k, d in
                                                            (("strategy", "single"), ("method", "lora"),
@@ -157,7 +158,7 @@ def summarize(root: Path, run_dir: Path, sweep: str | None = None) -> RunSummary
     steps = (record.get("train") or {}).get("steps")
     summary.steps = steps if isinstance(steps, int) else summary.steps
     scores = read_json(run_dir / EVAL_FILE)
-    before, after = flat(scores.get("before") or {}), flat(scores.get("after") or {})
+    before, after = flat_scores(scores.get("before") or {}), flat_scores(scores.get("after") or {})
     wanted = ((config.get("eval") or {}).get("metrics") or []) + list(after) + list(before)
     summary.metric = next((m for m in wanted if m in after or m in before), None)
     if summary.metric:
@@ -171,19 +172,6 @@ def read_config(run_dir: Path) -> dict:
     except (OSError, ValueError, yaml.YAMLError):
         return {}
     return config if isinstance(config, dict) else {}
-
-
-def flat(scores: dict, prefix: str = "") -> dict[str, float]:
-    """Nested scores as one level, `task/metric` (as the console shows them)."""
-    out: dict[str, float] = {}
-    for key, value in scores.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int | float):
-            out[prefix + str(key)] = value
-        elif isinstance(value, dict) and key != "samples":
-            out |= flat(value, "" if key in ("tasks", "lm_eval") else f"{prefix}{key}/")
-    return out
 
 
 def edge_rows(path: Path) -> tuple[dict, dict]:

@@ -61,7 +61,7 @@ class MetricsLog(Metrics):
         row = {"step": step, "kind": kind, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        numbers = {key: float(value) for key, value in _flatten(values, f"{kind}/", "/").items()
+        numbers = {key: float(value) for key, value in flatten(values, f"{kind}/", "/").items()
                    if isinstance(value, int | float) and not isinstance(value, bool)}
         for name, tracker in list(self._trackers.items()):
             self._call(name, lambda tracker=tracker: tracker.log(step, numbers))
@@ -174,7 +174,7 @@ class MlflowTracker:
             else (folder / "artifacts").resolve().as_uri())
         self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
         (folder / "run_id").write_text(self.run_id)
-        flat = [Param(_mlflow_key(key), str(value)[:6000]) for key, value in _flatten(params).items()]
+        flat = [Param(_mlflow_key(key), str(value)[:6000]) for key, value in flatten(params).items()]
         for start in range(0, len(flat), 100):  # MLflow takes at most 100 params a batch
             self.client.log_batch(self.run_id, params=flat[start:start + 100])
 
@@ -259,12 +259,12 @@ def _wandb_logged_in() -> bool:
 TRACKERS = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker, "wandb": WandbTracker}
 
 
-def _flatten(values: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+def flatten(values: dict, prefix: str = "", sep: str = ".") -> dict[str, Any]:
     """A nested dict's leaves named by their path: a config's `train.lr`, a row's `train/tasks/iso`."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat |= _flatten(value, f"{prefix}{key}{sep}", sep)
+            flat |= flatten(value, f"{prefix}{key}{sep}", sep)
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -46,7 +46,7 @@ from tuneforge.runs.layout import (
     status_of,
     write_json,
 )
-from tuneforge.runs.lock import is_locked, run_lock
+from tuneforge.runs.lock import run_lock
 from tuneforge.runs.metrics import MetricsLog, check_trackers
 
 STATE_FILE = "state.safetensors"  # a finished phase's end state (its trained weights and a strategy's tensors)
@@ -334,13 +334,6 @@ def finished(run_dir: Path) -> RunResult:
     summary = record.get("train", {})
     return RunResult(Path(run_dir), summary.get("steps", 0), summary, evaluation.get("before", {}),
                      evaluation.get("after", {}))
-
-
-def status(run_dir: Path) -> str | None:
-    """A run's status as run.json says it, except that a run recorded as training whose lock no process holds
-    was stopped without a chance to say so (kill -9, a lost machine): `interrupted`."""
-    said = status_of(run_dir)
-    return INTERRUPTED if said == TRAINING and not is_locked(Path(run_dir)) else said
 
 
 def resolve_run_dir(loaded: LoadedConfig) -> Path:

@@ -88,7 +88,7 @@ def serve_feedback(feedback: FeedbackApp, host: str, port: int, *, on_ready: Cal
                       background=background, announce=lambda url: on_ready(url) or "")
     finally:
         if not background:
-            feedback._stop.set()
+            feedback.stop()
 
 
 def exposure_warning(host: str) -> str | None:

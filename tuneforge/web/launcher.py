@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tuneforge.runs.index import find, status
 from tuneforge.runs.layout import TRAINING, read_json, write_json
 from tuneforge.runs.lock import is_locked, lock_path
 
@@ -85,12 +87,9 @@ class Launcher:
 
     def running(self) -> int:
         """Launched processes still alive, and runs under the folder whose lock a process holds."""
-        alive = {name for name, process in self.processes.items() if process.poll() is None}
-        from tuneforge.runs.index import find
-
-        locked = {run.relative_to(self.root).as_posix() for run in find(self.root)[0]
-                  if read_json(run / "run.json").get("status") == TRAINING and is_locked(run)}
-        return len(alive | locked)
+        alive = {name for name in self.processes if self.alive(name)}
+        training = {run.relative_to(self.root).as_posix() for run in find(self.root)[0] if status(run) == TRAINING}
+        return len(alive | training)
 
     def tick(self) -> None:
         with self.lock:
@@ -121,10 +120,14 @@ class Launcher:
             except OSError as exc:  # a full disk or a removed folder: said, and tried again
                 print(f"tuneforge ui: the launch queue: {exc}", file=sys.stderr)
 
+    def alive(self, name: str) -> bool:
+        """Whether a process this UI launched for the run `name` is still running."""
+        process = self.processes.get(name)
+        return process is not None and process.poll() is None
+
     def loading(self, name: str) -> bool:
         """A launched process that has not yet started its run (imports, the model loading: no run.json yet)."""
-        process = self.processes.get(name)
-        return process is not None and process.poll() is None and not (self.root / name / "run.json").is_file()
+        return self.alive(name) and not (self.root / name / "run.json").is_file()
 
     def stop(self, name: str) -> bool:
         """SIGINT to the process training the run `name` (its whole session when the UI launched it); False when
@@ -157,8 +160,6 @@ def holder(run_dir: Path) -> int | None:
     except OSError:
         return None
     found = re.match(r"pid (\d+) on (\S+),", text)
-    import socket
-
     return int(found.group(1)) if found and found.group(2) == socket.gethostname() else None
 
 

@@ -28,12 +28,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneforge.config import dataset_list
+from tuneforge.engine.console import flat_scores
 from tuneforge.errors import ConfigError
 from tuneforge.runs.index import (
     Outside,
     file_in,
     find,
-    flat,
     list_runs,
     read_config,
     read_sweep,
@@ -43,6 +44,7 @@ from tuneforge.runs.index import (
     summarize,
 )
 from tuneforge.runs.layout import COMPLETE, CONFIG_FILE, EVAL_FILE, RUN_FILE, TRAINING, read_json
+from tuneforge.runs.metrics import flatten
 from tuneforge.web.base import json_body, listen, parsed, starlette_app
 from tuneforge.web.guard import Guard, Refused, is_loopback
 from tuneforge.web.launcher import Launch, Launcher, log_tail
@@ -130,34 +132,22 @@ def checked_launch(root: Path, body: LaunchBody) -> str:
         raise ConfigError("config key 'output.dir': the UI writes each run to <runs>/NAME\n  fix: leave output.dir "
                           "out and name the run")
     output["dir"] = _shown(root / body.name)
-    _anchor(config)
-    checked(load_config(config))
+    _anchor(config, checked(load_config(config)))
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
 
 
-def _anchor(config: dict) -> None:
-    """Relative data and model paths, which `tuneforge train` reads from the config file's folder, made absolute
-    from the folder the UI runs in (where the person typing them is)."""
-    def anchored(value: Any) -> Any:
-        if not isinstance(value, str) or ":" in value.split("/")[0] or Path(value).is_absolute():
-            return value
-        return str(Path(value).resolve()) if Path(value).exists() else value
-
-    model = config.get("model")
-    if isinstance(model, str):
-        config["model"] = anchored(model)
-    elif isinstance(model, dict) and "path" in model:
-        model["path"] = anchored(model["path"])
-    data = config.get("data")
+def _anchor(config: dict, loaded) -> None:
+    """Relative model and data paths, which `tuneforge train` reads from the config file's folder, written as the
+    check has just read them: from the folder the UI runs in (where the person typing them is)."""
+    if isinstance(config.get("model"), dict):
+        config["model"]["path"] = loaded.run.model.path
+    elif "model" in config:
+        config["model"] = loaded.run.model.path
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
     for split in ("train", "test"):
-        entries = data.get(split) if isinstance(data, dict) else None
-        if isinstance(entries, str):
-            data[split] = anchored(entries)
-        for entry in entries if isinstance(entries, list) else ():
-            if isinstance(entry, dict) and "path" in entry:
-                entry["path"] = anchored(entry["path"])
-        if isinstance(entries, list):
-            data[split] = [anchored(e) if isinstance(e, str) else e for e in entries]
+        if data.get(split) is not None:
+            data[split] = [{**entry, "path": loaded.resolve_path(entry["path"])}
+                           for entry in dataset_list(data[split])]
 
 
 def _shown(path: Path) -> str:
@@ -178,8 +168,8 @@ def run_view(root: Path, run_dir: Path) -> dict:
         config = ""
     name = summary.id
     images = sorted(p.name for p in run_dir.iterdir() if p.suffix in IMAGES)
-    return {"summary": summary.as_dict(), "record": record, "before": evaluation.get("before") or {},
-            "after": evaluation.get("after") or {}, "samples": (evaluation.get("samples") or [])[:20],
+    return {"summary": summary.as_dict(), "record": record, "before": flat_scores(evaluation.get("before") or {}),
+            "after": flat_scores(evaluation.get("after") or {}), "samples": (evaluation.get("samples") or [])[:20],
             "config": config, "settings": read_config(run_dir), "log": log_tail(root, name), "images": images,
             "resumable": (root / f"{name}.yaml").is_file()}
 
@@ -190,23 +180,13 @@ def compare_view(root: Path, ids: list[str]) -> dict:
     dirs = [resolve(root, i) for i in ids]
     rows = [{**run_row(d), "method": i} for d, i in zip(dirs, ids, strict=True)]
     columns = shown_columns(rows)
-    configs = [_flat_config(read_config(d)) for d in dirs]
+    configs = [flatten(read_config(d)) for d in dirs]
     keys = sorted(set().union(*configs))
     differ = {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}
-    scores = [flat(read_json(d / EVAL_FILE).get("after") or {}) for d in dirs]
+    scores = [flat_scores(read_json(d / EVAL_FILE).get("after") or {}) for d in dirs]
     return {"ids": ids, "columns": [{"key": c.key, "title": c.title, "fmt": c.fmt} for c in columns],
             "rows": [{c.key: r.get(c.key) for c in columns} for r in rows], "winners": winners(rows),
             "scores": scores, "config_differences": differ}
-
-
-def _flat_config(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= _flat_config(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class Chats:
@@ -291,8 +271,7 @@ def ui_app(root: Path, *, bound: str = "127.0.0.1", port: int = 8765, token: str
             while not await request.is_disconnected():
                 rows, offsets = await asyncio.to_thread(rows_from, folder, offsets)
                 now = status(folder)
-                live = now == TRAINING or launcher.queued(name) or (name in launcher.processes and \
-                    launcher.processes[name].poll() is None)
+                live = now == TRAINING or launcher.queued(name) or launcher.alive(name)
                 if rows or quiet >= 10:
                     yield f"data: {json.dumps({'rows': rows, 'status': now})}\n\n"
                     quiet = 0.0
